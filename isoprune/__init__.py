@@ -1,0 +1,34 @@
+"""isoprune: isomorphic structural pruning for vision models.
+
+    import timm, isoprune
+    model = timm.create_model("deit_base_distilled_patch16_224")
+    isoprune.prune(model, isoprune.Ratios(emb=0.5, heads=0.5, head_dim=0.25, mlp=0.5))
+"""
+__version__ = "0.1.0"
+
+from ._errors import IsopruneError
+from ._groups import LABELS, Group, IsomorphicGroup
+from ._importance import Importance, available_importances, register_importance
+from ._plan import SCOPES, GroupPlan, PruningPlan, Ratios, plan
+from ._apply import apply_plan, prune, zero_out
+from ._api import count, isomorphic_groups
+
+__all__ = [
+    "IsopruneError",
+    "Ratios",
+    "PruningPlan",
+    "GroupPlan",
+    "Group",
+    "IsomorphicGroup",
+    "Importance",
+    "register_importance",
+    "available_importances",
+    "plan",
+    "apply_plan",
+    "prune",
+    "zero_out",
+    "isomorphic_groups",
+    "count",
+    "SCOPES",
+    "LABELS",
+]

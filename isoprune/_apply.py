@@ -1,0 +1,195 @@
+"""Applying a plan: the one place a model is mutated."""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from . import _arch, _trace
+from ._errors import IsopruneError
+from ._groups import Analysis, analyse
+from ._importance import item_member, member_tensors
+from ._plan import PruningPlan, Ratios, plan
+
+
+@dataclass
+class _Op:
+    """Remove ``idxs`` from member ``name`` in one direction (Torch-Pruning's handler does it)."""
+
+    name: str
+    param: bool
+    out: bool
+    dim: int
+    handler: object
+    idxs: list[int]
+
+
+def _removed(analysis: Analysis, pruning: PruningPlan) -> dict[int, list[int]]:
+    """Root-channel indices to remove, per Torch-Pruning group of the analysis."""
+    by_source: dict[int, dict] = {}
+    for g in pruning.groups:
+        by_source.setdefault(analysis.source[g.id], {})[g.kind] = g
+    removed = {}
+    for src, kinds in by_source.items():
+        if "heads" in kinds:
+            heads, dims = kinds["heads"], kinds["head_dim"]
+            kept_h, kept_d = set(heads.keep), set(dims.keep)
+            n_h, n_d = heads.channels, dims.channels
+            drop = [
+                s * n_h * n_d + h * n_d + d
+                for s in range(3)
+                for h in range(n_h)
+                for d in range(n_d)
+                if h not in kept_h or d not in kept_d
+            ]
+        else:
+            (g,) = kinds.values()
+            kept = set(g.keep)
+            drop = [c for c in range(g.channels) if c not in kept]
+        if drop:
+            removed[src] = drop
+    return removed
+
+
+def _ops(analysis: Analysis, removed: dict[int, list[int]]) -> list[_Op]:
+    """Member-level removals, merged per member so each is cut once in original numbering."""
+    graph, merged = analysis.graph, {}
+    for src, drop in removed.items():
+        root = analysis.tp_groups[src][0].dep
+        for item in graph.get_pruning_group(root.target.module, root.handler, drop):
+            member = item_member(graph, item)
+            if member is None:
+                continue
+            key = (member["name"], member["out"])
+            op = merged.setdefault(key, _Op(handler=item.dep.handler, idxs=[], **member))
+            op.idxs = sorted(set(op.idxs) | set(item.idxs))
+    return list(merged.values())
+
+
+def _run(model: nn.Module, ops: list[_Op]) -> None:
+    for op in ops:
+        op.handler.__self__.pruning_dim = op.dim
+        if op.param:
+            owner_name, _, attr = op.name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            setattr(owner, attr, op.handler(model.get_parameter(op.name), op.idxs))
+        else:
+            op.handler(model.get_submodule(op.name), op.idxs)
+
+
+def _fixup(model: nn.Module, pruning: PruningPlan) -> None:
+    attention: dict[str, dict] = {}
+    for g in pruning.groups:
+        if g.kind in ("heads", "head_dim") and len(g.keep) < g.channels:
+            attention.setdefault(g.owner, {})
+    for g in pruning.groups:
+        if g.owner in attention:
+            attention[g.owner][g.kind] = g.keep
+    for owner, keep in attention.items():
+        module = model.get_submodule(owner)
+        _arch.attention_spec(module).fixup(module, keep["heads"], keep["head_dim"])
+
+
+def _widths(model: nn.Module) -> dict[str, list[int]]:
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            out[name] = [m.in_features, m.out_features]
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            out[name] = [m.in_channels, m.out_channels]
+    return out
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    return tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+
+
+def skeleton_apply(analysis: Analysis, draft: PruningPlan) -> PruningPlan:
+    """Fill in the plan's exact outcome (widths, MACs, params) by pruning the skeleton."""
+    skeleton = analysis.skeleton
+    macs_before, params_before = _trace.count(skeleton, analysis.inputs)
+    widths_before = _widths(skeleton)
+    ops = _ops(analysis, _removed(analysis, draft))
+    _run(skeleton, ops)
+    _fixup(skeleton, draft)
+    macs_after, params_after = _trace.count(skeleton, analysis.inputs)
+    widths_after = _widths(skeleton)
+    result = replace(
+        draft,
+        widths={n: {"before": w, "after": widths_after[n]} for n, w in widths_before.items()},
+        macs={"before": macs_before, "after": macs_after},
+        params={"before": params_before, "after": params_after},
+    )
+    result._ops = ops
+    return result
+
+
+def _check_fits(analysis: Analysis, pruning: PruningPlan, model: nn.Module) -> None:
+    theirs = [(g.root, g.kind, g.channels) for g in pruning.groups]
+    ours = [(g.root, g.kind, g.channels) for g in analysis.groups]
+    if theirs != ours:
+        diff = next(((a, b) for a, b in zip(theirs, ours) if a != b), (len(theirs), len(ours)))
+        raise IsopruneError(
+            f"plan for {pruning.model} does not fit this {type(model).__name__}",
+            first_difference=diff,
+            hint="apply the plan to the unpruned model it was made for",
+        )
+    for g in pruning.groups:
+        if not g.keep or any(not 0 <= k < g.channels for k in g.keep):
+            raise IsopruneError("plan keeps no or out-of-range units", group=g.root, kind=g.kind)
+
+
+def _plan_ops(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> list[_Op]:
+    source = getattr(pruning, "_source", None)
+    if source is not None and source() is model and pruning._fingerprint == _fingerprint(model):
+        return pruning._ops
+    size = pruning.input_size
+    if example_inputs is None and size:
+        example_inputs = torch.empty((1, *size), device="meta")
+    analysis = analyse(model, example_inputs, pruning.labels)
+    _check_fits(analysis, pruning, model)
+    return _ops(analysis, _removed(analysis, pruning))
+
+
+def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.Module:
+    """Remove what the plan says, in place, and fix up attention attributes. Returns the model."""
+    ops = _plan_ops(model, pruning, example_inputs)
+    with torch.no_grad():
+        _run(model, ops)
+    _fixup(model, pruning)
+    pruning._source = pruning._ops = None  # the model has changed; the cached ops are stale
+    return model
+
+
+def zero_out(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.Module:
+    """Zero, in place, every weight the plan would remove, keeping shapes (a soft preview).
+
+    Where no normalisation spans the removed channels, the zeroed model computes exactly what the
+    pruned one does; LayerNorm over the embedding is the exception (its statistics change).
+    """
+    ops = _plan_ops(model, pruning, example_inputs)
+    with torch.no_grad():
+        for op in ops:
+            for tensor, dim in member_tensors(model, op.name, param=op.param, out=op.out, dim=op.dim):
+                tensor.index_fill_(dim, torch.as_tensor(op.idxs, device=tensor.device), 0.0)
+    return model
+
+
+def remember(pruning: PruningPlan, model: nn.Module) -> PruningPlan:
+    """Let ``apply_plan`` reuse the plan's trace when it is applied to this same, unchanged model."""
+    pruning._source = weakref.ref(model)
+    pruning._fingerprint = _fingerprint(model)
+    return pruning
+
+
+def prune(model: nn.Module, ratios, **kwargs) -> nn.Module:
+    """Plan and apply in one step; returns the pruned model (the same object, pruned in place).
+    Keyword arguments are those of ``plan``; the plan is kept as ``model.isoprune_plan``."""
+    pruning = plan(model, ratios, **kwargs)
+    apply_plan(model, pruning, kwargs.get("example_inputs"))
+    model.isoprune_plan = pruning
+    return model
+
+

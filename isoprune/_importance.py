@@ -1,0 +1,196 @@
+"""Importance criteria, by name.
+
+A criterion scores every element of a weight tensor; a channel's score is the sum over its
+elements in every member of its group, averaged over members. Whole tensors are scored at once.
+Gradient-based criteria accumulate statistics over calibration batches first.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._errors import IsopruneError
+
+
+class Importance:
+    """Base class: ``elementwise(weight, grad, sq_grad)`` returns a score per element."""
+
+    needs_calib = False
+
+    def elementwise(self, weight: torch.Tensor, grad, sq_grad) -> torch.Tensor:
+        raise NotImplementedError
+
+
+_CRITERIA: dict[str, type[Importance]] = {}
+
+
+def register_importance(name: str):
+    def wrap(cls):
+        _CRITERIA[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_importances() -> list[str]:
+    return sorted(_CRITERIA)
+
+
+def get_importance(name_or_obj) -> Importance:
+    if isinstance(name_or_obj, Importance):
+        return name_or_obj
+    if name_or_obj not in _CRITERIA:
+        raise IsopruneError(
+            f"unknown importance {name_or_obj!r}", hint=f"use one of {', '.join(available_importances())}"
+        )
+    return _CRITERIA[name_or_obj]()
+
+
+@register_importance("l1")
+class L1(Importance):
+    def elementwise(self, weight, grad, sq_grad):
+        return weight.abs()
+
+
+@register_importance("l2")
+class L2(Importance):
+    def elementwise(self, weight, grad, sq_grad):
+        return weight.square()
+
+
+@register_importance("taylor")
+class Taylor(Importance):
+    """First-order Taylor expansion of the loss: |w * dL/dw|, gradients averaged over batches."""
+
+    needs_calib = True
+
+    def elementwise(self, weight, grad, sq_grad):
+        return (weight * grad).abs()
+
+
+@register_importance("hessian")
+class Hessian(Importance):
+    """Second-order (OBD) saliency 0.5 * w^2 * H_ii, with the Hessian diagonal approximated by the
+    mean squared gradient over calibration batches (the empirical Fisher)."""
+
+    needs_calib = True
+
+    def elementwise(self, weight, grad, sq_grad):
+        return 0.5 * weight.square() * sq_grad
+
+
+@register_importance("random")
+class Random(Importance):
+    def __init__(self, seed: int = 0):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def elementwise(self, weight, grad, sq_grad):
+        return torch.rand(weight.shape, generator=self.generator).to(weight.device)
+
+
+def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None) -> dict:
+    """Mean gradient and mean squared gradient of the cross-entropy loss per parameter, over
+    ``(input, target)`` batches. Runs in eval mode; leaves the model's grads and mode as found."""
+    was_training = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.grad for p in params]
+    grad = {p: torch.zeros_like(p) for p in params}
+    sq_grad = {p: torch.zeros_like(p) for p in params}
+    n = 0
+    try:
+        for x, y in tqdm(calib, desc="calibration", total=max_batches, leave=False):
+            if max_batches is not None and n >= max_batches:
+                break
+            for p in params:
+                p.grad = None
+            device = next(model.parameters()).device
+            out = model(x.to(device))
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            F.cross_entropy(out, y.to(device)).backward()
+            for p in params:
+                if p.grad is not None:
+                    grad[p] += p.grad
+                    sq_grad[p] += p.grad.square()
+            n += 1
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+        model.train(was_training)
+    if n == 0:
+        raise IsopruneError("calibration data yielded no batches", hint="pass an iterable of (input, target) batches")
+    return {"grad": {p: g / n for p, g in grad.items()}, "sq_grad": {p: g / n for p, g in sq_grad.items()}}
+
+
+def member_tensors(model: nn.Module, name: str, *, param: bool, out: bool, dim: int) -> list[tuple[torch.Tensor, int]]:
+    """(real tensor, channel dim) pairs that pruning ``name`` in one direction touches."""
+    if param:
+        return [(model.get_parameter(name), dim)]
+    module = model.get_submodule(name)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        if module.groups > 1 and not depthwise and not out:
+            return []
+        dim = int(module.transposed) if (out or depthwise) else 1 - int(module.transposed)
+        return [(module.weight, dim)] + ([(module.bias, 0)] if out and module.bias is not None else [])
+    if isinstance(module, nn.Linear):
+        return [(module.weight, 0 if out else 1)] + ([(module.bias, 0)] if out and module.bias is not None else [])
+    return [(p, 0) for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if isinstance(p, torch.Tensor)]
+
+
+def item_member(graph: tp.DependencyGraph, item) -> dict | None:
+    """How a Torch-Pruning group item names a real member: keyword arguments of
+    ``member_tensors``, plus ``name``; None for virtual ops (reshape, add, ...)."""
+    node = item.dep.target
+    out = graph.is_out_channel_pruning_fn(item.dep.handler)
+    if node.type == tp.ops.OPTYPE.PARAMETER:
+        return {"name": graph._param_to_name[node.module], "param": True, "out": out, "dim": node.pruning_dim}
+    name = graph._module2name.get(node.module)
+    if name is None or not any(True for _ in node.module.parameters(recurse=False)):
+        return None
+    return {"name": name, "param": False, "out": out, "dim": node.pruning_dim}
+
+
+def channel_scores(model: nn.Module, analysis, criterion: Importance, stats: dict | None) -> list[torch.Tensor]:
+    """One score per root channel for every Torch-Pruning group of the analysis."""
+    graph, names = analysis.graph, analysis.graph._module2name
+    grads = stats["grad"] if stats else {}
+    sq_grads = stats["sq_grad"] if stats else {}
+    result = []
+    with torch.no_grad():
+        for tp_group in analysis.tp_groups:
+            total = torch.zeros(len(tp_group[0].idxs), dtype=torch.float64)
+            members = 0
+            for item in tp_group:
+                member = item_member(graph, item)
+                if member is None:
+                    continue
+                for tensor, dim in member_tensors(model, **member):
+                    scores = criterion.elementwise(tensor.detach(), grads.get(tensor), sq_grads.get(tensor))
+                    scores = scores.movedim(dim, 0)
+                    per_channel = scores.reshape(scores.shape[0], -1).sum(1).double().cpu()
+                    idxs = torch.as_tensor(item.idxs, dtype=torch.long)
+                    roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
+                    total.index_add_(0, roots, per_channel[idxs])
+                    members += 1
+            scores = total / max(members, 1)
+            if not torch.isfinite(scores).all():
+                raise IsopruneError(
+                    "importance scores are not finite",
+                    group=names.get(tp_group[0].dep.target.module),
+                    hint="check the model's weights and calibration data for NaN/inf",
+                )
+            result.append(scores)
+    return result
+
+
+def attention_unit_scores(scores: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """qkv channel scores laid out [3, heads, head_dim] -> one score per (head, dim) unit."""
+    return scores.view(3, heads, head_dim).sum(0)
+
+

@@ -1,0 +1,294 @@
+"""Deciding what to remove: ratios, scopes, and the plain-data plan."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import __version__, _importance
+from ._errors import IsopruneError
+from ._groups import Analysis, Group, analyse
+
+KINDS = ("emb", "heads", "head_dim", "mlp")
+SCOPES = ("isomorphic", "global", "local")
+
+
+@dataclass
+class Ratios:
+    """Share of units to remove, per kind; ``default`` covers every other group (CNN channels).
+
+    ``overrides`` maps a key to a ratio, tried in this order: an exact member name
+    (``"blocks.3.mlp.fc1"``), a ``"re:<pattern>"`` searched in member names, a signature
+    (``"mlp-3fa9..."``, as listed by ``isomorphic_groups``).
+    """
+
+    emb: float = 0.0
+    heads: float = 0.0
+    head_dim: float = 0.0
+    mlp: float = 0.0
+    default: float = 0.0
+    overrides: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key in KINDS + ("default",):
+            _check_ratio(getattr(self, key), key)
+        for key, value in self.overrides.items():
+            _check_ratio(value, key)
+
+    @classmethod
+    def coerce(cls, ratios) -> "Ratios":
+        """A ``Ratios``, a dict with its fields, or one number for every kind."""
+        if isinstance(ratios, cls):
+            return ratios
+        if isinstance(ratios, (int, float)):
+            return cls(**{k: float(ratios) for k in KINDS + ("default",)})
+        if isinstance(ratios, dict):
+            valid = [f.name for f in fields(cls)]
+            unknown = sorted(set(ratios) - set(valid))
+            if unknown:
+                raise IsopruneError(f"unknown ratio key {unknown[0]!r}", hint=f"valid keys: {', '.join(valid)}")
+            return cls(**ratios)
+        raise IsopruneError(f"ratios must be a number, a dict or Ratios, not {type(ratios).__name__}")
+
+    def for_group(self, group: Group) -> tuple[float, str]:
+        """(ratio, where it came from): 'name', 'signature' or the kind."""
+        names = [n for n, _ in group.members] + [group.root] + ([group.owner] if group.owner else [])
+        for key, value in self.overrides.items():
+            if key in names:
+                return value, "name"
+        for key, value in self.overrides.items():
+            if key.startswith("re:") and any(re.search(key[3:], n) for n in names):
+                return value, "name"
+        if group.signature in self.overrides:
+            return self.overrides[group.signature], "signature"
+        if group.kind in KINDS:
+            return getattr(self, group.kind), group.kind
+        return self.default, "default"
+
+
+def _check_ratio(value, key):
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise IsopruneError(f"ratio {key}={value!r} is outside [0, 1)", hint="use e.g. 0.5 to remove half")
+
+
+@dataclass
+class GroupPlan:
+    """What one group keeps. ``keep`` are unit indices (channels, heads or head dims)."""
+
+    id: int
+    kind: str
+    signature: str
+    root: str
+    channels: int
+    ratio: float
+    keep: list[int]
+    owner: str | None = None
+
+
+@dataclass
+class PruningPlan:
+    """Plain data: printable, diffable, saved as YAML/JSON, re-applied to a fresh model."""
+
+    model: str
+    input_size: list[int]
+    scope: str
+    importance: str
+    labels: str
+    round_to: int | None
+    ratios: dict
+    groups: list[GroupPlan]
+    widths: dict[str, dict[str, list[int]]]
+    macs: dict[str, int]
+    params: dict[str, int]
+    version: str = __version__
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PruningPlan":
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - valid)
+        missing = sorted(valid - set(data) - {"version"})
+        if unknown or missing:
+            raise IsopruneError(
+                "not a pruning plan", unknown=unknown, missing=missing, hint="load a file written by PruningPlan.save"
+            )
+        data = dict(data, groups=[GroupPlan(**g) for g in data["groups"]])
+        return cls(**data)
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=1) if path.suffix == ".json" else yaml.safe_dump(self.to_dict(), sort_keys=False)
+        path.write_text(text)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "PruningPlan":
+        path = Path(path)
+        if not path.is_file():
+            raise IsopruneError(f"no plan file at {path}")
+        try:
+            data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        except (ValueError, yaml.YAMLError) as exc:
+            raise IsopruneError(f"cannot parse plan {path}: {exc}") from exc
+        return cls.from_dict(data)
+
+    def summary(self) -> str:
+        """Isomorphic groups with channels before -> after, then MACs and params."""
+        rows, classes = [], {}
+        for g in self.groups:
+            classes.setdefault(g.signature, []).append(g)
+        for sig, members in classes.items():
+            before = sum(g.channels for g in members)
+            after = sum(len(g.keep) for g in members)
+            rows.append(f"{sig:<24} {members[0].kind:<9} {len(members):>3} groups  {before:>6} -> {after:<6} ratio {members[0].ratio:.2f}")
+        m, p = self.macs, self.params
+        rows.append(f"MACs {m['before'] / 1e9:.3f} G -> {m['after'] / 1e9:.3f} G, params {p['before'] / 1e6:.3f} M -> {p['after'] / 1e6:.3f} M")
+        return "\n".join(rows)
+
+
+def _pools(groups: list[Group], ratios: Ratios, scope: str) -> dict[tuple, list[Group]]:
+    """Which groups are ranked together. Name overrides always rank alone."""
+    pools: dict[tuple, list[Group]] = {}
+    for g in groups:
+        ratio, origin = ratios.for_group(g)
+        if scope == "local" or origin == "name":
+            key = ("group", g.id, ratio)
+        elif scope == "isomorphic":
+            key = ("signature", g.signature, ratio)
+        else:
+            key = ("kind", g.kind, ratio)
+        pools.setdefault(key, []).append(g)
+    return pools
+
+
+def _select(pool: list[Group], scores: dict[int, torch.Tensor], ratio: float, round_to: int | None) -> dict[int, list[int]]:
+    """Remove the lowest-scored ``ratio`` share of the pool's units; every group keeps at least
+    one unit (``round_to`` of them when set) and, with ``round_to``, a multiple of it."""
+    step = round_to if round_to and pool[0].kind != "heads" else 1
+    total = sum(g.channels for g in pool)
+    n_remove = int(math.floor(ratio * total + 1e-9))
+    flat = torch.cat([scores[g.id] for g in pool])
+    owner = torch.cat([torch.full((g.channels,), i) for i, g in enumerate(pool)])
+    unit = torch.cat([torch.arange(g.channels) for g in pool])
+    order = torch.argsort(flat, stable=True)
+    floor = [min(g.channels, step) for g in pool]
+    kept = [g.channels for g in pool]
+    removed = [[] for _ in pool]
+    for k in order.tolist():
+        if n_remove == 0:
+            break
+        i = int(owner[k])
+        if kept[i] > floor[i]:
+            removed[i].append(int(unit[k]))
+            kept[i] -= 1
+            n_remove -= 1
+    keep = {}
+    for i, g in enumerate(pool):
+        drop = removed[i]
+        excess = (g.channels - len(drop)) % step
+        if excess:  # round the kept count up to a multiple of step: restore the best removed
+            drop = drop[: len(drop) - (step - excess)]
+        dropped = set(drop)
+        keep[g.id] = [u for u in range(g.channels) if u not in dropped]
+    return keep
+
+
+def _unit_scores(analysis: Analysis, channel: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+    scores = {}
+    for g in analysis.groups:
+        s = channel[analysis.source[g.id]]
+        if g.kind in ("heads", "head_dim"):
+            units = _importance.attention_unit_scores(s, *analysis.attention[g.owner])
+            s = units.sum(1) if g.kind == "heads" else units.mean(0)
+        scores[g.id] = s
+    return scores
+
+
+def _rescore_head_dims(analysis, channel, keep) -> dict[int, torch.Tensor]:
+    """Head-dim scores averaged over the heads that stay, once heads are chosen."""
+    heads_of = {g.owner: keep[g.id] for g in analysis.groups if g.kind == "heads"}
+    out = {}
+    for g in analysis.groups:
+        if g.kind == "head_dim":
+            units = _importance.attention_unit_scores(channel[analysis.source[g.id]], *analysis.attention[g.owner])
+            out[g.id] = units[heads_of[g.owner]].mean(0)
+    return out
+
+
+def choose(analysis: Analysis, channel: list[torch.Tensor], ratios: Ratios, scope: str, round_to) -> dict[int, list[int]]:
+    """Kept units per group id: heads first, then head dims among the kept heads, then the rest."""
+    scores = _unit_scores(analysis, channel)
+    keep: dict[int, list[int]] = {}
+    first = [g for g in analysis.groups if g.kind != "head_dim"]
+    for key, pool in _pools(first, ratios, scope).items():
+        keep.update(_select(pool, scores, key[2], round_to))
+    scores.update(_rescore_head_dims(analysis, channel, keep))
+    second = [g for g in analysis.groups if g.kind == "head_dim"]
+    for key, pool in _pools(second, ratios, scope).items():
+        keep.update(_select(pool, scores, key[2], round_to))
+    return keep
+
+
+def model_name(model) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+def plan(
+    model,
+    ratios,
+    *,
+    importance="l2",
+    calib=None,
+    calib_batches: int | None = None,
+    scope: str = "isomorphic",
+    round_to: int | None = None,
+    example_inputs=None,
+    labels: str = "structure",
+) -> PruningPlan:
+    """Decide what to remove, without touching the model.
+
+    Ranking happens within each isomorphic group (``scope="isomorphic"``), across all groups of a
+    kind (``"global"``), or inside each group alone (``"local"``: the same ratio in every layer).
+    """
+    from ._apply import remember, skeleton_apply
+
+    ratios = Ratios.coerce(ratios)
+    if scope not in SCOPES:
+        raise IsopruneError(f"unknown scope {scope!r}", hint=f"use one of {', '.join(SCOPES)}")
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise IsopruneError(f"round_to must be a positive integer, not {round_to!r}")
+    criterion = _importance.get_importance(importance)
+    stats = None
+    if criterion.needs_calib:
+        if calib is None:
+            raise IsopruneError(f"importance {importance!r} needs calibration data", hint="pass calib=[(inputs, targets), ...]")
+        stats = _importance.calibrate(model, calib, calib_batches)
+    analysis = analyse(model, example_inputs, labels)
+    channel = _importance.channel_scores(model, analysis, criterion, stats)
+    keep = choose(analysis, channel, ratios, scope, round_to)
+    groups = [
+        GroupPlan(g.id, g.kind, g.signature, g.root, g.channels, ratios.for_group(g)[0], keep[g.id], g.owner)
+        for g in analysis.groups
+    ]
+    draft = PruningPlan(
+        model=model_name(model),
+        input_size=list(analysis.inputs.shape[1:]) if isinstance(analysis.inputs, torch.Tensor) else [],
+        scope=scope,
+        importance=importance if isinstance(importance, str) else type(importance).__name__,
+        labels=labels,
+        round_to=round_to,
+        ratios=asdict(ratios),
+        groups=groups,
+        widths={},
+        macs={},
+        params={},
+    )
+    return remember(skeleton_apply(analysis, draft), model)

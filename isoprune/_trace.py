@@ -1,0 +1,97 @@
+"""Tracing on a weightless copy of the model.
+
+The dependency graph only needs shapes, so it is built on a *meta skeleton*: the model's module
+tree with every parameter and buffer replaced by a meta tensor of the same shape. Building it
+copies no weights and runs no real compute, and pruning the skeleton tells us the exact shapes,
+MACs and params of the pruned model before the real one is touched.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ._errors import IsopruneError
+
+Inputs = torch.Tensor | Sequence[torch.Tensor]
+
+
+def meta_skeleton(model: nn.Module) -> nn.Module:
+    memo: dict[int, torch.Tensor] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        empty = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    return copy.deepcopy(model, memo)
+
+
+def input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The input size the model was built for: timm's pretrained config, the patch embedding's
+    image size, else ImageNet's 3x224x224."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if "input_size" in cfg:
+        return tuple(int(s) for s in cfg["input_size"])
+    img = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img is not None:
+        return (3, int(img[0]), int(img[1]))
+    return (3, 224, 224)
+
+
+def meta_inputs(model: nn.Module, example_inputs: Inputs | None = None) -> Inputs:
+    """Example inputs on the meta device, shaped like the user's or like the model's config."""
+    if example_inputs is None:
+        return torch.empty((1, *input_size(model)), device="meta")
+    if isinstance(example_inputs, torch.Tensor):
+        return torch.empty_like(example_inputs, device="meta")
+    return tuple(torch.empty_like(t, device="meta") for t in example_inputs)
+
+
+def _forward(model: nn.Module, inputs: Inputs):
+    return model(inputs) if isinstance(inputs, torch.Tensor) else model(*inputs)
+
+
+def build_graph(skeleton: nn.Module, inputs: Inputs) -> tp.DependencyGraph:
+    was_training = skeleton.training
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tp.DependencyGraph().build_dependency(skeleton, inputs, verbose=False)
+    except IsopruneError:
+        raise
+    except Exception as exc:  # tracing failures come from deep inside torch/Torch-Pruning
+        raise IsopruneError(
+            f"could not trace {type(skeleton).__name__}: {type(exc).__name__}: {exc}",
+            hint="pass example_inputs shaped like the model's real input",
+        ) from exc
+    finally:
+        skeleton.train(was_training)
+
+
+def output_modules(graph: tp.DependencyGraph) -> list[nn.Module]:
+    """Modules whose output channels are the model's output, found by walking back from the
+    traced outputs through shape-keeping ops (averaging of DeiT's two heads, flatten, ...)."""
+    found, stack, seen = [], [], set()
+    for node in graph.module2node.values():
+        if node.type == tp.ops.OPTYPE.OUTPUT:
+            stack += node.inputs
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node.module, (nn.Linear, nn.modules.conv._ConvNd)):
+            found.append(node.module)
+        elif not isinstance(node.module, nn.Module) or node.module not in graph._module2name:
+            stack += node.inputs
+    return found
+
+
+def count(skeleton: nn.Module, inputs: Inputs) -> tuple[int, int]:
+    """(MACs, params) as Torch-Pruning counts them (the paper's figures come from this counter)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        macs, params = tp.utils.count_ops_and_params(skeleton, inputs)
+    return int(macs), int(params)
