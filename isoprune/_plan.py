@@ -71,6 +71,18 @@ class Ratios:
         return self.default, "default"
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes lists of numbers on one line: plans hold long index lists."""
+
+
+_Dumper.add_representer(
+    list,
+    lambda dumper, data: dumper.represent_sequence(
+        "tag:yaml.org,2002:seq", data, flow_style=all(isinstance(v, (int, float)) for v in data)
+    ),
+)
+
+
 def _check_ratio(value, key):
     if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise IsopruneError(f"ratio {key}={value!r} is outside [0, 1)", hint="use e.g. 0.5 to remove half")
@@ -124,7 +136,7 @@ class PruningPlan:
 
     def save(self, path) -> Path:
         path = Path(path)
-        text = json.dumps(self.to_dict(), indent=1) if path.suffix == ".json" else yaml.safe_dump(self.to_dict(), sort_keys=False)
+        text = json.dumps(self.to_dict(), indent=1) if path.suffix == ".json" else yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
         path.write_text(text)
         return path
 

@@ -73,10 +73,8 @@ def build_graph(skeleton: nn.Module, inputs: Inputs) -> tp.DependencyGraph:
 def output_modules(graph: tp.DependencyGraph) -> list[nn.Module]:
     """Modules whose output channels are the model's output, found by walking back from the
     traced outputs through shape-keeping ops (averaging of DeiT's two heads, flatten, ...)."""
-    found, stack, seen = [], [], set()
-    for node in graph.module2node.values():
-        if node.type == tp.ops.OPTYPE.OUTPUT:
-            stack += node.inputs
+    found, seen = [], set()
+    stack = [node for node in graph.module2node.values() if not node.outputs]  # the graph's sinks
     while stack:
         node = stack.pop()
         if node in seen:

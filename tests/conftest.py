@@ -1,0 +1,70 @@
+import copy
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+import isoprune
+
+TINY = ["test_vit", "test_convnext", "test_resnet", "mobilenetv2_035"]
+
+
+def make(name: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
+    """A randomly initialised model in eval mode, with non-trivial BatchNorm statistics so that
+    pruning mistakes show up in the outputs. ``tv:NAME`` is a torchvision model."""
+    torch.manual_seed(seed)
+    if name.startswith("tv:"):
+        model = getattr(torchvision.models, name[3:])(num_classes=num_classes)
+    else:
+        model = timm.create_model(name, num_classes=num_classes)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.normal_(1, 0.2)
+                m.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def inputs_for(model: nn.Module, batch: int = 2) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(batch, *isoprune._trace.input_size(model))
+
+
+def layernorm_free(model: nn.Module, ratio: float) -> isoprune.Ratios:
+    """``ratio`` for every isomorphic group, except groups that span a LayerNorm: removing
+    channels under a LayerNorm changes its statistics, so zeroing them is not equivalent."""
+    overrides = {}
+    for iso in isoprune.isomorphic_groups(model):
+        names = [n for g in iso.groups for n, _ in g.members]
+        if any(isinstance(model.get_submodule(n), nn.LayerNorm) for n in names if n in dict(model.named_modules())):
+            overrides[iso.signature] = 0.0
+    return isoprune.Ratios(emb=ratio, heads=ratio, head_dim=ratio, mlp=ratio, default=ratio, overrides=overrides)
+
+
+def assert_equivalent(model: nn.Module, ratios, atol: float = 1e-5, **kw) -> isoprune.PruningPlan:
+    """Zero what the plan removes in a copy; prune the model; both must compute the same."""
+    x = inputs_for(model)
+    plan = isoprune.plan(model, ratios, **kw)
+    zeroed = isoprune.zero_out(copy.deepcopy(model), plan)
+    isoprune.apply_plan(model, plan)
+    with torch.no_grad():
+        expected, got = zeroed(x), model(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+    return plan
+
+
+@pytest.fixture
+def digits_batches():
+    """Real data: scikit-learn's handwritten digits as 3x32x32 images, a few batches."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).div(16).unsqueeze(1)
+    x = nn.functional.interpolate(x, size=32, mode="bilinear").repeat(1, 3, 1, 1)
+    y = torch.tensor(data.target)
+    return [(x[i : i + 32], y[i : i + 32]) for i in range(0, 128, 32)]

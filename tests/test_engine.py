@@ -1,0 +1,107 @@
+"""Invariants of plan + apply across the paper's families."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import isoprune
+from conftest import TINY, assert_equivalent, inputs_for, layernorm_free, make
+
+FAMILIES = TINY + ["tv:resnet18", "tv:mobilenet_v2"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_pruned_model_runs_smaller_with_same_output_shape(name):
+    model = make(name)
+    x = inputs_for(model)
+    shape = model(x).shape
+    macs, params = isoprune.count(model)
+    isoprune.prune(model, 0.4)
+    out = model(x)
+    assert out.shape == shape and torch.isfinite(out).all()
+    new_macs, new_params = isoprune.count(model)
+    assert new_macs < 0.8 * macs and new_params < 0.8 * params
+    assert model.isoprune_plan.macs == {"before": macs, "after": new_macs}
+    assert model.isoprune_plan.params == {"before": params, "after": new_params}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_ratio_zero_is_the_identity(name):
+    model = make(name)
+    x = inputs_for(model)
+    state = copy.deepcopy(model.state_dict())
+    plan = isoprune.plan(model, 0.0)
+    assert all(len(g.keep) == g.channels for g in plan.groups)
+    isoprune.apply_plan(model, plan)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    model.load_state_dict(state)  # still loads: nothing changed shape
+    assert plan.macs["before"] == plan.macs["after"]
+
+
+@pytest.mark.parametrize("name", FAMILIES + ["resnet50", "convnext_atto"])
+def test_zeroed_channels_equal_pruned_channels(name):
+    model = make(name)
+    plan = assert_equivalent(model, layernorm_free(model, 0.4))
+    assert plan.params["after"] < plan.params["before"]
+
+
+@pytest.mark.parametrize("kinds", [dict(heads=0.5), dict(head_dim=0.25), dict(heads=0.5, head_dim=0.5, mlp=0.5)])
+def test_attention_heads_and_head_dims_are_equivalent(kinds):
+    model = make("test_vit")
+    assert_equivalent(model, isoprune.Ratios(**kinds))
+    attn = model.blocks[0].attn
+    assert attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim == 3 * attn.attn_dim
+    assert attn.proj.in_features == attn.attn_dim
+    assert attn.scale == pytest.approx(attn.head_dim**-0.5)
+
+
+def test_fused_and_unfused_attention_agree_after_pruning():
+    model = make("test_vit")
+    isoprune.prune(model, isoprune.Ratios(emb=0.25, heads=0.5, head_dim=0.25, mlp=0.5))
+    x = inputs_for(model)
+    with torch.no_grad():
+        fused = model(x)
+        for block in model.blocks:
+            block.attn.fused_attn = False
+        unfused = model(x)
+    torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=0)
+
+
+def test_classifier_is_never_pruned_at_its_output():
+    model = make("deit_tiny_distilled_patch16_224", num_classes=7)
+    isoprune.prune(model, 0.5)
+    assert model.head.out_features == 7 and model.head_dist.out_features == 7
+    model = make("tv:mobilenet_v2", num_classes=5)
+    isoprune.prune(model, 0.5)
+    assert model.classifier[1].out_features == 5
+
+
+def test_plan_does_not_touch_the_model():
+    model = make("test_resnet")
+    state = copy.deepcopy(model.state_dict())
+    isoprune.plan(model, 0.5)
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+
+
+def test_round_to_keeps_multiples():
+    model = make("test_vit")
+    plan = isoprune.plan(model, isoprune.Ratios(mlp=0.37, emb=0.3), round_to=8)
+    for g in plan.groups:
+        if g.kind in ("mlp", "emb"):
+            assert len(g.keep) % 8 == 0
+    isoprune.apply_plan(model, plan)
+    assert model.blocks[0].mlp.fc1.out_features % 8 == 0
+
+
+def test_bad_ratios_are_user_errors():
+    model = make("test_resnet")
+    with pytest.raises(isoprune.IsopruneError, match="outside"):
+        isoprune.plan(model, 1.0)
+    with pytest.raises(isoprune.IsopruneError, match="unknown ratio key 'embed'"):
+        isoprune.plan(model, {"embed": 0.5})
+    with pytest.raises(isoprune.IsopruneError, match="unknown scope"):
+        isoprune.plan(model, 0.5, scope="layerwise")
+    with pytest.raises(isoprune.IsopruneError, match="unknown importance"):
+        isoprune.plan(model, 0.5, importance="l3")

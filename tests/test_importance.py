@@ -1,0 +1,65 @@
+"""Importance criteria: registry, calibration, and that scores mean something."""
+import pytest
+import torch
+
+import isoprune
+from isoprune import _groups, _importance
+from conftest import make
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "hessian"])
+def test_gradient_criteria_use_real_calibration_data(criterion, digits_batches):
+    model = make("test_resnet")
+    model.train()
+    plan = isoprune.plan(model, 0.3, importance=criterion, calib=digits_batches, example_inputs=digits_batches[0][0][:1])
+    assert plan.importance == criterion
+    assert model.training and all(p.grad is None for p in model.parameters())
+    isoprune.apply_plan(model, plan, example_inputs=digits_batches[0][0][:1])
+    assert model(digits_batches[0][0]).shape == (32, 10)
+
+
+def test_gradient_criteria_need_calibration():
+    with pytest.raises(isoprune.IsopruneError, match="needs calibration data"):
+        isoprune.plan(make("test_resnet"), 0.3, importance="taylor")
+
+
+def test_magnitude_removes_the_smallest_channels():
+    model = make("test_vit")
+    with torch.no_grad():
+        mlp = model.blocks[0].mlp  # ten tiny hidden units in the first MLP: in, bias and out
+        mlp.fc1.weight[:10] *= 1e-3
+        mlp.fc1.bias[:10] *= 1e-3
+        mlp.fc2.weight[:, :10] *= 1e-3
+    plan = isoprune.plan(model, isoprune.Ratios(mlp=10 / (6 * 192) + 1e-6), scope="isomorphic")
+    first = next(g for g in plan.groups if g.root == "blocks.0.mlp.fc1")
+    assert set(range(10)).isdisjoint(first.keep) and len(first.keep) == 182
+
+
+def test_heads_are_scored_whole():
+    model = make("test_vit")
+    with torch.no_grad():
+        model.blocks[2].attn.qkv.weight.view(3, 2, 32, -1)[:, 1] *= 1e-3  # head 1 of block 2 is tiny
+    plan = isoprune.plan(model, isoprune.Ratios(heads=1 / 12 + 1e-6))
+    heads = {g.root: g.keep for g in plan.groups if g.kind == "heads"}
+    assert heads["blocks.2.attn.qkv"] == [0]
+    assert all(keep == [0, 1] for root, keep in heads.items() if root != "blocks.2.attn.qkv")
+
+
+def test_custom_criterion_by_registry():
+    @isoprune.register_importance("negative_l1")
+    class NegativeL1(isoprune.Importance):
+        def elementwise(self, weight, grad, sq_grad):
+            return -weight.abs()
+
+    assert "negative_l1" in isoprune.available_importances()
+    plan = isoprune.plan(make("test_resnet"), 0.5, importance="negative_l1")
+    assert plan.importance == "negative_l1"
+
+
+def test_random_is_seeded_and_differs_from_magnitude():
+    model = make("test_resnet")
+    a = isoprune.plan(model, 0.5, importance="random")
+    b = isoprune.plan(model, 0.5, importance="random")
+    c = isoprune.plan(model, 0.5, importance="l2")
+    assert [g.keep for g in a.groups] == [g.keep for g in b.groups]
+    assert [g.keep for g in a.groups] != [g.keep for g in c.groups]

@@ -1,0 +1,63 @@
+"""The three ranking scopes do what they say."""
+import pytest
+import torch
+
+import isoprune
+from conftest import make
+
+
+def shares(plan, kind):
+    return [len(g.keep) / g.channels for g in plan.groups if g.kind == kind]
+
+
+def test_local_keeps_the_same_share_of_every_group():
+    plan = isoprune.plan(make("test_resnet"), 0.5, scope="local")
+    for g in plan.groups:
+        assert len(g.keep) == g.channels - int(0.5 * g.channels)
+
+
+def test_isomorphic_prunes_each_class_by_its_own_ratio_unevenly_across_members():
+    model = make("deit_tiny_patch16_224")
+    plan = isoprune.plan(model, isoprune.Ratios(mlp=0.5, heads=0.5), scope="isomorphic")
+    mlp = [g for g in plan.groups if g.kind == "mlp"]
+    assert sum(len(g.keep) for g in mlp) == sum(g.channels for g in mlp) // 2
+    assert len(set(shares(plan, "mlp"))) > 1  # ranked across layers, not per layer
+    assert sum(len(g.keep) for g in plan.groups if g.kind == "heads") == 12 * 3 // 2
+
+
+def test_global_ranks_across_isomorphic_classes_of_a_kind():
+    model = make("resnet50")
+    iso = isoprune.plan(model, 0.5, scope="isomorphic")
+    glob = isoprune.plan(model, 0.5, scope="global")
+    total = sum(g.channels for g in glob.groups)
+    assert sum(len(g.keep) for g in glob.groups) == total - int(0.5 * total)
+    per_class = {}
+    for g in iso.groups:
+        per_class.setdefault(g.signature, [0, 0])
+        per_class[g.signature][0] += len(g.keep)
+        per_class[g.signature][1] += g.channels
+    # isomorphic: every class loses (about) half; global: classes lose different shares
+    assert all(abs(k / n - 0.5) <= 1 / n for k, n in per_class.values())
+    glob_class = {}
+    for g in glob.groups:
+        glob_class.setdefault(g.signature, [0, 0])
+        glob_class[g.signature][0] += len(g.keep)
+        glob_class[g.signature][1] += g.channels
+    assert len({round(k / n, 2) for k, n in glob_class.values()}) > 1
+
+
+def test_name_and_signature_overrides():
+    model = make("test_vit")
+    mlp_sig = next(i.signature for i in isoprune.isomorphic_groups(model) if i.kind == "mlp")
+    ratios = isoprune.Ratios(mlp=0.5, overrides={"blocks.0.mlp.fc1": 0.0, "re:blocks\\.1\\.": 0.25})
+    plan = isoprune.plan(model, ratios)
+    mlp = {g.root: g for g in plan.groups if g.kind == "mlp"}
+    assert len(mlp["blocks.0.mlp.fc1"].keep) == 192
+    assert len(mlp["blocks.1.mlp.fc1"].keep) == 144
+    plan = isoprune.plan(model, isoprune.Ratios(mlp=0.5, overrides={mlp_sig: 0.75}))
+    assert sum(len(g.keep) for g in plan.groups if g.kind == "mlp") == 6 * 192 // 4
+
+
+def test_no_group_is_pruned_to_nothing():
+    plan = isoprune.plan(make("test_resnet"), 0.99, scope="global")
+    assert all(len(g.keep) >= 1 for g in plan.groups)
