@@ -18,9 +18,14 @@ from ._errors import IsopruneError
 
 
 class Importance:
-    """Base class: ``elementwise(weight, grad, sq_grad)`` returns a score per element."""
+    """Base class: ``elementwise(weight, grad, sq_grad)`` returns a score per element.
+    ``stats`` names the calibration statistics it uses: ``grad`` and/or ``sq_grad``."""
 
-    needs_calib = False
+    stats: tuple[str, ...] = ()
+
+    @property
+    def needs_calib(self) -> bool:
+        return bool(self.stats)
 
     def elementwise(self, weight: torch.Tensor, grad, sq_grad) -> torch.Tensor:
         raise NotImplementedError
@@ -67,7 +72,7 @@ class L2(Importance):
 class Taylor(Importance):
     """First-order Taylor expansion of the loss: |w * dL/dw|, gradients averaged over batches."""
 
-    needs_calib = True
+    stats = ("grad",)
 
     def elementwise(self, weight, grad, sq_grad):
         return (weight * grad).abs()
@@ -78,7 +83,7 @@ class Hessian(Importance):
     """Second-order (OBD) saliency 0.5 * w^2 * H_ii, with the Hessian diagonal approximated by the
     mean squared gradient over calibration batches (the empirical Fisher)."""
 
-    needs_calib = True
+    stats = ("sq_grad",)
 
     def elementwise(self, weight, grad, sq_grad):
         return 0.5 * weight.square() * sq_grad
@@ -93,15 +98,15 @@ class Random(Importance):
         return torch.rand(weight.shape, generator=self.generator).to(weight.device)
 
 
-def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None) -> dict:
-    """Mean gradient and mean squared gradient of the cross-entropy loss per parameter, over
+def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None, stats=("grad", "sq_grad")) -> dict:
+    """Mean gradient and/or mean squared gradient of the cross-entropy loss per parameter, over
     ``(input, target)`` batches. Runs in eval mode; leaves the model's grads and mode as found."""
     was_training = model.training
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.grad for p in params]
-    grad = {p: torch.zeros_like(p) for p in params}
-    sq_grad = {p: torch.zeros_like(p) for p in params}
+    sums = {stat: {p: torch.zeros_like(p) for p in params} for stat in stats}
+    device = params[0].device if params else torch.device("cpu")
     n = 0
     try:
         for x, y in tqdm(calib, desc="calibration", total=max_batches, leave=False):
@@ -109,14 +114,15 @@ def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None)
                 break
             for p in params:
                 p.grad = None
-            device = next(model.parameters()).device
             out = model(x.to(device))
             out = out[0] if isinstance(out, (tuple, list)) else out
             F.cross_entropy(out, y.to(device)).backward()
             for p in params:
                 if p.grad is not None:
-                    grad[p] += p.grad
-                    sq_grad[p] += p.grad.square()
+                    if "grad" in sums:
+                        sums["grad"][p] += p.grad
+                    if "sq_grad" in sums:
+                        sums["sq_grad"][p] += p.grad.square()
             n += 1
     finally:
         for p, g in zip(params, saved):
@@ -124,7 +130,7 @@ def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None)
         model.train(was_training)
     if n == 0:
         raise IsopruneError("calibration data yielded no batches", hint="pass an iterable of (input, target) batches")
-    return {"grad": {p: g / n for p, g in grad.items()}, "sq_grad": {p: g / n for p, g in sq_grad.items()}}
+    return {stat: {p: total / n for p, total in per_param.items()} for stat, per_param in sums.items()}
 
 
 def member_tensors(model: nn.Module, name: str, *, param: bool, out: bool, dim: int) -> list[tuple[torch.Tensor, int]]:
@@ -159,8 +165,8 @@ def item_member(graph: tp.DependencyGraph, item) -> dict | None:
 def channel_scores(model: nn.Module, analysis, criterion: Importance, stats: dict | None) -> list[torch.Tensor]:
     """One score per root channel for every Torch-Pruning group of the analysis."""
     graph, names = analysis.graph, analysis.graph._module2name
-    grads = stats["grad"] if stats else {}
-    sq_grads = stats["sq_grad"] if stats else {}
+    stats = stats or {}
+    grads, sq_grads = stats.get("grad", {}), stats.get("sq_grad", {})
     result = []
     with torch.no_grad():
         for tp_group in analysis.tp_groups:

@@ -282,7 +282,7 @@ def plan(
     if criterion.needs_calib:
         if calib is None:
             raise IsopruneError(f"importance {importance!r} needs calibration data", hint="pass calib=[(inputs, targets), ...]")
-        stats = _importance.calibrate(model, calib, calib_batches)
+        stats = _importance.calibrate(model, calib, calib_batches, criterion.stats)
     analysis = analyse(model, example_inputs, labels)
     channel = _importance.channel_scores(model, analysis, criterion, stats)
     keep = choose(analysis, channel, ratios, scope, round_to)

@@ -70,19 +70,20 @@ def build_graph(skeleton: nn.Module, inputs: Inputs) -> tp.DependencyGraph:
         skeleton.train(was_training)
 
 
-def output_modules(graph: tp.DependencyGraph) -> list[nn.Module]:
-    """Modules whose output channels are the model's output, found by walking back from the
-    traced outputs through shape-keeping ops (averaging of DeiT's two heads, flatten, ...)."""
+def output_modules(graph: tp.DependencyGraph) -> list:
+    """Layers whose output channels are the model's output, found by walking back from the
+    graph's sinks through shape-keeping ops (the average of DeiT's two heads, flatten, ...).
+    For a headless model this is its last norm, which keeps the embedding width."""
     found, seen = [], set()
-    stack = [node for node in graph.module2node.values() if not node.outputs]  # the graph's sinks
+    stack = [node for node in graph.module2node.values() if not node.outputs]
     while stack:
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
-        if isinstance(node.module, (nn.Linear, nn.modules.conv._ConvNd)):
+        if node.type == tp.ops.OPTYPE.PARAMETER or node.module in graph._module2name:
             found.append(node.module)
-        elif not isinstance(node.module, nn.Module) or node.module not in graph._module2name:
+        else:
             stack += node.inputs
     return found
 

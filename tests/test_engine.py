@@ -77,6 +77,16 @@ def test_classifier_is_never_pruned_at_its_output():
     assert model.classifier[1].out_features == 5
 
 
+@pytest.mark.parametrize("name", ["test_vit", "test_resnet"])
+def test_headless_model_keeps_its_feature_width(name):
+    model = make(name, num_classes=0)
+    x = inputs_for(model)
+    shape = model(x).shape
+    isoprune.prune(model, 0.5)
+    assert model(x).shape == shape
+    assert model.isoprune_plan.params["after"] < model.isoprune_plan.params["before"]
+
+
 def test_plan_does_not_touch_the_model():
     model = make("test_resnet")
     state = copy.deepcopy(model.state_dict())
