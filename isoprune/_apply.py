@@ -54,17 +54,19 @@ def _removed(analysis: Analysis, pruning: PruningPlan) -> dict[int, list[int]]:
 
 
 def _ops(analysis: Analysis, removed: dict[int, list[int]]) -> list[_Op]:
-    """Member-level removals, merged per member so each is cut once in original numbering."""
-    graph, merged = analysis.graph, {}
+    """Member-level removals, merged per member so each is cut once in original numbering.
+    Each full group item maps root channels to its own (``root_idxs`` beside ``idxs``), so the
+    removal is a filter of the traced groups, with no second walk of the graph."""
+    merged = {}
     for src, drop in removed.items():
-        root = analysis.tp_groups[src][0].dep
-        for item in graph.get_pruning_group(root.target.module, root.handler, drop):
-            member = item_member(graph, item)
+        drop = set(drop)
+        for item in analysis.tp_groups[src]:
+            member = item_member(analysis.graph, item)
             if member is None:
                 continue
-            key = (member["name"], member["out"])
-            op = merged.setdefault(key, _Op(handler=item.dep.handler, idxs=[], **member))
-            op.idxs = sorted(set(op.idxs) | set(item.idxs))
+            idxs = {i for i, root in zip(item.idxs, item.root_idxs) if root in drop}
+            op = merged.setdefault((member["name"], member["out"]), _Op(handler=item.dep.handler, idxs=[], **member))
+            op.idxs = sorted(set(op.idxs) | idxs)
     return list(merged.values())
 
 
