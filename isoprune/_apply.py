@@ -11,7 +11,7 @@ from . import _arch, _trace
 from ._errors import IsopruneError
 from ._groups import Analysis, analyse
 from ._importance import item_member, member_tensors
-from ._plan import PruningPlan, Ratios, plan
+from ._plan import PruningPlan, plan
 
 
 @dataclass

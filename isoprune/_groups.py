@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from functools import partial
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import networkx as nx
 import torch
@@ -12,6 +12,7 @@ import torch_pruning as tp
 from torch import nn
 
 from . import _arch, _trace
+from ._errors import IsopruneError
 from ._importance import item_member
 
 LABELS = ("type", "structure", "shape")
@@ -72,8 +73,8 @@ class Analysis:
         return list(classes.values())
 
 
-def _is_out(graph: tp.DependencyGraph, fn) -> bool:
-    return graph.is_out_channel_pruning_fn(fn)
+def _direction(graph: tp.DependencyGraph, fn) -> str:
+    return "out" if graph.is_out_channel_pruning_fn(fn) else "in"
 
 
 def _label(graph, node, direction: str, labels: str) -> str:
@@ -91,11 +92,11 @@ def _label(graph, node, direction: str, labels: str) -> str:
             if module.groups > 1:
                 text += ":dw" if module.groups == module.in_channels == module.out_channels else f":g{module.groups}"
     if labels == "shape":
-        text += f":{_widths(module)}"
+        text += f":{_width_label(module)}"
     return f"{text}/{direction}"
 
 
-def _widths(module) -> str:
+def _width_label(module) -> str:
     if isinstance(module, torch.Tensor):
         return "x".join(map(str, module.shape))
     for ins, outs in (("in_features", "out_features"), ("in_channels", "out_channels")):
@@ -112,15 +113,15 @@ def structure_graph(graph: tp.DependencyGraph, tp_group, labels: str = "structur
     items = {}
     for item in tp_group:
         node = item.dep.target
-        items[(node, "out" if _is_out(graph, item.dep.handler) else "in")] = len(items)
+        items[(node, _direction(graph, item.dep.handler))] = len(items)
     g = nx.DiGraph()
     for (node, direction), i in items.items():
         g.add_node(i, label=_label(graph, node, direction, labels))
     for (node, direction), i in items.items():
         for dep in node.dependencies:
-            if ("out" if _is_out(graph, dep.trigger) else "in") != direction:
+            if _direction(graph, dep.trigger) != direction:
                 continue
-            j = items.get((dep.target, "out" if _is_out(graph, dep.handler) else "in"))
+            j = items.get((dep.target, _direction(graph, dep.handler)))
             if j is not None and j != i:
                 g.add_edge(i, j)
     return g
@@ -137,11 +138,22 @@ def _parent(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
+def _units(root: str, channels: int, members, heads_of: dict, mlps: set) -> list[tuple[str, int, str | None]]:
+    """(kind, unit count, owner) for one traced group. An attention's qkv group yields two:
+    whole heads and head dims; the residual stream feeding attention is the embedding."""
+    if root in heads_of and channels == 3 * heads_of[root][1] * heads_of[root][2]:
+        owner, heads, head_dim = heads_of[root]
+        return [("heads", heads, owner), ("head_dim", head_dim, owner)]
+    if any(d == "in" and n in heads_of for n, d in members):
+        return [("emb", channels, None)]
+    if _parent(root) in mlps:
+        return [("mlp", channels, None)]
+    return [("channels", channels, None)]
+
+
 def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") -> Analysis:
     """Trace the model's skeleton and describe every prunable group."""
     if labels not in LABELS:
-        from ._errors import IsopruneError
-
         raise IsopruneError(f"unknown label granularity {labels!r}", hint=f"use one of {', '.join(LABELS)}")
     skeleton = _trace.meta_skeleton(model)
     inputs = _trace.meta_inputs(model, example_inputs)
@@ -162,18 +174,9 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
         root = graph._module2name[tp_group[0].dep.target.module]
         structure = structure_graph(graph, tp_group, labels)
         channels = len(tp_group[0].idxs)
-        units = []
-        if root in heads_of and channels == 3 * heads_of[root][1] * heads_of[root][2]:
-            owner, heads, head_dim = heads_of[root]
-            attention[owner] = (heads, head_dim)
-            units = [("heads", heads, owner), ("head_dim", head_dim, owner)]
-        elif any(d == "in" and n in heads_of for n, d in members):
-            units = [("emb", channels, None)]
-        elif _parent(root) in mlps:
-            units = [("mlp", channels, None)]
-        else:
-            units = [("channels", channels, None)]
-        for kind, n, owner in units:
+        for kind, n, owner in _units(root, channels, members, heads_of, mlps):
+            if owner:
+                attention[owner] = heads_of[root][1:]
             source[len(groups)] = len(tp_groups)
             groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner))
         tp_groups.append(tp_group)

@@ -206,7 +206,7 @@ def _select(pool: list[Group], scores: dict[int, torch.Tensor], ratio: float, ro
         drop = removed[i]
         excess = (g.channels - len(drop)) % step
         if excess:  # round the kept count up to a multiple of step: restore the best removed
-            drop = drop[: len(drop) - (step - excess)]
+            drop = drop[: max(0, len(drop) - (step - excess))]
         dropped = set(drop)
         keep[g.id] = [u for u in range(g.channels) if u not in dropped]
     return keep

@@ -30,10 +30,14 @@ def test_pruned_model_runs_smaller_with_same_output_shape(name):
 def test_ratio_zero_is_the_identity(name):
     model = make(name)
     x = inputs_for(model)
+    with torch.no_grad():
+        before = model(x)
     state = copy.deepcopy(model.state_dict())
     plan = isoprune.plan(model, 0.0)
     assert all(len(g.keep) == g.channels for g in plan.groups)
     isoprune.apply_plan(model, plan)
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in state.items()}
     model.load_state_dict(state)  # still loads: nothing changed shape
     assert plan.macs["before"] == plan.macs["after"]
@@ -103,6 +107,15 @@ def test_round_to_keeps_multiples():
             assert len(g.keep) % 8 == 0
     isoprune.apply_plan(model, plan)
     assert model.blocks[0].mlp.fc1.out_features % 8 == 0
+
+
+def test_round_to_that_cannot_be_reached_keeps_the_whole_group():
+    # 28 channels, 5 removed -> 23 kept, which rounds up to 32 > 28: every channel stays
+    model = nn.Sequential(nn.Conv2d(3, 28, 3), nn.BatchNorm2d(28), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(28, 10)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    plan = isoprune.plan(model, 5 / 28 + 1e-6, round_to=16, example_inputs=x)
+    assert [len(g.keep) for g in plan.groups] == [28]
 
 
 def test_bad_ratios_are_user_errors():

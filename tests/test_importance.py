@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import isoprune
-from isoprune import _groups, _importance
 from conftest import make
 
 

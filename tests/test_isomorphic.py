@@ -1,7 +1,6 @@
 """Isomorphic groups: which groups share a structure, and that signatures ignore names and order."""
 import timm
 import torch
-import torch_pruning as tp
 from torch import nn
 
 import isoprune

@@ -1,7 +1,4 @@
 """The three ranking scopes do what they say."""
-import pytest
-import torch
-
 import isoprune
 from conftest import make
 
