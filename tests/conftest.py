@@ -37,10 +37,10 @@ def inputs_for(model: nn.Module, batch: int = 2) -> torch.Tensor:
 def layernorm_free(model: nn.Module, ratio: float) -> isoprune.Ratios:
     """``ratio`` for every isomorphic group, except groups that span a LayerNorm: removing
     channels under a LayerNorm changes its statistics, so zeroing them is not equivalent."""
-    overrides = {}
+    modules, overrides = dict(model.named_modules()), {}
     for iso in isoprune.isomorphic_groups(model):
         names = [n for g in iso.groups for n, _ in g.members]
-        if any(isinstance(model.get_submodule(n), nn.LayerNorm) for n in names if n in dict(model.named_modules())):
+        if any(isinstance(modules.get(n), nn.LayerNorm) for n in names):
             overrides[iso.signature] = 0.0
     return isoprune.Ratios(emb=ratio, heads=ratio, head_dim=ratio, mlp=ratio, default=ratio, overrides=overrides)
 
