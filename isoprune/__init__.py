@@ -9,13 +9,19 @@ __version__ = "0.1.0"
 from ._errors import IsopruneError
 from ._groups import LABELS, Group, IsomorphicGroup
 from ._importance import Importance, available_importances, register_importance
-from ._plan import SCOPES, GroupPlan, PruningPlan, Ratios, plan
+from ._plan import SCOPES, Budget, GroupPlan, PruningPlan, Ratios, plan
+from ._depth import DepthPlan
 from ._apply import apply_plan, prune, zero_out
 from ._api import count, isomorphic_groups
+from ._models import ALIASES
+from ._models import create as create_model
+from ._io import load, save
 
 __all__ = [
     "IsopruneError",
     "Ratios",
+    "Budget",
+    "DepthPlan",
     "PruningPlan",
     "GroupPlan",
     "Group",
@@ -29,6 +35,10 @@ __all__ = [
     "zero_out",
     "isomorphic_groups",
     "count",
+    "create_model",
+    "save",
+    "load",
+    "ALIASES",
     "SCOPES",
     "LABELS",
 ]

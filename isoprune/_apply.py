@@ -1,6 +1,7 @@
 """Applying a plan: the one place a model is mutated."""
 from __future__ import annotations
 
+import copy
 import weakref
 from dataclasses import dataclass, replace
 
@@ -9,6 +10,7 @@ from torch import nn
 
 from . import _arch, _trace
 from ._errors import IsopruneError
+from ._depth import DepthPlan, apply_depth, check_depth, inside
 from ._groups import Analysis, analyse
 from ._importance import item_member, member_tensors
 from ._plan import PruningPlan, plan
@@ -108,19 +110,22 @@ def _fingerprint(model: nn.Module) -> tuple:
     return tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
 
 
-def skeleton_apply(analysis: Analysis, draft: PruningPlan) -> PruningPlan:
-    """Fill in the plan's exact outcome (widths, MACs, params) by pruning the skeleton."""
-    skeleton = analysis.skeleton
-    macs_before, params_before = _trace.count(skeleton, analysis.inputs)
-    widths_before = _widths(skeleton)
+def skeleton_apply(analysis: Analysis, draft: PruningPlan, depth_plans=()) -> PruningPlan:
+    """Fill in the plan's exact outcome (widths, MACs, params) by pruning a copy of the skeleton.
+    Layers of removed blocks have no width after."""
+    if not hasattr(analysis, "before"):
+        analysis.before = (*_trace.count(analysis.skeleton, analysis.inputs), _widths(analysis.skeleton))
+    macs_before, params_before, widths_before = analysis.before
+    skeleton = copy.deepcopy(analysis.skeleton)
     ops = _ops(analysis, _removed(analysis, draft))
     _run(skeleton, ops)
     _fixup(skeleton, draft)
-    macs_after, params_after = _trace.count(skeleton, analysis.inputs)
     widths_after = _widths(skeleton)
+    apply_depth(skeleton, depth_plans)
+    macs_after, params_after = _trace.count(skeleton, analysis.inputs)
     result = replace(
         draft,
-        widths={n: {"before": w, "after": widths_after[n]} for n, w in widths_before.items()},
+        widths={n: {"before": w, "after": None if inside(n, depth_plans) else widths_after[n]} for n, w in widths_before.items()},
         macs={"before": macs_before, "after": macs_after},
         params={"before": params_before, "after": params_after},
     )
@@ -158,15 +163,19 @@ def _plan_ops(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> li
 def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.Module:
     """Remove what the plan says, in place, and fix up attention attributes. Returns the model."""
     ops = _plan_ops(model, pruning, example_inputs)
+    depth_plans = [DepthPlan(**d) for d in pruning.depth]
+    check_depth(model, depth_plans)  # before anything changes: a misfit leaves the model whole
     with torch.no_grad():
         _run(model, ops)
     _fixup(model, pruning)
+    apply_depth(model, depth_plans)
     pruning._source = pruning._ops = None  # the model has changed; the cached ops are stale
     return model
 
 
 def zero_out(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.Module:
-    """Zero, in place, every weight the plan would remove, keeping shapes (a soft preview).
+    """Zero, in place, every weight the plan would remove, keeping shapes (a soft preview of
+    the width pruning; blocks the plan removes in depth are left as they are).
 
     Where no normalisation spans the removed channels, the zeroed model computes exactly what the
     pruned one does; LayerNorm over the embedding is the exception (its statistics change).

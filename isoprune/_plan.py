@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,14 @@ class Ratios:
                 raise IsopruneError(f"unknown ratio key {unknown[0]!r}", hint=f"valid keys: {', '.join(valid)}")
             return cls(**ratios)
         raise IsopruneError(f"ratios must be a number, a dict or Ratios, not {type(ratios).__name__}")
+
+    def scaled(self, factor: float) -> "Ratios":
+        """Every ratio times ``factor``: the shape a budget search keeps while it scales."""
+        kinds = {k: getattr(self, k) * factor for k in KINDS + ("default",)}
+        return Ratios(**kinds, overrides={k: v * factor for k, v in self.overrides.items()})
+
+    def largest(self) -> float:
+        return max([getattr(self, k) for k in KINDS + ("default",)] + list(self.overrides.values()))
 
     def for_group(self, group: Group) -> tuple[float, str]:
         """(ratio, where it came from): 'name', 'signature' or the kind."""
@@ -114,9 +122,11 @@ class PruningPlan:
     round_to: int | None
     ratios: dict
     groups: list[GroupPlan]
-    widths: dict[str, dict[str, list[int]]]
+    widths: dict[str, dict[str, list[int] | None]]
     macs: dict[str, int]
     params: dict[str, int]
+    depth: list[dict] = field(default_factory=list)
+    search: dict | None = None
     version: str = __version__
 
     def to_dict(self) -> dict:
@@ -126,7 +136,7 @@ class PruningPlan:
     def from_dict(cls, data: dict) -> "PruningPlan":
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - valid)
-        missing = sorted(valid - set(data) - {"version"})
+        missing = sorted(valid - set(data) - {"version", "depth", "search"})
         if unknown or missing:
             raise IsopruneError(
                 "not a pruning plan", unknown=unknown, missing=missing, hint="load a file written by PruningPlan.save"
@@ -161,6 +171,10 @@ class PruningPlan:
             after = sum(len(g.keep) for g in members)
             rows.append(f"{sig:<24} {members[0].kind:<9} {len(members):>3} groups  {before:>6} -> {after:<6} ratio {members[0].ratio:.2f}")
         m, p = self.macs, self.params
+        for d in self.depth:
+            rows.append(f"depth {d['container']:<18} {d['blocks']:>3} blocks -> {len(d['keep'])}")
+        if self.search:
+            rows.append(f"{self.search['metric']} budget {Budget(self.search['metric'], self.search['budget'])}: ratios scaled by {self.search['scale']:.4f}")
         rows.append(f"MACs {m['before'] / 1e9:.3f} G -> {m['after'] / 1e9:.3f} G, params {p['before'] / 1e6:.3f} M -> {p['after'] / 1e6:.3f} M")
         return "\n".join(rows)
 
@@ -219,33 +233,49 @@ def _unit_scores(analysis: Analysis, channel: list[torch.Tensor]) -> dict[int, t
         if g.kind in ("heads", "head_dim"):
             units = _importance.attention_unit_scores(s, *analysis.attention[g.owner])
             s = units.sum(1) if g.kind == "heads" else units.mean(0)
-        scores[g.id] = s
+        scores[g.id] = s / s.mean().clamp_min(1e-30)
     return scores
 
 
-def _rescore_head_dims(analysis, channel, keep) -> dict[int, torch.Tensor]:
-    """Head-dim scores averaged over the heads that stay, once heads are chosen."""
-    heads_of = {g.owner: keep[g.id] for g in analysis.groups if g.kind == "heads"}
-    out = {}
-    for g in analysis.groups:
-        if g.kind == "head_dim":
-            units = _importance.attention_unit_scores(channel[analysis.source[g.id]], *analysis.attention[g.owner])
-            out[g.id] = units[heads_of[g.owner]].mean(0)
-    return out
-
-
-def choose(analysis: Analysis, channel: list[torch.Tensor], ratios: Ratios, scope: str, round_to) -> dict[int, list[int]]:
-    """Kept units per group id: heads first, then head dims among the kept heads, then the rest."""
-    scores = _unit_scores(analysis, channel)
-    keep: dict[int, list[int]] = {}
-    first = [g for g in analysis.groups if g.kind != "head_dim"]
-    for key, pool in _pools(first, ratios, scope).items():
-        keep.update(_select(pool, scores, key[2], round_to))
-    scores.update(_rescore_head_dims(analysis, channel, keep))
-    second = [g for g in analysis.groups if g.kind == "head_dim"]
-    for key, pool in _pools(second, ratios, scope).items():
+def choose(analysis: Analysis, scores: dict[int, torch.Tensor], ratios: Ratios, scope: str, round_to, exclude=()) -> dict[int, list[int]]:
+    """Kept units per group id. Head dims are scored over all heads of their attention, as the
+    paper's implementation does: averaging over only the kept heads would give blocks left with
+    few heads noisier scores, and so more removals, skewing the pruned shape."""
+    keep = {g.id: list(range(g.channels)) for g in analysis.groups if g.id in exclude}
+    ranked = [g for g in analysis.groups if g.id not in exclude]
+    for key, pool in _pools(ranked, ratios, scope).items():
         keep.update(_select(pool, scores, key[2], round_to))
     return keep
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A size to prune down to: ``macs`` or ``params``, an absolute count."""
+
+    metric: str
+    value: int
+
+    _UNITS = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+    @classmethod
+    def parse(cls, text) -> "Budget":
+        """``"4.2G"`` is MACs, ``"20M"`` is params (as the paper writes them); ``"macs=800M"`` or
+        ``"params=1.2G"`` says which explicitly."""
+        if isinstance(text, Budget):
+            return text
+        raw = str(text).strip()
+        metric, _, amount = raw.rpartition("=")
+        match = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([KMGT])", amount.strip(), re.IGNORECASE)
+        if not match or metric.lower() not in ("", "macs", "params"):
+            raise IsopruneError(
+                f"cannot read budget {raw!r}", hint="write MACs like 4.2G, params like 20M, or macs=800M / params=1.2G"
+            )
+        value = int(float(match[1]) * cls._UNITS[match[2].upper()])
+        metric = metric.lower() or ("macs" if match[2].upper() in "GT" else "params")
+        return cls(metric, value)
+
+    def __str__(self) -> str:
+        return f"{self.value / 1e9:.3f} G MACs" if self.metric == "macs" else f"{self.value / 1e6:.3f} M params"
 
 
 def model_name(model) -> str:
@@ -253,9 +283,18 @@ def model_name(model) -> str:
     return cfg.get("architecture") or type(model).__name__
 
 
+def _validate(ratios, scope, round_to) -> Ratios:
+    ratios = Ratios.coerce(ratios)
+    if scope not in SCOPES:
+        raise IsopruneError(f"unknown scope {scope!r}", hint=f"use one of {', '.join(SCOPES)}")
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise IsopruneError(f"round_to must be a positive integer, not {round_to!r}")
+    return ratios
+
+
 def plan(
     model,
-    ratios,
+    ratios=0.0,
     *,
     importance="l2",
     calib=None,
@@ -264,19 +303,21 @@ def plan(
     round_to: int | None = None,
     example_inputs=None,
     labels: str = "structure",
+    depth: dict[str, int] | None = None,
+    budget=None,
 ) -> PruningPlan:
     """Decide what to remove, without touching the model.
 
     Ranking happens within each isomorphic group (``scope="isomorphic"``), across all groups of a
     kind (``"global"``), or inside each group alone (``"local"``: the same ratio in every layer).
+    ``depth`` maps a block container (``"stages.2.blocks"``) to how many of its blocks to remove.
+    With a ``budget`` (``"4.2G"`` MACs, ``"20M"`` params) the ratios are a shape: they are scaled
+    by one factor, found by bisection, so that the pruned model lands within 1% under the budget.
     """
     from ._apply import remember, skeleton_apply
+    from ._depth import choose_depth, inside
 
-    ratios = Ratios.coerce(ratios)
-    if scope not in SCOPES:
-        raise IsopruneError(f"unknown scope {scope!r}", hint=f"use one of {', '.join(SCOPES)}")
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise IsopruneError(f"round_to must be a positive integer, not {round_to!r}")
+    ratios = _validate(ratios, scope, round_to)
     criterion = _importance.get_importance(importance)
     stats = None
     if criterion.needs_calib:
@@ -284,23 +325,65 @@ def plan(
             raise IsopruneError(f"importance {importance!r} needs calibration data", hint="pass calib=[(inputs, targets), ...]")
         stats = _importance.calibrate(model, calib, calib_batches, criterion.stats)
     analysis = analyse(model, example_inputs, labels)
-    channel = _importance.channel_scores(model, analysis, criterion, stats)
-    keep = choose(analysis, channel, ratios, scope, round_to)
-    groups = [
-        GroupPlan(g.id, g.kind, g.signature, g.root, g.channels, ratios.for_group(g)[0], keep[g.id], g.owner)
-        for g in analysis.groups
-    ]
-    draft = PruningPlan(
+    depth_plans = choose_depth(model, analysis.skeleton, analysis.inputs, dict(depth or {}), criterion, stats)
+    # groups that live wholly inside removed blocks go with them: they take no part in ranking
+    gone = {g.id for g in analysis.groups if all(inside(n, depth_plans) for n, _ in g.members)}
+    scores = _unit_scores(analysis, _importance.channel_scores(model, analysis, criterion, stats))
+    template = PruningPlan(
         model=model_name(model),
         input_size=list(analysis.inputs.shape[1:]) if isinstance(analysis.inputs, torch.Tensor) else [],
         scope=scope,
         importance=importance if isinstance(importance, str) else type(importance).__name__,
         labels=labels,
         round_to=round_to,
-        ratios=asdict(ratios),
-        groups=groups,
+        ratios={},
+        groups=[],
         widths={},
         macs={},
         params={},
+        depth=[asdict(d) for d in depth_plans],
     )
-    return remember(skeleton_apply(analysis, draft), model)
+
+    def outcome(r: Ratios) -> PruningPlan:
+        keep = choose(analysis, scores, r, scope, round_to, exclude=gone)
+        groups = [
+            GroupPlan(g.id, g.kind, g.signature, g.root, g.channels, 0.0 if g.id in gone else r.for_group(g)[0], keep[g.id], g.owner)
+            for g in analysis.groups
+        ]
+        return skeleton_apply(analysis, replace(template, ratios=asdict(r), groups=groups), depth_plans)
+
+    result = outcome(ratios) if budget is None else _search(outcome, ratios, Budget.parse(budget))
+    result._scores = scores  # unit scores per group id, for reports; not part of the plain data
+    return remember(result, model)
+
+
+def _search(outcome, shape: Ratios, budget: Budget, steps: int = 24) -> PruningPlan:
+    """Bisect the factor on ``shape`` for the largest model at or under the budget."""
+    if shape.largest() == 0:
+        shape = Ratios.coerce(1.0 - 1e-9)
+    top = 0.999 / shape.largest()
+    unpruned, smallest = outcome(shape.scaled(0.0)), outcome(shape.scaled(top))
+    size = lambda p: getattr(p, budget.metric)["after"]  # noqa: E731
+    if budget.value >= size(unpruned):
+        raise IsopruneError(
+            f"budget {budget} is not below the model's {Budget(budget.metric, size(unpruned))}",
+            hint="give a smaller target",
+        )
+    if size(smallest) > budget.value:
+        raise IsopruneError(
+            f"budget {budget} is out of reach: these ratios bottom out at {Budget(budget.metric, size(smallest))}",
+            hint="give a larger target, or larger ratios for more kinds (e.g. --ratios emb=1,heads=1,head_dim=1,mlp=1)",
+        )
+    lo, hi, best, evaluations = 0.0, top, smallest, 2
+    for _ in range(steps):
+        if size(best) >= 0.99 * budget.value:
+            break
+        mid = (lo + hi) / 2
+        candidate = outcome(shape.scaled(mid))
+        evaluations += 1
+        if size(candidate) <= budget.value:
+            hi, best = mid, candidate
+        else:
+            lo = mid
+    best.search = {"metric": budget.metric, "budget": budget.value, "scale": hi, "evaluations": evaluations}
+    return best

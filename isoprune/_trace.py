@@ -49,7 +49,7 @@ def meta_inputs(model: nn.Module, example_inputs: Inputs | None = None) -> Input
     return tuple(torch.empty_like(t, device="meta") for t in example_inputs)
 
 
-def _forward(model: nn.Module, inputs: Inputs):
+def forward(model: nn.Module, inputs: Inputs):
     return model(inputs) if isinstance(inputs, torch.Tensor) else model(*inputs)
 
 

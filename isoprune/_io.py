@@ -1,0 +1,176 @@
+"""Saving and loading pruned models without pickle.
+
+A pruned model is a directory: ``model.safetensors`` (tensors only) and ``isoprune.json`` (the
+base architecture and its keyword arguments, the plan, sizes, versions). Loading rebuilds the base
+architecture without weights, applies the plan's shapes, then loads the tensors strictly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from . import __version__
+from ._apply import apply_plan
+from ._errors import IsopruneError
+from ._plan import PruningPlan
+
+WEIGHTS = "model.safetensors"
+METADATA = "isoprune.json"
+FORMAT = 1
+
+
+def versions() -> dict[str, str]:
+    found = {"isoprune": __version__}
+    for package in ("torch", "timm", "torch-pruning", "safetensors"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "unknown"
+    return found
+
+
+def base_spec(model: nn.Module, base=None) -> dict:
+    """How to rebuild the unpruned architecture: ``{"library", "name", "kwargs"}``. Models built
+    by ``isoprune`` remember it; other timm models are read from their config; ``base`` may be
+    given as that dict or as ``"timm:NAME"`` / ``"torchvision:NAME"``."""
+    if isinstance(base, str):
+        library, _, name = base.rpartition(":")
+        base = {"library": library or "timm", "name": name, "kwargs": {}}
+    if base is None:
+        base = getattr(model, "isoprune_base", None)
+    if base is None:
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        if arch is None:
+            raise IsopruneError(
+                f"cannot tell which architecture this {type(model).__name__} was built from",
+                hint='pass base="timm:NAME" or base="torchvision:NAME"',
+            )
+        kwargs = {"num_classes": model.num_classes} if hasattr(model, "num_classes") else {}
+        base = {"library": "timm", "name": arch, "kwargs": kwargs}
+    if base.get("library") not in ("timm", "torchvision"):
+        raise IsopruneError(f"unknown model library {base.get('library')!r}", hint="use timm or torchvision")
+    return {"library": base["library"], "name": base["name"], "kwargs": dict(base.get("kwargs", {}))}
+
+
+def _build(base: dict) -> nn.Module:
+    try:
+        if base["library"] == "torchvision":
+            import torchvision
+
+            return torchvision.models.get_model(base["name"], weights=None, **base["kwargs"])
+        import timm
+
+        return timm.create_model(base["name"], pretrained=False, **base["kwargs"])
+    except Exception as exc:
+        raise IsopruneError(f"cannot rebuild base model {base['name']}: {exc}", hint="is the library version the one it was saved with?") from exc
+
+
+def check_writable(directory, overwrite: bool = False) -> Path:
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise IsopruneError(f"{directory} exists and is not a directory", hint="choose another output path")
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+        raise IsopruneError(f"output directory {directory} is not empty", hint="choose another --out, or pass --force to replace isoprune's files in it")
+    return directory
+
+
+def save(model: nn.Module, directory, *, plan: PruningPlan | None = None, base=None, overwrite: bool = False, extra: dict | None = None) -> Path:
+    """Write the pruned model's weights (safetensors) and metadata into ``directory``.
+
+    Files are written to a temporary directory beside it and moved into place, so a failure leaves
+    no half-written model; other files in ``directory`` are left alone."""
+    plan = plan or getattr(model, "isoprune_plan", None)
+    if plan is None:
+        raise IsopruneError("the model carries no pruning plan", hint="pass plan=, or prune it with isoprune.prune")
+    directory = check_writable(directory, overwrite)
+    metadata = {
+        "format": FORMAT,
+        "base": base_spec(model, base),
+        "macs": plan.macs,
+        "params": plan.params,
+        "versions": versions(),
+        **(extra or {}),
+        "plan": plan.to_dict(),
+    }
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        safetensors.torch.save_model(model, str(staging / WEIGHTS), metadata={"format": "pt", "isoprune": __version__})
+        (staging / METADATA).write_text(json.dumps(metadata, indent=1))
+        directory.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            os.replace(item, directory / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def read_metadata(directory) -> dict:
+    path = Path(directory) / METADATA
+    if not path.is_file():
+        raise IsopruneError(f"{directory} is not a saved isoprune model (no {METADATA})", hint="give a directory written by isoprune.save or isoprune prune --out")
+    try:
+        metadata = json.loads(path.read_text())
+    except ValueError as exc:
+        raise IsopruneError(f"cannot parse {path}: {exc}") from exc
+    if metadata.get("format") != FORMAT:
+        raise IsopruneError(f"{path} has format {metadata.get('format')!r}; this isoprune reads format {FORMAT}")
+    return metadata
+
+
+def load(path, *, allow_pickle: bool = False) -> nn.Module:
+    """A saved pruned model, in eval mode, with its plan as ``model.isoprune_plan``.
+
+    ``path`` is a directory from ``save``. A legacy whole-model ``.pth``/``.pt`` pickle is read only
+    with ``allow_pickle=True``: unpickling runs code from the file, so only do it for files you trust.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix in (".pth", ".pt", ".pkl"):
+        return _load_pickle(path, allow_pickle)
+    metadata = read_metadata(path)
+    pruning = PruningPlan.from_dict(metadata["plan"])
+    model = _build(metadata["base"])
+    apply_plan(model, pruning)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise IsopruneError(f"{path} has no {WEIGHTS}", hint="the save was interrupted; save the model again")
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
+    except Exception as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:300]
+        raise IsopruneError(f"cannot load {weights}: {detail}", hint="is the file complete, and saved from this model?") from exc
+    if missing or unexpected:
+        raise IsopruneError(
+            f"{weights} does not fit the rebuilt model",
+            missing=list(missing)[:3],
+            unexpected=list(unexpected)[:3],
+            hint="save and load with the same model library versions",
+        )
+    model.isoprune_plan = pruning
+    model.isoprune_base = metadata["base"]
+    return model.eval()
+
+
+def _load_pickle(path: Path, allow_pickle: bool) -> nn.Module:
+    if not allow_pickle:
+        raise IsopruneError(
+            f"{path} is a pickled whole model: loading it runs code stored in the file",
+            hint="pass allow_pickle=True (--allow-pickle) only for a file you trust, then isoprune.save it",
+        )
+    warnings.warn(f"unpickling {path}: this runs code from the file", stacklevel=3)
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise IsopruneError(f"cannot unpickle {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise IsopruneError(f"{path} holds a {type(model).__name__}, not a model", hint="load weights with --weights PATH instead")
+    return model.eval()

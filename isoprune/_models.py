@@ -1,0 +1,116 @@
+"""Building base models by name, with pretrained, local or no weights."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from ._errors import IsopruneError
+
+ALIASES = {
+    # The paper's base models, by the short names people use for them. DeiT means the distilled
+    # variant (87.34M params for DeiT-B), as in the paper; ResNets carry torchvision's weights.
+    "deit_base": "deit_base_distilled_patch16_224.fb_in1k",
+    "deit_b": "deit_base_distilled_patch16_224.fb_in1k",
+    "deit_small": "deit_small_distilled_patch16_224.fb_in1k",
+    "deit_s": "deit_small_distilled_patch16_224.fb_in1k",
+    "deit_tiny": "deit_tiny_distilled_patch16_224.fb_in1k",
+    "deit_t": "deit_tiny_distilled_patch16_224.fb_in1k",
+    "convnext_b": "convnext_base.fb_in1k",
+    "convnext_s": "convnext_small.fb_in1k",
+    "convnext_t": "convnext_tiny.fb_in1k",
+    "resnet50_tv": "resnet50.tv_in1k",
+    "resnet101_tv": "resnet101.tv_in1k",
+    "resnet152_tv": "resnet152.tv_in1k",
+    "mobilenetv2": "mobilenetv2_100.ra_in1k",
+    "mobilenet_v2": "mobilenetv2_100.ra_in1k",
+    "swin_base": "swin_base_patch4_window7_224.ms_in1k",
+    "swin_b": "swin_base_patch4_window7_224.ms_in1k",
+    "swin_tiny": "swin_tiny_patch4_window7_224.ms_in1k",
+    "swin_t": "swin_tiny_patch4_window7_224.ms_in1k",
+    "vit_base": "vit_base_patch16_224.augreg2_in21k_ft_in1k",
+    "vit_b": "vit_base_patch16_224.augreg2_in21k_ft_in1k",
+}
+
+
+def resolve(name: str) -> str:
+    """A timm model name (optionally with a pretrained tag) for a name or alias."""
+    name = name.strip()
+    if name in ALIASES:
+        return ALIASES[name]
+    if timm.is_model(name):
+        return name
+    known = list(ALIASES) + timm.list_models()
+    close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+    raise IsopruneError(
+        f"unknown model {name!r}",
+        hint=f"did you mean {', '.join(close)}?" if close else "see timm.list_models() or isoprune's ALIASES",
+    )
+
+
+def architecture(name: str) -> str:
+    """The architecture part of a timm name: ``resnet50.tv_in1k`` -> ``resnet50``."""
+    return resolve(name).partition(".")[0]
+
+
+def create(name: str, weights: str = "pretrained", **kwargs) -> nn.Module:
+    """A timm model in eval mode. ``weights``: ``pretrained`` (timm's download), ``none`` (random
+    init), or the path of a local checkpoint. The model remembers how it was built, so that a
+    pruned copy can be rebuilt from its saved plan."""
+    full = resolve(name)
+    pretrained = weights == "pretrained"
+    try:
+        model = timm.create_model(full, pretrained=pretrained, **kwargs)
+    except IsopruneError:
+        raise
+    except Exception as exc:
+        if pretrained:
+            raise IsopruneError(
+                f"could not get pretrained weights for {full}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                hint="offline? pass --weights PATH for a local checkpoint, or --weights none for random init",
+            ) from exc
+        raise IsopruneError(f"could not build {full}: {exc}", hint="check the model's keyword arguments") from exc
+    if weights not in ("pretrained", "none"):
+        load_weights(model, weights)
+    model.isoprune_base = {"library": "timm", "name": full.partition(".")[0], "kwargs": dict(kwargs)}
+    return model.eval()
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """Tensors of a local checkpoint: safetensors, or a torch file loaded weights-only (never
+    unpickling code); ``model`` / ``state_dict`` / EMA wrappers and ``module.`` prefixes are handled."""
+    path = Path(path)
+    if not path.is_file():
+        raise IsopruneError(f"no checkpoint at {path}", hint="give the path of a .safetensors or .pth file, or --weights none")
+    try:
+        state = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
+    except Exception as exc:
+        pickled = "weights_only" in str(exc) or "Unpickl" in type(exc).__name__
+        raise IsopruneError(
+            f"cannot read checkpoint {path}: " + ("it holds pickled objects, not just weights" if pickled else f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"),
+            hint="save weights with model.state_dict() (torch.save or safetensors)" if pickled else "is the file complete?",
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise IsopruneError(f"checkpoint {path} holds no state dict of tensors")
+    return state
+
+
+def load_weights(model: nn.Module, path) -> None:
+    """Load a checkpoint strictly, or say which keys and shapes do not fit."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        first = (shapes or missing or unexpected)[0]
+        detail = f"{first}: {tuple(state[first].shape)} vs {tuple(own[first].shape)}" if shapes else first
+        raise IsopruneError(
+            f"checkpoint {path} does not fit {type(model).__name__}: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(shapes)} mis-shaped keys (first: {detail})",
+            hint="is it a checkpoint of this architecture and number of classes (--num-classes)?",
+        )
+    model.load_state_dict(state)

@@ -1,0 +1,172 @@
+"""The prune command as a library function: config in, pruned model and plan out.
+
+The CLI only turns flags into a ``PruneConfig`` and prints; everything it does is reachable here.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import _models, _recipes, _trace
+from ._errors import IsopruneError
+from ._io import check_writable, save
+from ._plan import Budget, PruningPlan, plan
+
+
+def resolve_target(cfg: _recipes.PruneConfig, target: str) -> _recipes.PruneConfig:
+    """Fold ``--target`` into the config. In order: a recipe file; a named target (``deit_s``:
+    its recipe's ratios, depth, budget and rounding, for that recipe's base model); a budget
+    (``4.2G``, ``20M``); a timm model name, whose MACs become the budget."""
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        recipe = _recipes.load_recipe(target)
+        return _shape_from(cfg, recipe)
+    named = _recipes.named_targets().get(target.lower())
+    if named:
+        arch = _models.architecture(cfg.model)
+        for recipe in named:
+            if _models.architecture(recipe.prune.model) == arch:
+                return _shape_from(cfg, recipe)
+        bases = ", ".join(sorted({_models.architecture(r.prune.model) for r in named}))
+        raise IsopruneError(
+            f"target {target!r} is defined for {bases}, not {arch}",
+            hint="for other models give a budget such as 4.2G (MACs) or 20M (params)",
+        )
+    if re.fullmatch(r"(?i)((macs|params)=)?[0-9]*\.?[0-9]+\s*[KMGT]", target.strip()):
+        return replace(cfg, target=target)
+    try:
+        name = _models.resolve(target)
+    except IsopruneError:
+        raise IsopruneError(
+            f"cannot read target {target!r}",
+            hint="give a named target (deit_s, convnext_t ...), a recipe file, a budget (4.2G MACs, 20M params) or a timm model name",
+        ) from None
+    return replace(cfg, target=f"macs={macs_of(name, cfg.input_size) / 1e9:.6f}G")
+
+
+def _shape_from(cfg, recipe: _recipes.Recipe) -> _recipes.PruneConfig:
+    p = recipe.prune
+    return replace(cfg, ratios=dict(p.ratios), depth=dict(p.depth), target=p.target, round_to=p.round_to)
+
+
+def macs_of(name: str, input_size: int | None = None) -> int:
+    """MACs of a timm model, built on the meta device (no memory, no weights)."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    inputs = _inputs(model, input_size)
+    return _trace.count(model, inputs)[0]
+
+
+def _inputs(model: nn.Module, input_size: int | None):
+    if input_size is None:
+        return _trace.meta_inputs(model)
+    channels = _trace.input_size(model)[0]
+    return torch.empty((1, channels, input_size, input_size), device="meta")
+
+
+def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, seed: int = 0):
+    """Shuffled (images, labels) batches from an ImageFolder (``DIR/train`` when there is one),
+    with timm's eval transforms for the model's pretrained config."""
+    import timm.data
+    from torchvision.datasets import ImageFolder
+
+    root = Path(data)
+    root = root / "train" if (root / "train").is_dir() else root
+    if not root.is_dir():
+        raise IsopruneError(f"no data directory {root}", hint="--data must be an ImageFolder: one sub-directory of images per class")
+    config = timm.data.resolve_data_config({}, model=model)
+    try:
+        dataset = ImageFolder(str(root), transform=timm.data.create_transform(**config, is_training=False))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise IsopruneError(f"no images in {root}: {exc}", hint="--data must be an ImageFolder: one sub-directory of images per class") from exc
+    classes = getattr(model, "num_classes", None)
+    if classes and len(dataset.classes) != classes:
+        raise IsopruneError(
+            f"{root} has {len(dataset.classes)} classes but the model predicts {classes}",
+            hint="calibrate on data with the model's classes, or build it with --num-classes",
+        )
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    return _readable(loader)
+
+
+def _readable(loader):
+    """Turn an unreadable image deep inside the loader into one clear error."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as exc:
+            raise IsopruneError(f"cannot read an image: {exc}", hint="remove or fix the file") from exc
+        yield batch
+
+
+def run(cfg: _recipes.PruneConfig, data: str | None = None) -> tuple[nn.Module, PruningPlan]:
+    """Build the model, plan (searching the budget if one is set) and apply; return both."""
+    if not cfg.model:
+        raise IsopruneError("no model given", hint="pass --model NAME (or a recipe with prune.model)")
+    if cfg.target is not None:
+        Budget.parse(cfg.target)  # fail on a bad budget before building anything
+    torch.manual_seed(cfg.seed)
+    kwargs = {"num_classes": cfg.num_classes} if cfg.num_classes is not None else {}
+    model = _models.create(cfg.model, cfg.weights, **kwargs)
+    calib = None
+    if cfg.importance in ("taylor", "hessian"):
+        if data is None:
+            raise IsopruneError(f"importance {cfg.importance!r} needs data to compute gradients", hint="pass --data DIR (an ImageFolder), or --importance l2")
+        calib = calibration_batches(data, model, cfg.batch_size, cfg.seed)
+    elif data is not None:
+        calibration_batches(data, model, cfg.batch_size, cfg.seed)  # still check it, the user asked for it
+    pruning = plan(
+        model,
+        cfg.ratios,
+        importance=cfg.importance,
+        calib=calib,
+        calib_batches=cfg.calib_batches,
+        scope=cfg.scope,
+        round_to=cfg.round_to,
+        example_inputs=None if cfg.input_size is None else torch.empty(_inputs(model, cfg.input_size).shape),
+        labels=cfg.labels,
+        depth=cfg.depth,
+        budget=cfg.target,
+    )
+    return model, pruning
+
+
+def write(model: nn.Module, pruning: PruningPlan, cfg: _recipes.PruneConfig, out, *, force: bool = False) -> Path:
+    """Apply the plan and write the model, its metadata, the plan as YAML and ``report.png``."""
+    from ._apply import apply_plan
+    from ._report import draw_report
+
+    check_writable(out, force)
+    scores = getattr(pruning, "_scores", None)
+    apply_plan(model, pruning)
+    model.isoprune_plan = pruning
+    out = save(model, out, plan=pruning, overwrite=force, extra={"config": asdict(cfg)})
+    pruning.save(out / "plan.yaml")
+    draw_report(pruning, out / "report.png", scores)
+    return out
+
+
+def summary(pruning: PruningPlan, out: Path | None = None) -> dict:
+    """Machine-readable outcome, as ``--json`` prints it."""
+    return {
+        "model": pruning.model,
+        "macs": pruning.macs,
+        "params": pruning.params,
+        "ratios": pruning.ratios,
+        "depth": pruning.depth,
+        "search": pruning.search,
+        "groups": [
+            {"signature": g.signature, "kind": g.kind, "root": g.root, "channels": g.channels, "kept": len(g.keep)}
+            for g in pruning.groups
+        ],
+        "out": str(out) if out else None,
+    }

@@ -1,0 +1,172 @@
+"""Recipes: YAML files mirrored 1:1 by dataclasses, one per paper configuration.
+
+A recipe has a ``prune`` section (how to get the pruned architecture) and a ``finetune`` section
+(the supplementary's Table 3 hyper-parameters). Loading rejects any key the dataclasses do not
+have, naming it and the valid ones: a misspelt key never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from ._errors import IsopruneError
+
+
+@dataclass
+class PruneConfig:
+    """``ratios`` has the fields of ``Ratios``. ``target`` is a budget (``4.2G`` MACs, ``20M``
+    params) that scales the ratios by one factor; ``depth`` maps a block container to the number
+    of blocks to remove from it."""
+
+    model: str = ""
+    weights: str = "pretrained"
+    num_classes: int | None = None
+    ratios: dict[str, float] = field(default_factory=dict)
+    target: str | None = None
+    depth: dict[str, int] = field(default_factory=dict)
+    importance: str = "l2"
+    calib_batches: int = 50
+    batch_size: int = 64
+    scope: str = "isomorphic"
+    round_to: int | None = None
+    input_size: int | None = None
+    labels: str = "structure"
+    seed: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning hyper-parameters, named as timm's factories and train script name them."""
+
+    epochs: int = 300
+    batch_size: int = 1024
+    opt: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    sched: str = "cosine"
+    decay_milestones: list[int] = field(default_factory=list)
+    decay_rate: float = 0.1
+    warmup_epochs: int = 0
+    layer_decay: float | None = None
+    randaugment: str | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    reprob: float = 0.0
+    smoothing: float = 0.0
+    drop_path: float = 0.0
+    drop: float = 0.0
+    clip_grad: float | None = None
+    ema_decay: float | None = None
+    teacher: str | None = None
+    distillation: str = "none"
+    interpolation: str = "bicubic"
+    amp: bool = True
+
+
+@dataclass
+class PaperResult:
+    """What the paper reports for this configuration (None where it gives no figure)."""
+
+    macs: float | None = None
+    params: float | None = None
+    top1: float | None = None
+
+
+@dataclass
+class Recipe:
+    name: str = ""
+    description: str = ""
+    targets: list[str] = field(default_factory=list)
+    paper: PaperResult = field(default_factory=PaperResult)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build(cls, data, where: str = ""):
+    """``cls`` from a dict, recursively; unknown keys and wrongly typed values are errors."""
+    if not isinstance(data, dict):
+        raise IsopruneError(f"{where or cls.__name__} must be a mapping, not {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = {f.name: f for f in fields(cls)}
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise IsopruneError(f"unknown key {_join(where, unknown[0])!r}", hint=f"valid keys here: {', '.join(valid)}")
+    values = {}
+    for key, value in data.items():
+        kind = hints[key]
+        if is_dataclass(kind):
+            values[key] = build(kind, value or {}, _join(where, key))
+        else:
+            values[key] = _check_type(value, kind, _join(where, key))
+    missing = [f.name for f in valid.values() if f.default is MISSING and f.default_factory is MISSING and f.name not in values]
+    if missing:
+        raise IsopruneError(f"missing key {_join(where, missing[0])!r}")
+    return cls(**values)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _check_type(value, kind, where):
+    """Shallow check against a field's annotation: enough to catch ``lr: fast`` or a list for a number."""
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    for option in options:
+        base = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return value
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (str, bool, list, dict) and isinstance(value, base):
+            return value
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise IsopruneError(f"{where} must be {names}, not {value!r}")
+
+
+def recipes_dir() -> Path:
+    """``recipes/`` of a source checkout, else where the package installed them."""
+    here = Path(__file__).resolve().parents[1] / "recipes"
+    return here if here.is_dir() else Path(sys.prefix) / "share" / "isoprune" / "recipes"
+
+
+def available() -> list[Path]:
+    return sorted(recipes_dir().glob("*.yaml"))
+
+
+def load_recipe(path) -> Recipe:
+    """A recipe from a YAML file path or the name of one in ``recipes/`` (``deit_b_4.2g``)."""
+    path = Path(path)
+    if not path.is_file() and (recipes_dir() / f"{path.name}.yaml").is_file():
+        path = recipes_dir() / f"{path.name}.yaml"
+    if not path.is_file():
+        raise IsopruneError(f"no recipe {path}", hint=f"give a YAML file, or one of: {', '.join(p.stem for p in available())}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise IsopruneError(f"cannot parse recipe {path}: {str(exc).splitlines()[0]}") from exc
+    recipe = build(Recipe, data or {}, "")
+    recipe.name = recipe.name or path.stem
+    return recipe
+
+
+def named_targets() -> dict[str, list[Recipe]]:
+    """Target names (a recipe's name and its ``targets``: ``deit_s``, ``convnext_t`` ...) to the
+    recipes that define them; the base model tells apart recipes that share a name."""
+    found: dict[str, list[Recipe]] = {}
+    for path in available():
+        recipe = load_recipe(path)
+        for name in {recipe.name, *recipe.targets}:
+            found.setdefault(name.lower(), []).append(recipe)
+    return found

@@ -1,0 +1,178 @@
+"""``isoprune`` command line: a thin layer that builds configs and calls the library.
+
+Every failure a user can cause ends as one line on stderr and exit status 2, before anything is
+written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+from . import __version__, _io, _models, _pipeline, _recipes
+from ._errors import IsopruneError
+from ._plan import SCOPES, KINDS
+
+log = logging.getLogger("isoprune")
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)  # a misspelt flag is an error, not a guess
+
+    def error(self, message):  # one line, not usage + message
+        raise IsopruneError(f"{self.prog}: {message}", hint=f"see {self.prog} --help")
+
+
+def _ratios(text: str) -> dict[str, float]:
+    """``emb=0.5,heads=0.5`` or one number for every kind."""
+    try:
+        if "=" not in text:
+            return {k: float(text) for k in (*KINDS, "default")}
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        return {k.strip(): float(v) for k, v in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read ratios {text!r}: write emb=0.5,heads=0.5,head_dim=0.25,mlp=0.5 or one number") from None
+
+
+def _depth(text: str) -> dict[str, int]:
+    try:
+        return {k.strip(): int(v) for k, v in (item.split("=", 1) for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read depth {text!r}: write CONTAINER=N, e.g. stages.2.blocks=18") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="isoprune", description="Isomorphic structural pruning for vision models.")
+    parser.add_argument("--version", action="version", version=f"isoprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("prune", help="prune a model to a target, ratios or recipe")
+    p.add_argument("--model", help="timm model name or alias (deit_base, convnext_b, mobilenetv2, ...)")
+    p.add_argument("--weights", help="pretrained (default; timm download), none (random init), or a checkpoint PATH")
+    p.add_argument("--num-classes", type=int, help="build the model with this many classes")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--target", help="named target (deit_s), recipe file, budget (4.2G MACs, 20M params) or timm model name")
+    how.add_argument("--ratios", type=_ratios, help="emb=0.5,heads=0.5,head_dim=0.25,mlp=0.5,default=0.3, or one number")
+    p.add_argument("--recipe", help="recipe YAML (or the name of one in recipes/); flags override its values")
+    p.add_argument("--depth", type=_depth, help="remove blocks: CONTAINER=N, e.g. stages.2.blocks=18")
+    p.add_argument("--importance", help="l1, l2 (default), taylor, hessian or random")
+    p.add_argument("--data", help="ImageFolder for taylor/hessian calibration (DIR or DIR/train)")
+    p.add_argument("--calib-batches", type=int, help="calibration batches (default 50)")
+    p.add_argument("--batch-size", type=int, help="calibration batch size (default 64)")
+    p.add_argument("--scope", choices=SCOPES, help="rank within isomorphic groups (default), globally, or per group")
+    p.add_argument("--round-to", type=int, help="keep channel counts multiples of N")
+    p.add_argument("--input-size", type=int, help="square input resolution (default: the model's)")
+    p.add_argument("--seed", type=int, help="random seed (random init, data order, random importance)")
+    p.add_argument("--out", help="output directory (default: pruned/MODEL)")
+    p.add_argument("--force", action="store_true", help="replace isoprune's files in a non-empty --out")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+    i = sub.add_parser("inspect", help="show a model's isomorphic groups, or summarise a pruned model")
+    i.add_argument("path", nargs="?", help="a directory written by isoprune prune")
+    i.add_argument("--model", help="timm model name or alias")
+    i.add_argument("--input-size", type=int)
+    i.add_argument("--json", action="store_true")
+    return parser
+
+
+def prune_config(args) -> _recipes.PruneConfig:
+    """Recipe values, then a target's shape, then explicit flags."""
+    cfg = _recipes.load_recipe(args.recipe).prune if args.recipe else _recipes.PruneConfig()
+    flags = {f.name: getattr(args, f.name) for f in fields(cfg) if getattr(args, f.name, None) is not None}
+    flags.pop("target", None)
+    cfg = replace(cfg, **{k: v for k, v in flags.items() if k in ("model", "input_size")})
+    if args.target:
+        cfg = _pipeline.resolve_target(cfg, args.target)
+    if args.ratios is not None:
+        cfg = replace(cfg, target=None)
+    cfg = replace(cfg, **flags)
+    if not cfg.ratios and cfg.target is None and not cfg.depth:
+        raise IsopruneError("nothing to prune", hint="pass --target, --ratios or --recipe")
+    return cfg
+
+
+def cmd_prune(args) -> int:
+    cfg = prune_config(args)
+    out = Path(args.out or f"pruned/{_models.architecture(cfg.model or 'model')}")
+    if not args.dry_run:
+        _io.check_writable(out, args.force)  # before any work: nothing is touched if it fails
+    model, pruning = _pipeline.run(cfg, data=args.data)
+    text = _describe(pruning)
+    if not args.dry_run:
+        out = _pipeline.write(model, pruning, cfg, out, force=args.force)
+        text += f"\nwrote {out}/ (model.safetensors, isoprune.json, plan.yaml, report.png)"
+    _emit(text, _pipeline.summary(pruning, None if args.dry_run else out), args.json)
+    return 0
+
+
+def _describe(pruning) -> str:
+    changed = [
+        f"  {name:<40} {w['before'][0]:>5}x{w['before'][1]:<5} -> " + ("removed" if w["after"] is None else f"{w['after'][0]}x{w['after'][1]}")
+        for name, w in pruning.widths.items()
+        if w["after"] != w["before"]
+    ]
+    return "\n".join([pruning.summary(), f"layers changed ({len(changed)} of {len(pruning.widths)}), in x out:", *changed])
+
+
+def _emit(text: str, data: dict, as_json: bool) -> None:
+    if as_json:
+        print(text, file=sys.stderr)
+        print(json.dumps(data, indent=1))
+    else:
+        print(text)
+
+
+def cmd_inspect(args) -> int:
+    if args.path:
+        metadata = _io.read_metadata(args.path)
+        from ._plan import PruningPlan
+
+        pruning = PruningPlan.from_dict(metadata["plan"])
+        base = metadata["base"]
+        text = f"base {base['library']}:{base['name']} {base['kwargs']}\n{_describe(pruning)}"
+        _emit(text, {"base": base, **_pipeline.summary(pruning, Path(args.path))}, args.json)
+        return 0
+    if not args.model:
+        raise IsopruneError("inspect needs a pruned directory or --model NAME")
+    import torch
+
+    from ._api import count, isomorphic_groups
+
+    with torch.device("meta"):
+        model = _models.create(args.model, "none")
+    inputs = _pipeline._inputs(model, args.input_size)
+    groups = isomorphic_groups(model, inputs)
+    macs, params = count(model, inputs)
+    rows = [f"{_models.resolve(args.model)}: {macs / 1e9:.3f} G MACs, {params / 1e6:.3f} M params, {len(groups)} isomorphic groups"]
+    for iso in groups:
+        rows.append(f"{iso.signature:<24} {iso.kind:<9} {len(iso.groups):>3} groups, channels {sum(iso.channels)}")
+        for g in iso.groups:
+            members = ", ".join(f"{n}:{d}" for n, d in g.members[:4]) + (f" (+{len(g.members) - 4})" if len(g.members) > 4 else "")
+            rows.append(f"    {g.root:<36} {g.channels:>5}  {members}")
+    data = {"model": _models.resolve(args.model), "macs": macs, "params": params, "groups": [
+        {"signature": iso.signature, "kind": iso.kind, "groups": [g.to_dict() for g in iso.groups]} for iso in groups
+    ]}
+    _emit("\n".join(rows), data, args.json)
+    return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        args = _parser().parse_args(argv)
+        return {"prune": cmd_prune, "inspect": cmd_inspect}[args.command](args)
+    except IsopruneError as err:
+        print(f"isoprune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("isoprune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The command line, end to end: outputs, recipes, targets, and one clear line for bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+import isoprune
+from isoprune import _recipes, cli
+
+
+def run_cli(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_prune_writes_a_loadable_model(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "isoprune.cli", "prune", "--model", "test_vit", "--weights", "none",
+         "--ratios", "emb=0.25,heads=0.5,head_dim=0.25,mlp=0.5", "--depth", "blocks=1", "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert sorted(p.name for p in out.iterdir()) == ["isoprune.json", "model.safetensors", "plan.yaml", "report.png"]
+    assert (out / "report.png").stat().st_size > 10_000
+    model = isoprune.load(out)
+    assert isoprune.count(model) == (summary["macs"]["after"], summary["params"]["after"])
+    assert len(model.blocks) == len(timm.create_model("test_vit").blocks) - 1
+    metadata = json.loads((out / "isoprune.json").read_text())
+    assert metadata["config"]["ratios"]["heads"] == 0.5 and metadata["versions"]["isoprune"] == isoprune.__version__
+    assert isoprune.PruningPlan.load(out / "plan.yaml").to_dict() == model.isoprune_plan.to_dict()
+
+
+def test_inspect(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "inspect", "--model", "test_convnext", "--json")
+    data = json.loads(out)
+    assert code == 0 and {g["kind"] for g in data["groups"]} >= {"mlp"}
+    run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--ratios", "0.3", "--out", tmp_path / "m")
+    code, out, _ = run_cli(capsys, "inspect", tmp_path / "m")
+    assert code == 0 and "base timm:test_resnet" in out and "MACs" in out
+
+
+def test_dry_run_writes_nothing(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--ratios", "0.3",
+                           "--out", tmp_path / "m", "--dry-run")
+    assert code == 0 and "MACs" in out and "layers changed" in out
+    assert not (tmp_path / "m").exists()
+
+
+def test_taylor_with_data(capsys, tmp_path, digits_folder):
+    code, out, err = run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10",
+                             "--importance", "taylor", "--data", digits_folder, "--calib-batches", "2",
+                             "--batch-size", "8", "--ratios", "0.3", "--dry-run", "--json")
+    assert code == 0, err
+    assert json.loads(out)["groups"]
+
+
+def test_weights_from_a_local_checkpoint(capsys, tmp_path):
+    torch.manual_seed(3)
+    source = timm.create_model("test_resnet", num_classes=10)
+    safetensors.torch.save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "w.pth")
+    for path in ("w.safetensors", "w.pth"):
+        model = isoprune.create_model("test_resnet", tmp_path / path, num_classes=10)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+
+
+def test_recipe_flags_override(capsys, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prune:\n  model: test_vit\n  weights: none\n  ratios: {mlp: 0.5}\n  importance: taylor\n")
+    code, out, err = run_cli(capsys, "prune", "--recipe", recipe, "--importance", "l2", "--ratios", "mlp=0.25", "--dry-run", "--json")
+    assert code == 0, err
+    assert json.loads(out)["ratios"]["mlp"] == 0.25
+
+
+@pytest.mark.parametrize("path", _recipes.available(), ids=lambda p: p.stem)
+def test_every_recipe_dry_runs_near_the_paper(capsys, path):
+    """Structural figures (random init, l2 importance) land within 3% of the paper's MACs."""
+    code, out, err = run_cli(capsys, "prune", "--recipe", path, "--weights", "none", "--importance", "l2", "--dry-run", "--json")
+    assert code == 0, err
+    recipe = _recipes.load_recipe(path)
+    macs = json.loads(out)["macs"]["after"] / 1e9
+    assert macs == pytest.approx(recipe.paper.macs, rel=0.03)
+    if recipe.prune.target:
+        budget = isoprune.Budget.parse(recipe.prune.target).value / 1e9
+        assert 0.99 * budget <= macs <= budget
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target,budget", [("deit_2.6g", 2.61e9), ("deit_small_patch16_224", None)])
+def test_named_and_model_targets_land_within_one_percent(capsys, target, budget):
+    code, out, err = run_cli(capsys, "prune", "--model", "deit_base", "--target", target, "--weights", "none", "--dry-run", "--json")
+    assert code == 0, err
+    if budget is None:
+        with torch.device("meta"):
+            budget = isoprune.count(timm.create_model(target))[0]
+    macs = json.loads(out)["macs"]["after"]
+    assert 0.99 * budget <= macs <= budget
+
+
+@pytest.fixture
+def digits_folder(tmp_path):
+    """A small real ImageFolder: scikit-learn's digits as 32x32 RGB PNGs, 10 classes."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path / "digits"
+    for i, (image, label) in enumerate(zip(digits.images[:60], digits.target[:60])):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image * 255 / 16).astype("uint8")
+        Image.fromarray(pixels).convert("RGB").resize((32, 32)).save(folder / f"{i}.png")
+    return root
+
+
+def _bad_inputs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text_only = tmp_path / "text" / "cls"
+    text_only.mkdir(parents=True)
+    (text_only / "a.txt").write_text("not an image")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(os.urandom(256))
+    other = tmp_path / "other.safetensors"
+    safetensors.torch.save_file(timm.create_model("test_convnext").state_dict(), str(other))
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("prune:\n  model: test_vit\n  ratio: 0.5\n")
+    base = ["prune", "--model", "test_resnet", "--weights", "none"]
+    return {
+        "unknown model": (["prune", "--model", "deit_bsae", "--ratios", "0.5"], "did you mean"),
+        "ratio above 1": (base + ["--ratios", "mlp=1.5"], "outside [0, 1)"),
+        "unknown ratio key": (base + ["--ratios", "mpl=0.5"], "unknown ratio key 'mpl'"),
+        "target above base": (base + ["--target", "100G"], "not below"),
+        "taylor without data": (base + ["--ratios", "0.3", "--importance", "taylor"], "needs data"),
+        "empty data dir": (base + ["--ratios", "0.3", "--importance", "taylor", "--data", empty], "no images"),
+        "non-image data dir": (base + ["--ratios", "0.3", "--importance", "taylor", "--data", tmp_path / "text"], "no images"),
+        "missing checkpoint": (["prune", "--model", "test_resnet", "--weights", tmp_path / "nope.pth", "--ratios", "0.3"], "no checkpoint"),
+        "corrupt checkpoint": (["prune", "--model", "test_resnet", "--weights", corrupt, "--ratios", "0.3"], "cannot read checkpoint"),
+        "other architecture": (["prune", "--model", "test_resnet", "--weights", other, "--ratios", "0.3"], "does not fit"),
+        "unknown recipe key": (["prune", "--recipe", recipe], "unknown key 'prune.ratio'"),
+        "target for another model": (base + ["--target", "deit_s"], "defined for"),
+        "nothing to prune": (base, "nothing to prune"),
+        "unknown flag": (base + ["--ratio", "0.3"], "unrecognized arguments"),
+        "bad depth": (base + ["--depth", "layer1=x"], "cannot read depth"),
+    }
+
+
+BAD = ["unknown model", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
+       "empty data dir", "non-image data dir", "missing checkpoint", "corrupt checkpoint", "other architecture",
+       "unknown recipe key", "target for another model", "nothing to prune", "unknown flag", "bad depth"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, case):
+    argv, message = _bad_inputs(tmp_path)[case]
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(capsys, *argv, "--out", out_dir)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("isoprune: error:"), err
+    assert message in lines[0]
+    assert "Traceback" not in err and not out_dir.exists()
+
+
+def test_existing_output_is_kept(capsys, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "mine.txt").write_text("keep me")
+    code, _, err = run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--ratios", "0.3", "--out", out_dir)
+    assert code == 2 and "not empty" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in out_dir.iterdir()] == ["mine.txt"]
+
+
+def test_offline_pretrained_is_one_line(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path), TORCH_HOME=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "isoprune.cli", "prune", "--model", "test_resnet", "--ratios", "0.3", "--dry-run"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("isoprune: error: could not get pretrained weights")
+    assert "--weights" in done.stderr and "Traceback" not in done.stderr

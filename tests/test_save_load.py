@@ -1,0 +1,84 @@
+"""Save -> load rebuilds the pruned model exactly, without unpickling anything."""
+import pytest
+import torch
+
+import isoprune
+from conftest import inputs_for, make
+
+FAMILIES = [
+    ("test_vit", 0.5, {"blocks": 2}),
+    ("test_convnext", 0.3, {"stages.2.blocks": 1}),
+    ("test_resnet", 0.3, {}),
+    ("resnet18", 0.4, {"layer3": 1}),
+    ("mobilenetv2_035", 0.3, {}),
+    ("test_efficientnet", 0.3, {}),
+]
+
+
+@pytest.mark.parametrize("name,ratio,depth", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_reload_is_identical(tmp_path, name, ratio, depth):
+    model = make(name)
+    model.isoprune_base = {"library": "timm", "name": name, "kwargs": {"num_classes": 10}}
+    isoprune.prune(model, ratio, depth=depth)
+    isoprune.save(model, tmp_path / "m")
+    loaded = isoprune.load(tmp_path / "m")
+    x = inputs_for(model)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert loaded.isoprune_plan.to_dict() == model.isoprune_plan.to_dict()
+    if depth:
+        (path, n), = depth.items()
+        assert len(loaded.get_submodule(path)) == len(model.get_submodule(path)) == model.isoprune_plan.depth[0]["blocks"] - n
+
+
+def test_torchvision_base(tmp_path):
+    model = make("tv:resnet18")
+    isoprune.prune(model, 0.3)
+    isoprune.save(model, tmp_path / "m", base={"library": "torchvision", "name": "resnet18", "kwargs": {"num_classes": 10}})
+    loaded = isoprune.load(tmp_path / "m")
+    x = inputs_for(model)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    isoprune.save(model, tmp_path / "wrong", base="torchvision:resnet18")  # 1000 classes, not 10
+    with pytest.raises(isoprune.IsopruneError, match="size mismatch for fc"):
+        isoprune.load(tmp_path / "wrong")
+
+
+def test_refuses_to_overwrite(tmp_path):
+    model = isoprune.prune(make("test_resnet"), 0.3)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    with pytest.raises(isoprune.IsopruneError, match="not empty"):
+        isoprune.save(model, tmp_path / "m")
+    isoprune.save(model, tmp_path / "m", overwrite=True)
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"  # only isoprune's own files replaced
+
+
+def test_pickle_needs_opt_in(tmp_path):
+    model = make("test_resnet")
+    torch.save(model, tmp_path / "whole.pth")
+    with pytest.raises(isoprune.IsopruneError, match="runs code"):
+        isoprune.load(tmp_path / "whole.pth")
+    with pytest.warns(UserWarning, match="unpickling"):
+        loaded = isoprune.load(tmp_path / "whole.pth", allow_pickle=True)
+    x = inputs_for(model)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_plan_for_another_model_is_an_error(tmp_path):
+    model = isoprune.prune(make("test_resnet"), 0.3)
+    model.isoprune_base = {"library": "timm", "name": "test_convnext", "kwargs": {"num_classes": 10}}
+    isoprune.save(model, tmp_path / "m")
+    with pytest.raises(isoprune.IsopruneError, match="does not fit"):
+        isoprune.load(tmp_path / "m")
+
+
+def test_truncated_weights_are_an_error(tmp_path):
+    model = isoprune.prune(make("test_resnet"), 0.3)
+    model.isoprune_base = {"library": "timm", "name": "test_resnet", "kwargs": {"num_classes": 10}}
+    isoprune.save(model, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(isoprune.IsopruneError, match="cannot load"):
+        isoprune.load(tmp_path / "m")
