@@ -41,6 +41,7 @@ def _widths(ax, pruning: PruningPlan) -> None:
     ax.bar(x, before, color="#c6dbef", label="before", width=1.0)
     ax.bar(x, after, color="#2171b5", label="after", width=1.0)
     ax.set_yscale("log")
+    ax.set_ylim(bottom=1)
     ax.set_ylabel("output width (log)")
     ax.set_xlabel(f"layer (forward order, {len(names)} layers)")
     ax.set_xlim(-0.5, len(names) - 0.5)
