@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 
 import timm
@@ -86,12 +87,14 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise IsopruneError(f"no checkpoint at {path}", hint="give the path of a .safetensors or .pth file, or --weights none")
     try:
-        state = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols before failing; the error says it
+            warnings.simplefilter("ignore")
+            state = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
     except Exception as exc:
-        pickled = "weights_only" in str(exc) or "Unpickl" in type(exc).__name__
+        pickled = "Unsupported global" in str(exc)  # a whole pickled object, not a corrupt file
         raise IsopruneError(
             f"cannot read checkpoint {path}: " + ("it holds pickled objects, not just weights" if pickled else f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"),
-            hint="save weights with model.state_dict() (torch.save or safetensors)" if pickled else "is the file complete?",
+            hint="save weights with model.state_dict() (torch.save or safetensors)" if pickled else "is the file complete, and a checkpoint?",
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise IsopruneError(f"checkpoint {path} holds no state dict of tensors")
