@@ -15,7 +15,7 @@ from torch import nn
 
 from . import _trace
 from ._errors import IsopruneError
-from ._importance import Importance
+from ._importance import Importance, element_scores
 
 
 @dataclass
@@ -68,15 +68,10 @@ def shape_preserving(skeleton: nn.Module, inputs, path: str) -> list[bool]:
 
 
 def block_scores(model: nn.Module, path: str, criterion: Importance, stats: dict | None) -> torch.Tensor:
-    stats = stats or {}
-    grads, sq_grads = stats.get("grad", {}), stats.get("sq_grad", {})
     scores = []
     with torch.no_grad():
         for block in _container(model, path):
-            per_tensor = [
-                criterion.elementwise(p.detach(), grads.get(p), sq_grads.get(p)).double().mean()
-                for p in block.parameters()
-            ]
+            per_tensor = [element_scores(criterion, p, stats).double().mean() for p in block.parameters()]
             scores.append(torch.stack(per_tensor).mean() if per_tensor else torch.tensor(float("inf")))
     return torch.stack(scores).cpu()
 

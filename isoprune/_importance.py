@@ -162,11 +162,15 @@ def item_member(graph: tp.DependencyGraph, item) -> dict | None:
     return {"name": name, "param": False, "out": out, "dim": node.pruning_dim}
 
 
+def element_scores(criterion: Importance, tensor: torch.Tensor, stats: dict | None) -> torch.Tensor:
+    """The criterion's score for every element of a real tensor, with its calibration statistics."""
+    stats = stats or {}
+    return criterion.elementwise(tensor.detach(), stats.get("grad", {}).get(tensor), stats.get("sq_grad", {}).get(tensor))
+
+
 def channel_scores(model: nn.Module, analysis, criterion: Importance, stats: dict | None) -> list[torch.Tensor]:
     """One score per root channel for every Torch-Pruning group of the analysis."""
     graph, names = analysis.graph, analysis.graph._module2name
-    stats = stats or {}
-    grads, sq_grads = stats.get("grad", {}), stats.get("sq_grad", {})
     result = []
     with torch.no_grad():
         for tp_group in analysis.tp_groups:
@@ -177,8 +181,7 @@ def channel_scores(model: nn.Module, analysis, criterion: Importance, stats: dic
                 if member is None:
                     continue
                 for tensor, dim in member_tensors(model, **member):
-                    scores = criterion.elementwise(tensor.detach(), grads.get(tensor), sq_grads.get(tensor))
-                    scores = scores.movedim(dim, 0)
+                    scores = element_scores(criterion, tensor, stats).movedim(dim, 0)
                     per_channel = scores.reshape(scores.shape[0], -1).sum(1).double().cpu()
                     idxs = torch.as_tensor(item.idxs, dtype=torch.long)
                     roots = torch.as_tensor(item.root_idxs, dtype=torch.long)

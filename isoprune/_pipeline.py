@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _models, _recipes, _trace
+from . import _importance, _models, _recipes, _trace
 from ._errors import IsopruneError
 from ._io import check_writable, save
 from ._plan import Budget, PruningPlan, plan
@@ -58,11 +58,11 @@ def macs_of(name: str, input_size: int | None = None) -> int:
 
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False)
-    inputs = _inputs(model, input_size)
-    return _trace.count(model, inputs)[0]
+    return _trace.count(model, meta_example(model, input_size))[0]
 
 
-def _inputs(model: nn.Module, input_size: int | None):
+def meta_example(model: nn.Module, input_size: int | None):
+    """A meta-device example input: the model's own size, or ``input_size`` squared."""
     if input_size is None:
         return _trace.meta_inputs(model)
     channels = _trace.input_size(model)[0]
@@ -118,7 +118,7 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None) -> tuple[nn.Module, 
     kwargs = {"num_classes": cfg.num_classes} if cfg.num_classes is not None else {}
     model = _models.create(cfg.model, cfg.weights, **kwargs)
     calib = None
-    if cfg.importance in ("taylor", "hessian"):
+    if _importance.get_importance(cfg.importance).needs_calib:
         if data is None:
             raise IsopruneError(f"importance {cfg.importance!r} needs data to compute gradients", hint="pass --data DIR (an ImageFolder), or --importance l2")
         calib = calibration_batches(data, model, cfg.batch_size, cfg.seed)
@@ -132,7 +132,7 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None) -> tuple[nn.Module, 
         calib_batches=cfg.calib_batches,
         scope=cfg.scope,
         round_to=cfg.round_to,
-        example_inputs=None if cfg.input_size is None else torch.empty(_inputs(model, cfg.input_size).shape),
+        example_inputs=meta_example(model, cfg.input_size),
         labels=cfg.labels,
         depth=cfg.depth,
         budget=cfg.target,

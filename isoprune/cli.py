@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__, _io, _models, _pipeline, _recipes
 from ._errors import IsopruneError
-from ._plan import SCOPES, KINDS
+from ._plan import KINDS, SCOPES, PruningPlan
 
 log = logging.getLogger("isoprune")
 
@@ -130,8 +130,6 @@ def _emit(text: str, data: dict, as_json: bool) -> None:
 def cmd_inspect(args) -> int:
     if args.path:
         metadata = _io.read_metadata(args.path)
-        from ._plan import PruningPlan
-
         pruning = PruningPlan.from_dict(metadata["plan"])
         base = metadata["base"]
         text = f"base {base['library']}:{base['name']} {base['kwargs']}\n{_describe(pruning)}"
@@ -145,7 +143,7 @@ def cmd_inspect(args) -> int:
 
     with torch.device("meta"):
         model = _models.create(args.model, "none")
-    inputs = _pipeline._inputs(model, args.input_size)
+    inputs = _pipeline.meta_example(model, args.input_size)
     groups = isomorphic_groups(model, inputs)
     macs, params = count(model, inputs)
     rows = [f"{_models.resolve(args.model)}: {macs / 1e9:.3f} G MACs, {params / 1e6:.3f} M params, {len(groups)} isomorphic groups"]
