@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import warnings
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def create(name: str, weights: str = "pretrained", **kwargs) -> nn.Module:
     pruned copy can be rebuilt from its saved plan."""
     full = resolve(name)
     pretrained = weights == "pretrained"
+    hub_log = logging.getLogger("huggingface_hub")
+    hub_level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # offline, the hub logs each failed request; our error says it once
     try:
         model = timm.create_model(full, pretrained=pretrained, **kwargs)
     except IsopruneError:
@@ -74,6 +78,8 @@ def create(name: str, weights: str = "pretrained", **kwargs) -> nn.Module:
                 hint="offline? pass --weights PATH for a local checkpoint, or --weights none for random init",
             ) from exc
         raise IsopruneError(f"could not build {full}: {exc}", hint="check the model's keyword arguments") from exc
+    finally:
+        hub_log.setLevel(hub_level)
     if weights not in ("pretrained", "none"):
         load_weights(model, weights)
     model.isoprune_base = {"library": "timm", "name": full.partition(".")[0], "kwargs": dict(kwargs)}

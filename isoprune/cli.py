@@ -16,8 +16,6 @@ from . import __version__, _io, _models, _pipeline, _recipes
 from ._errors import IsopruneError
 from ._plan import KINDS, SCOPES, PruningPlan
 
-log = logging.getLogger("isoprune")
-
 
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
@@ -160,7 +158,9 @@ def cmd_inspect(args) -> int:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # warnings only: library chatter (timm's "Loading pretrained weights ...") would come before,
+    # and blur, the one line an error gets; downloads still show their progress bars
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         args = _parser().parse_args(argv)
         return {"prune": cmd_prune, "inspect": cmd_inspect}[args.command](args)

@@ -186,5 +186,6 @@ def test_offline_pretrained_is_one_line(tmp_path):
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("isoprune: error: could not get pretrained weights")
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("isoprune: error: could not get pretrained weights"), done.stderr
     assert "--weights" in done.stderr and "Traceback" not in done.stderr
