@@ -93,7 +93,9 @@ def _fixup(model: nn.Module, pruning: PruningPlan) -> None:
             attention[g.owner][g.kind] = g.keep
     for owner, keep in attention.items():
         module = model.get_submodule(owner)
-        _arch.attention_spec(module).fixup(module, keep["heads"], keep["head_dim"])
+        spec = _arch.attention_spec(module)
+        _arch.cut_heads(module, spec, keep["heads"])
+        spec.fixup(module, keep["heads"], keep["head_dim"])
 
 
 def _widths(model: nn.Module) -> dict[str, list[int]]:
@@ -148,16 +150,30 @@ def _check_fits(analysis: Analysis, pruning: PruningPlan, model: nn.Module) -> N
             raise IsopruneError("plan keeps no or out-of-range units", group=g.root, kind=g.kind)
 
 
+def _fitted(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> Analysis:
+    if example_inputs is None and pruning.input_size:
+        example_inputs = torch.empty((1, *pruning.input_size), device="meta")
+    analysis = analyse(model, example_inputs, pruning.labels)
+    _check_fits(analysis, pruning, model)
+    return analysis
+
+
 def _plan_ops(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> list[_Op]:
     source = getattr(pruning, "_source", None)
     if source is not None and source() is model and pruning._fingerprint == _fingerprint(model):
         return pruning._ops
-    size = pruning.input_size
-    if example_inputs is None and size:
-        example_inputs = torch.empty((1, *size), device="meta")
-    analysis = analyse(model, example_inputs, pruning.labels)
-    _check_fits(analysis, pruning, model)
+    analysis = _fitted(model, pruning, example_inputs)
     return _ops(analysis, _removed(analysis, pruning))
+
+
+def fit(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> PruningPlan:
+    """A saved plan checked against ``model`` (an error if it was made for another structure) and
+    re-measured on it: widths, MACs and params as this model will have them. The model is not
+    touched; ``apply_plan`` on it then reuses this trace."""
+    analysis = _fitted(model, pruning, example_inputs)
+    depth_plans = [DepthPlan(**d) for d in pruning.depth]
+    check_depth(model, depth_plans)
+    return remember(skeleton_apply(analysis, pruning, depth_plans), model)
 
 
 def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.Module:

@@ -157,7 +157,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
         raise IsopruneError(f"unknown label granularity {labels!r}", hint=f"use one of {', '.join(LABELS)}")
     skeleton = _trace.meta_skeleton(model)
     inputs = _trace.meta_inputs(model, example_inputs)
-    graph = _trace.build_graph(skeleton, inputs)
+    graph = _trace.build_graph(skeleton, inputs, _arch.head_params(skeleton))
     heads_of = {}  # qkv module name -> (attention name, num_heads, head_dim)
     mlps = set()
     for name, m in skeleton.named_modules():

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from . import _importance, _models, _recipes, _trace
+from ._apply import apply_plan, fit
 from ._errors import IsopruneError
-from ._io import check_writable, save
+from ._io import check_writable, read_metadata, save
 from ._plan import Budget, PruningPlan, plan
 
 
@@ -108,8 +109,19 @@ def _readable(loader):
         yield batch
 
 
+def read_plan(path: str | Path) -> PruningPlan:
+    """A saved plan: a ``plan.yaml``/``.json`` file, or a directory written by ``isoprune prune``."""
+    path = Path(path)
+    if path.is_dir():
+        return PruningPlan.from_dict(read_metadata(path)["plan"])
+    return PruningPlan.load(path)
+
+
 def run(cfg: _recipes.PruneConfig, data: str | None = None) -> tuple[nn.Module, PruningPlan]:
     """Build the model, plan (searching the budget if one is set) and apply; return both."""
+    saved = read_plan(cfg.plan) if cfg.plan else None
+    if saved is not None and not cfg.model:
+        cfg = replace(cfg, model=saved.model)
     if not cfg.model:
         raise IsopruneError("no model given", hint="pass --model NAME (or a recipe with prune.model)")
     if cfg.target is not None:
@@ -117,6 +129,8 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None) -> tuple[nn.Module, 
     torch.manual_seed(cfg.seed)
     kwargs = {"num_classes": cfg.num_classes} if cfg.num_classes is not None else {}
     model = _models.create(cfg.model, cfg.weights, **kwargs)
+    if saved is not None:
+        return model, fit(model, saved, meta_example(model, cfg.input_size) if cfg.input_size else None)
     calib = None
     if _importance.get_importance(cfg.importance).needs_calib:
         if data is None:
@@ -142,7 +156,6 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None) -> tuple[nn.Module, 
 
 def write(model: nn.Module, pruning: PruningPlan, cfg: _recipes.PruneConfig, out, *, force: bool = False) -> Path:
     """Apply the plan and write the model, its metadata, the plan as YAML and ``report.png``."""
-    from ._apply import apply_plan
     from ._report import draw_report
 
     check_writable(out, force)

@@ -154,7 +154,7 @@ class PruningPlan:
     def load(cls, path) -> "PruningPlan":
         path = Path(path)
         if not path.is_file():
-            raise IsopruneError(f"no plan file at {path}")
+            raise IsopruneError(f"no plan file at {path}", hint="give a plan.yaml or a directory written by isoprune prune")
         try:
             data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
         except (ValueError, yaml.YAMLError) as exc:

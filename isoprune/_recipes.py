@@ -21,7 +21,8 @@ from ._errors import IsopruneError
 class PruneConfig:
     """``ratios`` has the fields of ``Ratios``. ``target`` is a budget (``4.2G`` MACs, ``20M``
     params) that scales the ratios by one factor; ``depth`` maps a block container to the number
-    of blocks to remove from it."""
+    of blocks to remove from it. ``plan`` is a saved plan (``plan.yaml``, or a pruned model's
+    directory) applied as it is, instead of planning."""
 
     model: str = ""
     weights: str = "pretrained"
@@ -37,6 +38,7 @@ class PruneConfig:
     input_size: int | None = None
     labels: str = "structure"
     seed: int = 0
+    plan: str | None = None
 
 
 @dataclass

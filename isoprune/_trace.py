@@ -8,6 +8,7 @@ MACs and params of the pruned model before the real one is touched.
 from __future__ import annotations
 
 import copy
+import types
 import warnings
 from typing import Sequence
 
@@ -15,6 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from . import _arch
 from ._errors import IsopruneError
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
@@ -53,12 +55,22 @@ def forward(model: nn.Module, inputs: Inputs):
     return model(inputs) if isinstance(inputs, torch.Tensor) else model(*inputs)
 
 
-def build_graph(skeleton: nn.Module, inputs: Inputs) -> tp.DependencyGraph:
+def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.DependencyGraph:
+    """The dependency graph; ``ignored_params`` join no group (we cut them ourselves). Modules
+    with a registered trace forward are traced through it."""
     was_training = skeleton.training
+    patched = []
+    for m in skeleton.modules():
+        forward = _arch.trace_forward(m)
+        if forward is not None:
+            m.forward = types.MethodType(forward, m)
+            patched.append(m)
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(skeleton, inputs, verbose=False)
+            return tp.DependencyGraph().build_dependency(
+                skeleton, inputs, ignored_params=list(ignored_params), verbose=False
+            )
     except IsopruneError:
         raise
     except Exception as exc:  # tracing failures come from deep inside torch/Torch-Pruning
@@ -68,6 +80,8 @@ def build_graph(skeleton: nn.Module, inputs: Inputs) -> tp.DependencyGraph:
         ) from exc
     finally:
         skeleton.train(was_training)
+        for m in patched:
+            del m.forward
 
 
 def output_modules(graph: tp.DependencyGraph) -> list:

@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--target", help="named target (deit_s), recipe file, budget (4.2G MACs, 20M params) or timm model name")
     how.add_argument("--ratios", type=_ratios, help="emb=0.5,heads=0.5,head_dim=0.25,mlp=0.5,default=0.3, or one number")
+    how.add_argument("--plan", help="apply a saved plan as it is: a plan.yaml, or a directory isoprune prune wrote")
     p.add_argument("--recipe", help="recipe YAML (or the name of one in recipes/); flags override its values")
     p.add_argument("--depth", type=_depth, help="remove blocks: CONTAINER=N, e.g. stages.2.blocks=18")
     p.add_argument("--importance", help="l1, l2 (default), taylor, hessian or random")
@@ -80,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def prune_config(args) -> _recipes.PruneConfig:
     """Recipe values, then a target's shape, then explicit flags."""
+    if args.plan and (args.recipe or args.depth):
+        raise IsopruneError("--plan applies a saved plan as it is", hint="drop --recipe and --depth, or drop --plan")
     cfg = _recipes.load_recipe(args.recipe).prune if args.recipe else _recipes.PruneConfig()
     flags = {f.name: getattr(args, f.name) for f in fields(cfg) if getattr(args, f.name, None) is not None}
     flags.pop("target", None)
@@ -89,7 +92,9 @@ def prune_config(args) -> _recipes.PruneConfig:
     if args.ratios is not None:
         cfg = replace(cfg, target=None)
     cfg = replace(cfg, **flags)
-    if not cfg.ratios and cfg.target is None and not cfg.depth:
+    if cfg.plan and not cfg.model:
+        cfg = replace(cfg, model=_pipeline.read_plan(cfg.plan).model)
+    if not cfg.ratios and cfg.target is None and not cfg.depth and not cfg.plan:
         raise IsopruneError("nothing to prune", hint="pass --target, --ratios or --recipe")
     return cfg
 

@@ -8,7 +8,16 @@ from torch import nn
 
 import isoprune
 
-TINY = ["test_vit", "test_convnext", "test_resnet", "mobilenetv2_035"]
+TINY = ["test_vit", "test_convnext", "test_resnet", "mobilenetv2_035", "swin_micro"]
+
+SMALL = {"swin_micro": ("swin_tiny_patch4_window7_224", dict(embed_dim=24, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4]))}
+"""Small variants timm does not register: name -> (timm name, keyword arguments)."""
+
+
+def base_of(name: str, num_classes: int = 10) -> dict:
+    """``isoprune_base`` metadata for a model ``make`` builds, so save/load can rebuild it."""
+    timm_name, kwargs = SMALL.get(name, (name, {}))
+    return {"library": "timm", "name": timm_name, "kwargs": {**kwargs, "num_classes": num_classes}}
 
 
 def make(name: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
@@ -18,7 +27,8 @@ def make(name: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
     if name.startswith("tv:"):
         model = getattr(torchvision.models, name[3:])(num_classes=num_classes)
     else:
-        model = timm.create_model(name, num_classes=num_classes)
+        base = base_of(name, num_classes)
+        model = timm.create_model(base["name"], **base["kwargs"])
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -62,6 +62,19 @@ def test_taylor_with_data(capsys, tmp_path, digits_folder):
     assert json.loads(out)["groups"]
 
 
+def test_a_saved_plan_reapplies_to_other_weights(capsys, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_cli(capsys, "prune", "--model", "swin_tiny_patch4_window7_224", "--weights", "none", "--seed", "1",
+            "--ratios", "emb=0.3,heads=0.25,head_dim=0.25,mlp=0.4", "--out", first)
+    code, out, err = run_cli(capsys, "prune", "--plan", first / "plan.yaml", "--weights", "none", "--seed", "2",
+                             "--out", second, "--json")
+    assert code == 0, err
+    a, b = isoprune.load(first), isoprune.load(second)
+    assert a.isoprune_plan.to_dict() == b.isoprune_plan.to_dict()
+    assert json.loads(out)["macs"]["after"] == isoprune.count(b)[0] == isoprune.count(a)[0]
+    assert not torch.equal(a.head.fc.weight, b.head.fc.weight)  # same shape, the second seed's weights
+
+
 def test_weights_from_a_local_checkpoint(capsys, tmp_path):
     torch.manual_seed(3)
     source = timm.create_model("test_resnet", num_classes=10)
@@ -133,6 +146,7 @@ def _bad_inputs(tmp_path):
     safetensors.torch.save_file(timm.create_model("test_convnext").state_dict(), str(other))
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("prune:\n  model: test_vit\n  ratio: 0.5\n")
+    vit_plan = isoprune.plan(timm.create_model("test_vit"), 0.3).save(tmp_path / "vit_plan.yaml")
     base = ["prune", "--model", "test_resnet", "--weights", "none"]
     return {
         "unknown model": (["prune", "--model", "deit_bsae", "--ratios", "0.5"], "did you mean"),
@@ -148,6 +162,8 @@ def _bad_inputs(tmp_path):
         "unknown recipe key": (["prune", "--recipe", recipe], "unknown key 'prune.ratio'"),
         "target for another model": (base + ["--target", "deit_s"], "defined for"),
         "nothing to prune": (base, "nothing to prune"),
+        "plan that does not fit": (base + ["--plan", vit_plan], "plan for test_vit does not fit"),
+        "missing plan": (base + ["--plan", tmp_path / "nope.yaml"], "no plan file"),
         "unknown flag": (base + ["--ratio", "0.3"], "unrecognized arguments"),
         "bad depth": (base + ["--depth", "layer1=x"], "cannot read depth"),
     }
@@ -155,7 +171,8 @@ def _bad_inputs(tmp_path):
 
 BAD = ["unknown model", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
        "empty data dir", "non-image data dir", "missing checkpoint", "corrupt checkpoint", "other architecture",
-       "unknown recipe key", "target for another model", "nothing to prune", "unknown flag", "bad depth"]
+       "unknown recipe key", "target for another model", "nothing to prune", "unknown flag", "bad depth",
+       "plan that does not fit", "missing plan"]
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -72,6 +72,52 @@ def test_fused_and_unfused_attention_agree_after_pruning():
     torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=0)
 
 
+def test_swin_heads_take_their_relative_position_bias_along():
+    model = make("swin_micro")
+    assert_equivalent(model, isoprune.Ratios(heads=0.5, head_dim=0.25, mlp=0.5))
+    for block in (b for stage in model.layers for b in stage.blocks):
+        attn = block.attn
+        assert attn.relative_position_bias_table.shape[1] == attn.num_heads
+        assert attn.qkv.out_features == 3 * attn.proj.in_features
+        assert attn.scale == pytest.approx((attn.proj.in_features // attn.num_heads) ** -0.5)
+    assert model.layers[0].blocks[0].attn.num_heads == 1
+
+
+def test_swin_fused_and_unfused_window_attention_agree_after_pruning():
+    model = make("swin_micro")
+    isoprune.prune(model, isoprune.Ratios(emb=0.25, heads=0.5, head_dim=0.25, mlp=0.5))
+    x = inputs_for(model)
+    with torch.no_grad():
+        fused = model(x)
+        for block in (b for stage in model.layers for b in stage.blocks):
+            block.attn.fused_attn = False
+        unfused = model(x)
+    torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(2, 6, 8, 5), (1, 7, 5, 3)])
+def test_patch_merging_trace_forward_computes_what_timm_does(size):
+    from timm.models.swin_transformer import PatchMerging
+
+    torch.manual_seed(0)
+    merge = PatchMerging(size[-1])
+    x = torch.randn(size)
+    assert torch.equal(isoprune._arch.patch_merging_forward(merge, x), merge(x))
+
+
+def test_swin_patch_merging_drops_each_channel_from_all_four_neighbours():
+    model = make("swin_micro")
+    before = [stage.blocks[0].norm1.normalized_shape[0] for stage in model.layers]
+    isoprune.prune(model, isoprune.Ratios(emb=0.5))
+    dims = [stage.blocks[0].norm1.normalized_shape[0] for stage in model.layers]
+    assert all(d < b for d, b in zip(dims, before))
+    for i, stage in enumerate(model.layers[1:], start=1):
+        merge = stage.downsample
+        assert merge.norm.normalized_shape[0] == merge.reduction.in_features == 4 * dims[i - 1]
+        assert merge.reduction.out_features == dims[i]
+    assert model(inputs_for(model)).shape == (2, 10)
+
+
 def test_classifier_is_never_pruned_at_its_output():
     model = make("deit_tiny_distilled_patch16_224", num_classes=7)
     isoprune.prune(model, 0.5)

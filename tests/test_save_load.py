@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import isoprune
-from conftest import inputs_for, make
+from conftest import base_of, inputs_for, make
 
 FAMILIES = [
     ("test_vit", 0.5, {"blocks": 2}),
@@ -12,13 +12,14 @@ FAMILIES = [
     ("resnet18", 0.4, {"layer3": 1}),
     ("mobilenetv2_035", 0.3, {}),
     ("test_efficientnet", 0.3, {}),
+    ("swin_micro", 0.4, {"layers.2.blocks": 1}),
 ]
 
 
 @pytest.mark.parametrize("name,ratio,depth", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_reload_is_identical(tmp_path, name, ratio, depth):
     model = make(name)
-    model.isoprune_base = {"library": "timm", "name": name, "kwargs": {"num_classes": 10}}
+    model.isoprune_base = base_of(name)
     isoprune.prune(model, ratio, depth=depth)
     isoprune.save(model, tmp_path / "m")
     loaded = isoprune.load(tmp_path / "m")
