@@ -127,8 +127,11 @@ def read_metadata(directory) -> dict:
     return metadata
 
 
-def load(path, *, allow_pickle: bool = False) -> nn.Module:
+def load(path, *, allow_pickle: bool = False, build_kwargs: dict | None = None) -> nn.Module:
     """A saved pruned model, in eval mode, with its plan as ``model.isoprune_plan``.
+
+    ``build_kwargs`` go to the base model's constructor on top of the saved ones (e.g. timm's
+    ``drop_path_rate`` for training); they change no weight shape and are not recorded.
 
     ``path`` is a directory from ``save``. A legacy whole-model ``.pth``/``.pt`` pickle is read only
     with ``allow_pickle=True``: unpickling runs code from the file, so only do it for files you trust.
@@ -138,7 +141,8 @@ def load(path, *, allow_pickle: bool = False) -> nn.Module:
         return _load_pickle(path, allow_pickle)
     metadata = read_metadata(path)
     pruning = PruningPlan.from_dict(metadata["plan"])
-    model = _build(metadata["base"])
+    base = metadata["base"]
+    model = _build({**base, "kwargs": {**base["kwargs"], **(build_kwargs or {})}})
     apply_plan(model, pruning)
     weights = path / WEIGHTS
     if not weights.is_file():

@@ -90,6 +90,8 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     """Tensors of a local checkpoint: safetensors, or a torch file loaded weights-only (never
     unpickling code); ``model`` / ``state_dict`` / EMA wrappers and ``module.`` prefixes are handled."""
     path = Path(path)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"  # a directory isoprune wrote
     if not path.is_file():
         raise IsopruneError(f"no checkpoint at {path}", hint="give the path of a .safetensors or .pth file, or --weights none")
     try:

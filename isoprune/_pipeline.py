@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _importance, _models, _recipes, _trace
+from . import _data, _importance, _models, _recipes, _trace
 from ._apply import apply_plan, fit
 from ._errors import IsopruneError
 from ._io import check_writable, read_metadata, save
@@ -21,7 +21,7 @@ from ._plan import Budget, PruningPlan, plan
 def resolve_target(cfg: _recipes.PruneConfig, target: str) -> _recipes.PruneConfig:
     """Fold ``--target`` into the config. In order: a recipe file; a named target (``deit_s``:
     its recipe's ratios, depth, budget and rounding, for that recipe's base model); a budget
-    (``4.2G``, ``20M``); a timm model name, whose MACs become the budget."""
+    (``4.2G``, ``20M``, ``50%``); a timm model name, whose MACs become the budget."""
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         recipe = _recipes.load_recipe(target)
         return _shape_from(cfg, recipe)
@@ -36,7 +36,7 @@ def resolve_target(cfg: _recipes.PruneConfig, target: str) -> _recipes.PruneConf
             f"target {target!r} is defined for {bases}, not {arch}",
             hint="for other models give a budget such as 4.2G (MACs) or 20M (params)",
         )
-    if re.fullmatch(r"(?i)((macs|params)=)?[0-9]*\.?[0-9]+\s*[KMGT]", target.strip()):
+    if re.fullmatch(r"(?i)((macs|params)=)?[0-9]*\.?[0-9]+\s*[KMGT%]", target.strip()):
         return replace(cfg, target=target)
     try:
         name = _models.resolve(target)
@@ -74,39 +74,14 @@ def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, see
     """Shuffled (images, labels) batches from an ImageFolder (``DIR/train`` when there is one),
     with timm's eval transforms for the model's pretrained config."""
     import timm.data
-    from torchvision.datasets import ImageFolder
 
     root = Path(data)
     root = root / "train" if (root / "train").is_dir() else root
-    if not root.is_dir():
-        raise IsopruneError(f"no data directory {root}", hint="--data must be an ImageFolder: one sub-directory of images per class")
-    config = timm.data.resolve_data_config({}, model=model)
-    try:
-        dataset = ImageFolder(str(root), transform=timm.data.create_transform(**config, is_training=False))
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise IsopruneError(f"no images in {root}: {exc}", hint="--data must be an ImageFolder: one sub-directory of images per class") from exc
-    classes = getattr(model, "num_classes", None)
-    if classes and len(dataset.classes) != classes:
-        raise IsopruneError(
-            f"{root} has {len(dataset.classes)} classes but the model predicts {classes}",
-            hint="calibrate on data with the model's classes, or build it with --num-classes",
-        )
+    dataset = _data.image_folder(root, timm.data.create_transform(**_data.data_config(model), is_training=False))
+    _data.check_classes(dataset, model, str(root))
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
-    return _readable(loader)
-
-
-def _readable(loader):
-    """Turn an unreadable image deep inside the loader into one clear error."""
-    iterator = iter(loader)
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except (OSError, ValueError) as exc:
-            raise IsopruneError(f"cannot read an image: {exc}", hint="remove or fix the file") from exc
-        yield batch
+    return _data.readable(loader)
 
 
 def read_plan(path: str | Path) -> PruningPlan:
@@ -154,15 +129,20 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None) -> tuple[nn.Module, 
     return model, pruning
 
 
-def write(model: nn.Module, pruning: PruningPlan, cfg: _recipes.PruneConfig, out, *, force: bool = False) -> Path:
-    """Apply the plan and write the model, its metadata, the plan as YAML and ``report.png``."""
+def write(model: nn.Module, pruning: PruningPlan, cfg: _recipes.PruneConfig, out, *, force: bool = False, recipe: str | None = None) -> Path:
+    """Apply the plan and write the model, its metadata, the plan as YAML and ``report.png``.
+    ``recipe`` is recorded so that fine-tuning takes its ``finetune`` section by default."""
     from ._report import draw_report
 
     check_writable(out, force)
     scores = getattr(pruning, "_scores", None)
     apply_plan(model, pruning)
     model.isoprune_plan = pruning
-    out = save(model, out, plan=pruning, overwrite=force, extra={"config": asdict(cfg)})
+    if recipe is not None and Path(recipe).is_file():
+        recipe = str(Path(recipe).resolve())
+    if cfg.weights not in ("pretrained", "none"):
+        cfg = replace(cfg, weights=str(Path(cfg.weights).resolve()))  # the teacher of a later fine-tune loads it
+    out = save(model, out, plan=pruning, overwrite=force, extra={"config": {**asdict(cfg), "recipe": recipe}})
     pruning.save(out / "plan.yaml")
     draw_report(pruning, out / "report.png", scores)
     return out

@@ -250,31 +250,41 @@ def choose(analysis: Analysis, scores: dict[int, torch.Tensor], ratios: Ratios, 
 
 @dataclass(frozen=True)
 class Budget:
-    """A size to prune down to: ``macs`` or ``params``, an absolute count."""
+    """A size to prune down to: ``macs`` or ``params``, an absolute count, or (``fraction``) a
+    share of the unpruned model's size, resolved when the search starts."""
 
     metric: str
     value: int
+    fraction: float | None = None
 
     _UNITS = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
     @classmethod
     def parse(cls, text) -> "Budget":
-        """``"4.2G"`` is MACs, ``"20M"`` is params (as the paper writes them); ``"macs=800M"`` or
-        ``"params=1.2G"`` says which explicitly."""
+        """``"4.2G"`` is MACs, ``"20M"`` is params (as the paper writes them), ``"50%"`` is half the
+        model's MACs; ``"macs=800M"``, ``"params=1.2G"`` or ``"params=40%"`` says which explicitly."""
         if isinstance(text, Budget):
             return text
         raw = str(text).strip()
         metric, _, amount = raw.rpartition("=")
-        match = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([KMGT])", amount.strip(), re.IGNORECASE)
-        if not match or metric.lower() not in ("", "macs", "params"):
+        match = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([KMGT%])", amount.strip(), re.IGNORECASE)
+        if not match or metric.lower() not in ("", "macs", "params") or (match[2] == "%" and not 0 < float(match[1]) < 100):
             raise IsopruneError(
-                f"cannot read budget {raw!r}", hint="write MACs like 4.2G, params like 20M, or macs=800M / params=1.2G"
+                f"cannot read budget {raw!r}",
+                hint="write MACs like 4.2G, params like 20M, a share of the model like 50%, or macs=800M / params=40%",
             )
+        if match[2] == "%":
+            return cls(metric.lower() or "macs", 0, float(match[1]) / 100)
         value = int(float(match[1]) * cls._UNITS[match[2].upper()])
         metric = metric.lower() or ("macs" if match[2].upper() in "GT" else "params")
         return cls(metric, value)
 
+    def resolved(self, unpruned: int) -> "Budget":
+        return self if self.fraction is None else Budget(self.metric, int(self.fraction * unpruned))
+
     def __str__(self) -> str:
+        if self.fraction is not None and not self.value:
+            return f"{self.fraction:.0%} of the {'MACs' if self.metric == 'macs' else 'params'}"
         return f"{self.value / 1e9:.3f} G MACs" if self.metric == "macs" else f"{self.value / 1e6:.3f} M params"
 
 
@@ -364,6 +374,7 @@ def _search(outcome, shape: Ratios, budget: Budget, steps: int = 24) -> PruningP
     top = 0.999 / shape.largest()
     unpruned, smallest = outcome(shape.scaled(0.0)), outcome(shape.scaled(top))
     size = lambda p: getattr(p, budget.metric)["after"]  # noqa: E731
+    budget = budget.resolved(size(unpruned))
     if budget.value >= size(unpruned):
         raise IsopruneError(
             f"budget {budget} is not below the model's {Budget(budget.metric, size(unpruned))}",

@@ -43,7 +43,13 @@ class PruneConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning hyper-parameters, named as timm's factories and train script name them."""
+    """Fine-tuning hyper-parameters, named as timm's factories and train script name them.
+
+    ``batch_size`` is the global batch (split over torchrun's processes). ``teacher``: ``original``
+    (the unpruned model the plan came from), a timm model name, a checkpoint path, or ``none``;
+    ``distillation``: ``soft`` (KL at temperature ``distill_tau``), ``hard`` (DeiT's: cross-entropy
+    on the teacher's class), weighted by ``distill_alpha`` against the label loss. ``augment: false``
+    trains on the eval transforms without mixup/cutmix (deterministic inputs)."""
 
     epochs: int = 300
     batch_size: int = 1024
@@ -57,6 +63,7 @@ class FinetuneConfig:
     decay_rate: float = 0.1
     warmup_epochs: int = 0
     layer_decay: float | None = None
+    augment: bool = True
     randaugment: str | None = None
     mixup: float = 0.0
     cutmix: float = 0.0
@@ -66,8 +73,10 @@ class FinetuneConfig:
     drop: float = 0.0
     clip_grad: float | None = None
     ema_decay: float | None = None
-    teacher: str | None = None
-    distillation: str = "none"
+    teacher: str = "original"
+    distillation: str = "soft"
+    distill_alpha: float = 0.5
+    distill_tau: float = 1.0
     interpolation: str = "bicubic"
     amp: bool = True
 

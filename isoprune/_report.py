@@ -77,3 +77,28 @@ def _importance(ax, pruning: PruningPlan, scores) -> None:
     ax.set_xticks(list(positions), labels, rotation=60, fontsize=6, ha="right")
     ax.set_ylabel("log10 importance (per group, mean 1)")
     ax.set_title("importance per isomorphic group: kept (blue) vs removed (red)")
+
+
+def draw_curves(history: list[dict], path: Path) -> Path:
+    """curves.png: train and val loss (left), val top-1 and top-5 (right), against the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(11, 4))
+    loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
+    loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    loss.legend()
+    acc.plot(epochs, [r["top1"] for r in history], "o-", label="top-1")
+    acc.plot(epochs, [r["top5"] for r in history], "o-", label="top-5")
+    acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
+    acc.legend()
+    for ax in (loss, acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

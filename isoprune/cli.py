@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import typing
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -71,12 +73,70 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
+    f = sub.add_parser("finetune", help="fine-tune a pruned model (or train one by name), with distillation; torchrun for many processes")
+    f.add_argument("path", nargs="?", help="a directory written by isoprune prune (or finetune)")
+    f.add_argument("--model", help="train this timm model (by name) instead of a pruned directory")
+    f.add_argument("--weights", help="for --model: pretrained (default), none, or a checkpoint PATH")
+    f.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
+    f.add_argument("--recipe", help="recipe YAML or name whose finetune section gives the defaults (default: the one the model was pruned with)")
+    f.add_argument("--num-classes", type=int, help="give the model a new head for this many classes")
+    f.add_argument("--input-size", type=int, help="square input resolution (default: the model's)")
+    f.add_argument("--out", help="output directory (default: finetuned/NAME)")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    f.add_argument("--stop-after", type=int, help="end this run after N epochs (continue later with --resume)")
+    f.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    f.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
+    f.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _finetune_flags(f)
+
+    e = sub.add_parser("eval", help="top-1/top-5, loss, MACs, params, latency and throughput")
+    e.add_argument("path", nargs="?", help="a directory written by isoprune prune or finetune")
+    e.add_argument("--model", help="a timm model name instead of a directory")
+    e.add_argument("--weights", default="pretrained", help="for --model: pretrained (default), none, or a checkpoint PATH")
+    e.add_argument("--num-classes", type=int, help="for --model: number of classes")
+    e.add_argument("--data", help="ImageFolder (its val/ when present); without it only size and speed")
+    e.add_argument("--input-size", type=int, help="square input resolution (default: the model's)")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    e.add_argument("--workers", type=int, default=0)
+    e.add_argument("--warmup", type=int, default=5, help="untimed forward passes before timing")
+    e.add_argument("--iters", type=int, default=20, help="timed forward passes")
+    e.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
     i = sub.add_parser("inspect", help="show a model's isomorphic groups, or summarise a pruned model")
     i.add_argument("path", nargs="?", help="a directory written by isoprune prune")
     i.add_argument("--model", help="timm model name or alias")
     i.add_argument("--input-size", type=int)
     i.add_argument("--json", action="store_true")
     return parser
+
+
+def _finetune_flags(parser) -> None:
+    """One flag per ``FinetuneConfig`` field (``--lr``, ``--drop-path``, ``--no-amp`` ...): the recipe's
+    value unless given."""
+    hints = typing.get_type_hints(_recipes.FinetuneConfig)
+    for f in fields(_recipes.FinetuneConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        options = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        base = typing.get_origin(options[0]) or options[0]
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif base is list:
+            parser.add_argument(flag, type=typing.get_args(options[0])[0], nargs="+")
+        else:
+            parser.add_argument(flag, type=base)
+
+
+def finetune_config(args, source_metadata: dict | None) -> _recipes.FinetuneConfig:
+    """The recipe's finetune section (``--recipe``, else the recipe the model was pruned with),
+    then explicit flags."""
+    recipe = args.recipe or ((source_metadata or {}).get("config") or {}).get("recipe")
+    cfg = _recipes.load_recipe(recipe).finetune if recipe else _recipes.FinetuneConfig()
+    flags = {f.name: getattr(args, f.name) for f in fields(cfg) if getattr(args, f.name, None) is not None}
+    return replace(cfg, **flags)
 
 
 def prune_config(args) -> _recipes.PruneConfig:
@@ -107,7 +167,7 @@ def cmd_prune(args) -> int:
     model, pruning = _pipeline.run(cfg, data=args.data)
     text = _describe(pruning)
     if not args.dry_run:
-        out = _pipeline.write(model, pruning, cfg, out, force=args.force)
+        out = _pipeline.write(model, pruning, cfg, out, force=args.force, recipe=args.recipe)
         text += f"\nwrote {out}/ (model.safetensors, isoprune.json, plan.yaml, report.png)"
     _emit(text, _pipeline.summary(pruning, None if args.dry_run else out), args.json)
     return 0
@@ -128,6 +188,50 @@ def _emit(text: str, data: dict, as_json: bool) -> None:
         print(json.dumps(data, indent=1))
     else:
         print(text)
+
+
+def _source(args) -> str:
+    if bool(args.path) == bool(args.model):
+        raise IsopruneError(f"{args.command} needs a pruned directory or --model NAME (one of them)")
+    return args.path or args.model
+
+
+def cmd_finetune(args) -> int:
+    from ._finetune import Options, finetune
+
+    source = _source(args)
+    metadata = _io.read_metadata(source) if args.path else None
+    if args.path and args.weights:
+        raise IsopruneError("--weights is for --model", hint="a pruned directory carries its own weights")
+    cfg = finetune_config(args, metadata)
+    name = Path(args.path).resolve().name if args.path else _models.architecture(args.model)
+    opts = Options(
+        data=args.data, out=args.out or f"finetuned/{name}", device=args.device, input_size=args.input_size,
+        num_classes=args.num_classes, weights=args.weights or "pretrained", workers=args.workers, seed=args.seed,
+        resume=args.resume, stop_after=args.stop_after, force=args.force,
+    )
+    result = finetune(source, opts, cfg)
+    if int(os.environ.get("RANK", 0)) == 0:
+        best, last = result["best"], result["last"]
+        text = f"wrote {result['out']}/ (best/, last/, checkpoint.safetensors, metrics.csv, curves.png)"
+        if last:
+            text = f"best top-1 {best['top1']:.2f}% (epoch {best['epoch']}), last {last['top1']:.2f}%\n" + text
+        _emit(text, result, args.json)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ._eval import run
+
+    result = run(_source(args), args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size,
+                 batch_size=args.batch_size, device=args.device, workers=args.workers, warmup=args.warmup, iters=args.iters)
+    rows = [f"{result['model']}: {result['macs'] / 1e9:.3f} G MACs, {result['params'] / 1e6:.3f} M params, input {result['input_size']}"]
+    if "top1" in result:
+        rows.append(f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, loss {result['loss']:.4f} on {result['images']} images")
+    rows.append(f"latency {result['latency_ms']:.2f} ms (IQR {result['latency_iqr_ms']:.2f}) at batch {result['batch_size']} on "
+                f"{result['device']}, {result['throughput']:.1f} images/s")
+    _emit("\n".join(rows), result, args.json)
+    return 0
 
 
 def cmd_inspect(args) -> int:
@@ -168,7 +272,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         args = _parser().parse_args(argv)
-        return {"prune": cmd_prune, "inspect": cmd_inspect}[args.command](args)
+        commands = {"prune": cmd_prune, "finetune": cmd_finetune, "eval": cmd_eval, "inspect": cmd_inspect}
+        return commands[args.command](args)
     except IsopruneError as err:
         print(f"isoprune: error: {err}", file=sys.stderr)
         return 2

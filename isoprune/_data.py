@@ -1,0 +1,108 @@
+"""ImageFolder data with timm's transforms, for calibration, fine-tuning and evaluation.
+
+Every data problem a user can cause (a missing split, no images, an unreadable file, classes that
+do not match the model) becomes one ``IsopruneError`` naming the fix.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._errors import IsopruneError
+
+_FOLDER_HINT = "--data must be an ImageFolder: one sub-directory of images per class"
+
+
+def data_config(model: nn.Module, input_size: int | None = None) -> dict:
+    """timm's data config for the model's pretrained config (mean, std, interpolation, crop),
+    at ``input_size`` squared when given."""
+    import timm.data
+
+    config = timm.data.resolve_data_config({}, model=model)
+    if input_size is not None:
+        config["input_size"] = (config["input_size"][0], input_size, input_size)
+    return config
+
+
+def image_folder(root: str | Path, transform, split: str | None = None):
+    """``root/split`` (or ``root`` itself when ``split`` is None) as a torchvision ImageFolder."""
+    from torchvision.datasets import ImageFolder
+
+    path = Path(root) / split if split else Path(root)
+    if not path.is_dir():
+        what = f"no {split}/ directory in {root}" if split else f"no data directory {path}"
+        hint = f"--data must hold {split}/ (and val/), each an ImageFolder" if split else _FOLDER_HINT
+        raise IsopruneError(what, hint=hint)
+    try:
+        return ImageFolder(str(path), transform=transform)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise IsopruneError(f"no images in {path}: {exc}", hint=_FOLDER_HINT) from exc
+
+
+def check_classes(dataset, model: nn.Module, where: str) -> None:
+    classes = getattr(model, "num_classes", None)
+    if classes and len(dataset.classes) != classes:
+        raise IsopruneError(
+            f"{where} has {len(dataset.classes)} classes but the model predicts {classes}",
+            hint=f"pass --num-classes {len(dataset.classes)} to give the model a new head for this data",
+        )
+
+
+def readable(loader):
+    """Iterate a loader, turning an unreadable image deep inside it into one clear error."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as exc:
+            raise IsopruneError(f"cannot read an image: {exc}", hint="remove or fix the file") from exc
+        yield batch
+
+
+def reset_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the classifier's output layer(s) with fresh ones for ``num_classes`` classes.
+
+    timm's ``reset_classifier`` sizes the new head from attributes that pruning leaves stale
+    (``num_features``), so the new layers take their input width from the old ones instead."""
+    from ._arch import classifier_modules
+
+    heads = {id(m) for m in classifier_modules(model)}
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if id(module) not in heads or not isinstance(module, nn.Linear):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, nn.Linear(module.in_features, num_classes, bias=module.bias is not None))
+        replaced += 1
+    if not replaced:
+        raise IsopruneError(f"cannot find a linear classifier in {type(model).__name__} to resize")
+    if hasattr(model, "num_classes"):
+        model.num_classes = num_classes
+    base = getattr(model, "isoprune_base", None)
+    if base is not None:
+        model.isoprune_base = {**base, "kwargs": {**base["kwargs"], "num_classes": num_classes}}
+    return model
+
+
+def seeded_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0, world: int = 1,
+                  workers: int = 0, drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """A loader whose order and worker seeds depend only on (seed, epoch, rank): a resumed run
+    sees exactly the batches an uninterrupted one would. Under ``world`` > 1 each rank takes every
+    ``world``-th sample of the same permutation, so the ranks' batches together are the
+    single-process batch."""
+    if shuffle:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 1009 + epoch)).tolist()
+    else:
+        order = list(range(len(dataset)))
+    per_rank = batch_size // world
+    if drop_last:
+        order = order[: len(order) // batch_size * batch_size]
+    subset = torch.utils.data.Subset(dataset, order[rank::world])
+    generator = torch.Generator().manual_seed((seed * 1009 + epoch) * 131 + rank)
+    return torch.utils.data.DataLoader(subset, batch_size=per_rank, shuffle=False, num_workers=workers,
+                                       generator=generator, drop_last=drop_last, persistent_workers=False)

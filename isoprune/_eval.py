@@ -1,0 +1,71 @@
+"""``isoprune eval``: accuracy, size and speed of a pruned (or any timm) model."""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import _data, _io, _models, _trace
+from ._errors import IsopruneError
+from ._finetune import evaluate
+
+
+def load_model(source: str, weights: str = "pretrained", num_classes: int | None = None) -> nn.Module:
+    """A directory isoprune wrote, or a timm model name (``weights``: pretrained, none, PATH)."""
+    if Path(source).is_dir():
+        return _io.load(source)
+    kwargs = {"num_classes": num_classes} if num_classes else {}
+    return _models.create(source, weights, **kwargs)
+
+
+def latency(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, device: torch.device,
+            warmup: int = 5, iters: int = 20) -> dict:
+    """Median wall time of a forward pass at ``batch_size`` after ``warmup`` passes, and the
+    throughput it implies; the spread is the interquartile range over ``iters`` timed passes."""
+    if iters < 1:
+        raise IsopruneError("latency needs at least one timed pass", hint="pass --iters 1 or more")
+    model.eval().to(device)
+    x = torch.randn(batch_size, *input_size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + iters):
+            sync()
+            began = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - began)
+    median = statistics.median(times)
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [median, median, median]
+    return {"batch_size": batch_size, "latency_ms": 1000 * median, "latency_iqr_ms": 1000 * (quartiles[2] - quartiles[0]),
+            "throughput": batch_size / median, "device": str(device), "iters": iters, "warmup": warmup}
+
+
+def run(source: str, data: str | None, *, weights: str = "pretrained", num_classes: int | None = None,
+        input_size: int | None = None, batch_size: int = 64, device: str = "cpu", workers: int = 0,
+        warmup: int = 5, iters: int = 20) -> dict:
+    """Everything ``isoprune eval`` reports: accuracy on ``data`` (its ``val/`` when present),
+    MACs, params and latency at ``batch_size``."""
+    import timm.data
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise IsopruneError("--device cuda, but no CUDA device is visible", hint="use --device cpu")
+    where = torch.device(device)
+    model = load_model(source, weights, num_classes)
+    config = _data.data_config(model, input_size)
+    result = {"model": source}
+    if data is not None:
+        split = "val" if (Path(data) / "val").is_dir() else None
+        dataset = _data.image_folder(data, timm.data.create_transform(**config, is_training=False), split)
+        _data.check_classes(dataset, model, str(Path(data) / (split or "")))
+        loader = _data.seeded_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers)
+        result.update(evaluate(model.to(where), loader, where))
+    inputs = torch.empty((1, *config["input_size"]), device="meta")
+    result["macs"], result["params"] = _trace.count(_trace.meta_skeleton(model), inputs)
+    result["input_size"] = list(config["input_size"])
+    result.update(latency(model, tuple(config["input_size"]), batch_size, where, warmup, iters))
+    return result

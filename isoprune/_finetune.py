@@ -1,0 +1,447 @@
+"""Fine-tuning a pruned model with timm's own pieces, in one process or under torchrun.
+
+timm supplies the transforms, Mixup/CutMix, losses, optimiser and scheduler factories and EMA;
+this module is the loop around them: distillation from a teacher, AMP on CUDA, DDP, checkpoints
+that a crash cannot leave half-written, and an exact ``resume``.
+
+Output directory:
+- ``checkpoint.safetensors``: everything to resume (model, EMA, optimiser, scaler, epoch, history),
+  one file written to a temporary name and renamed into place;
+- ``last/`` and ``best/``: the evaluated weights (EMA's when EMA is on) as isoprune model
+  directories, loadable with ``isoprune.load`` and ``isoprune eval``;
+- ``metrics.csv``, ``metrics.json`` and ``curves.png``: loss and top-1 per epoch.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import _data, _io, _models, _recipes
+from ._errors import IsopruneError
+
+CHECKPOINT = "checkpoint.safetensors"
+DISTILLATIONS = ("none", "soft", "hard")
+
+
+@dataclass
+class Options:
+    """How to run, as opposed to what to train with (``FinetuneConfig``)."""
+
+    data: str
+    out: str
+    device: str = "cpu"
+    input_size: int | None = None
+    num_classes: int | None = None
+    weights: str = "pretrained"  # for a model given by name
+    workers: int = 0
+    seed: int = 0
+    resume: bool = False
+    stop_after: int | None = None
+    force: bool = False
+
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float], device) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def _distributed(device: str) -> tuple[_Dist, torch.device]:
+    """torchrun's environment, with the process group started: NCCL on GPUs, gloo on CPU."""
+    env = _Dist(int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise IsopruneError("--device cuda, but no CUDA device is visible", hint="use --device cpu")
+    where = torch.device("cuda", env.local) if device == "cuda" else torch.device("cpu")
+    if device == "cuda":
+        torch.cuda.set_device(where)
+    if env.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return env, where
+
+
+def student(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> tuple[nn.Module, dict]:
+    """The model to train and the metadata it came with: a directory from ``isoprune prune``
+    (or a previous fine-tune), or a model name (trained whole: its plan removes nothing)."""
+    build = {k: v for k, v in (("drop_path_rate", cfg.drop_path), ("drop_rate", cfg.drop)) if v}
+    path = Path(source)
+    if path.is_dir():
+        metadata = _io.read_metadata(path)
+        if build and metadata["base"]["library"] != "timm":
+            raise IsopruneError("drop path and dropout need a timm model", hint="set drop_path and drop to 0")
+        model = _io.load(path, build_kwargs=build)
+    else:
+        from ._plan import plan
+
+        kwargs = {"num_classes": opts.num_classes} if opts.num_classes else {}
+        model = _models.create(source, opts.weights, **kwargs, **build)
+        model.isoprune_base["kwargs"] = {k: v for k, v in model.isoprune_base["kwargs"].items() if k not in build}
+        model.isoprune_plan = plan(model, 0.0, example_inputs=_example(model, opts.input_size))
+        metadata = {"base": model.isoprune_base, "config": {"weights": opts.weights}, "unpruned": True}
+    if opts.num_classes and getattr(model, "num_classes", None) != opts.num_classes:
+        _data.reset_head(model, opts.num_classes)
+    return model, metadata
+
+
+def _example(model: nn.Module, input_size: int | None):
+    from ._pipeline import meta_example
+
+    return meta_example(model, input_size)
+
+
+def teacher(spec: str, metadata: dict, num_classes: int) -> nn.Module | None:
+    """``original``: the unpruned base, with the weights it was pruned from (its prune config's
+    ``weights``); a directory: a saved isoprune model; a file: the base with those weights; else a
+    timm model name with pretrained weights; ``none``: no teacher."""
+    if spec in (None, "none") or (spec == "original" and metadata.get("unpruned")):
+        return None  # a model trained whole has no original to learn from
+    base = metadata["base"]
+    path = Path(spec)
+    if spec == "original" or (path.suffix and path.is_file()):
+        weights = str(path) if spec != "original" else (metadata.get("config") or {}).get("weights", "pretrained")
+        if weights == "none":
+            raise IsopruneError(
+                "the original model was pruned from random weights, so it cannot teach",
+                hint="pass --teacher PATH (its trained weights), a timm model name, or none",
+            )
+        if base["library"] != "timm":
+            raise IsopruneError("--teacher original needs a timm base model", hint="pass --teacher PATH or NAME, or none")
+        model = _models.create(base["name"], weights, **base["kwargs"])
+    elif path.is_dir():
+        model = _io.load(path)
+    elif path.suffix:
+        raise IsopruneError(f"no teacher checkpoint at {path}", hint="give an existing file, a directory isoprune wrote, a timm model name, or none")
+    else:
+        model = _models.create(spec, "pretrained")
+    classes = getattr(model, "num_classes", None)
+    if classes is not None and classes != num_classes:
+        raise IsopruneError(
+            f"the teacher predicts {classes} classes but the student {num_classes}",
+            hint="give a teacher trained on the same classes, or --teacher none",
+        )
+    return model.eval().requires_grad_(False)
+
+
+def _seed(seed: int, epoch: int, rank: int) -> None:
+    """Every epoch starts from RNG states fixed by (seed, epoch, rank): augmentation, dropout and
+    mixup draw the same numbers whether or not the run was interrupted before this epoch."""
+    value = (seed * 1009 + epoch) * 131 + rank
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
+
+
+def _loaders(opts: Options, cfg, model, env: _Dist):
+    import timm.data
+
+    config = _data.data_config(model, opts.input_size)
+    if cfg.augment:
+        train_tf = timm.data.create_transform(
+            config["input_size"], is_training=True, auto_augment=cfg.randaugment, re_prob=cfg.reprob,
+            interpolation=cfg.interpolation, mean=config["mean"], std=config["std"],
+        )
+    else:
+        train_tf = timm.data.create_transform(**config, is_training=False)
+    val_tf = timm.data.create_transform(**config, is_training=False)
+    for split in ("train", "val"):  # both splits named before either is read
+        if not (Path(opts.data) / split).is_dir():
+            raise IsopruneError(f"no {split}/ directory in {opts.data}", hint="--data must hold train/ and val/, each an ImageFolder")
+    train = _data.image_folder(opts.data, train_tf, "train")
+    val = _data.image_folder(opts.data, val_tf, "val")
+    for ds, split in ((train, "train"), (val, "val")):
+        _data.check_classes(ds, model, f"{opts.data}/{split}")
+    if cfg.batch_size % env.world:
+        raise IsopruneError(f"batch size {cfg.batch_size} does not split over {env.world} processes", hint="give a multiple of the process count")
+    if len(train) < cfg.batch_size:
+        raise IsopruneError(f"{opts.data}/train has {len(train)} images, fewer than one batch of {cfg.batch_size}", hint="lower --batch-size")
+
+    def train_loader(e):
+        return _data.seeded_loader(train, cfg.batch_size, shuffle=True, seed=opts.seed, epoch=e, rank=env.rank,
+                                   world=env.world, workers=opts.workers, drop_last=True)
+
+    val_loader = _data.seeded_loader(val, cfg.batch_size, shuffle=False, seed=opts.seed, rank=env.rank, world=env.world, workers=opts.workers)
+    return train_loader, val_loader, len(train.classes)
+
+
+class _Loss:
+    """Label loss (soft targets under mixup, label smoothing, or plain cross-entropy), plus
+    distillation from the teacher's logits on the same (mixed) images."""
+
+    def __init__(self, cfg, mixup_on: bool, teacher_model: nn.Module | None):
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        if cfg.distillation not in DISTILLATIONS:
+            raise IsopruneError(f"unknown distillation {cfg.distillation!r}", hint=f"use one of {', '.join(DISTILLATIONS)}")
+        self.labels = SoftTargetCrossEntropy() if mixup_on else LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing else nn.CrossEntropyLoss()
+        self.teacher = teacher_model if cfg.distillation != "none" else None
+        self.kind, self.alpha, self.tau = cfg.distillation, cfg.distill_alpha, cfg.distill_tau
+
+    def __call__(self, outputs, images, targets):
+        cls, dist_out = outputs if isinstance(outputs, tuple) else (outputs, outputs)
+        loss = self.labels(cls, targets)
+        if self.teacher is None:
+            return loss
+        with torch.no_grad():
+            t = self.teacher(images)
+        if self.kind == "hard":
+            kd = F.cross_entropy(dist_out, t.argmax(1))
+        else:
+            kd = F.kl_div(F.log_softmax(dist_out / self.tau, 1), F.log_softmax(t / self.tau, 1), reduction="batchmean", log_target=True) * self.tau**2
+        return (1 - self.alpha) * loss + self.alpha * kd
+
+
+def _autocast(device: torch.device, amp: bool):
+    if device.type != "cuda" or not amp:
+        return nullcontext(), None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, env: _Dist | None = None, amp: bool = False, desc: str = "eval") -> dict:
+    """Top-1, top-5 (percent) and mean cross-entropy over the loader, summed over all processes."""
+    env = env or _Dist()
+    model.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, top-1, top-5, images
+    cast, _ = _autocast(device, amp)
+    with torch.no_grad():
+        for images, targets in tqdm(_data.readable(loader), desc=desc, total=len(loader), leave=False, disable=not env.main):
+            images, targets = images.to(device), targets.to(device)
+            with cast:
+                out = model(images)
+            out = (out[0] if isinstance(out, tuple) else out).float()
+            top = out.topk(min(5, out.shape[1]), 1).indices
+            sums[0] += F.cross_entropy(out, targets, reduction="sum").item()
+            sums[1] += (top[:, 0] == targets).sum().item()
+            sums[2] += (top == targets[:, None]).any(1).sum().item()
+            sums[3] += len(targets)
+    loss, top1, top5, n = env.sum(sums, device)
+    return {"loss": loss / max(n, 1), "top1": 100 * top1 / max(n, 1), "top5": 100 * top5 / max(n, 1), "images": int(n)}
+
+
+def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
+    """Train ``source`` (a pruned directory or a model name) on ``opts.data``; returns the final
+    and best metrics. Under torchrun every process calls this; rank 0 alone writes."""
+    import timm.data
+    from timm.utils import ModelEmaV3
+
+    out = Path(opts.out)
+    if opts.resume:
+        state, cfg = _read_checkpoint(out)
+        saved = state["header"]["options"]
+        opts = replace(opts, **{k: saved[k] for k in ("input_size", "num_classes", "weights", "seed")})
+    else:
+        _io.check_writable(out, opts.force)
+        state = None
+    env, device = _distributed(opts.device)
+    torch.manual_seed(opts.seed)  # the same random init (a new head, a model trained whole) in every process
+    model, metadata = student(source, opts, cfg)
+    train_loader, val_loader, num_classes = _loaders(opts, cfg, model, env)
+    teacher_model = teacher(cfg.teacher, metadata, num_classes) if cfg.distillation != "none" else None
+    if teacher_model is not None:
+        teacher_model.to(device)
+        if hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(True)  # a distilled DeiT learns from the teacher through its dist token
+    model.to(device)
+    updates_per_epoch = len(train_loader(0))
+    optimizer, scheduler = optimization(model, cfg, updates_per_epoch)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, device=device) if cfg.ema_decay else None
+    cast, scaler = _autocast(device, cfg.amp)
+    mixup_on = cfg.augment and (cfg.mixup > 0 or cfg.cutmix > 0)
+    mixup = timm.data.Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing, num_classes=num_classes) if mixup_on else None
+    if mixup_on and (cfg.batch_size // env.world) % 2:
+        raise IsopruneError("mixup/cutmix needs an even batch per process", hint="give an even --batch-size per process")
+    criterion = _Loss(cfg, mixup_on, teacher_model)
+    start, updates, history, best = 0, 0, [], None
+    if state is not None:
+        start, updates, history, best = _restore(state, model, ema, optimizer, scaler)
+        scheduler.step(start)
+    trained = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
+    last_epoch = cfg.epochs if opts.stop_after is None else min(cfg.epochs, start + opts.stop_after)
+    for epoch in range(start, last_epoch):
+        _seed(opts.seed, epoch, env.rank)
+        began = time.time()
+        trained.train()
+        sums = [0.0, 0.0]
+        bar = tqdm(_data.readable(train_loader(epoch)), desc=f"epoch {epoch + 1}/{cfg.epochs}", total=updates_per_epoch, disable=not env.main)
+        for images, targets in bar:
+            images, targets = images.to(device), targets.to(device)
+            if mixup is not None:
+                images, targets = mixup(images, targets)
+            try:
+                with cast:
+                    loss = criterion(trained(images), images, targets)
+                if not torch.isfinite(loss):
+                    raise IsopruneError(f"the loss is {loss.item()} at epoch {epoch + 1}", hint="lower --lr, or set --clip-grad")
+                optimizer.zero_grad(set_to_none=True)
+                _step(loss, optimizer, scaler, model, cfg.clip_grad)
+            except torch.cuda.OutOfMemoryError as exc:
+                raise IsopruneError(f"out of GPU memory at {len(images)} images per process", hint="lower --batch-size") from exc
+            updates += 1
+            scheduler.step_update(num_updates=updates)
+            if ema is not None:
+                ema.update(model, step=updates)
+            sums[0] += loss.item() * len(images)
+            sums[1] += len(images)
+            bar.set_postfix(loss=f"{sums[0] / sums[1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step(epoch + 1)
+        train_loss, seen = env.sum(sums, device)
+        judged = ema.module if ema is not None else model
+        metrics = evaluate(judged, val_loader, device, env, cfg.amp, desc="val")
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / seen,
+               "val_loss": metrics["loss"], "top1": metrics["top1"], "top5": metrics["top5"], "seconds": time.time() - began}
+        history.append(row)
+        improved = best is None or row["top1"] > best["top1"]
+        best = row if improved else best
+        if env.main:
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+                       f"top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%" + (" (best)" if improved else ""), file=sys.stderr)
+            _write_epoch(out, judged, model, ema, optimizer, scaler, cfg, opts, metadata, history, best, updates, improved)
+        env.barrier()
+    if env.world > 1:
+        dist.destroy_process_group()
+    return {"epochs": len(history), "last": history[-1] if history else None, "best": best, "out": str(out)}
+
+
+def optimization(model: nn.Module, cfg, updates_per_epoch: int):
+    """timm's optimiser (weight decay off for biases and norms, optional layer decay) and scheduler
+    (stepped per epoch, with warmup) for the config."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    betas = {"betas": tuple(cfg.betas)} if "adam" in cfg.opt or "lamb" in cfg.opt else {}
+    try:
+        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                        layer_decay=cfg.layer_decay, **betas)
+        scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+                                           decay_milestones=cfg.decay_milestones or (30, 60, 90), decay_rate=cfg.decay_rate,
+                                           updates_per_epoch=updates_per_epoch)
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise IsopruneError(f"timm cannot build optimiser {cfg.opt!r} with schedule {cfg.sched!r}: {exc}",
+                            hint="use a timm optimiser (adamw, sgd, lamb ...) and schedule (cosine, step, multistep ...)") from exc
+    return optimizer, scheduler
+
+
+def _step(loss, optimizer, scaler, model, clip_grad) -> None:
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        return
+    loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+def _tensors(prefix: str, state: dict) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def _write_epoch(out: Path, judged, model, ema, optimizer, scaler, cfg, opts, metadata, history, best, updates, improved) -> None:
+    extra = {"config": metadata.get("config"), "finetune": asdict(cfg), "epoch": history[-1]["epoch"], "metrics": history[-1]}
+    plan = model.isoprune_plan
+    _io.save(judged, out / "last", plan=plan, base=model.isoprune_base, overwrite=True, extra=extra)
+    if improved:
+        _io.save(judged, out / "best", plan=plan, base=model.isoprune_base, overwrite=True, extra=extra)
+    tensors = _tensors("model.", model.state_dict())
+    if ema is not None:
+        tensors.update(_tensors("ema.", ema.module.state_dict()))
+    opt_state = optimizer.state_dict()
+    scalars = {}
+    for index, per_param in opt_state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars[f"{index}.{key}"] = value
+    header = {
+        "epoch": history[-1]["epoch"], "updates": updates, "history": history, "best": best,
+        "finetune": asdict(cfg), "options": asdict(opts), "param_groups": opt_state["param_groups"],
+        "optimizer_scalars": scalars, "scaler": scaler.state_dict() if scaler is not None else None,
+    }
+    blob = safetensors.torch.save(tensors, metadata={"isoprune": json.dumps(header)})
+    temporary = out / f".{CHECKPOINT}.tmp"
+    temporary.write_bytes(blob)
+    os.replace(temporary, out / CHECKPOINT)  # the old checkpoint stays whole until this rename
+    _write_metrics(out, history)
+
+
+def _read_checkpoint(out: Path) -> tuple[dict, _recipes.FinetuneConfig]:
+    """The saved state and the config it was trained with (a resumed run keeps it)."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise IsopruneError(f"nothing to resume: no {CHECKPOINT} in {out}", hint="start without --resume, or give the --out of an earlier run")
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            header = json.loads(f.metadata()["isoprune"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise IsopruneError(f"cannot read {path}: {exc}", hint="the checkpoint is damaged; start again with --force") from exc
+    return {"header": header, "tensors": tensors}, _recipes.build(_recipes.FinetuneConfig, header["finetune"], "finetune")
+
+
+def _restore(state: dict, model, ema, optimizer, scaler) -> tuple[int, int, list, dict]:
+    header, tensors = state["header"], state["tensors"]
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    per_param: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            index, name = key[10:].split(".", 1)
+            per_param.setdefault(int(index), {})[name] = value
+    for key, value in header["optimizer_scalars"].items():
+        index, name = key.split(".", 1)
+        per_param.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": header["param_groups"]})
+    if scaler is not None and header["scaler"]:
+        scaler.load_state_dict(header["scaler"])
+    return header["epoch"], header["updates"], header["history"], header["best"]
+
+
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    from ._report import draw_curves
+
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    (out / "metrics.json").write_text(json.dumps(history, indent=1))
+    draw_curves(history, out / "curves.png")

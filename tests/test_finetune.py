@@ -1,0 +1,220 @@
+"""Fine-tuning and evaluation end to end on real data: scikit-learn's handwritten digits."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+import isoprune
+from isoprune import _finetune, cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = ["--input-size", "32"]
+
+
+def run_cli(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """benchmarks/data/make_digits.py's ImageFolder: 1437 train / 360 val real digits, 32x32 RGB."""
+    out = tmp_path_factory.mktemp("data") / "digits"
+    done = subprocess.run([sys.executable, ROOT / "benchmarks/data/make_digits.py", "--out", out], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(list((out / "train").glob("*/*.png"))) == 1437 and len(list((out / "val").glob("*/*.png"))) == 360
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(digits, tmp_path_factory):
+    """A small ResNet trained from scratch on the digits for a few seconds."""
+    out = tmp_path_factory.mktemp("runs") / "base"
+    code = cli.main(["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", str(digits),
+                     *SIZE, "--epochs", "8", "--batch-size", "64", "--opt", "adamw", "--lr", "0.003", "--weight-decay", "0.01",
+                     "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def evaluate(capsys, path, digits):
+    code, out, err = run_cli(capsys, "eval", path, "--data", digits, *SIZE, "--iters", "2", "--warmup", "1", "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_prune_drops_accuracy_and_distillation_brings_it_back(capsys, tmp_path, digits, trained):
+    base = evaluate(capsys, trained / "best", digits)
+    assert base["top1"] > 85, base
+    code, _, err = run_cli(capsys, "prune", "--model", "test_resnet", "--num-classes", "10", "--weights", trained / "best",
+                           "--target", "50%", *SIZE, "--out", tmp_path / "pruned")
+    assert code == 0, err
+    pruned = evaluate(capsys, tmp_path / "pruned", digits)
+    assert pruned["macs"] <= 0.5 * base["macs"] and pruned["params"] < base["params"]
+    assert pruned["top1"] < base["top1"] - 20, (pruned, base)
+    code, out, err = run_cli(capsys, "finetune", tmp_path / "pruned", "--data", digits, *SIZE, "--epochs", "6", "--batch-size", "64",
+                             "--lr", "0.002", "--teacher", "original", "--distillation", "soft", "--out", tmp_path / "ft", "--json")
+    assert code == 0, err
+    recovered = evaluate(capsys, tmp_path / "ft" / "best", digits)
+    assert recovered["top1"] >= base["top1"] - 6, (recovered, base)  # the margin this test promises
+    assert recovered["macs"] == pruned["macs"]
+    history = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, 7))
+    assert (tmp_path / "ft" / "curves.png").stat().st_size > 10_000
+    assert (tmp_path / "ft" / "metrics.csv").read_text().startswith("epoch,lr,train_loss,val_loss,top1,top5,seconds")
+
+
+def _finetune_args(source, digits, out, *extra):
+    return ["finetune", source, "--data", digits, *SIZE, "--epochs", "3", "--batch-size", "32", "--lr", "0.002",
+            "--teacher", "none", "--mixup", "0.2", "--cutmix", "1.0", "--reprob", "0.25", "--ema-decay", "0.9",
+            "--out", out, *extra]
+
+
+def _weights(path):
+    return safetensors.torch.load_file(str(path / "model.safetensors"))
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(capsys, tmp_path, digits, trained):
+    assert run_cli(capsys, *_finetune_args(trained / "best", digits, tmp_path / "whole"))[0] == 0
+    assert run_cli(capsys, *_finetune_args(trained / "best", digits, tmp_path / "split", "--stop-after", "2"))[0] == 0
+    assert json.loads((tmp_path / "split" / "last" / "isoprune.json").read_text())["epoch"] == 2
+    assert run_cli(capsys, *_finetune_args(trained / "best", digits, tmp_path / "split", "--resume"))[0] == 0
+    for which in ("last", "best"):
+        whole, split = _weights(tmp_path / "whole" / which), _weights(tmp_path / "split" / which)
+        assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())[-1]["top1"] == \
+        json.loads((tmp_path / "split" / "metrics.json").read_text())[-1]["top1"]
+
+
+def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(capsys, tmp_path, digits, trained, monkeypatch):
+    calls = []
+    real = os.replace
+
+    def crash_on_second(src, dst):
+        if str(dst).endswith(_finetune.CHECKPOINT):
+            calls.append(dst)
+            if len(calls) == 2:
+                raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(_finetune.os, "replace", crash_on_second)
+    with pytest.raises(OSError):
+        cli.main([str(a) for a in _finetune_args(trained / "best", digits, tmp_path / "run")])
+    monkeypatch.setattr(_finetune.os, "replace", real)
+    with safetensors.safe_open(str(tmp_path / "run" / _finetune.CHECKPOINT), "pt") as f:
+        assert json.loads(f.metadata()["isoprune"])["epoch"] == 1
+    assert run_cli(capsys, *_finetune_args(trained / "best", digits, tmp_path / "run", "--resume"))[0] == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())[-1]["epoch"] == 3
+
+
+def test_two_processes_train_what_one_does(tmp_path, digits):
+    """torchrun with 2 CPU processes (gloo), same global batch: the same final weights."""
+    args = ["finetune", "--model", "test_convnext", "--weights", "none", "--num-classes", "10", "--data", str(digits), *SIZE,
+            "--epochs", "2", "--batch-size", "32", "--opt", "sgd", "--lr", "0.05", "--no-augment", "--teacher", "none"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "isoprune.cli", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "isoprune.cli", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = _weights(tmp_path / "one" / "last"), _weights(tmp_path / "two" / "last")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4, msg=key)
+    rows_one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    rows_two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert rows_one[-1]["top1"] == pytest.approx(rows_two[-1]["top1"], abs=0.6)  # all 360 val images, counted once
+
+
+def _bad(tmp_path, digits, trained):
+    no_val = tmp_path / "no_val"
+    (no_val / "train" / "a").mkdir(parents=True)
+    broken = tmp_path / "broken"
+    for split in ("train", "val"):
+        for label in range(10):
+            folder = broken / split / str(label)
+            folder.mkdir(parents=True)
+            for i in range(4):
+                (folder / f"{i}.png").write_bytes(b"not a png")
+    three = tmp_path / "three"
+    for split in ("train", "val"):
+        (three / split / "x").mkdir(parents=True)
+    base = ["finetune", trained / "best", *SIZE, "--epochs", "1", "--batch-size", "8", "--teacher", "none"]
+    return {
+        "missing train": (base + ["--data", tmp_path / "nothing"], "no train/ directory"),
+        "missing val": (base + ["--data", no_val], "no val/ directory"),
+        "unreadable images": (base + ["--data", broken], "cannot read an image"),
+        "class mismatch": (["finetune", "--model", "test_resnet", "--weights", "none", "--data", digits, *SIZE, "--epochs", "1"],
+                           "pass --num-classes 10"),
+        "nothing to resume": (base + ["--data", digits, "--resume"], "nothing to resume"),
+        "no source": (["finetune", "--data", digits], "needs a pruned directory or --model"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing train", "missing val", "unreadable images", "class mismatch", "nothing to resume", "no source"])
+def test_bad_input_is_one_line(capsys, tmp_path, digits, trained, case):
+    argv, message = _bad(tmp_path, digits, trained)[case]
+    code, out, err = run_cli(capsys, *argv, *([] if "--out" in argv else ["--out", tmp_path / "out"]))
+    lines = [line for line in err.strip().splitlines() if line.startswith("isoprune:")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_teacher_with_other_classes_is_refused(capsys, tmp_path, digits, trained):
+    from timm import create_model
+
+    other = create_model("test_resnet")  # 1000 classes
+    other.isoprune_base = {"library": "timm", "name": "test_resnet", "kwargs": {}}
+    isoprune.save(other, tmp_path / "teacher", plan=isoprune.plan(other, 0.0))
+    code, _, err = run_cli(capsys, "finetune", trained / "best", "--data", digits, *SIZE, "--epochs", "1",
+                           "--teacher", tmp_path / "teacher", "--out", tmp_path / "out")
+    assert code == 2 and "the teacher predicts 1000 classes but the student 10" in err
+    assert not (tmp_path / "out" / "best").exists()
+
+
+def test_eval_without_data_reports_size_and_speed(capsys):
+    code, out, err = run_cli(capsys, "eval", "--model", "test_resnet", "--weights", "none", "--iters", "3", "--warmup", "1",
+                             "--batch-size", "2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert "top1" not in result and result["macs"] > 0 and result["latency_ms"] > 0 and result["throughput"] > 0
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_distillation_uses_the_dist_token_output_and_the_teacher(kind):
+    torch.manual_seed(0)
+    cfg = isoprune._recipes.FinetuneConfig(distillation=kind, distill_alpha=1.0, distill_tau=2.0)
+    teacher = torch.nn.Linear(4, 3)
+    loss = _finetune._Loss(cfg, mixup_on=False, teacher_model=teacher)
+    images, targets = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    cls, dist = torch.randn(5, 3), teacher(images).detach()
+    agree = loss((cls, dist), images, targets)  # alpha 1: only the distillation term, on the dist output
+    disagree = loss((cls, -dist), images, targets)
+    assert agree < disagree
+    if kind == "soft":
+        assert agree.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("path", isoprune._recipes.available(), ids=lambda p: p.stem)
+def test_every_recipe_builds_its_optimiser_and_schedule(path):
+    cfg = isoprune._recipes.load_recipe(path).finetune
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer, scheduler = _finetune.optimization(model, cfg, updates_per_epoch=10)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.lr)
+    scheduler.step(cfg.epochs // 2)
+    assert 0 < optimizer.param_groups[0]["lr"] < cfg.lr
+    assert cfg.teacher == "none" or cfg.distillation == "hard"  # the paper distils only DeiT, DeiT-style
+
+
+def test_unknown_optimiser_is_one_line(capsys, tmp_path, digits, trained):
+    code, _, err = run_cli(capsys, "finetune", trained / "best", "--data", digits, *SIZE, "--epochs", "1", "--opt", "adamx2",
+                           "--teacher", "none", "--out", tmp_path / "out")
+    assert code == 2 and "cannot build optimiser 'adamx2'" in err and len(err.strip().splitlines()) == 1, err
