@@ -26,15 +26,28 @@ def data_config(model: nn.Module, input_size: int | None = None) -> dict:
     return config
 
 
-def image_folder(root: str | Path, transform, split: str | None = None):
-    """``root/split`` (or ``root`` itself when ``split`` is None) as a torchvision ImageFolder."""
+def device(name: str, index: int = 0) -> torch.device:
+    """``cpu`` or ``cuda`` (device ``index``), refusing CUDA where none is visible."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise IsopruneError("--device cuda, but no CUDA device is visible", hint="use --device cpu")
+    return torch.device("cuda", index) if name == "cuda" else torch.device("cpu")
+
+
+def splits(root: str | Path, *names: str) -> list[Path]:
+    """``root/name`` for each split, all checked before any is read."""
+    for name in names:
+        if not (Path(root) / name).is_dir():
+            raise IsopruneError(f"no {name}/ directory in {root}", hint=f"--data must hold {' and '.join(f'{n}/' for n in names)}, each an ImageFolder")
+    return [Path(root) / name for name in names]
+
+
+def image_folder(path: str | Path, transform):
+    """``path`` as a torchvision ImageFolder."""
     from torchvision.datasets import ImageFolder
 
-    path = Path(root) / split if split else Path(root)
+    path = Path(path)
     if not path.is_dir():
-        what = f"no {split}/ directory in {root}" if split else f"no data directory {path}"
-        hint = f"--data must hold {split}/ (and val/), each an ImageFolder" if split else _FOLDER_HINT
-        raise IsopruneError(what, hint=hint)
+        raise IsopruneError(f"no data directory {path}", hint=_FOLDER_HINT)
     try:
         return ImageFolder(str(path), transform=transform)
     except (FileNotFoundError, RuntimeError) as exc:

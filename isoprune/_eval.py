@@ -52,16 +52,14 @@ def run(source: str, data: str | None, *, weights: str = "pretrained", num_class
     MACs, params and latency at ``batch_size``."""
     import timm.data
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise IsopruneError("--device cuda, but no CUDA device is visible", hint="use --device cpu")
-    where = torch.device(device)
+    where = _data.device(device)
     model = load_model(source, weights, num_classes)
     config = _data.data_config(model, input_size)
     result = {"model": source}
     if data is not None:
-        split = "val" if (Path(data) / "val").is_dir() else None
-        dataset = _data.image_folder(data, timm.data.create_transform(**config, is_training=False), split)
-        _data.check_classes(dataset, model, str(Path(data) / (split or "")))
+        root = Path(data) / "val" if (Path(data) / "val").is_dir() else Path(data)
+        dataset = _data.image_folder(root, timm.data.create_transform(**config, is_training=False))
+        _data.check_classes(dataset, model, str(root))
         loader = _data.seeded_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers)
         result.update(evaluate(model.to(where), loader, where))
     inputs = torch.empty((1, *config["input_size"]), device="meta")

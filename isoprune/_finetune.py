@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import _data, _io, _models, _recipes
 from ._errors import IsopruneError
+from ._pipeline import meta_example
 
 CHECKPOINT = "checkpoint.safetensors"
 DISTILLATIONS = ("none", "soft", "hard")
@@ -80,9 +81,7 @@ class _Dist:
 def _distributed(device: str) -> tuple[_Dist, torch.device]:
     """torchrun's environment, with the process group started: NCCL on GPUs, gloo on CPU."""
     env = _Dist(int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise IsopruneError("--device cuda, but no CUDA device is visible", hint="use --device cpu")
-    where = torch.device("cuda", env.local) if device == "cuda" else torch.device("cpu")
+    where = _data.device(device, env.local)
     if device == "cuda":
         torch.cuda.set_device(where)
     if env.world > 1 and not dist.is_initialized():
@@ -106,17 +105,11 @@ def student(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> tuple[n
         kwargs = {"num_classes": opts.num_classes} if opts.num_classes else {}
         model = _models.create(source, opts.weights, **kwargs, **build)
         model.isoprune_base["kwargs"] = {k: v for k, v in model.isoprune_base["kwargs"].items() if k not in build}
-        model.isoprune_plan = plan(model, 0.0, example_inputs=_example(model, opts.input_size))
+        model.isoprune_plan = plan(model, 0.0, example_inputs=meta_example(model, opts.input_size))
         metadata = {"base": model.isoprune_base, "config": {"weights": opts.weights}, "unpruned": True}
     if opts.num_classes and getattr(model, "num_classes", None) != opts.num_classes:
         _data.reset_head(model, opts.num_classes)
     return model, metadata
-
-
-def _example(model: nn.Module, input_size: int | None):
-    from ._pipeline import meta_example
-
-    return meta_example(model, input_size)
 
 
 def teacher(spec: str, metadata: dict, num_classes: int) -> nn.Module | None:
@@ -173,13 +166,10 @@ def _loaders(opts: Options, cfg, model, env: _Dist):
     else:
         train_tf = timm.data.create_transform(**config, is_training=False)
     val_tf = timm.data.create_transform(**config, is_training=False)
-    for split in ("train", "val"):  # both splits named before either is read
-        if not (Path(opts.data) / split).is_dir():
-            raise IsopruneError(f"no {split}/ directory in {opts.data}", hint="--data must hold train/ and val/, each an ImageFolder")
-    train = _data.image_folder(opts.data, train_tf, "train")
-    val = _data.image_folder(opts.data, val_tf, "val")
-    for ds, split in ((train, "train"), (val, "val")):
-        _data.check_classes(ds, model, f"{opts.data}/{split}")
+    train_dir, val_dir = _data.splits(opts.data, "train", "val")
+    train, val = _data.image_folder(train_dir, train_tf), _data.image_folder(val_dir, val_tf)
+    for ds, where in ((train, train_dir), (val, val_dir)):
+        _data.check_classes(ds, model, str(where))
     if cfg.batch_size % env.world:
         raise IsopruneError(f"batch size {cfg.batch_size} does not split over {env.world} processes", hint="give a multiple of the process count")
     if len(train) < cfg.batch_size:

@@ -60,14 +60,16 @@ def test_attention_heads_and_head_dims_are_equivalent(kinds):
     assert attn.scale == pytest.approx(attn.head_dim**-0.5)
 
 
-def test_fused_and_unfused_attention_agree_after_pruning():
-    model = make("test_vit")
+@pytest.mark.parametrize("name", ["test_vit", "swin_micro"])
+def test_fused_and_unfused_attention_agree_after_pruning(name):
+    model = make(name)
     isoprune.prune(model, isoprune.Ratios(emb=0.25, heads=0.5, head_dim=0.25, mlp=0.5))
     x = inputs_for(model)
     with torch.no_grad():
         fused = model(x)
-        for block in model.blocks:
-            block.attn.fused_attn = False
+        for m in model.modules():
+            if isoprune._arch.attention_spec(m) is not None:
+                m.fused_attn = False
         unfused = model(x)
     torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=0)
 
@@ -81,18 +83,6 @@ def test_swin_heads_take_their_relative_position_bias_along():
         assert attn.qkv.out_features == 3 * attn.proj.in_features
         assert attn.scale == pytest.approx((attn.proj.in_features // attn.num_heads) ** -0.5)
     assert model.layers[0].blocks[0].attn.num_heads == 1
-
-
-def test_swin_fused_and_unfused_window_attention_agree_after_pruning():
-    model = make("swin_micro")
-    isoprune.prune(model, isoprune.Ratios(emb=0.25, heads=0.5, head_dim=0.25, mlp=0.5))
-    x = inputs_for(model)
-    with torch.no_grad():
-        fused = model(x)
-        for block in (b for stage in model.layers for b in stage.blocks):
-            block.attn.fused_attn = False
-        unfused = model(x)
-    torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("size", [(2, 6, 8, 5), (1, 7, 5, 3)])
