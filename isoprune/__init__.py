@@ -3,6 +3,8 @@
     import timm, isoprune
     model = timm.create_model("deit_base_distilled_patch16_224")
     isoprune.prune(model, isoprune.Ratios(emb=0.5, heads=0.5, head_dim=0.25, mlp=0.5))
+    isoprune.save(model, "pruned/deit_s")
+    isoprune.finetune("pruned/deit_s", data="/imagenet", epochs=300)
 """
 __version__ = "0.1.0"
 
@@ -16,6 +18,8 @@ from ._api import count, isomorphic_groups
 from ._models import ALIASES
 from ._models import create as create_model
 from ._io import load, save
+from ._finetune import run as finetune
+from ._eval import run as evaluate
 
 __all__ = [
     "IsopruneError",
@@ -38,6 +42,8 @@ __all__ = [
     "create_model",
     "save",
     "load",
+    "finetune",
+    "evaluate",
     "ALIASES",
     "SCOPES",
     "LABELS",

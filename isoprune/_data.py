@@ -17,12 +17,14 @@ _FOLDER_HINT = "--data must be an ImageFolder: one sub-directory of images per c
 
 def data_config(model: nn.Module, input_size: int | None = None) -> dict:
     """timm's data config for the model's pretrained config (mean, std, interpolation, crop),
-    at ``input_size`` squared when given."""
+    at ``input_size`` squared when given, else at the size the model was built for."""
     import timm.data
 
+    from ._trace import input_size as built_for
+
     config = timm.data.resolve_data_config({}, model=model)
-    if input_size is not None:
-        config["input_size"] = (config["input_size"][0], input_size, input_size)
+    channels, height, width = built_for(model)
+    config["input_size"] = (channels, input_size, input_size) if input_size is not None else (channels, height, width)
     return config
 
 

@@ -13,12 +13,12 @@ from ._errors import IsopruneError
 from ._finetune import evaluate
 
 
-def load_model(source: str, weights: str = "pretrained", num_classes: int | None = None) -> nn.Module:
+def load_model(source: str | Path, weights: str = "pretrained", num_classes: int | None = None) -> nn.Module:
     """A directory isoprune wrote, or a timm model name (``weights``: pretrained, none, PATH)."""
     if Path(source).is_dir():
         return _io.load(source)
     kwargs = {"num_classes": num_classes} if num_classes else {}
-    return _models.create(source, weights, **kwargs)
+    return _models.create(str(source), weights, **kwargs)
 
 
 def latency(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, device: torch.device,
@@ -45,7 +45,7 @@ def latency(model: nn.Module, input_size: tuple[int, int, int], batch_size: int,
             "throughput": batch_size / median, "device": str(device), "iters": iters, "warmup": warmup}
 
 
-def run(source: str, data: str | None, *, weights: str = "pretrained", num_classes: int | None = None,
+def run(source: str | Path, data: str | Path | None = None, *, weights: str = "pretrained", num_classes: int | None = None,
         input_size: int | None = None, batch_size: int = 64, device: str = "cpu", workers: int = 0,
         warmup: int = 5, iters: int = 20) -> dict:
     """Everything ``isoprune eval`` reports: accuracy on ``data`` (its ``val/`` when present),
@@ -55,7 +55,7 @@ def run(source: str, data: str | None, *, weights: str = "pretrained", num_class
     where = _data.device(device)
     model = load_model(source, weights, num_classes)
     config = _data.data_config(model, input_size)
-    result = {"model": source}
+    result = {"model": str(source)}
     if data is not None:
         root = Path(data) / "val" if (Path(data) / "val").is_dir() else Path(data)
         dataset = _data.image_folder(root, timm.data.create_transform(**config, is_training=False))

@@ -20,18 +20,17 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import safetensors.torch
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import _data, _io, _models, _recipes
+from . import _data, _dist, _io, _models, _recipes
 from ._errors import IsopruneError
 from ._pipeline import meta_example
 
@@ -54,39 +53,6 @@ class Options:
     resume: bool = False
     stop_after: int | None = None
     force: bool = False
-
-
-@dataclass
-class _Dist:
-    world: int = 1
-    rank: int = 0
-    local: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: list[float], device) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def _distributed(device: str) -> tuple[_Dist, torch.device]:
-    """torchrun's environment, with the process group started: NCCL on GPUs, gloo on CPU."""
-    env = _Dist(int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)))
-    where = _data.device(device, env.local)
-    if device == "cuda":
-        torch.cuda.set_device(where)
-    if env.world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    return env, where
 
 
 def student(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> tuple[nn.Module, dict]:
@@ -154,7 +120,7 @@ def _seed(seed: int, epoch: int, rank: int) -> None:
     random.seed(value)
 
 
-def _loaders(opts: Options, cfg, model, env: _Dist):
+def _loaders(opts: Options, cfg, model, env: _dist.Env):
     import timm.data
 
     config = _data.data_config(model, opts.input_size)
@@ -218,9 +184,9 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
-def evaluate(model: nn.Module, loader, device: torch.device, env: _Dist | None = None, amp: bool = False, desc: str = "eval") -> dict:
+def evaluate(model: nn.Module, loader, device: torch.device, env: _dist.Env | None = None, amp: bool = False, desc: str = "eval") -> dict:
     """Top-1, top-5 (percent) and mean cross-entropy over the loader, summed over all processes."""
-    env = env or _Dist()
+    env = env or _dist.Env()
     model.eval()
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, top-1, top-5, images
     cast, _ = _autocast(device, amp)
@@ -253,7 +219,7 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
     else:
         _io.check_writable(out, opts.force)
         state = None
-    env, device = _distributed(opts.device)
+    env, device = _dist.start(opts.device)
     torch.manual_seed(opts.seed)  # the same random init (a new head, a model trained whole) in every process
     model, metadata = student(source, opts, cfg)
     train_loader, val_loader, num_classes = _loaders(opts, cfg, model, env)
@@ -319,9 +285,40 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
                        f"top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%" + (" (best)" if improved else ""), file=sys.stderr)
             _write_epoch(out, judged, model, ema, optimizer, scaler, cfg, opts, metadata, history, best, updates, improved)
         env.barrier()
-    if env.world > 1:
-        dist.destroy_process_group()
+    _dist.stop(env)
     return {"epochs": len(history), "last": history[-1] if history else None, "best": best, "out": str(out)}
+
+
+def config(source_metadata: dict | None, recipe: str | None = None, **overrides) -> _recipes.FinetuneConfig:
+    """The ``finetune`` section of ``recipe``, else of the recipe the model was pruned with (its
+    metadata records it), else the defaults; then ``overrides``."""
+    recipe = recipe or ((source_metadata or {}).get("config") or {}).get("recipe")
+    cfg = _recipes.load_recipe(recipe).finetune if recipe else _recipes.FinetuneConfig()
+    return replace(cfg, **overrides)
+
+
+def run(source: str | Path, data: str | Path, out: str | Path | None = None, *, recipe: str | None = None, **settings) -> dict:
+    """Fine-tune ``source`` (a directory ``isoprune prune`` wrote, or a timm model name, trained
+    whole) on the ImageFolder ``data`` (``train/`` and ``val/``), as ``isoprune finetune`` does.
+
+    ``settings`` are ``FinetuneConfig`` fields (``epochs=30, lr=1e-4, teacher="none"``), which
+    override the recipe's, and run options (``device``, ``num_classes``, ``input_size``,
+    ``weights``, ``workers``, ``seed``, ``resume``, ``stop_after``, ``force``). ``out`` defaults to
+    ``finetuned/NAME``. Returns the epochs run, the last and best epoch's metrics and ``out``."""
+    trained = {f.name for f in fields(_recipes.FinetuneConfig)}
+    running = {f.name for f in fields(Options)} - {"data", "out"}
+    unknown = sorted(set(settings) - trained - running)
+    if unknown:
+        raise IsopruneError(f"unknown fine-tuning setting {unknown[0]!r}", hint=f"valid: {', '.join(sorted(trained | running))}")
+    source = str(source)
+    is_dir = Path(source).is_dir()
+    if is_dir and settings.get("weights") is not None:
+        raise IsopruneError("weights are for a model given by name", hint="a pruned directory carries its own weights")
+    cfg = config(_io.read_metadata(source) if is_dir else None, recipe, **{k: v for k, v in settings.items() if k in trained})
+    name = Path(source).resolve().name if is_dir else _models.architecture(source)
+    opts = Options(data=str(data), out=str(out or f"finetuned/{name}"),
+                   **{k: v for k, v in settings.items() if k in running and v is not None})
+    return finetune(source, opts, cfg)
 
 
 def optimization(model: nn.Module, cfg, updates_per_epoch: int):

@@ -14,6 +14,7 @@ import torch_pruning as tp
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import _dist
 from ._errors import IsopruneError
 
 
@@ -100,7 +101,10 @@ class Random(Importance):
 
 def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None, stats=("grad", "sq_grad")) -> dict:
     """Mean gradient and/or mean squared gradient of the cross-entropy loss per parameter, over
-    ``(input, target)`` batches. Runs in eval mode; leaves the model's grads and mode as found."""
+    ``(input, target)`` batches. Runs in eval mode; leaves the model's grads and mode as found.
+
+    Under torchrun each process gives its own share of the batches: the sums and the batch count
+    are all-reduced, so every process gets the mean over all of them."""
     was_training = model.training
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -109,7 +113,7 @@ def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None,
     device = params[0].device if params else torch.device("cpu")
     n = 0
     try:
-        for x, y in tqdm(calib, desc="calibration", total=max_batches, leave=False):
+        for x, y in tqdm(calib, desc="calibration", total=max_batches, leave=False, disable=not _dist.is_main()):
             if max_batches is not None and n >= max_batches:
                 break
             for p in params:
@@ -128,6 +132,7 @@ def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None,
         for p, g in zip(params, saved):
             p.grad = g
         model.train(was_training)
+    n = _dist.all_sum_([t for per_param in sums.values() for t in per_param.values()], n, device)
     if n == 0:
         raise IsopruneError("calibration data yielded no batches", hint="pass an iterable of (input, target) batches")
     return {stat: {p: total / n for p, total in per_param.items()} for stat, per_param in sums.items()}

@@ -11,33 +11,33 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _data, _importance, _models, _recipes, _trace
+from . import _data, _dist, _importance, _models, _recipes, _trace
 from ._apply import apply_plan, fit
 from ._errors import IsopruneError
 from ._io import check_writable, read_metadata, save
 from ._plan import Budget, PruningPlan, plan
 
 
-def resolve_target(cfg: _recipes.PruneConfig, target: str) -> _recipes.PruneConfig:
+def resolve_target(cfg: _recipes.PruneConfig, target: str) -> tuple[_recipes.PruneConfig, str | None]:
     """Fold ``--target`` into the config. In order: a recipe file; a named target (``deit_s``:
     its recipe's ratios, depth, budget and rounding, for that recipe's base model); a budget
-    (``4.2G``, ``20M``, ``50%``); a timm model name, whose MACs become the budget."""
+    (``4.2G``, ``20M``, ``50%``); a timm model name, whose MACs become the budget. Also returns
+    the recipe file the shape came from, if any."""
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
-        recipe = _recipes.load_recipe(target)
-        return _shape_from(cfg, recipe)
+        return _shape_from(cfg, _recipes.load_recipe(target)), target
     named = _recipes.named_targets().get(target.lower())
     if named:
         arch = _models.architecture(cfg.model)
-        for recipe in named:
+        for path, recipe in named:
             if _models.architecture(recipe.prune.model) == arch:
-                return _shape_from(cfg, recipe)
-        bases = ", ".join(sorted({_models.architecture(r.prune.model) for r in named}))
+                return _shape_from(cfg, recipe), str(path)
+        bases = ", ".join(sorted({_models.architecture(r.prune.model) for _, r in named}))
         raise IsopruneError(
             f"target {target!r} is defined for {bases}, not {arch}",
             hint="for other models give a budget such as 4.2G (MACs) or 20M (params)",
         )
     if re.fullmatch(r"(?i)((macs|params)=)?[0-9]*\.?[0-9]+\s*[KMGT%]", target.strip()):
-        return replace(cfg, target=target)
+        return replace(cfg, target=target), None
     try:
         name = _models.resolve(target)
     except IsopruneError:
@@ -45,7 +45,7 @@ def resolve_target(cfg: _recipes.PruneConfig, target: str) -> _recipes.PruneConf
             f"cannot read target {target!r}",
             hint="give a named target (deit_s, convnext_t ...), a recipe file, a budget (4.2G MACs, 20M params) or a timm model name",
         ) from None
-    return replace(cfg, target=f"macs={macs_of(name, cfg.input_size) / 1e9:.6f}G")
+    return replace(cfg, target=f"macs={macs_of(name, cfg.input_size) / 1e9:.6f}G"), None
 
 
 def _shape_from(cfg, recipe: _recipes.Recipe) -> _recipes.PruneConfig:
@@ -70,17 +70,21 @@ def meta_example(model: nn.Module, input_size: int | None):
     return torch.empty((1, channels, input_size, input_size), device="meta")
 
 
-def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, seed: int = 0):
+def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, seed: int = 0, limit: int | None = None,
+                        rank: int = 0, world: int = 1):
     """Shuffled (images, labels) batches from an ImageFolder (``DIR/train`` when there is one),
-    with timm's eval transforms for the model's pretrained config."""
+    with timm's eval transforms for the model's pretrained config: the first ``limit`` batches of
+    one seeded permutation, of which process ``rank`` of ``world`` takes every ``world``-th, so
+    that torchrun's processes share out exactly the batches one process would see."""
     import timm.data
 
     root = Path(data)
     root = root / "train" if (root / "train").is_dir() else root
     dataset = _data.image_folder(root, timm.data.create_transform(**_data.data_config(model), is_training=False))
     _data.check_classes(dataset, model, str(root))
-    generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)][:limit]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[rank::world])
     return _data.readable(loader)
 
 
@@ -92,8 +96,10 @@ def read_plan(path: str | Path) -> PruningPlan:
     return PruningPlan.load(path)
 
 
-def run(cfg: _recipes.PruneConfig, data: str | None = None) -> tuple[nn.Module, PruningPlan]:
-    """Build the model, plan (searching the budget if one is set) and apply; return both."""
+def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | None = None,
+        device: torch.device | str = "cpu") -> tuple[nn.Module, PruningPlan]:
+    """Build the model and plan (searching the budget if one is set); return both, on the CPU.
+    Calibration runs on ``device``; the processes of ``env`` (torchrun's) share out its batches."""
     saved = read_plan(cfg.plan) if cfg.plan else None
     if saved is not None and not cfg.model:
         cfg = replace(cfg, model=saved.model)
@@ -110,9 +116,11 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None) -> tuple[nn.Module, 
     if _importance.get_importance(cfg.importance).needs_calib:
         if data is None:
             raise IsopruneError(f"importance {cfg.importance!r} needs data to compute gradients", hint="pass --data DIR (an ImageFolder), or --importance l2")
-        calib = calibration_batches(data, model, cfg.batch_size, cfg.seed)
+        env = env or _dist.Env()
+        calib = calibration_batches(data, model, cfg.batch_size, cfg.seed, cfg.calib_batches, env.rank, env.world)
     elif data is not None:
         calibration_batches(data, model, cfg.batch_size, cfg.seed)  # still check it, the user asked for it
+    model.to(device)
     pruning = plan(
         model,
         cfg.ratios,
@@ -126,7 +134,7 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None) -> tuple[nn.Module, 
         depth=cfg.depth,
         budget=cfg.target,
     )
-    return model, pruning
+    return model.cpu(), pruning
 
 
 def write(model: nn.Module, pruning: PruningPlan, cfg: _recipes.PruneConfig, out, *, force: bool = False, recipe: str | None = None) -> Path:

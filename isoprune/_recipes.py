@@ -172,12 +172,13 @@ def load_recipe(path) -> Recipe:
     return recipe
 
 
-def named_targets() -> dict[str, list[Recipe]]:
+def named_targets() -> dict[str, list[tuple[Path, Recipe]]]:
     """Target names (a recipe's name and its ``targets``: ``deit_s``, ``convnext_t`` ...) to the
-    recipes that define them; the base model tells apart recipes that share a name."""
-    found: dict[str, list[Recipe]] = {}
+    recipe files that define them, with the recipes; the base model tells apart recipes that share
+    a name."""
+    found: dict[str, list[tuple[Path, Recipe]]] = {}
     for path in available():
         recipe = load_recipe(path)
         for name in {recipe.name, *recipe.targets}:
-            found.setdefault(name.lower(), []).append(recipe)
+            found.setdefault(name.lower(), []).append((path, recipe))
     return found

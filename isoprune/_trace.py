@@ -31,14 +31,16 @@ def meta_skeleton(model: nn.Module) -> nn.Module:
 
 
 def input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The input size the model was built for: timm's pretrained config, the patch embedding's
-    image size, else ImageNet's 3x224x224."""
+    """The input size the model was built for: its patch embedding's image size (a ViT built with
+    ``img_size=32`` accepts nothing else, whatever its pretrained config says), else timm's
+    pretrained config, else ImageNet's 3x224x224."""
+    embed = getattr(model, "patch_embed", None)
+    img, proj = getattr(embed, "img_size", None), getattr(embed, "proj", None)
+    if img is not None and isinstance(getattr(proj, "in_channels", None), int):
+        return (proj.in_channels, int(img[0]), int(img[1]))
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     if "input_size" in cfg:
         return tuple(int(s) for s in cfg["input_size"])
-    img = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img is not None:
-        return (3, int(img[0]), int(img[1]))
     return (3, 224, 224)
 
 

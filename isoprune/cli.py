@@ -14,7 +14,7 @@ import typing
 from dataclasses import fields, replace
 from pathlib import Path
 
-from . import __version__, _io, _models, _pipeline, _recipes
+from . import __version__, _dist, _io, _models, _pipeline, _recipes
 from ._errors import IsopruneError
 from ._plan import KINDS, SCOPES, PruningPlan
 
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="ImageFolder for taylor/hessian calibration (DIR or DIR/train)")
     p.add_argument("--calib-batches", type=int, help="calibration batches (default 50)")
     p.add_argument("--batch-size", type=int, help="calibration batch size (default 64)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where calibration runs (torchrun: one GPU per process)")
     p.add_argument("--scope", choices=SCOPES, help="rank within isomorphic groups (default), globally, or per group")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of N")
     p.add_argument("--input-size", type=int, help="square input resolution (default: the model's)")
@@ -130,25 +131,24 @@ def _finetune_flags(parser) -> None:
             parser.add_argument(flag, type=base)
 
 
-def finetune_config(args, source_metadata: dict | None) -> _recipes.FinetuneConfig:
-    """The recipe's finetune section (``--recipe``, else the recipe the model was pruned with),
-    then explicit flags."""
-    recipe = args.recipe or ((source_metadata or {}).get("config") or {}).get("recipe")
-    cfg = _recipes.load_recipe(recipe).finetune if recipe else _recipes.FinetuneConfig()
-    flags = {f.name: getattr(args, f.name) for f in fields(cfg) if getattr(args, f.name, None) is not None}
-    return replace(cfg, **flags)
+def _given(args, cls) -> dict:
+    """The flags given on the command line for ``cls``'s fields."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
 
 
-def prune_config(args) -> _recipes.PruneConfig:
-    """Recipe values, then a target's shape, then explicit flags."""
+def prune_config(args) -> tuple[_recipes.PruneConfig, str | None]:
+    """Recipe values, then a target's shape, then explicit flags; and the recipe they came from
+    (``--recipe``, else a named target's), whose finetune section a later fine-tune takes."""
     if args.plan and (args.recipe or args.depth):
         raise IsopruneError("--plan applies a saved plan as it is", hint="drop --recipe and --depth, or drop --plan")
     cfg = _recipes.load_recipe(args.recipe).prune if args.recipe else _recipes.PruneConfig()
-    flags = {f.name: getattr(args, f.name) for f in fields(cfg) if getattr(args, f.name, None) is not None}
+    flags = _given(args, _recipes.PruneConfig)
     flags.pop("target", None)
     cfg = replace(cfg, **{k: v for k, v in flags.items() if k in ("model", "input_size")})
+    recipe = args.recipe
     if args.target:
-        cfg = _pipeline.resolve_target(cfg, args.target)
+        cfg, from_target = _pipeline.resolve_target(cfg, args.target)
+        recipe = recipe or from_target
     if args.ratios is not None:
         cfg = replace(cfg, target=None)
     cfg = replace(cfg, **flags)
@@ -156,21 +156,27 @@ def prune_config(args) -> _recipes.PruneConfig:
         cfg = replace(cfg, model=_pipeline.read_plan(cfg.plan).model)
     if not cfg.ratios and cfg.target is None and not cfg.depth and not cfg.plan:
         raise IsopruneError("nothing to prune", hint="pass --target, --ratios or --recipe")
-    return cfg
+    return cfg, recipe
 
 
 def cmd_prune(args) -> int:
-    cfg = prune_config(args)
+    cfg, recipe = prune_config(args)
     out = Path(args.out or f"pruned/{_models.architecture(cfg.model or 'model')}")
     if not args.dry_run:
         _io.check_writable(out, args.force)  # before any work: nothing is touched if it fails
-    model, pruning = _pipeline.run(cfg, data=args.data)
-    text = _describe(pruning)
-    if not args.dry_run:
-        out = _pipeline.write(model, pruning, cfg, out, force=args.force, recipe=args.recipe)
-        text += f"\nwrote {out}/ (model.safetensors, isoprune.json, plan.yaml, report.png)"
-    _emit(text, _pipeline.summary(pruning, None if args.dry_run else out), args.json)
-    return 0
+    env, device = _dist.start(args.device)
+    try:
+        model, pruning = _pipeline.run(cfg, data=args.data, env=env, device=device)
+        if not env.main:
+            return 0  # under torchrun, the other processes only lend their share of the calibration
+        text = _describe(pruning)
+        if not args.dry_run:
+            out = _pipeline.write(model, pruning, cfg, out, force=args.force, recipe=recipe)
+            text += f"\nwrote {out}/ (model.safetensors, isoprune.json, plan.yaml, report.png)"
+        _emit(text, _pipeline.summary(pruning, None if args.dry_run else out), args.json)
+        return 0
+    finally:
+        _dist.stop(env)
 
 
 def _describe(pruning) -> str:
@@ -197,20 +203,11 @@ def _source(args) -> str:
 
 
 def cmd_finetune(args) -> int:
-    from ._finetune import Options, finetune
+    from ._finetune import Options, run
 
-    source = _source(args)
-    metadata = _io.read_metadata(source) if args.path else None
-    if args.path and args.weights:
-        raise IsopruneError("--weights is for --model", hint="a pruned directory carries its own weights")
-    cfg = finetune_config(args, metadata)
-    name = Path(args.path).resolve().name if args.path else _models.architecture(args.model)
-    opts = Options(
-        data=args.data, out=args.out or f"finetuned/{name}", device=args.device, input_size=args.input_size,
-        num_classes=args.num_classes, weights=args.weights or "pretrained", workers=args.workers, seed=args.seed,
-        resume=args.resume, stop_after=args.stop_after, force=args.force,
-    )
-    result = finetune(source, opts, cfg)
+    settings = {**_given(args, Options), **_given(args, _recipes.FinetuneConfig)}
+    settings.pop("data"), settings.pop("out", None)
+    result = run(_source(args), args.data, args.out, recipe=args.recipe, **settings)
     if int(os.environ.get("RANK", 0)) == 0:
         best, last = result["best"], result["last"]
         text = f"wrote {result['out']}/ (best/, last/, checkpoint.safetensors, metrics.csv, curves.png)"

@@ -3,6 +3,8 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -10,7 +12,7 @@ import timm
 import torch
 
 import isoprune
-from isoprune import _recipes, cli
+from isoprune import _finetune, _recipes, cli
 
 
 def run_cli(capsys, *argv):
@@ -73,6 +75,16 @@ def test_a_saved_plan_reapplies_to_other_weights(capsys, tmp_path):
     assert a.isoprune_plan.to_dict() == b.isoprune_plan.to_dict()
     assert json.loads(out)["macs"]["after"] == isoprune.count(b)[0] == isoprune.count(a)[0]
     assert not torch.equal(a.head.fc.weight, b.head.fc.weight)  # same shape, the second seed's weights
+
+
+def test_a_named_target_hands_its_recipe_to_finetune():
+    """``--target deit_s`` takes the DeiT-B 4.2G recipe's shape, and a later fine-tune its hyper-parameters."""
+    cfg, recipe = cli.prune_config(cli._parser().parse_args(["prune", "--model", "deit_base", "--target", "deit_s"]))
+    assert Path(recipe) == _recipes.recipes_dir() / "deit_b_4.2g.yaml"
+    assert cfg.ratios == _recipes.load_recipe(recipe).prune.ratios
+    finetune = _finetune.config({"config": {"recipe": recipe}}, epochs=3)
+    assert finetune == replace(_recipes.load_recipe(recipe).finetune, epochs=3)
+    assert finetune.teacher == "regnety_160.deit_in1k"
 
 
 def test_weights_from_a_local_checkpoint(capsys, tmp_path):

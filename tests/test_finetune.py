@@ -134,6 +134,88 @@ def test_two_processes_train_what_one_does(tmp_path, digits):
     assert rows_one[-1]["top1"] == pytest.approx(rows_two[-1]["top1"], abs=0.6)  # all 360 val images, counted once
 
 
+def test_a_pruned_distilled_deit_learns_through_its_dist_token(tmp_path, digits, trained):
+    """The paper's DeiT recipe in small: a distilled DeiT, width-pruned, fine-tuned from the Python
+    API with hard distillation from a CNN teacher (the ResNet trained above, as the paper uses a
+    RegNet). The dist head sees only the teacher's labels, so its own accuracy shows it learned."""
+    torch.manual_seed(0)
+    deit = isoprune.create_model("deit_tiny_distilled_patch16_224", "none", num_classes=10, img_size=32, patch_size=4,
+                                 depth=4, embed_dim=96, num_heads=4)
+    isoprune.prune(deit, isoprune.Ratios(emb=0.25, heads=0.25, head_dim=0.25, mlp=0.5))
+    isoprune.save(deit, tmp_path / "pruned")
+    result = isoprune.finetune(tmp_path / "pruned", digits, tmp_path / "run", teacher=str(trained / "best"), distillation="hard",
+                               epochs=8, batch_size=64, lr=3e-3, warmup_epochs=1, augment=False)
+    assert result["best"]["top1"] > 50, result
+    model = isoprune.load(tmp_path / "run" / "best").eval()
+    assert model.head_dist.in_features == deit.head_dist.in_features == 72  # the pruned width, kept
+    images, labels = _val_batch(model, digits)
+    with torch.no_grad():
+        tokens = model.forward_features(images)
+        by_dist = model.head_dist(tokens[:, 1]).argmax(1)
+    assert (by_dist == labels).float().mean() > 0.4
+
+
+def _val_batch(model, digits):
+    import timm.data
+
+    from isoprune import _data
+
+    dataset = _data.image_folder(digits / "val", timm.data.create_transform(**_data.data_config(model), is_training=False))
+    return torch.stack([image for image, _ in dataset]), torch.tensor(dataset.targets)
+
+
+def test_finetune_from_python_rejects_unknown_settings(tmp_path, digits, trained):
+    with pytest.raises(isoprune.IsopruneError, match="unknown fine-tuning setting 'epoch'"):
+        isoprune.finetune(trained / "best", digits, tmp_path / "x", epoch=3)
+    with pytest.raises(isoprune.IsopruneError, match="weights are for a model given by name"):
+        isoprune.finetune(trained / "best", digits, tmp_path / "x", weights="none")
+    assert not (tmp_path / "x").exists()
+
+
+CALIBRATE = """
+import sys
+import safetensors.torch
+from isoprune import _dist, _importance, _io, _pipeline
+env, device = _dist.start("cpu")
+model = _io.load(sys.argv[1])
+batches = _pipeline.calibration_batches(sys.argv[2], model, 16, seed=0, limit=5, rank=env.rank, world=env.world)
+stats = _importance.calibrate(model, batches, stats=("grad", "sq_grad"))
+names = {p: n for n, p in model.named_parameters()}
+if env.main:
+    safetensors.torch.save_file({f"{s}/{names[p]}": t for s, per in stats.items() for p, t in per.items()}, sys.argv[3])
+_dist.stop(env)
+"""
+
+
+def _torchrun(*args, processes=2):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    done = subprocess.run([*launch, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_calibration_spread_over_processes_is_the_single_process_mean(tmp_path, digits, trained):
+    """5 batches: 3 in one process, 2 in the other; the all-reduced means are one process's means."""
+    script = tmp_path / "calibrate.py"
+    script.write_text(CALIBRATE)
+    for processes in (1, 2):
+        _torchrun(script, trained / "best", digits, tmp_path / f"{processes}.safetensors", processes=processes)
+    one, two = (safetensors.torch.load_file(str(tmp_path / f"{n}.safetensors")) for n in (1, 2))
+    assert one.keys() == two.keys() and any(t.abs().sum() > 0 for t in one.values())
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-9, msg=key)
+
+
+def test_taylor_prune_under_torchrun_plans_what_one_process_does(tmp_path, digits, trained):
+    args = ["-m", "isoprune.cli", "prune", "--model", "test_resnet", "--num-classes", "10", "--weights", trained / "best",
+            "--importance", "taylor", "--data", digits, "--calib-batches", "6", "--batch-size", "16", "--ratios", "0.4", *SIZE]
+    _torchrun(*args, "--out", tmp_path / "one", processes=1)
+    two = _torchrun(*args, "--out", tmp_path / "two", "--json")
+    assert len([line for line in two.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 alone reports
+    assert (tmp_path / "one" / "plan.yaml").read_text() == (tmp_path / "two" / "plan.yaml").read_text()
+
+
 def _bad(tmp_path, digits, trained):
     no_val = tmp_path / "no_val"
     (no_val / "train" / "a").mkdir(parents=True)
