@@ -71,16 +71,17 @@ def meta_example(model: nn.Module, input_size: int | None):
 
 
 def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, seed: int = 0, limit: int | None = None,
-                        rank: int = 0, world: int = 1):
+                        rank: int = 0, world: int = 1, input_size: int | None = None):
     """Shuffled (images, labels) batches from an ImageFolder (``DIR/train`` when there is one),
-    with timm's eval transforms for the model's pretrained config: the first ``limit`` batches of
-    one seeded permutation, of which process ``rank`` of ``world`` takes every ``world``-th, so
-    that torchrun's processes share out exactly the batches one process would see."""
+    with timm's eval transforms for the model's pretrained config, at ``input_size`` squared when
+    given: the first ``limit`` batches of one seeded permutation, of which process ``rank`` of
+    ``world`` takes every ``world``-th, so that torchrun's processes share out exactly the batches
+    one process would see."""
     import timm.data
 
     root = Path(data)
     root = root / "train" if (root / "train").is_dir() else root
-    dataset = _data.image_folder(root, timm.data.create_transform(**_data.data_config(model), is_training=False))
+    dataset = _data.image_folder(root, timm.data.create_transform(**_data.data_config(model, input_size), is_training=False))
     _data.check_classes(dataset, model, str(root))
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)][:limit]
@@ -117,9 +118,9 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
         if data is None:
             raise IsopruneError(f"importance {cfg.importance!r} needs data to compute gradients", hint="pass --data DIR (an ImageFolder), or --importance l2")
         env = env or _dist.Env()
-        calib = calibration_batches(data, model, cfg.batch_size, cfg.seed, cfg.calib_batches, env.rank, env.world)
+        calib = calibration_batches(data, model, cfg.batch_size, cfg.seed, cfg.calib_batches, env.rank, env.world, cfg.input_size)
     elif data is not None:
-        calibration_batches(data, model, cfg.batch_size, cfg.seed)  # still check it, the user asked for it
+        calibration_batches(data, model, cfg.batch_size, cfg.seed, input_size=cfg.input_size)  # still check it, the user asked for it
     model.to(device)
     pruning = plan(
         model,

@@ -180,7 +180,7 @@ class PruningPlan:
 
 
 def _pools(groups: list[Group], ratios: Ratios, scope: str) -> dict[tuple, list[Group]]:
-    """Which groups are ranked together. Name overrides always rank alone."""
+    """Which groups are ranked together, keyed (how, which, ratio). Name overrides always rank alone."""
     pools: dict[tuple, list[Group]] = {}
     for g in groups:
         ratio, origin = ratios.for_group(g)
@@ -188,8 +188,8 @@ def _pools(groups: list[Group], ratios: Ratios, scope: str) -> dict[tuple, list[
             key = ("group", g.id, ratio)
         elif scope == "isomorphic":
             key = ("signature", g.signature, ratio)
-        else:
-            key = ("kind", g.kind, ratio)
+        else:  # global: every kind pruned at this ratio in one ranking (heads against MLP channels ...)
+            key = ("ratio", None, ratio)
         pools.setdefault(key, []).append(g)
     return pools
 
@@ -197,14 +197,14 @@ def _pools(groups: list[Group], ratios: Ratios, scope: str) -> dict[tuple, list[
 def _select(pool: list[Group], scores: dict[int, torch.Tensor], ratio: float, round_to: int | None) -> dict[int, list[int]]:
     """Remove the lowest-scored ``ratio`` share of the pool's units; every group keeps at least
     one unit (``round_to`` of them when set) and, with ``round_to``, a multiple of it."""
-    step = round_to if round_to and pool[0].kind != "heads" else 1
+    steps = [round_to if round_to and g.kind != "heads" else 1 for g in pool]
     total = sum(g.channels for g in pool)
     n_remove = int(math.floor(ratio * total + 1e-9))
     flat = torch.cat([scores[g.id] for g in pool])
     owner = torch.cat([torch.full((g.channels,), i) for i, g in enumerate(pool)])
     unit = torch.cat([torch.arange(g.channels) for g in pool])
     order = torch.argsort(flat, stable=True)
-    floor = [min(g.channels, step) for g in pool]
+    floor = [min(g.channels, step) for g, step in zip(pool, steps)]
     kept = [g.channels for g in pool]
     removed = [[] for _ in pool]
     for k in order.tolist():
@@ -218,9 +218,9 @@ def _select(pool: list[Group], scores: dict[int, torch.Tensor], ratio: float, ro
     keep = {}
     for i, g in enumerate(pool):
         drop = removed[i]
-        excess = (g.channels - len(drop)) % step
+        excess = (g.channels - len(drop)) % steps[i]
         if excess:  # round the kept count up to a multiple of step: restore the best removed
-            drop = drop[: max(0, len(drop) - (step - excess))]
+            drop = drop[: max(0, len(drop) - (steps[i] - excess))]
         dropped = set(drop)
         keep[g.id] = [u for u in range(g.channels) if u not in dropped]
     return keep
@@ -318,8 +318,10 @@ def plan(
 ) -> PruningPlan:
     """Decide what to remove, without touching the model.
 
-    Ranking happens within each isomorphic group (``scope="isomorphic"``), across all groups of a
-    kind (``"global"``), or inside each group alone (``"local"``: the same ratio in every layer).
+    Ranking happens within each isomorphic group (``scope="isomorphic"``), across all groups given
+    the same ratio whatever their kind (``"global"``: attention heads, MLP channels and embedding
+    dims in one ranking, the paper's global baseline), or inside each group alone (``"local"``:
+    the same ratio in every layer). Scores are normalised by their group's mean in every scope.
     ``depth`` maps a block container (``"stages.2.blocks"``) to how many of its blocks to remove.
     With a ``budget`` (``"4.2G"`` MACs, ``"20M"`` params) the ratios are a shape: they are scaled
     by one factor, found by bisection, so that the pruned model lands within 1% under the budget.

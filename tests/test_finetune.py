@@ -207,6 +207,15 @@ def test_calibration_spread_over_processes_is_the_single_process_mean(tmp_path, 
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-9, msg=key)
 
 
+def test_calibration_images_come_at_the_pruning_input_size(digits, trained):
+    from isoprune import _pipeline
+
+    model = isoprune.load(trained / "best")
+    for size, expected in ((32, 32), (None, 160)):  # test_resnet's pretrained config says 160
+        images, _ = next(iter(_pipeline.calibration_batches(digits, model, 4, limit=1, input_size=size)))
+        assert images.shape == (4, 3, expected, expected)
+
+
 def test_taylor_prune_under_torchrun_plans_what_one_process_does(tmp_path, digits, trained):
     args = ["-m", "isoprune.cli", "prune", "--model", "test_resnet", "--num-classes", "10", "--weights", trained / "best",
             "--importance", "taylor", "--data", digits, "--calib-batches", "6", "--batch-size", "16", "--ratios", "0.4", *SIZE]

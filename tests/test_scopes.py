@@ -43,6 +43,23 @@ def test_global_ranks_across_isomorphic_classes_of_a_kind():
     assert len({round(k / n, 2) for k, n in glob_class.values()}) > 1
 
 
+def test_global_ranks_a_vits_kinds_against_each_other():
+    """One ratio for every kind: isomorphic scope removes half of each kind; global ranks heads,
+    head dims, MLP channels and embedding dims together, so the kinds lose different shares."""
+    model = make("test_vit")
+
+    def shares(plan):
+        kept, total = {}, {}
+        for g in plan.groups:
+            kept[g.kind] = kept.get(g.kind, 0) + len(g.keep)
+            total[g.kind] = total.get(g.kind, 0) + g.channels
+        return {kind: 1 - kept[kind] / total[kind] for kind in total}
+
+    iso, glob = shares(isoprune.plan(model, 0.5)), shares(isoprune.plan(model, 0.5, scope="global"))
+    assert all(abs(share - 0.5) < 0.05 for share in iso.values()), iso
+    assert max(glob.values()) - min(glob.values()) > 0.1, glob
+
+
 def test_name_and_signature_overrides():
     model = make("test_vit")
     mlp_sig = next(i.signature for i in isoprune.isomorphic_groups(model) if i.kind == "mlp")
