@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -120,18 +121,14 @@ def _torch_pruning(model, x) -> None:
     import torch_pruning as tp
     from torch import nn
 
-    trace_failed = True
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    ignored = [m for m in (head if isinstance(head, tuple) else [head]) if isinstance(m, nn.Module)]
     try:
-        head = model.get_classifier() if hasattr(model, "get_classifier") else None
-        ignored = [m for m in (head if isinstance(head, tuple) else [head]) if isinstance(m, nn.Module)]
         pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                       pruning_ratio=RATIO, ignored_layers=ignored)
-        trace_failed = False
-        pruner.step()
-    except Exception as exc:
-        if trace_failed:
-            raise _TraceError(_line(exc)) from exc
-        raise
+    except Exception as exc:  # noqa: BLE001 - building the pruner is Torch-Pruning's trace
+        raise _TraceError(_line(exc)) from exc
+    pruner.step()
 
 
 class _TraceError(RuntimeError):
@@ -146,7 +143,7 @@ def _line(exc: BaseException) -> str:
 def _subprocess(tool: str, name: str, timeout: int) -> dict:
     try:
         done = subprocess.run([sys.executable, __file__, "--one", tool, name], capture_output=True, text=True, timeout=timeout,
-                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     except subprocess.TimeoutExpired:
         return {"model": name, "tool": tool, "stage": "timeout", "error": f"over {timeout} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ._errors import IsopruneError
+from ._trace import input_size as built_for
 
 _FOLDER_HINT = "--data must be an ImageFolder: one sub-directory of images per class"
 
@@ -19,8 +20,6 @@ def data_config(model: nn.Module, input_size: int | None = None) -> dict:
     """timm's data config for the model's pretrained config (mean, std, interpolation, crop),
     at ``input_size`` squared when given, else at the size the model was built for."""
     import timm.data
-
-    from ._trace import input_size as built_for
 
     config = timm.data.resolve_data_config({}, model=model)
     channels, height, width = built_for(model)

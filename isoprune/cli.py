@@ -205,8 +205,8 @@ def _source(args) -> str:
 def cmd_finetune(args) -> int:
     from ._finetune import Options, run
 
-    settings = {**_given(args, Options), **_given(args, _recipes.FinetuneConfig)}
-    settings.pop("data"), settings.pop("out", None)
+    given = {**_given(args, Options), **_given(args, _recipes.FinetuneConfig)}
+    settings = {k: v for k, v in given.items() if k not in ("data", "out")}
     result = run(_source(args), args.data, args.out, recipe=args.recipe, **settings)
     if int(os.environ.get("RANK", 0)) == 0:
         best, last = result["best"], result["last"]

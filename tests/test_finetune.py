@@ -113,18 +113,21 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(capsys, tmp_p
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())[-1]["epoch"] == 3
 
 
+def _torchrun(*args, processes=2):
+    """`python ARGS` (one process) or `torchrun --nproc_per_node N ARGS`, which must succeed."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    done = subprocess.run([*launch, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_two_processes_train_what_one_does(tmp_path, digits):
     """torchrun with 2 CPU processes (gloo), same global batch: the same final weights."""
-    args = ["finetune", "--model", "test_convnext", "--weights", "none", "--num-classes", "10", "--data", str(digits), *SIZE,
-            "--epochs", "2", "--batch-size", "32", "--opt", "sgd", "--lr", "0.05", "--no-augment", "--teacher", "none"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    one = subprocess.run([sys.executable, "-m", "isoprune.cli", *args, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "isoprune.cli", *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    args = ["-m", "isoprune.cli", "finetune", "--model", "test_convnext", "--weights", "none", "--num-classes", "10", "--data",
+            digits, *SIZE, "--epochs", "2", "--batch-size", "32", "--opt", "sgd", "--lr", "0.05", "--no-augment", "--teacher", "none"]
+    _torchrun(*args, "--out", tmp_path / "one", processes=1)
+    _torchrun(*args, "--out", tmp_path / "two")
     a, b = _weights(tmp_path / "one" / "last"), _weights(tmp_path / "two" / "last")
     assert a.keys() == b.keys()
     for key in a:
@@ -185,14 +188,6 @@ if env.main:
     safetensors.torch.save_file({f"{s}/{names[p]}": t for s, per in stats.items() for p, t in per.items()}, sys.argv[3])
 _dist.stop(env)
 """
-
-
-def _torchrun(*args, processes=2):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    launch = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    done = subprocess.run([*launch, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done
 
 
 def test_calibration_spread_over_processes_is_the_single_process_mean(tmp_path, digits, trained):
