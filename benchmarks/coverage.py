@@ -177,11 +177,26 @@ def draw(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _previous_rows(tools: set[str], models: set[str]) -> list[dict]:
+    """Rows of a previous run for tools not run again now (every one of ``models`` must be there)."""
+    if not tools:
+        return []
+    path = RESULTS / "coverage.csv"
+    rows = [r for r in csv.DictReader(path.open())] if path.is_file() else []
+    rows = [r for r in rows if r["tool"] in tools and r["model"] in models]
+    missing = len(tools) * len(models) - len(rows)
+    if missing:
+        raise SystemExit(f"coverage: {path} lacks {missing} rows of {', '.join(sorted(tools))} for these models; run all tools")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2, help="models run at once, one process each")
     ap.add_argument("--timeout", type=int, default=240, help="seconds per model and tool")
     ap.add_argument("--families", nargs="*", help="only these families (default: all)")
+    ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
+                    help="run only these; the others' rows for the same models are kept from results/coverage.csv")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -193,11 +208,13 @@ def main() -> None:
     families = smallest_per_family()
     if args.families:
         families = {k: v for k, v in families.items() if k in args.families}
-    jobs = [(tool, name) for name in families.values() for tool in TOOLS]
+    jobs = [(tool, name) for name in families.values() for tool in args.tools]
+    kept = _previous_rows(set(TOOLS) - set(args.tools), set(families.values()))
     from tqdm import tqdm
 
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(tqdm(pool.map(lambda job: _subprocess(*job, args.timeout), jobs), total=len(jobs), desc="models"))
+    rows = sorted(rows + kept, key=lambda r: (r["model"], TOOLS.index(r["tool"])))
     by_model = {name: key for key, name in families.items()}
     for row in rows:
         row["family"] = by_model[row["model"]]

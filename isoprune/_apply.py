@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -11,21 +11,9 @@ from torch import nn
 from . import _arch, _trace
 from ._errors import IsopruneError
 from ._depth import DepthPlan, apply_depth, check_depth, inside
-from ._groups import Analysis, analyse
-from ._importance import item_member, member_tensors
+from ._groups import Analysis, Op, analyse, cut_ops, run_ops, unit_channels
+from ._importance import member_tensors
 from ._plan import PruningPlan, plan
-
-
-@dataclass
-class _Op:
-    """Remove ``idxs`` from member ``name`` in one direction (Torch-Pruning's handler does it)."""
-
-    name: str
-    param: bool
-    out: bool
-    dim: int
-    handler: object
-    idxs: list[int]
 
 
 def _removed(analysis: Analysis, pruning: PruningPlan) -> dict[int, list[int]]:
@@ -49,38 +37,10 @@ def _removed(analysis: Analysis, pruning: PruningPlan) -> dict[int, list[int]]:
         else:
             (g,) = kinds.values()
             kept = set(g.keep)
-            drop = [c for c in range(g.channels) if c not in kept]
+            drop = unit_channels(g.channels * g.blocks, g.blocks, [u for u in range(g.channels) if u not in kept])
         if drop:
             removed[src] = drop
     return removed
-
-
-def _ops(analysis: Analysis, removed: dict[int, list[int]]) -> list[_Op]:
-    """Member-level removals, merged per member so each is cut once in original numbering.
-    Each full group item maps root channels to its own (``root_idxs`` beside ``idxs``), so the
-    removal is a filter of the traced groups, with no second walk of the graph."""
-    merged = {}
-    for src, drop in removed.items():
-        drop = set(drop)
-        for item in analysis.tp_groups[src]:
-            member = item_member(analysis.graph, item)
-            if member is None:
-                continue
-            idxs = {i for i, root in zip(item.idxs, item.root_idxs) if root in drop}
-            op = merged.setdefault((member["name"], member["out"]), _Op(handler=item.dep.handler, idxs=[], **member))
-            op.idxs = sorted(set(op.idxs) | idxs)
-    return list(merged.values())
-
-
-def _run(model: nn.Module, ops: list[_Op]) -> None:
-    for op in ops:
-        op.handler.__self__.pruning_dim = op.dim
-        if op.param:
-            owner_name, _, attr = op.name.rpartition(".")
-            owner = model.get_submodule(owner_name)
-            setattr(owner, attr, op.handler(model.get_parameter(op.name), op.idxs))
-        else:
-            op.handler(model.get_submodule(op.name), op.idxs)
 
 
 def _fixup(model: nn.Module, pruning: PruningPlan) -> None:
@@ -119,8 +79,8 @@ def skeleton_apply(analysis: Analysis, draft: PruningPlan, depth_plans=()) -> Pr
         analysis.before = (*_trace.count(analysis.skeleton, analysis.inputs), _widths(analysis.skeleton))
     macs_before, params_before, widths_before = analysis.before
     skeleton = copy.deepcopy(analysis.skeleton)
-    ops = _ops(analysis, _removed(analysis, draft))
-    _run(skeleton, ops)
+    ops = cut_ops(analysis.graph, analysis.tp_groups, _removed(analysis, draft))
+    run_ops(skeleton, ops)
     _fixup(skeleton, draft)
     widths_after = _widths(skeleton)
     apply_depth(skeleton, depth_plans)
@@ -136,8 +96,8 @@ def skeleton_apply(analysis: Analysis, draft: PruningPlan, depth_plans=()) -> Pr
 
 
 def _check_fits(analysis: Analysis, pruning: PruningPlan, model: nn.Module) -> None:
-    theirs = [(g.root, g.kind, g.channels) for g in pruning.groups]
-    ours = [(g.root, g.kind, g.channels) for g in analysis.groups]
+    theirs = [(g.root, g.kind, g.channels, g.blocks) for g in pruning.groups]
+    ours = [(g.root, g.kind, g.channels, g.blocks) for g in analysis.groups]
     if theirs != ours:
         diff = next(((a, b) for a, b in zip(theirs, ours) if a != b), (len(theirs), len(ours)))
         raise IsopruneError(
@@ -158,12 +118,12 @@ def _fitted(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> Anal
     return analysis
 
 
-def _plan_ops(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> list[_Op]:
+def _plan_ops(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> list[Op]:
     source = getattr(pruning, "_source", None)
     if source is not None and source() is model and pruning._fingerprint == _fingerprint(model):
         return pruning._ops
     analysis = _fitted(model, pruning, example_inputs)
-    return _ops(analysis, _removed(analysis, pruning))
+    return cut_ops(analysis.graph, analysis.tp_groups, _removed(analysis, pruning))
 
 
 def fit(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> PruningPlan:
@@ -182,7 +142,7 @@ def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> n
     depth_plans = [DepthPlan(**d) for d in pruning.depth]
     check_depth(model, depth_plans)  # before anything changes: a misfit leaves the model whole
     with torch.no_grad():
-        _run(model, ops)
+        run_ops(model, ops)
     _fixup(model, pruning)
     apply_depth(model, depth_plans)
     pruning._source = pruning._ops = None  # the model has changed; the cached ops are stale

@@ -1,6 +1,9 @@
 """Dependency groups as plain records, their kinds, and their isomorphism signatures."""
 from __future__ import annotations
 
+import copy
+import logging
+import math
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -13,7 +16,9 @@ from torch import nn
 
 from . import _arch, _trace
 from ._errors import IsopruneError
-from ._importance import item_member
+from ._importance import item_member, member_tensors
+
+log = logging.getLogger("isoprune")
 
 LABELS = ("type", "structure", "shape")
 """Node-label granularity for signatures. ``type``: layer type and pruning direction (Torch-Pruning's
@@ -26,7 +31,9 @@ class Group:
     """One prunable group: channels that must be removed together.
 
     ``members`` are (parameter-holding module or parameter name, ``"out"``/``"in"``).
-    ``channels`` counts prunable units: channels, or for attention heads / head dims.
+    ``channels`` counts prunable units: channels, or for attention heads / head dims. Where the
+    channels feed or leave grouped convolutions they split into ``blocks`` equal runs and a unit is
+    one position in every run (removed from all of them alike, so each conv group keeps as many).
     """
 
     id: int
@@ -36,6 +43,7 @@ class Group:
     channels: int
     members: list[tuple[str, str]]
     owner: str | None = None
+    blocks: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +73,7 @@ class Analysis:
     tp_groups: list  # full-index Torch-Pruning groups; groups[i] comes from tp_groups[source[i]]
     source: dict[int, int]
     attention: dict[str, tuple[int, int]]  # attention module name -> (num_heads, head_dim)
+    frozen: dict[str, str] = field(default_factory=dict)  # root of a group left whole -> why
 
     def isomorphic(self) -> list[IsomorphicGroup]:
         classes: dict[str, IsomorphicGroup] = {}
@@ -151,13 +160,178 @@ def _units(root: str, channels: int, members, heads_of: dict, mlps: set) -> list
     return [("channels", channels, None)]
 
 
+def _blocks(tp_group) -> int:
+    """How many equal runs a group's channels split into: the least common multiple of the
+    ``groups`` of the grouped (not depthwise) convolutions it feeds or leaves one to one. Removing
+    the same positions from every run keeps each of those convolutions' groups equal in width."""
+    n = len(tp_group[0].idxs)
+    blocks = 1
+    for item in tp_group:
+        conv = item.dep.target.module
+        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.groups == 1:
+            continue
+        if conv.groups == conv.in_channels == conv.out_channels:  # depthwise: any channel may go
+            continue
+        if list(item.idxs) == list(item.root_idxs) == list(range(n)):
+            blocks = math.lcm(blocks, conv.groups)
+    return blocks if n % blocks == 0 else 1
+
+
+def unit_channels(n: int, blocks: int, units) -> list[int]:
+    """Root channels of the given units of a group of ``n`` channels in ``blocks`` runs."""
+    per = n // blocks
+    return [b * per + u for b in range(blocks) for u in units]
+
+
+@dataclass
+class Op:
+    """Remove ``idxs`` from member ``name`` in one direction (Torch-Pruning's handler does it)."""
+
+    name: str
+    param: bool
+    out: bool
+    dim: int
+    handler: object
+    idxs: list[int]
+
+
+def cut_ops(graph: tp.DependencyGraph, tp_groups: list, removed: dict[int, list[int]]) -> list[Op]:
+    """Member-level removals for root-channel removals per Torch-Pruning group (``removed`` is
+    keyed by index into ``tp_groups``), merged per member so each is cut once in original numbering.
+    Each full group item maps root channels to its own (``root_idxs`` beside ``idxs``), so this
+    is a filter of the traced groups, with no second walk of the graph."""
+    merged = {}
+    for src, drop in removed.items():
+        drop = set(drop)
+        for item in tp_groups[src]:
+            member = item_member(graph, item)
+            if member is None:
+                continue
+            idxs = {i for i, root in zip(item.idxs, item.root_idxs) if root in drop}
+            op = merged.setdefault((member["name"], member["out"]), Op(handler=item.dep.handler, idxs=[], **member))
+            op.idxs = sorted(set(op.idxs) | idxs)
+    return list(merged.values())
+
+
+def run_ops(model: nn.Module, ops: list[Op]) -> None:
+    for op in ops:
+        op.handler.__self__.pruning_dim = op.dim
+        if op.param:
+            owner_name, _, attr = op.name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            setattr(owner, attr, op.handler(model.get_parameter(op.name), op.idxs))
+        else:
+            op.handler(model.get_submodule(op.name), op.idxs)
+
+
+def _misfits(graph: tp.DependencyGraph, skeleton: nn.Module, tp_groups: list) -> tuple[list, set[int]]:
+    """Groups coupling a member to channels it does not have, and the parameters among those
+    members. The tracer does this through indexing and broadcasting ops: BEiT's relative position
+    table (one column per head) joined to the embedding, LayerScale's gamma to a reshape."""
+    params, bad = {}, set()
+    for i, tp_group in enumerate(tp_groups):
+        for item in tp_group:
+            member = item_member(graph, item)
+            if member is None or not item.idxs:
+                continue
+            if any(max(item.idxs) >= t.shape[dim] for t, dim in member_tensors(skeleton, **member)):
+                bad.add(i)
+                if member["param"]:
+                    param = skeleton.get_parameter(member["name"])
+                    params[id(param)] = param
+    return list(params.values()), bad
+
+
+def _conv_misfit(model: nn.Module) -> str | None:
+    """A convolution whose widths its groups do not divide (meta tensors do not check this)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd) and (m.in_channels % m.groups or m.out_channels % m.groups):
+            return f"{name}: {m.in_channels}->{m.out_channels} channels in {m.groups} groups"
+    return None
+
+
+def _breaks(skeleton: nn.Module, inputs, graph, tp_groups: list, cuts: dict[int, list[int]]) -> str | None:
+    """Why the skeleton no longer runs with ``cuts`` (root channels per group) made; None if it does."""
+    probe = copy.deepcopy(skeleton).eval()  # train-mode BatchNorm rejects a batch of one 1x1 map
+    try:
+        run_ops(probe, cut_ops(graph, tp_groups, cuts))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _trace.forward(probe, inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure means these cuts break the model
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return _conv_misfit(probe)
+
+
+def _unsafe(skeleton, inputs, graph, tp_groups: list, candidates: dict[int, list[int]], accepted: dict) -> dict[int, str]:
+    """Groups whose cut (``candidates``: root channels per group) breaks the forward pass, found by
+    halving: a set that runs together with everything accepted so far is accepted whole, so a
+    clean model costs one probe."""
+    if not candidates:
+        return {}
+    error = _breaks(skeleton, inputs, graph, tp_groups, accepted | candidates)
+    if error is None:
+        accepted |= candidates
+        return {}
+    if len(candidates) == 1:
+        return dict.fromkeys(candidates, error)
+    items = list(candidates.items())
+    mid = len(items) // 2
+    left = _unsafe(skeleton, inputs, graph, tp_groups, dict(items[:mid]), accepted)
+    return left | _unsafe(skeleton, inputs, graph, tp_groups, dict(items[mid:]), accepted)
+
+
+def breaking(analysis: Analysis, cuts: dict[int, list[int]]) -> dict[int, str]:
+    """Which of ``cuts`` (root channels per Torch-Pruning group of the analysis) break the model,
+    and how; each is also recorded in ``analysis.frozen``."""
+    graph = analysis.graph
+    found = _unsafe(analysis.skeleton, analysis.inputs, graph, analysis.tp_groups, cuts, {})
+    for src, error in found.items():
+        analysis.frozen[graph._module2name[analysis.tp_groups[src][0].dep.target.module]] = error
+    return found
+
+
+def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str]) -> tuple[tp.DependencyGraph, list, list[int], dict[str, str]]:
+    """The dependency graph and the groups that can be cut, with why others are left whole.
+
+    Tracing is not always right: parameters it couples to channels they do not have are traced
+    again as fixed (not pruned), and any group that cannot lose a channel without breaking the
+    forward pass is left whole, found with one pass over the meta skeleton when all is well.
+    Each group is probed by removing its first unit (one channel per block, see ``_blocks``).
+    Groups rooted at a registered attention's qkv (``trusted``) are cut by head and not probed."""
+    ignored_params = _arch.head_params(skeleton)
+    for attempt in range(2):
+        graph = _trace.build_graph(skeleton, inputs, ignored_params)
+        ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph)
+        tp_groups = list(graph.get_all_groups(ignored_layers=ignored))
+        misfit_params, misfit = _misfits(graph, skeleton, tp_groups)
+        if not misfit_params or attempt:
+            break
+        ignored_params = ignored_params + misfit_params
+    root = lambda g: graph._module2name[g[0].dep.target.module]  # noqa: E731
+    frozen = {root(tp_groups[i]): "traced onto channels a member does not have" for i in sorted(misfit)}
+    tp_groups = [g for i, g in enumerate(tp_groups) if i not in misfit]
+    blocks = [_blocks(g) for g in tp_groups]
+    candidates = {
+        i: unit_channels(len(g[0].idxs), b, [0])
+        for i, (g, b) in enumerate(zip(tp_groups, blocks))
+        if len(g[0].idxs) > b and root(g) not in trusted
+    }
+    unsafe = _unsafe(skeleton, inputs, graph, tp_groups, candidates, {})
+    frozen |= {root(tp_groups[i]): error for i, error in unsafe.items()}
+    if frozen:
+        first, why = next(iter(frozen.items()))
+        log.warning("%d groups are left whole: cutting them breaks the model (%s: %s)", len(frozen), first, why)
+    kept = [i for i in range(len(tp_groups)) if i not in unsafe]
+    return graph, [tp_groups[i] for i in kept], [blocks[i] for i in kept], frozen
+
+
 def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") -> Analysis:
     """Trace the model's skeleton and describe every prunable group."""
     if labels not in LABELS:
         raise IsopruneError(f"unknown label granularity {labels!r}", hint=f"use one of {', '.join(LABELS)}")
     skeleton = _trace.meta_skeleton(model)
     inputs = _trace.meta_inputs(model, example_inputs)
-    graph = _trace.build_graph(skeleton, inputs, _arch.head_params(skeleton))
     heads_of = {}  # qkv module name -> (attention name, num_heads, head_dim)
     mlps = set()
     for name, m in skeleton.named_modules():
@@ -166,18 +340,18 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
             heads_of[f"{name}.{spec.qkv}" if name else spec.qkv] = (name, *spec.layout(m))
         elif _arch.is_mlp(m):
             mlps.add(name)
-    ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph)
+    graph, traced, blocks, frozen = _traced_groups(skeleton, inputs, set(heads_of))
     groups, tp_groups, source, attention = [], [], {}, {}
-    for tp_group in graph.get_all_groups(ignored_layers=ignored):
+    for tp_group, n_blocks in zip(traced, blocks):
         found = [m for m in map(partial(item_member, graph), tp_group) if m is not None]
         members = [(m["name"], "out" if m["out"] else "in") for m in found]
         root = graph._module2name[tp_group[0].dep.target.module]
         structure = structure_graph(graph, tp_group, labels)
-        channels = len(tp_group[0].idxs)
+        channels = len(tp_group[0].idxs) // n_blocks
         for kind, n, owner in _units(root, channels, members, heads_of, mlps):
             if owner:
                 attention[owner] = heads_of[root][1:]
             source[len(groups)] = len(tp_groups)
-            groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner))
+            groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks))
         tp_groups.append(tp_group)
-    return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention)
+    return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention, frozen)

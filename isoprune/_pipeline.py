@@ -167,7 +167,7 @@ def summary(pruning: PruningPlan, out: Path | None = None) -> dict:
         "depth": pruning.depth,
         "search": pruning.search,
         "groups": [
-            {"signature": g.signature, "kind": g.kind, "root": g.root, "channels": g.channels, "kept": len(g.keep)}
+            {"signature": g.signature, "kind": g.kind, "root": g.root, "channels": g.channels * g.blocks, "kept": len(g.keep) * g.blocks}
             for g in pruning.groups
         ],
         "out": str(out) if out else None,

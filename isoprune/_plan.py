@@ -12,7 +12,7 @@ import yaml
 
 from . import __version__, _importance
 from ._errors import IsopruneError
-from ._groups import Analysis, Group, analyse
+from ._groups import Analysis, Group, analyse, breaking, log
 
 KINDS = ("emb", "heads", "head_dim", "mlp")
 SCOPES = ("isomorphic", "global", "local")
@@ -98,7 +98,8 @@ def _check_ratio(value, key):
 
 @dataclass
 class GroupPlan:
-    """What one group keeps. ``keep`` are unit indices (channels, heads or head dims)."""
+    """What one group keeps. ``keep`` are unit indices (channels, heads or head dims); where a
+    group's channels feed grouped convolutions a unit is one position in each of ``blocks`` runs."""
 
     id: int
     kind: str
@@ -108,6 +109,7 @@ class GroupPlan:
     ratio: float
     keep: list[int]
     owner: str | None = None
+    blocks: int = 1
 
 
 @dataclass
@@ -167,8 +169,8 @@ class PruningPlan:
         for g in self.groups:
             classes.setdefault(g.signature, []).append(g)
         for sig, members in classes.items():
-            before = sum(g.channels for g in members)
-            after = sum(len(g.keep) for g in members)
+            before = sum(g.channels * g.blocks for g in members)
+            after = sum(len(g.keep) * g.blocks for g in members)
             rows.append(f"{sig:<24} {members[0].kind:<9} {len(members):>3} groups  {before:>6} -> {after:<6} ratio {members[0].ratio:.2f}")
         m, p = self.macs, self.params
         for d in self.depth:
@@ -233,6 +235,8 @@ def _unit_scores(analysis: Analysis, channel: list[torch.Tensor]) -> dict[int, t
         if g.kind in ("heads", "head_dim"):
             units = _importance.attention_unit_scores(s, *analysis.attention[g.owner])
             s = units.sum(1) if g.kind == "heads" else units.mean(0)
+        elif g.blocks > 1:  # one unit is a position in every block of a grouped convolution
+            s = s.view(g.blocks, g.channels).sum(0)
         scores[g.id] = s / s.mean().clamp_min(1e-30)
     return scores
 
@@ -326,7 +330,7 @@ def plan(
     With a ``budget`` (``"4.2G"`` MACs, ``"20M"`` params) the ratios are a shape: they are scaled
     by one factor, found by bisection, so that the pruned model lands within 1% under the budget.
     """
-    from ._apply import remember, skeleton_apply
+    from ._apply import _removed, remember, skeleton_apply
     from ._depth import choose_depth, inside
 
     ratios = _validate(ratios, scope, round_to)
@@ -356,13 +360,24 @@ def plan(
         depth=[asdict(d) for d in depth_plans],
     )
 
+    whole: set[int] = set()  # groups whose planned cut breaks the model, though one unit did not
+
     def outcome(r: Ratios) -> PruningPlan:
-        keep = choose(analysis, scores, r, scope, round_to, exclude=gone)
-        groups = [
-            GroupPlan(g.id, g.kind, g.signature, g.root, g.channels, 0.0 if g.id in gone else r.for_group(g)[0], keep[g.id], g.owner)
-            for g in analysis.groups
-        ]
-        return skeleton_apply(analysis, replace(template, ratios=asdict(r), groups=groups), depth_plans)
+        while True:
+            keep = choose(analysis, scores, r, scope, round_to, exclude=gone | whole)
+            groups = [
+                GroupPlan(g.id, g.kind, g.signature, g.root, g.channels, 0.0 if g.id in gone | whole else r.for_group(g)[0], keep[g.id], g.owner, g.blocks)
+                for g in analysis.groups
+            ]
+            draft = replace(template, ratios=asdict(r), groups=groups)
+            try:
+                return skeleton_apply(analysis, draft, depth_plans)
+            except Exception as exc:  # noqa: BLE001 - find the groups to blame, else it is not ours to handle
+                broken = breaking(analysis, _removed(analysis, draft))
+                if not broken:
+                    raise
+                log.warning("%d more groups are left whole: their planned cut breaks the model (%s)", len(broken), exc)
+                whole.update(g.id for g in analysis.groups if analysis.source[g.id] in broken)
 
     result = outcome(ratios) if budget is None else _search(outcome, ratios, Budget.parse(budget))
     result._scores = scores  # unit scores per group id, for reports; not part of the plain data

@@ -164,3 +164,74 @@ def test_bad_ratios_are_user_errors():
         isoprune.plan(model, 0.5, scope="layerwise")
     with pytest.raises(isoprune.IsopruneError, match="unknown importance"):
         isoprune.plan(model, 0.5, importance="l3")
+
+
+class FixedWidth(nn.Module):
+    """fc1's width is pinned by a buffer the tracer does not see: cutting it breaks the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+        self.register_buffer("mask", torch.ones(16))
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x)) * self.mask
+        return self.fc3(torch.relu(self.fc2(h)))
+
+
+class SlicedWidth(nn.Module):
+    """fc1's first 12 channels meet a buffer: one channel may go, eight may not."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+        self.register_buffer("mask", torch.ones(12))
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return self.fc3(self.fc2(h) + (h[:, :12] * self.mask).sum(1, keepdim=True))
+
+
+def test_group_whose_cut_breaks_the_model_is_left_whole(caplog):
+    model, x = FixedWidth(), torch.randn(2, 8)
+    analysis = isoprune._groups.analyse(model, x)
+    assert list(analysis.frozen) == ["fc1"] and "broadcast" in analysis.frozen["fc1"]
+    assert "1 groups are left whole" in caplog.text
+    isoprune.prune(model, 0.5, example_inputs=x)
+    assert (model.fc1.out_features, model.fc2.out_features) == (16, 8)
+    assert model(x).shape == (2, 4)
+
+
+def test_group_whose_planned_cut_breaks_the_model_is_left_whole(caplog):
+    model, x = SlicedWidth(), torch.randn(2, 8)
+    assert isoprune._groups.analyse(model, x).frozen == {}  # one channel is fine
+    pruning = isoprune.plan(model, 0.5, example_inputs=x)
+    assert "their planned cut breaks the model" in caplog.text
+    assert all(len(g.keep) == g.channels for g in pruning.groups)
+    isoprune.apply_plan(model, pruning, x)
+    assert model(x).shape == (2, 4)
+
+
+def test_grouped_convolutions_lose_the_same_positions_in_every_group():
+    model = make("regnetx_002")
+    convs = {n: m.groups for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
+    assert len(convs) > 5
+    pruning = assert_equivalent(model, 0.4)
+    for name, groups in convs.items():
+        conv = model.get_submodule(name)
+        assert conv.groups == groups and conv.in_channels % groups == conv.out_channels % groups == 0
+    assert pruning.macs["after"] < 0.6 * pruning.macs["before"]
+    assert any(g.blocks > 1 for g in pruning.groups)
+    fresh = isoprune.apply_plan(make("regnetx_002"), isoprune.PruningPlan.from_dict(pruning.to_dict()))
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_parameters_traced_onto_the_wrong_channels_stay_whole():
+    # BEiT's relative position table holds one column per head; the tracer joins it to the embedding
+    model = make("beit_micro")
+    tables = {n: p.shape for n, p in model.named_parameters() if "relative_position_bias_table" in n}
+    x = inputs_for(model)
+    isoprune.prune(model, 0.4)
+    assert model(x).shape == (2, 10)
+    assert {n: p.shape for n, p in model.named_parameters() if "relative_position_bias_table" in n} == tables
+    assert model.isoprune_plan.params["after"] < 0.8 * model.isoprune_plan.params["before"]

@@ -1,0 +1,168 @@
+"""Latency vs MACs: does a pruned model run as much faster as its MACs say?
+
+    python benchmarks/latency.py --threads 2 --repeats 5
+
+Each model is pruned to its paper recipe's shape (DeiT-B -> 4.2 G, ConvNeXt-B -> 8.5 G,
+ResNet-50 -> 2.0 G, MobileNetV2 -> 0.15 G) once per ``round_to`` (1, 2, 8, 16, 32), with l2
+magnitude instead of the recipe's Taylor scores: latency depends on the widths, not the weights,
+and these need no data. Random weights, eval mode, ``torch.inference_mode``.
+
+For each batch size, the unpruned and the pruned models take turns: every round times each of
+them once (a sample is as many forward passes as fill ``--sample-seconds``), so drift on a shared
+machine hits all of them alike. Reported per model: the median time per forward and its spread
+over rounds, the speedup over the unpruned model, the MACs reduction, and their ratio
+(``efficiency``; the target is >= 0.85 at batch 32).
+
+Writes ``results/latency.csv``, ``latency.json`` (with the command) and ``latency.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {
+    "deit_b": "deit_b_4.2g.yaml",
+    "convnext_b": "convnext_b_8.5g.yaml",
+    "resnet50": "resnet50_2.0g.yaml",
+    "mobilenetv2": "mobilenetv2_0.15g.yaml",
+}
+TARGET = 0.85
+
+
+def contenders(recipe_name: str, round_tos: list[int]) -> list[dict]:
+    """The unpruned model and one pruned copy per ``round_to``, each with its MACs."""
+    import copy
+
+    import timm
+
+    import isoprune
+    from isoprune import _models, _recipes
+
+    recipe = _recipes.load_recipe(ROOT / "recipes" / RECIPES[recipe_name])
+    p = recipe.prune
+    torch.manual_seed(0)
+    base = timm.create_model(_models.architecture(p.model)).eval()
+    models = [{"name": "base", "round_to": None, "model": base, "macs": isoprune.count(base)[0]}]
+    for r in round_tos:
+        pruned = copy.deepcopy(base)
+        isoprune.prune(pruned, dict(p.ratios), depth=dict(p.depth) or None, budget=p.target, round_to=r if r > 1 else None)
+        models.append({"name": f"round_to={r}", "round_to": r, "model": pruned, "macs": isoprune.count(pruned)[0]})
+    return models
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _sample(model, x, iters: int, device) -> float:
+    """Seconds per forward pass, over ``iters`` passes."""
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        model(x)
+    _sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def time_all(models: list[dict], batch: int, repeats: int, sample_seconds: float, device) -> dict[str, list[float]]:
+    """Per contender, ``repeats`` samples of seconds per forward, taken in alternating rounds."""
+    x = torch.randn(batch, *models[0]["model"].pretrained_cfg["input_size"], device=device)
+    iters = {}
+    with torch.inference_mode():
+        for m in models:
+            m["model"].to(device)
+            _sample(m["model"], x, 1, device)  # warm-up
+            iters[m["name"]] = max(1, round(sample_seconds / _sample(m["model"], x, 1, device)))
+        times = {m["name"]: [] for m in models}
+        for _ in range(repeats):
+            for m in models:
+                times[m["name"]].append(_sample(m["model"], x, iters[m["name"]], device))
+    return times
+
+
+def rows_for(recipe_name: str, models: list[dict], times: dict, batch: int, device) -> list[dict]:
+    base_s, base_macs = statistics.median(times["base"]), models[0]["macs"]
+    rows = []
+    for m in models[1:]:
+        s = times[m["name"]]
+        speedup, reduction = base_s / statistics.median(s), base_macs / m["macs"]
+        rows.append({
+            "model": recipe_name, "device": str(device), "batch": batch, "round_to": m["round_to"],
+            "macs_base_g": base_macs / 1e9, "macs_pruned_g": m["macs"] / 1e9,
+            "ms_base": 1e3 * base_s, "ms_base_range": [1e3 * min(times["base"]), 1e3 * max(times["base"])],
+            "ms_pruned": 1e3 * statistics.median(s), "ms_pruned_range": [1e3 * min(s), 1e3 * max(s)],
+            "macs_reduction": reduction, "speedup": speedup, "efficiency": speedup / reduction,
+        })
+    return rows
+
+
+def draw(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            mine = [r for r in rows if r["model"] == model and r["batch"] == batch]
+            ax.plot([r["round_to"] for r in mine], [r["efficiency"] for r in mine], "o-", label=model)
+        ax.axhline(TARGET, color="grey", ls="--", lw=1, label=f"target {TARGET}")
+        ax.axhline(1.0, color="black", lw=0.5)
+        ax.set(xscale="log", xlabel="round_to", ylabel="speedup / MACs reduction", title=f"batch {batch} ({rows[0]['device']})")
+        ax.set_xticks([1, 2, 8, 16, 32], labels=["1", "2", "8", "16", "32"])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    ap.add_argument("--round-to", nargs="+", type=int, default=[1, 2, 8, 16, 32])
+    ap.add_argument("--repeats", type=int, default=5, help="alternating rounds per batch size")
+    ap.add_argument("--sample-seconds", type=float, default=0.5, help="forward passes per sample fill this long")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
+    print(f"{'model':<12} {'batch':>5} {'round_to':>8} {'GMACs':>13} {'ms base':>9} {'ms pruned':>10} {'speedup':>8} {'MACs x':>7} {'eff':>5}")
+    for name in args.models:
+        models = contenders(name, args.round_to)
+        for batch in args.batches:
+            found = rows_for(name, models, time_all(models, batch, args.repeats, args.sample_seconds, device), batch, device)
+            for r in found:
+                print(f"{name:<12} {batch:>5} {r['round_to']:>8} {r['macs_base_g']:>5.2f}->{r['macs_pruned_g']:<6.3f} "
+                      f"{r['ms_base']:>9.1f} {r['ms_pruned']:>10.1f} {r['speedup']:>7.2f}x {r['macs_reduction']:>6.2f}x {r['efficiency']:>5.2f}", flush=True)
+            rows += found
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "latency.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {"command": " ".join(["python", "benchmarks/latency.py", *sys.argv[1:]]), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(), "target": TARGET}
+    (args.out / "latency.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    draw(rows, args.out / "latency.png")
+    print(f"saved {args.out}/latency.csv, latency.json, latency.png")
+
+
+if __name__ == "__main__":
+    main()
