@@ -364,9 +364,10 @@ def plan(
 
     def outcome(r: Ratios) -> PruningPlan:
         while True:
-            keep = choose(analysis, scores, r, scope, round_to, exclude=gone | whole)
+            fixed = gone | whole
+            keep = choose(analysis, scores, r, scope, round_to, exclude=fixed)
             groups = [
-                GroupPlan(g.id, g.kind, g.signature, g.root, g.channels, 0.0 if g.id in gone | whole else r.for_group(g)[0], keep[g.id], g.owner, g.blocks)
+                GroupPlan(g.id, g.kind, g.signature, g.root, g.channels, 0.0 if g.id in fixed else r.for_group(g)[0], keep[g.id], g.owner, g.blocks)
                 for g in analysis.groups
             ]
             draft = replace(template, ratios=asdict(r), groups=groups)
