@@ -5,6 +5,7 @@
     isoprune.prune(model, isoprune.Ratios(emb=0.5, heads=0.5, head_dim=0.25, mlp=0.5))
     isoprune.save(model, "pruned/deit_s")
     isoprune.finetune("pruned/deit_s", data="/imagenet", epochs=300)
+    isoprune.pretrain("deit_small_patch16_224", data="/imagenet", tokens="simprune", keep_rate=0.8)  # DINO
 """
 __version__ = "0.1.0"
 
@@ -20,6 +21,8 @@ from ._models import create as create_model
 from ._io import load, save
 from ._finetune import run as finetune
 from ._eval import run as evaluate
+from ._ssl import run as pretrain
+from . import tokens
 
 __all__ = [
     "IsopruneError",
@@ -44,6 +47,8 @@ __all__ = [
     "load",
     "finetune",
     "evaluate",
+    "pretrain",
+    "tokens",
     "ALIASES",
     "SCOPES",
     "LABELS",

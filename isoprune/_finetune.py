@@ -55,15 +55,16 @@ class Options:
     force: bool = False
 
 
-def student(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> tuple[nn.Module, dict]:
+def student(source: str, opts: Options, build: dict) -> tuple[nn.Module, dict]:
     """The model to train and the metadata it came with: a directory from ``isoprune prune``
-    (or a previous fine-tune), or a model name (trained whole: its plan removes nothing)."""
-    build = {k: v for k, v in (("drop_path_rate", cfg.drop_path), ("drop_rate", cfg.drop)) if v}
+    (or a previous fine-tune), or a model name (trained whole: its plan removes nothing).
+    ``build`` are timm keyword arguments for training only (drop path), left out of the metadata."""
+    build = {k: v for k, v in build.items() if v}
     path = Path(source)
     if path.is_dir():
         metadata = _io.read_metadata(path)
         if build and metadata["base"]["library"] != "timm":
-            raise IsopruneError("drop path and dropout need a timm model", hint="set drop_path and drop to 0")
+            raise IsopruneError(f"{', '.join(build)} need a timm model", hint="set drop_path and drop to 0")
         model = _io.load(path, build_kwargs=build)
     else:
         from ._plan import plan
@@ -221,7 +222,7 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
         state = None
     env, device = _dist.start(opts.device)
     torch.manual_seed(opts.seed)  # the same random init (a new head, a model trained whole) in every process
-    model, metadata = student(source, opts, cfg)
+    model, metadata = student(source, opts, {"drop_path_rate": cfg.drop_path, "drop_rate": cfg.drop})
     train_loader, val_loader, num_classes = _loaders(opts, cfg, model, env)
     teacher_model = teacher(cfg.teacher, metadata, num_classes) if cfg.distillation != "none" else None
     if teacher_model is not None:
@@ -370,45 +371,37 @@ def _write_epoch(out: Path, judged, model, ema, optimizer, scaler, cfg, opts, me
     tensors = _tensors("model.", model.state_dict())
     if ema is not None:
         tensors.update(_tensors("ema.", ema.module.state_dict()))
+    opt_tensors, opt_header = optimizer_state(optimizer)
+    header = {
+        "epoch": history[-1]["epoch"], "updates": updates, "history": history, "best": best,
+        "finetune": asdict(cfg), "options": asdict(opts), "scaler": scaler.state_dict() if scaler is not None else None, **opt_header,
+    }
+    write_checkpoint(out, {**tensors, **opt_tensors}, header)
+    _write_metrics(out, history)
+
+
+def write_checkpoint(out: Path, tensors: dict[str, torch.Tensor], header: dict) -> None:
+    """One safetensors file with the header as metadata; the old checkpoint stays whole until the rename."""
+    blob = safetensors.torch.save(tensors, metadata={"isoprune": json.dumps(header)})
+    temporary = out / f".{CHECKPOINT}.tmp"
+    temporary.write_bytes(blob)
+    os.replace(temporary, out / CHECKPOINT)
+
+
+def optimizer_state(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimiser's state as tensors (``optimizer.INDEX.KEY``) and a JSON-able header part."""
     opt_state = optimizer.state_dict()
-    scalars = {}
+    tensors, scalars = {}, {}
     for index, per_param in opt_state["state"].items():
         for key, value in per_param.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous().clone()
             else:
                 scalars[f"{index}.{key}"] = value
-    header = {
-        "epoch": history[-1]["epoch"], "updates": updates, "history": history, "best": best,
-        "finetune": asdict(cfg), "options": asdict(opts), "param_groups": opt_state["param_groups"],
-        "optimizer_scalars": scalars, "scaler": scaler.state_dict() if scaler is not None else None,
-    }
-    blob = safetensors.torch.save(tensors, metadata={"isoprune": json.dumps(header)})
-    temporary = out / f".{CHECKPOINT}.tmp"
-    temporary.write_bytes(blob)
-    os.replace(temporary, out / CHECKPOINT)  # the old checkpoint stays whole until this rename
-    _write_metrics(out, history)
+    return tensors, {"param_groups": opt_state["param_groups"], "optimizer_scalars": scalars}
 
 
-def _read_checkpoint(out: Path) -> tuple[dict, _recipes.FinetuneConfig]:
-    """The saved state and the config it was trained with (a resumed run keeps it)."""
-    path = out / CHECKPOINT
-    if not path.is_file():
-        raise IsopruneError(f"nothing to resume: no {CHECKPOINT} in {out}", hint="start without --resume, or give the --out of an earlier run")
-    try:
-        with safetensors.safe_open(str(path), "pt") as f:
-            header = json.loads(f.metadata()["isoprune"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise IsopruneError(f"cannot read {path}: {exc}", hint="the checkpoint is damaged; start again with --force") from exc
-    return {"header": header, "tensors": tensors}, _recipes.build(_recipes.FinetuneConfig, header["finetune"], "finetune")
-
-
-def _restore(state: dict, model, ema, optimizer, scaler) -> tuple[int, int, list, dict]:
-    header, tensors = state["header"], state["tensors"]
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema is not None:
-        ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], header: dict) -> None:
     per_param: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -418,6 +411,36 @@ def _restore(state: dict, model, ema, optimizer, scaler) -> tuple[int, int, list
         index, name = key.split(".", 1)
         per_param.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": header["param_groups"]})
+
+
+def _read_checkpoint(out: Path) -> tuple[dict, _recipes.FinetuneConfig]:
+    """The saved state and the config it was trained with (a resumed run keeps it)."""
+    state = read_checkpoint_file(out)
+    if "finetune" not in state["header"]:
+        raise IsopruneError(f"{out / CHECKPOINT} is a self-supervised checkpoint, not a fine-tuning one", hint="resume it with isoprune ssl")
+    return state, _recipes.build(_recipes.FinetuneConfig, state["header"]["finetune"], "finetune")
+
+
+def read_checkpoint_file(out: Path) -> dict:
+    """The header and tensors of ``out``'s checkpoint, or one error saying why there are none."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise IsopruneError(f"nothing to resume: no {CHECKPOINT} in {out}", hint="start without --resume, or give the --out of an earlier run")
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            header = json.loads(f.metadata()["isoprune"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise IsopruneError(f"cannot read {path}: {exc}", hint="the checkpoint is damaged; start again with --force") from exc
+    return {"header": header, "tensors": tensors}
+
+
+def _restore(state: dict, model, ema, optimizer, scaler) -> tuple[int, int, list, dict]:
+    header, tensors = state["header"], state["tensors"]
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    load_optimizer_state(optimizer, tensors, header)
     if scaler is not None and header["scaler"]:
         scaler.load_state_dict(header["scaler"])
     return header["epoch"], header["updates"], header["history"], header["best"]

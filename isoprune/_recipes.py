@@ -82,6 +82,53 @@ class FinetuneConfig:
 
 
 @dataclass
+class SSLConfig:
+    """Self-supervised pre-training (DINO) with token reduction; names follow DINO's ``main_dino.py``.
+
+    ``batch_size`` is the global batch; ``lr`` is for a batch of 256 and scales linearly. Schedules
+    are per step: lr (warm-up, then cosine to ``min_lr``), weight decay (cosine from
+    ``weight_decay`` to ``weight_decay_end``), teacher momentum (cosine from ``momentum_teacher``
+    to 1), teacher temperature (linear warm-up, then constant). ``tokens`` is ``none``,
+    ``simprune``, ``evit`` or ``tome``, at ``keep_rate`` in blocks ``token_blocks`` (default
+    depth/4, depth/2, 3*depth/4) of both student and teacher; ``replay`` makes the student drop
+    what the teacher dropped (SimPrune). Local crops are never reduced."""
+
+    method: str = "dino"
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996
+    clip_grad: float | None = 3.0
+    freeze_last_layer: int = 1
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = True
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    global_crops_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_crops_number: int = 0
+    local_crops_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    local_crops_size: int | None = None  # default: 96/224 of the global size, in whole patches
+    drop_path: float = 0.1
+    tokens: str = "simprune"
+    keep_rate: float = 0.8
+    token_blocks: list[int] | None = None
+    token_warmup: float = 0.0
+    replay: bool = False
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    amp: bool = True
+
+
+@dataclass
 class PaperResult:
     """What the paper reports for this configuration (None where it gives no figure)."""
 
@@ -98,6 +145,7 @@ class Recipe:
     paper: PaperResult = field(default_factory=PaperResult)
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -102,3 +102,26 @@ def draw_curves(history: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def draw_ssl_curves(history: list[dict], path: Path) -> Path:
+    """curves.png of a self-supervised run: DINO loss (left) and k-NN top-1 where measured (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(11, 4))
+    loss.plot(epochs, [r["train_loss"] for r in history], "o-")
+    loss.set(xlabel="epoch", ylabel="DINO loss", title="loss")
+    measured = [(r["epoch"], r["knn_top1"]) for r in history if "knn_top1" in r]
+    if measured:
+        acc.plot(*zip(*measured), "o-")
+    acc.set(xlabel="epoch", ylabel="k-NN top-1 (%)", title="k-NN accuracy (teacher, unreduced)")
+    for ax in (loss, acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

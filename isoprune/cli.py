@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import types
 import typing
 from dataclasses import fields, replace
 from pathlib import Path
@@ -90,7 +91,24 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
     f.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    _finetune_flags(f)
+    _config_flags(f, _recipes.FinetuneConfig)
+
+    s = sub.add_parser("ssl", help="self-supervised pre-training of a ViT (DINO) with token reduction (SimPrune, EViT, ToMe); torchrun for many processes")
+    s.add_argument("path", nargs="?", help="a directory written by isoprune prune (a width-pruned ViT)")
+    s.add_argument("--model", help="a timm ViT by name (deit_small_patch16_224, vit_base_patch16_224 ...)")
+    s.add_argument("--weights", help="for --model: none (default: DINO starts from scratch), pretrained, or a checkpoint PATH")
+    s.add_argument("--data", required=True, help="ImageFolder root with train/ (and val/ for k-NN accuracy each epoch)")
+    s.add_argument("--recipe", help="recipe YAML or name whose ssl section gives the defaults")
+    s.add_argument("--input-size", type=int, help="square size of the global crops (default: the model's)")
+    s.add_argument("--out", help="output directory (default: ssl/NAME-METHOD-TOKENS)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--stop-after", type=int, help="end this run after N epochs (continue later with --resume)")
+    s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    s.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
+    s.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _config_flags(s, _recipes.SSLConfig)
 
     e = sub.add_parser("eval", help="top-1/top-5, loss, MACs, params, latency and throughput")
     e.add_argument("path", nargs="?", help="a directory written by isoprune prune or finetune")
@@ -114,14 +132,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _finetune_flags(parser) -> None:
-    """One flag per ``FinetuneConfig`` field (``--lr``, ``--drop-path``, ``--no-amp`` ...): the recipe's
-    value unless given."""
-    hints = typing.get_type_hints(_recipes.FinetuneConfig)
-    for f in fields(_recipes.FinetuneConfig):
+def _config_flags(parser, cls) -> None:
+    """One flag per field of the config dataclass (``--lr``, ``--drop-path``, ``--no-amp`` ...): the
+    recipe's value unless given."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
-        options = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+        options = [a for a in typing.get_args(kind) if a is not type(None)] if union else [kind]
         base = typing.get_origin(options[0]) or options[0]
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
@@ -217,6 +236,22 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_ssl(args) -> int:
+    from ._finetune import Options
+    from ._ssl import run
+
+    given = {**_given(args, Options), **_given(args, _recipes.SSLConfig)}
+    settings = {k: v for k, v in given.items() if k not in ("data", "out")}
+    result = run(_source(args), args.data, args.out, recipe=args.recipe, **settings)
+    if int(os.environ.get("RANK", 0)) == 0:
+        last = result["last"]
+        text = f"wrote {result['out']}/ (backbone/, checkpoint.safetensors, metrics.csv, curves.png)"
+        if last and "knn_top1" in last:
+            text = f"epoch {last['epoch']}: DINO loss {last['train_loss']:.4f}, k-NN top-1 {last['knn_top1']:.2f}%\n" + text
+        _emit(text, result, args.json)
+    return 0
+
+
 def cmd_eval(args) -> int:
     from ._eval import run
 
@@ -269,7 +304,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         args = _parser().parse_args(argv)
-        commands = {"prune": cmd_prune, "finetune": cmd_finetune, "eval": cmd_eval, "inspect": cmd_inspect}
+        commands = {"prune": cmd_prune, "finetune": cmd_finetune, "ssl": cmd_ssl, "eval": cmd_eval, "inspect": cmd_inspect}
         return commands[args.command](args)
     except IsopruneError as err:
         print(f"isoprune: error: {err}", file=sys.stderr)

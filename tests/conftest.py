@@ -1,4 +1,8 @@
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -81,3 +85,23 @@ def digits_batches():
     x = nn.functional.interpolate(x, size=32, mode="bilinear").repeat(1, 3, 1, 1)
     y = torch.tensor(data.target)
     return [(x[i : i + 32], y[i : i + 32]) for i in range(0, 128, 32)]
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """benchmarks/data/make_digits.py's ImageFolder: 1437 train / 360 val real digits, 32x32 RGB."""
+    out = tmp_path_factory.mktemp("data") / "digits"
+    script = Path(__file__).resolve().parents[1] / "benchmarks/data/make_digits.py"
+    done = subprocess.run([sys.executable, script, "--out", out], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(list((out / "train").glob("*/*.png"))) == 1437 and len(list((out / "val").glob("*/*.png"))) == 360
+    return out
+
+
+def torchrun(*args, processes=2):
+    """`python ARGS` (one process) or `torchrun --nproc_per_node N ARGS`, which must succeed."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    done = subprocess.run([*launch, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done

@@ -1,9 +1,6 @@
 """Fine-tuning and evaluation end to end on real data: scikit-learn's handwritten digits."""
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -12,7 +9,8 @@ import torch
 import isoprune
 from isoprune import _finetune, cli
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import torchrun
+
 SIZE = ["--input-size", "32"]
 
 
@@ -20,16 +18,6 @@ def run_cli(capsys, *argv):
     code = cli.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """benchmarks/data/make_digits.py's ImageFolder: 1437 train / 360 val real digits, 32x32 RGB."""
-    out = tmp_path_factory.mktemp("data") / "digits"
-    done = subprocess.run([sys.executable, ROOT / "benchmarks/data/make_digits.py", "--out", out], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert len(list((out / "train").glob("*/*.png"))) == 1437 and len(list((out / "val").glob("*/*.png"))) == 360
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -113,21 +101,12 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(capsys, tmp_p
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())[-1]["epoch"] == 3
 
 
-def _torchrun(*args, processes=2):
-    """`python ARGS` (one process) or `torchrun --nproc_per_node N ARGS`, which must succeed."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    launch = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    done = subprocess.run([*launch, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done
-
-
 def test_two_processes_train_what_one_does(tmp_path, digits):
     """torchrun with 2 CPU processes (gloo), same global batch: the same final weights."""
     args = ["-m", "isoprune.cli", "finetune", "--model", "test_convnext", "--weights", "none", "--num-classes", "10", "--data",
             digits, *SIZE, "--epochs", "2", "--batch-size", "32", "--opt", "sgd", "--lr", "0.05", "--no-augment", "--teacher", "none"]
-    _torchrun(*args, "--out", tmp_path / "one", processes=1)
-    _torchrun(*args, "--out", tmp_path / "two")
+    torchrun(*args, "--out", tmp_path / "one", processes=1)
+    torchrun(*args, "--out", tmp_path / "two")
     a, b = _weights(tmp_path / "one" / "last"), _weights(tmp_path / "two" / "last")
     assert a.keys() == b.keys()
     for key in a:
@@ -195,7 +174,7 @@ def test_calibration_spread_over_processes_is_the_single_process_mean(tmp_path, 
     script = tmp_path / "calibrate.py"
     script.write_text(CALIBRATE)
     for processes in (1, 2):
-        _torchrun(script, trained / "best", digits, tmp_path / f"{processes}.safetensors", processes=processes)
+        torchrun(script, trained / "best", digits, tmp_path / f"{processes}.safetensors", processes=processes)
     one, two = (safetensors.torch.load_file(str(tmp_path / f"{n}.safetensors")) for n in (1, 2))
     assert one.keys() == two.keys() and any(t.abs().sum() > 0 for t in one.values())
     for key in one:
@@ -214,8 +193,8 @@ def test_calibration_images_come_at_the_pruning_input_size(digits, trained):
 def test_taylor_prune_under_torchrun_plans_what_one_process_does(tmp_path, digits, trained):
     args = ["-m", "isoprune.cli", "prune", "--model", "test_resnet", "--num-classes", "10", "--weights", trained / "best",
             "--importance", "taylor", "--data", digits, "--calib-batches", "6", "--batch-size", "16", "--ratios", "0.4", *SIZE]
-    _torchrun(*args, "--out", tmp_path / "one", processes=1)
-    two = _torchrun(*args, "--out", tmp_path / "two", "--json")
+    torchrun(*args, "--out", tmp_path / "one", processes=1)
+    two = torchrun(*args, "--out", tmp_path / "two", "--json")
     assert len([line for line in two.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 alone reports
     assert (tmp_path / "one" / "plan.yaml").read_text() == (tmp_path / "two" / "plan.yaml").read_text()
 

@@ -1,0 +1,132 @@
+"""isoprune ssl: DINO with token reduction, end to end on the digits, and its parts."""
+import json
+
+import numpy as np
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+import isoprune
+from isoprune import _recipes, _ssl, cli, tokens
+
+from conftest import torchrun
+
+FAST = ["--epochs", "2", "--batch-size", "128", "--out-dim", "256", "--hidden-dim", "128", "--bottleneck-dim", "32",
+        "--warmup-epochs", "1", "--lr", "0.002", "--local-crops-number", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    """A 4-block ViT for 32x32 digits (8x8 patches of 4 pixels), saved as an isoprune model directory."""
+    torch.manual_seed(0)
+    model = isoprune.create_model("vit_tiny_patch16_224", "none", num_classes=10, img_size=32, patch_size=4, embed_dim=48,
+                                  depth=4, num_heads=3)
+    isoprune.prune(model, 0.0)
+    return isoprune.save(model, tmp_path_factory.mktemp("models") / "tiny_vit")
+
+
+def run_cli(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_ssl_trains_writes_a_usable_backbone_and_resumes_exactly(capsys, tmp_path, digits, tiny_vit):
+    code, out, err = run_cli(capsys, "ssl", tiny_vit, "--data", digits, *FAST, "--tokens", "simprune", "--keep-rate", "0.7",
+                             "--out", tmp_path / "full", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    rows = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["train_loss"]) and 0 <= r["knn_top1"] <= 100 for r in rows)
+    assert result["last"]["keep_rate"] == 0.7
+    for name in ("checkpoint.safetensors", "config.yaml", "curves.png", "metrics.csv", "backbone/model.safetensors"):
+        assert (tmp_path / "full" / name).is_file(), name
+    # the backbone is the teacher's, a plain timm ViT that fine-tuning and eval can load
+    backbone = isoprune.load(tmp_path / "full" / "backbone")
+    assert tokens.pruner_of(backbone) is None and all("forward" not in b.__dict__ for b in backbone.blocks)
+    saved = safetensors.torch.load_file(str(tmp_path / "full" / "checkpoint.safetensors"))
+    for key, value in backbone.state_dict().items():
+        torch.testing.assert_close(value, saved[f"teacher.backbone.{key}"], rtol=0, atol=0)
+    # two epochs at once, or one and a resumed one: the same weights
+    assert run_cli(capsys, "ssl", tiny_vit, "--data", digits, *FAST, "--tokens", "simprune", "--keep-rate", "0.7",
+                   "--out", tmp_path / "split", "--stop-after", "1")[0] == 0
+    assert run_cli(capsys, "ssl", tiny_vit, "--data", digits, "--out", tmp_path / "split", "--resume")[0] == 0
+    resumed = safetensors.torch.load_file(str(tmp_path / "split" / "checkpoint.safetensors"))
+    assert resumed.keys() == saved.keys()
+    for key in saved:
+        torch.testing.assert_close(resumed[key], saved[key], rtol=0, atol=0, msg=key)
+
+
+def test_ssl_from_a_timm_name_without_token_reduction(capsys, tmp_path, digits):
+    code, out, err = run_cli(capsys, "ssl", "--model", "test_vit", "--data", digits, "--input-size", "32", *FAST,
+                             "--epochs", "1", "--tokens", "none", "--local-crops-number", "0", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "k-NN top-1" in out and (tmp_path / "run" / "backbone" / "isoprune.json").is_file()
+
+
+def test_ssl_under_torchrun_with_replayed_choices(tmp_path, digits, tiny_vit):
+    """Two CPU processes (gloo): DDP around the reduced student, the centre all-reduced."""
+    done = torchrun("-m", "isoprune.cli", "ssl", tiny_vit, "--data", digits, *FAST, "--epochs", "1", "--tokens", "simprune",
+                    "--replay", "--out", tmp_path / "two", "--json")
+    assert len([line for line in done.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 alone reports
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())[0]["epoch"] == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tokens", "fast"], "unknown token method"),
+    (["--keep-rate", "1.5"], "keep rate 1.5"),
+    (["--method", "byol"], "unknown self-supervised method"),
+    (["--batch-size", "4096"], "fewer than one batch"),
+    (["--resume"], "nothing to resume"),
+])
+def test_bad_ssl_input_is_one_line_and_exit_2(capsys, tmp_path, digits, tiny_vit, argv, message):
+    code, _, err = run_cli(capsys, "ssl", tiny_vit, "--data", digits, "--out", tmp_path / "run", *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_ssl_needs_a_vit(capsys, tmp_path, digits):
+    code, _, err = run_cli(capsys, "ssl", "--model", "test_resnet", "--data", digits, "--out", tmp_path / "run")
+    assert code == 2 and "VisionTransformer" in err, err
+
+
+def test_ssl_leaves_a_non_empty_out_alone(capsys, tmp_path, digits, tiny_vit):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.txt").write_text("keep")
+    code, _, err = run_cli(capsys, "ssl", tiny_vit, "--data", digits, "--out", tmp_path / "run")
+    assert code == 2 and "not empty" in err
+    assert (tmp_path / "run" / "mine.txt").read_text() == "keep"
+
+
+def test_dino_loss_pairs_each_teacher_view_with_the_other_student_views():
+    cfg = _recipes.SSLConfig(epochs=2, out_dim=8, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=1)
+    loss = _ssl.DINOLoss(8, cfg, steps_per_epoch=3)
+    assert loss.teacher_temp[0] == pytest.approx(0.04) and loss.teacher_temp[2] == pytest.approx(0.07) and len(loss.teacher_temp) == 6
+    torch.manual_seed(0)
+    teacher, student = torch.randn(4, 8), torch.randn(8, 8)  # 2 global views of 2 images; 2 local crops
+    got = loss(student, teacher, step=5)
+    t = torch.softmax(teacher / 0.07, -1).chunk(2)
+    s = torch.log_softmax(student / 0.1, -1).chunk(4)
+    pairs = [-(t[i] * s[j]).sum(-1).mean() for i in range(2) for j in range(4) if i != j]
+    torch.testing.assert_close(got, torch.stack(pairs).mean())
+    torch.testing.assert_close(loss.center, 0.1 * teacher.mean(0, keepdim=True))
+
+
+def test_knn_finds_the_class_of_separable_features():
+    class Features(torch.nn.Module):
+        def forward_features(self, x):
+            return x
+
+        def forward_head(self, x, pre_logits=False):
+            return x
+
+    labels = torch.arange(40) % 4
+    points = torch.nn.functional.one_hot(labels, 4).float() + 0.05 * torch.randn(40, 4)
+    loader = [(points, labels)]
+    assert _ssl.knn_top1(Features(), loader, loader, torch.device("cpu"), k=5) == 100.0
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    values = _ssl.cosine(1.0, 0.1, steps=10, warmup_steps=4)
+    assert len(values) == 10 and values[0] == 0.0 and values[3] == 1.0 and values[4] == 1.0
+    assert np.all(np.diff(values[4:]) < 0) and values[-1] > 0.1
