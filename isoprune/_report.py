@@ -79,6 +79,17 @@ def _importance(ax, pruning: PruningPlan, scores) -> None:
     ax.set_title("importance per isomorphic group: kept (blue) vs removed (red)")
 
 
+def _save(fig, axes, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def draw_curves(history: list[dict], path: Path) -> Path:
     """curves.png: train and val loss (left), val top-1 and top-5 (right), against the epoch."""
     import matplotlib
@@ -96,12 +107,7 @@ def draw_curves(history: list[dict], path: Path) -> Path:
     acc.plot(epochs, [r["top5"] for r in history], "o-", label="top-5")
     acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
     acc.legend()
-    for ax in (loss, acc):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, (loss, acc), path)
 
 
 def draw_ssl_curves(history: list[dict], path: Path) -> Path:
@@ -119,9 +125,4 @@ def draw_ssl_curves(history: list[dict], path: Path) -> Path:
     if measured:
         acc.plot(*zip(*measured), "o-")
     acc.set(xlabel="epoch", ylabel="k-NN top-1 (%)", title="k-NN accuracy (teacher, unreduced)")
-    for ax in (loss, acc):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, (loss, acc), path)

@@ -240,8 +240,12 @@ def _schedules(cfg: _recipes.SSLConfig, steps_per_epoch: int) -> dict[str, np.nd
 
 
 def _optimizer(student: Branch) -> torch.optim.Optimizer:
-    decayed = [p for n, p in student.named_parameters() if p.requires_grad and p.ndim > 1 and not n.endswith(".original0")]
-    plain = [p for n, p in student.named_parameters() if p.requires_grad and not (p.ndim > 1 and not n.endswith(".original0"))]
+    """AdamW; weight decay (scheduled per step) on weight matrices only: not on biases, norms, or
+    the last layer's weight-norm gain."""
+    decayed, plain = [], []
+    for name, p in student.named_parameters():
+        if p.requires_grad:
+            (plain if p.ndim <= 1 or name.endswith(".original0") else decayed).append(p)
     return torch.optim.AdamW([{"params": decayed}, {"params": plain, "weight_decay": 0.0}])
 
 

@@ -83,14 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--recipe", help="recipe YAML or name whose finetune section gives the defaults (default: the one the model was pruned with)")
     f.add_argument("--num-classes", type=int, help="give the model a new head for this many classes")
     f.add_argument("--input-size", type=int, help="square input resolution (default: the model's)")
-    f.add_argument("--out", help="output directory (default: finetuned/NAME)")
-    f.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    f.add_argument("--stop-after", type=int, help="end this run after N epochs (continue later with --resume)")
-    f.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    f.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
-    f.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _training_flags(f, "finetuned/NAME")
     _config_flags(f, _recipes.FinetuneConfig)
 
     s = sub.add_parser("ssl", help="self-supervised pre-training of a ViT (DINO) with token reduction (SimPrune, EViT, ToMe); torchrun for many processes")
@@ -100,14 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="ImageFolder root with train/ (and val/ for k-NN accuracy each epoch)")
     s.add_argument("--recipe", help="recipe YAML or name whose ssl section gives the defaults")
     s.add_argument("--input-size", type=int, help="square size of the global crops (default: the model's)")
-    s.add_argument("--out", help="output directory (default: ssl/NAME-METHOD-TOKENS)")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.add_argument("--stop-after", type=int, help="end this run after N epochs (continue later with --resume)")
-    s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    s.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
-    s.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _training_flags(s, "ssl/NAME-METHOD-TOKENS")
     _config_flags(s, _recipes.SSLConfig)
 
     e = sub.add_parser("eval", help="top-1/top-5, loss, MACs, params, latency and throughput")
@@ -130,6 +116,18 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--input-size", type=int)
     i.add_argument("--json", action="store_true")
     return parser
+
+
+def _training_flags(parser, default_out: str) -> None:
+    """How a training command runs (the ``Options`` fields), shared by finetune and ssl."""
+    parser.add_argument("--out", help=f"output directory (default: {default_out})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--stop-after", type=int, help="end this run after N epochs (continue later with --resume)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 
 def _config_flags(parser, cls) -> None:

@@ -133,6 +133,8 @@ class TokenPruner:
     def keep_rate(self) -> float:
         """The keep rate now: ``config.keep_rate`` after the warm-up, falling from 1 during it."""
         cfg, p = self.config, min(max(self.progress, 0.0), 1.0)
+        if cfg.method == "none":
+            return 1.0
         if cfg.warmup <= 0 or p >= cfg.warmup:
             return cfg.keep_rate
         return cfg.keep_rate + (1 - cfg.keep_rate) * 0.5 * (1 + math.cos(math.pi * p / cfg.warmup))
