@@ -115,9 +115,10 @@ def knn(features_train, labels_train, features_val, labels_val, k: int = 20, tem
 
 
 def class_features(model, images: torch.Tensor) -> torch.Tensor:
-    model.eval()
+    from isoprune import _ssl
+
     with torch.no_grad():
-        return model.forward_head(model.forward_features(images), pre_logits=True)
+        return _ssl.class_features(model.eval(), images)
 
 
 def dino(method: str, keep: float, seed: int, root: Path, work: Path, epochs: int) -> float:

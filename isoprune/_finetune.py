@@ -341,19 +341,20 @@ def optimization(model: nn.Module, cfg, updates_per_epoch: int):
     return optimizer, scheduler
 
 
-def _step(loss, optimizer, scaler, model, clip_grad) -> None:
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        if clip_grad:
+def _step(loss, optimizer, scaler, model, clip_grad, frozen=()) -> None:
+    """Backward, clip (unscaled), drop the gradients of ``frozen`` parameters, step."""
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if clip_grad:
+        if scaler is not None:
             scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    for p in frozen:
+        p.grad = None
+    if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
-        return
-    loss.backward()
-    if clip_grad:
-        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    optimizer.step()
+    else:
+        optimizer.step()
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

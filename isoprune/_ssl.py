@@ -18,7 +18,6 @@ import copy
 import json
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -64,16 +63,17 @@ class Branch(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
-
     def forward(self, views: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.features(views)
+        out = class_features(self.backbone, views)
         if local is not None:
-            pruner = tokens.pruner_of(self.backbone)
-            with pruner.paused() if pruner is not None else nullcontext():
-                out = torch.cat([out, self.features(local)])
+            with tokens.paused(self.backbone):
+                out = torch.cat([out, class_features(self.backbone, local)])
         return self.head(out)
+
+
+def class_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The ViT's pooled features before its classifier (the class token, normed)."""
+    return backbone.forward_head(backbone.forward_features(x), pre_logits=True)
 
 
 class DINOLoss(nn.Module):
@@ -109,12 +109,12 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch / count, alpha=1 - self.center_momentum)
 
 
-def cosine(base: float, final: float, steps: int, warmup_steps: int = 0, start: float = 0.0) -> np.ndarray:
-    """Per-step values: linear from ``start`` to ``base`` over the warm-up, then cosine to ``final``."""
+def cosine(base: float, final: float, steps: int, warmup_steps: int = 0) -> np.ndarray:
+    """Per-step values: linear from 0 to ``base`` over the warm-up, then cosine to ``final``."""
     warmup_steps = min(warmup_steps, steps)
     rest = np.arange(steps - warmup_steps)
     decay = final + 0.5 * (base - final) * (1 + np.cos(np.pi * rest / max(len(rest), 1)))
-    return np.concatenate([np.linspace(start, base, warmup_steps), decay])
+    return np.concatenate([np.linspace(0.0, base, warmup_steps), decay])
 
 
 class MultiCrop:
@@ -185,14 +185,12 @@ def knn_top1(backbone: nn.Module, train_loader, val_loader, device, k: int = 20,
         feats, labels = [], []
         with torch.no_grad():
             for images, targets in tqdm(_data.readable(loader), desc="k-NN features", total=len(loader), leave=False):
-                out = backbone.forward_head(backbone.forward_features(images.to(device)), pre_logits=True)
-                feats.append(F.normalize(out.float(), dim=-1))
+                feats.append(F.normalize(class_features(backbone, images.to(device)).float(), dim=-1))
                 labels.append(targets.to(device))
         return torch.cat(feats), torch.cat(labels)
 
     backbone.eval()
-    pruner = tokens.pruner_of(backbone)
-    with pruner.paused() if pruner is not None else nullcontext():
+    with tokens.paused(backbone):
         bank, bank_labels = features(train_loader)
         queries, truth = features(val_loader)
     classes = num_classes or int(bank_labels.max()) + 1
@@ -322,19 +320,9 @@ def _step(trained, teacher, criterion, optimizer, scaler, cast, schedule, cfg, v
         raise IsopruneError(f"the loss is {loss.item()} at epoch {epoch + 1}", hint="lower --lr, or set --clip-grad")
     optimizer.zero_grad(set_to_none=True)
     student = trained.module if hasattr(trained, "module") else trained
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    if cfg.clip_grad:
-        nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
-    if epoch < cfg.freeze_last_layer:
-        for p in student.head.last_layer.parameters():
-            p.grad = None  # DINO keeps the output layer fixed at first, which steadies training
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    # DINO keeps the output layer fixed at first, which steadies training
+    frozen = student.head.last_layer.parameters() if epoch < cfg.freeze_last_layer else ()
+    _finetune._step(loss, optimizer, scaler, student, cfg.clip_grad, frozen)
     with torch.no_grad():
         m = float(schedule["momentum"][step])
         for s, t in zip(student.parameters(), teacher.parameters()):
@@ -345,10 +333,9 @@ def _step(trained, teacher, criterion, optimizer, scaler, cast, schedule, cfg, v
 # -- checkpoints ---------------------------------------------------------------------------------
 
 def _write_epoch(out: Path, student, teacher, criterion, optimizer, scaler, cfg, opts, metadata, history) -> None:
-    backbone = copy.deepcopy(teacher.backbone)
-    tokens.remove(backbone)  # the saved backbone is a plain timm model
     extra = {"config": metadata.get("config"), "ssl": asdict(cfg), "epoch": history[-1]["epoch"], "metrics": history[-1]}
-    _io.save(backbone, out / "backbone", plan=student.backbone.isoprune_plan, base=student.backbone.isoprune_base, overwrite=True, extra=extra)
+    # token reduction adds no state, so the teacher's weights save (and reload) as a plain timm ViT
+    _io.save(teacher.backbone, out / "backbone", plan=student.backbone.isoprune_plan, base=student.backbone.isoprune_base, overwrite=True, extra=extra)
     tensors = {**_finetune._tensors("student.", student.state_dict()), **_finetune._tensors("teacher.", teacher.state_dict()),
                **_finetune._tensors("loss.", criterion.state_dict())}
     opt_tensors, opt_header = _finetune.optimizer_state(optimizer)

@@ -48,6 +48,7 @@ from timm.models.vision_transformer import Block, ResPostBlock, VisionTransforme
 from ._errors import IsopruneError
 
 METHODS = ("none", "simprune", "evit", "tome")
+_READS_QKV = ("evit", "tome")  # methods that read the attention's fused q/k/v projection
 
 # the two residual branches of a block type: attention(block, x, bias) and mlp(block, x)
 _Branches = tuple[Callable[[nn.Module, Tensor, Tensor | None], Tensor], Callable[[nn.Module, Tensor], Tensor]]
@@ -167,13 +168,11 @@ class TokenPruner:
     def reduce(self, site: _Site, x: Tensor) -> Tensor:
         patches = x.shape[1] - self.prefix
         keep = math.ceil(self.keep_rate * patches - 1e-6)
-        self.sizes[site.index] = self.sizes.get(site.after) if site.after is not None else None
-        if keep >= patches:
-            site.qkv = None
-            return x
-        out = _REDUCE[self.config.method](self, site, x, keep)
+        self.sizes[site.index] = self.sizes.get(site.after)  # what a merge here replaces
+        if keep < patches:
+            x = _REDUCE[self.config.method](self, site, x, keep)
         site.qkv = None
-        return out
+        return x
 
 
 def _forward(self: nn.Module, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -303,7 +302,7 @@ def apply(model: nn.Module, method: str | TokenConfig = "simprune", keep_rate: f
         site = _Site(pruner, i, i in reducing, earlier[-1] if earlier else None, block.attn)
         block._isoprune_tokens = site
         block.forward = types.MethodType(_forward, block)
-        if site.reduces and config.method in ("evit", "tome"):
+        if site.reduces and config.method in _READS_QKV:
             block.attn.qkv.register_forward_hook(site.capture)
     vit._isoprune_tokens = pruner
     return pruner
@@ -317,7 +316,7 @@ def _check_blocks(blocks: list[nn.Module], reducing: tuple[int, ...], config: To
     if config.method == "evit" and vit.num_prefix_tokens < 1:
         raise IsopruneError("EViT ranks tokens by the class token's attention, and this model has no class token",
                             hint="use simprune or tome")
-    if config.method in ("evit", "tome"):
+    if config.method in _READS_QKV:
         for i in reducing:
             attn = blocks[i].attn
             if not (isinstance(getattr(attn, "qkv", None), nn.Linear) and hasattr(attn, "num_heads") and hasattr(attn, "head_dim")):
@@ -336,6 +335,12 @@ def remove(model: nn.Module) -> None:
             for key in [k for k, hook in qkv._forward_hooks.items() if getattr(hook, "__self__", None) is site]:
                 del qkv._forward_hooks[key]
     vit.__dict__.pop("_isoprune_tokens", None)
+
+
+def paused(model: nn.Module):
+    """A context in which ``model`` runs unreduced; a no-op for a model without token reduction."""
+    pruner = pruner_of(model)
+    return pruner.paused() if pruner is not None else contextlib.nullcontext()
 
 
 def pruner_of(model: nn.Module) -> TokenPruner | None:

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import safetensors.torch
-import timm
 import torch
 
 import isoprune
