@@ -304,7 +304,7 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
             _write_epoch(out, student, teacher, criterion, optimizer, scaler, cfg, opts, metadata, history)
         env.barrier()
     _dist.stop(env)
-    return {"epochs": len(history), "last": history[-1] if history else None, "out": str(out)}
+    return {"epochs": len(history), "tokens": cfg.tokens, "last": history[-1] if history else None, "out": str(out)}
 
 
 def _step(trained, teacher, criterion, optimizer, scaler, cast, schedule, cfg, views, local, step: int, epoch: int) -> float:

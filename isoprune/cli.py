@@ -244,8 +244,10 @@ def cmd_ssl(args) -> int:
     if int(os.environ.get("RANK", 0)) == 0:
         last = result["last"]
         text = f"wrote {result['out']}/ (backbone/, checkpoint.safetensors, metrics.csv, curves.png)"
-        if last and "knn_top1" in last:
-            text = f"epoch {last['epoch']}: DINO loss {last['train_loss']:.4f}, k-NN top-1 {last['knn_top1']:.2f}%\n" + text
+        if last:
+            knn = f", k-NN top-1 {last['knn_top1']:.2f}%" if "knn_top1" in last else ""
+            text = (f"epoch {last['epoch']} with token reduction {result['tokens']} (keep rate {last['keep_rate']:.2f}): "
+                    f"DINO loss {last['train_loss']:.4f}{knn}\n" + text)
         _emit(text, result, args.json)
     return 0
 
