@@ -9,11 +9,13 @@ reduction at its default blocks (1, 2, 3).
 
 (a) Supervised: every step sees two augmented views (random shifts of up to 3 pixels) of the same
     64 images, stacked [A; B] as SimPrune needs; all methods train on the same batches. Trained
-    with each method at ``--keep-rate`` and without, then evaluated unreduced on val (top-1).
+    with each method at ``--keep-rate`` (EViT also with a keep-rate warm-up over the first 10%;
+    dynamic SimPrune with its learned gate and no set rate) and without, then evaluated unreduced
+    on val (top-1). The share of patch tokens kept, measured in the last training step, is reported.
 (b) DINO (``isoprune.pretrain``, two global views plus two local crops): with SimPrune at
-    ``--keep-rate`` and without, on the same seeds; k-NN top-1 (k=20, the teacher's class token,
-    unreduced) on val with train as the bank. Beside them: the same k-NN on the randomly
-    initialised ViT and on raw pixels.
+    ``--keep-rate``, dynamic SimPrune, and without, on the same seeds; k-NN top-1 (k=20, the
+    teacher's class token, unreduced) on val with train as the bank. Beside them: the same k-NN on
+    the randomly initialised ViT and on raw pixels.
 
 Reports mean +- std over seeds, whatever it shows. Writes ``results/tokens_digits.csv``,
 ``tokens_digits.json`` (with the command) and ``tokens_digits.png``.
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 RESULTS = Path(__file__).parent / "results"
 HERE = Path(__file__).parent
 VIT = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, num_classes=10)
+DINO = dict(batch_size=128, lr=2e-3, warmup_epochs=2, out_dim=1024, hidden_dim=256, bottleneck_dim=64, local_crops_number=2)
 
 
 def load_digits(root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -67,16 +70,20 @@ def vit(seed: int):
     return timm.create_model("vit_tiny_patch16_224", **VIT)
 
 
-def supervised(method: str, keep: float, seed: int, data, epochs: int, lr: float, batch: int = 64) -> float:
-    """Top-1 (percent, unreduced) on val after training with ``method`` at ``keep``."""
+# label -> token reduction settings (keep rate aside); "none" trains unreduced
+SUPERVISED = {"none": {"method": "none"}, "simprune": {"method": "simprune"}, "simprune dynamic": {"method": "simprune", "dynamic": True},
+              "evit": {"method": "evit"}, "evit warmup 0.1": {"method": "evit", "warmup": 0.1}, "tome": {"method": "tome"}}
+
+
+def supervised(settings: dict, keep: float, seed: int, data, epochs: int, lr: float, batch: int = 64) -> tuple[float, float]:
+    """Top-1 (percent, unreduced) on val after training with the token ``settings`` at ``keep``,
+    and the share of patch tokens the last step kept."""
     from isoprune import tokens
 
     model = vit(seed).train()
-    if method != "none":
-        tokens.apply(model, method, keep)
-    pruner = tokens.pruner_of(model)
+    pruner = tokens.apply(model, keep_rate=keep, **settings)
     images, labels = data["train"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    optimizer = torch.optim.AdamW([*model.parameters(), *pruner.parameters()], lr=lr, weight_decay=0.05)
     steps = epochs * (len(images) // batch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
@@ -86,9 +93,8 @@ def supervised(method: str, keep: float, seed: int, data, epochs: int, lr: float
         for i in range(0, len(order) - batch + 1, batch):
             idx = order[i:i + batch]
             views = torch.cat([shifted(images[idx], generator), shifted(images[idx], generator)])
-            if pruner is not None:
-                pruner.progress = step / max(steps - 1, 1)
-            loss = F.cross_entropy(model(views), labels[idx].repeat(2))
+            pruner.progress = step / max(steps - 1, 1)
+            loss = F.cross_entropy(model(views), labels[idx].repeat(2)) + pruner.penalty()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -97,7 +103,7 @@ def supervised(method: str, keep: float, seed: int, data, epochs: int, lr: float
     model.eval()
     val_images, val_labels = data["val"]
     with torch.no_grad():
-        return 100.0 * (model(val_images).argmax(1) == val_labels).float().mean().item()
+        return 100.0 * (model(val_images).argmax(1) == val_labels).float().mean().item(), pruner.measured
 
 
 def knn(features_train, labels_train, features_val, labels_val, k: int = 20, temperature: float = 0.07) -> float:
@@ -121,8 +127,9 @@ def class_features(model, images: torch.Tensor) -> torch.Tensor:
         return _ssl.class_features(model.eval(), images)
 
 
-def dino(method: str, keep: float, seed: int, root: Path, work: Path, epochs: int) -> float:
-    """Final k-NN top-1 of the DINO teacher pre-trained with ``method``."""
+def dino(method: str, keep: float, seed: int, root: Path, work: Path, epochs: int, dynamic: bool = False) -> tuple[float, float]:
+    """Final k-NN top-1 of the DINO teacher pre-trained with ``method``, and the share of patch
+    tokens kept in its last epoch."""
     import isoprune
 
     model = vit(seed)
@@ -130,13 +137,18 @@ def dino(method: str, keep: float, seed: int, root: Path, work: Path, epochs: in
     model.isoprune_base = {"library": "timm", "name": "vit_tiny_patch16_224", "kwargs": VIT}
     source = isoprune.save(model, work / f"init-{seed}", overwrite=True)
     result = isoprune.pretrain(source, root, work / f"dino-{method}-{seed}", tokens=method, keep_rate=keep, epochs=epochs,
-                               batch_size=128, lr=2e-3, warmup_epochs=2, out_dim=1024, hidden_dim=256, bottleneck_dim=64,
-                               local_crops_number=2, seed=seed, force=True)
-    return result["last"]["knn_top1"]
+                               dynamic=dynamic, **DINO, seed=seed, force=True)
+    return result["last"]["knn_top1"], result["last"]["kept"]
 
 
-def summary(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "runs": values}
+def summary(values) -> dict:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "runs": list(values)}
+
+
+def report(part: str, row: dict) -> None:
+    rate = "learned" if "dynamic" in row["method"] else f"{row['keep_rate']:.2f}"
+    print(f"{part:<10} {row['method']:<16} keep {rate:<7} (kept {row['kept']:.2f}): top-1 {row['mean']:.2f} +- {row['std']:.2f}  "
+          f"{[round(v, 2) for v in row['runs']]}", flush=True)
 
 
 def main() -> int:
@@ -155,16 +167,16 @@ def main() -> int:
     subprocess.run([sys.executable, HERE / "data" / "make_digits.py", "--out", root], check=True, capture_output=True)
     data = load_digits(root)
     rows = []
-    for method in ("none", "simprune", "evit", "tome"):
+    for label, settings in SUPERVISED.items():
+        keep = 1.0 if label == "none" else args.keep_rate
+        runs, kept = zip(*[supervised(settings, keep, s, data, args.epochs, args.lr) for s in args.seeds])
+        rows.append({"part": "supervised", "method": label, "keep_rate": keep, "kept": statistics.mean(kept), **summary(runs)})
+        report("supervised", rows[-1])
+    for label, method, dynamic in (("none", "none", False), ("simprune", "simprune", False), ("simprune dynamic", "simprune", True)):
         keep = 1.0 if method == "none" else args.keep_rate
-        runs = [supervised(method, keep, s, data, args.epochs, args.lr) for s in args.seeds]
-        rows.append({"part": "supervised", "method": method, "keep_rate": keep, **summary(runs)})
-        print(f"supervised {method:<9} keep {keep:.2f}: val top-1 {rows[-1]['mean']:.2f} +- {rows[-1]['std']:.2f}  {runs}", flush=True)
-    for method in ("none", "simprune"):
-        keep = 1.0 if method == "none" else args.keep_rate
-        runs = [dino(method, keep, s, root, work, args.dino_epochs) for s in args.seeds]
-        rows.append({"part": "dino_knn", "method": method, "keep_rate": keep, **summary(runs)})
-        print(f"DINO k-NN  {method:<9} keep {keep:.2f}: top-1 {rows[-1]['mean']:.2f} +- {rows[-1]['std']:.2f}  {runs}", flush=True)
+        runs, kept = zip(*[dino(method, keep, s, root, work, args.dino_epochs, dynamic) for s in args.seeds])
+        rows.append({"part": "dino_knn", "method": label, "keep_rate": keep, "kept": statistics.mean(kept), **summary(runs)})
+        report("DINO k-NN", rows[-1])
     (xt, yt), (xv, yv) = data["train"], data["val"]
     random_init = [knn(class_features(vit(s), xt), yt, class_features(vit(s), xv), yv) for s in args.seeds]
     rows.append({"part": "dino_knn", "method": "random init", "keep_rate": None, **summary(random_init)})
@@ -184,7 +196,7 @@ def write(rows: list[dict], args, seconds: float) -> None:
 
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / "tokens_digits.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["part", "method", "keep_rate", "mean", "std", "runs"])
+        writer = csv.DictWriter(f, fieldnames=["part", "method", "keep_rate", "kept", "mean", "std", "runs"])
         writer.writeheader()
         writer.writerows([{**r, "runs": " ".join(f"{v:.2f}" for v in r["runs"])} for r in rows])
     meta = {"command": "python benchmarks/tokens_digits.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
@@ -194,7 +206,8 @@ def write(rows: list[dict], args, seconds: float) -> None:
     for ax, part, title in ((axes[0], "supervised", "supervised, evaluated unreduced"), (axes[1], "dino_knn", "DINO, k-NN on val")):
         chosen = [r for r in rows if r["part"] == part]
         ax.bar(range(len(chosen)), [r["mean"] for r in chosen], yerr=[r["std"] for r in chosen], capsize=4)
-        ax.set_xticks(range(len(chosen)), [f"{r['method']}\n{r['keep_rate'] or ''}" for r in chosen])
+        ax.set_xticks(range(len(chosen)), [r["method"].replace(" ", "\n", 1) + (f"\nkept {r['kept']:.2f}" if "kept" in r else "")
+                                           for r in chosen], fontsize=7)
         low = min(r["mean"] - r["std"] for r in chosen)
         ax.set(ylabel="top-1 (%)", title=f"{title} ({len(args.seeds)} seeds)", ylim=(max(0, low - 10), 100))
         ax.grid(alpha=0.3, axis="y")

@@ -58,6 +58,31 @@ def _fixup(model: nn.Module, pruning: PruningPlan) -> None:
         spec.fixup(module, keep["heads"], keep["head_dim"])
 
 
+def _feature_width(model: nn.Module) -> int | None:
+    """The width of the features a timm model hands its classifier (None where it cannot tell)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        return head.in_features
+    if isinstance(head, nn.modules.conv._ConvNd):
+        return head.in_channels
+    norm = next((m for m in (getattr(model, "fc_norm", None), getattr(model, "norm", None)) if isinstance(m, nn.LayerNorm)), None)
+    return norm.normalized_shape[0] if norm is not None else None
+
+
+def _fix_feature_width(model: nn.Module, before: int | None) -> None:
+    """timm models remember their feature width (``num_features``, ``embed_dim``...), and
+    ``reset_classifier`` and the DINO head build on it: set it to the pruned width."""
+    after = _feature_width(model)
+    if before is None or after is None or after == before:
+        return
+    head = getattr(model, "head", None)  # timm's classifier heads keep their own widths
+    owners = [model] + ([head] if isinstance(head, nn.Module) and not isinstance(head, (nn.Linear, nn.modules.conv._ConvNd)) else [])
+    for owner in owners:
+        for attr in ("num_features", "head_hidden_size", "embed_dim", "in_features"):
+            if getattr(owner, attr, None) == before:
+                setattr(owner, attr, after)
+
+
 def _widths(model: nn.Module) -> dict[str, list[int]]:
     out = {}
     for name, m in model.named_modules():
@@ -141,9 +166,11 @@ def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> n
     ops = _plan_ops(model, pruning, example_inputs)
     depth_plans = [DepthPlan(**d) for d in pruning.depth]
     check_depth(model, depth_plans)  # before anything changes: a misfit leaves the model whole
+    width = _feature_width(model)
     with torch.no_grad():
         run_ops(model, ops)
     _fixup(model, pruning)
+    _fix_feature_width(model, width)
     apply_depth(model, depth_plans)
     pruning._source = pruning._ops = None  # the model has changed; the cached ops are stale
     return model

@@ -91,7 +91,10 @@ class SSLConfig:
     to 1), teacher temperature (linear warm-up, then constant). ``tokens`` is ``none``,
     ``simprune``, ``evit`` or ``tome``, at ``keep_rate`` in blocks ``token_blocks`` (default
     depth/4, depth/2, 3*depth/4) of both student and teacher; ``replay`` makes the student drop
-    what the teacher dropped (SimPrune). Local crops are never reduced."""
+    what the teacher dropped (SimPrune). ``dynamic`` is SimPrune's variant with no set keep rate:
+    a learned gate drops what it chooses of a window of ``token_candidates`` of the pairs
+    (``keep_rate`` unused), against ``token_sparsity`` times its mean keep probability. Local
+    crops are never reduced."""
 
     method: str = "dino"
     epochs: int = 100
@@ -123,6 +126,9 @@ class SSLConfig:
     token_blocks: list[int] | None = None
     token_warmup: float = 0.0
     replay: bool = False
+    dynamic: bool = False
+    token_candidates: float = 0.5
+    token_sparsity: float = 1.0
     knn_k: int = 20
     knn_temperature: float = 0.07
     amp: bool = True
@@ -200,17 +206,21 @@ def recipes_dir() -> Path:
     return here if here.is_dir() else Path(sys.prefix) / "share" / "isoprune" / "recipes"
 
 
-def available() -> list[Path]:
-    return sorted(recipes_dir().glob("*.yaml"))
+def available(kind: str = "") -> list[Path]:
+    """The pruning recipes, or with ``kind="ssl"`` the self-supervised ones (``recipes/ssl/``)."""
+    return sorted((recipes_dir() / kind).glob("*.yaml"))
 
 
 def load_recipe(path) -> Recipe:
-    """A recipe from a YAML file path or the name of one in ``recipes/`` (``deit_b_4.2g``)."""
+    """A recipe from a YAML file path, or by name from ``recipes/`` (``deit_b_4.2g``,
+    ``ssl/dino_deit_s_simprune``)."""
     path = Path(path)
-    if not path.is_file() and (recipes_dir() / f"{path.name}.yaml").is_file():
-        path = recipes_dir() / f"{path.name}.yaml"
+    named = recipes_dir() / f"{path.as_posix().removesuffix('.yaml')}.yaml"
+    if not path.is_file() and named.is_file():
+        path = named
     if not path.is_file():
-        raise IsopruneError(f"no recipe {path}", hint=f"give a YAML file, or one of: {', '.join(p.stem for p in available())}")
+        known = [p.stem for p in available()] + [f"ssl/{p.stem}" for p in available("ssl")]
+        raise IsopruneError(f"no recipe {path}", hint=f"give a YAML file, or one of: {', '.join(known)}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -163,11 +163,23 @@ def build(source: str, opts: Options, cfg: _recipes.SSLConfig) -> tuple[Branch, 
         if hasattr(m, "drop_prob"):
             m.drop_prob = 0.0  # the teacher runs without stochastic depth
     teacher.requires_grad_(False)
-    settings = dict(keep_rate=cfg.keep_rate, blocks=tuple(cfg.token_blocks) if cfg.token_blocks else None, warmup=cfg.token_warmup)
-    t, s = tokens.apply(teacher.backbone, cfg.tokens, **settings), tokens.apply(student.backbone, cfg.tokens, **settings)
+    t, s = tokens.apply(teacher.backbone, token_config(cfg)), tokens.apply(student.backbone, token_config(cfg))
     if cfg.replay:
         s.follow(t)
+    if s.gates:  # dynamic SimPrune: the branches own the gates, so they train, average and save with them
+        student.token_gates, teacher.token_gates = s.gates, t.gates
+        t.gates.load_state_dict(s.gates.state_dict())
+        t.gates.requires_grad_(False)
     return student, teacher, metadata
+
+
+def token_config(cfg: _recipes.SSLConfig) -> tokens.TokenConfig:
+    """The token reduction ``cfg`` asks for; call it first, and bad settings fail before any work."""
+    if cfg.replay and cfg.dynamic:
+        raise IsopruneError("dynamic SimPrune cannot replay the teacher's choice: its gate learns from the student's own",
+                            hint="drop --replay or --dynamic")
+    return tokens.TokenConfig(cfg.tokens, cfg.keep_rate, blocks=tuple(cfg.token_blocks) if cfg.token_blocks else None,
+                              warmup=cfg.token_warmup, dynamic=cfg.dynamic, candidates=cfg.token_candidates, sparsity=cfg.token_sparsity)
 
 
 def _check_vit(source: str) -> None:
@@ -279,7 +291,7 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
         (out / "config.yaml").write_text(yaml.safe_dump({"source": source, "ssl": asdict(cfg), "options": asdict(opts)}, sort_keys=False))
     for epoch in range(start, last_epoch):
         _finetune._seed(opts.seed, epoch, env.rank)
-        began, sums = time.time(), [0.0, 0.0]
+        began, sums, kept = time.time(), [0.0, 0.0], []
         trained.train()
         teacher.train()  # reduction runs in train mode; the teacher has no dropout or stochastic depth
         bar = tqdm(_data.readable(train_loader(epoch)), desc=f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, disable=not env.main)
@@ -291,10 +303,12 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
                          None if local is None else local.to(device), step, epoch)
             sums[0] += loss * len(views) / 2
             sums[1] += len(views) / 2
+            kept.append(s_pruner.measured)
             bar.set_postfix(loss=f"{sums[0] / sums[1]:.4f}", lr=f"{schedule['lr'][step]:.2e}")
         train_loss, seen = env.sum(sums, device)
         row = {"epoch": epoch + 1, "train_loss": train_loss / seen, "lr": float(schedule["lr"][step]),
-               "momentum": float(schedule["momentum"][step]), "keep_rate": s_pruner.keep_rate, "seconds": time.time() - began}
+               "momentum": float(schedule["momentum"][step]), "keep_rate": s_pruner.keep_rate, "kept": float(np.mean(kept)),
+               "seconds": time.time() - began}
         if knn is not None and env.main:
             row["knn_top1"] = knn_top1(teacher.backbone, *knn, device, cfg.knn_k, cfg.knn_temperature)
         history.append(row)
@@ -304,7 +318,8 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
             _write_epoch(out, student, teacher, criterion, optimizer, scaler, cfg, opts, metadata, history)
         env.barrier()
     _dist.stop(env)
-    return {"epochs": len(history), "tokens": cfg.tokens, "last": history[-1] if history else None, "out": str(out)}
+    method = f"{cfg.tokens} (dynamic)" if cfg.dynamic else cfg.tokens
+    return {"epochs": len(history), "tokens": method, "last": history[-1] if history else None, "out": str(out)}
 
 
 def _step(trained, teacher, criterion, optimizer, scaler, cast, schedule, cfg, views, local, step: int, epoch: int) -> float:
@@ -320,9 +335,10 @@ def _step(trained, teacher, criterion, optimizer, scaler, cast, schedule, cfg, v
         raise IsopruneError(f"the loss is {loss.item()} at epoch {epoch + 1}", hint="lower --lr, or set --clip-grad")
     optimizer.zero_grad(set_to_none=True)
     student = trained.module if hasattr(trained, "module") else trained
+    penalty = tokens.pruner_of(student.backbone).penalty()  # dynamic SimPrune's sparsity term, else 0
     # DINO keeps the output layer fixed at first, which steadies training
     frozen = student.head.last_layer.parameters() if epoch < cfg.freeze_last_layer else ()
-    _finetune._step(loss, optimizer, scaler, student, cfg.clip_grad, frozen)
+    _finetune._step(loss + penalty, optimizer, scaler, student, cfg.clip_grad, frozen)
     with torch.no_grad():
         m = float(schedule["momentum"][step])
         for s, t in zip(student.parameters(), teacher.parameters()):
@@ -388,7 +404,7 @@ def run(source: str | Path, data: str | Path, out: str | Path | None = None, *, 
         raise IsopruneError(f"unknown self-supervised setting {unknown[0]!r}", hint=f"valid: {', '.join(sorted(trained | running))}")
     cfg = _recipes.load_recipe(recipe).ssl if recipe else _recipes.SSLConfig()
     cfg = replace(cfg, **{k: v for k, v in settings.items() if k in trained and v is not None})
-    tokens.TokenConfig(cfg.tokens, cfg.keep_rate, warmup=cfg.token_warmup)  # bad token settings fail before any work
+    token_config(cfg)  # bad token settings fail before any work
     source = str(source)
     name = Path(source).resolve().name if Path(source).is_dir() else _models.architecture(source)
     run_options = {"weights": "none", **{k: v for k, v in settings.items() if k in running and v is not None}}

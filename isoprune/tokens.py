@@ -23,6 +23,9 @@ Methods (``keep_rate`` is the fraction of patch tokens each reducing block keeps
   matching is many-to-one these can be fewer than A's, and B tops up with its tokens whose own best
   match ranks nearest the window, so both views keep the same number of tokens.
   :meth:`TokenPruner.follow` replays another model's choice (DINO: the teacher's) in this one.
+  ``dynamic=True`` is the variant with no set keep rate: the window widens to ``candidates`` (half)
+  of the pairs, and a small learned :class:`Gate` in each reducing block decides which of them to
+  drop (see :class:`TokenPruner` for how it trains).
 * ``evit``: keeps the tokens the class token attends to most (that attention row is computed from
   the block's own q/k, beside fused attention) and fuses the rest into one token, their average
   weighted by that attention.
@@ -86,6 +89,9 @@ class TokenConfig:
     warmup: float = 0.0  # fraction of training over which the keep rate falls (cosine) from 1 to keep_rate
     in_eval: bool = False  # also reduce in eval mode
     proportional: bool = True  # ToMe: proportional attention after a merge
+    dynamic: bool = False  # SimPrune: a learned gate chooses what to drop within the candidate window
+    candidates: float = 0.5  # dynamic: the window's share of the pairs (it replaces 1 - keep_rate)
+    sparsity: float = 1.0  # dynamic: weight of the gate's mean keep probability in the loss (penalty())
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -96,6 +102,12 @@ class TokenConfig:
             raise IsopruneError(f"ToMe merges at most half the tokens of a block; keep rate {self.keep_rate} asks for more", hint="use a keep rate of 0.5 or more, or reduce at more blocks")
         if not 0.0 <= self.warmup < 1.0:
             raise IsopruneError(f"warmup {self.warmup} is outside [0, 1)", hint="it is a fraction of the training")
+        if self.dynamic and self.method != "simprune":
+            raise IsopruneError(f"the dynamic variant is SimPrune's; {self.method} has none", hint="use method simprune, or drop dynamic")
+        if not 0.0 < self.candidates < 1.0:
+            raise IsopruneError(f"candidates {self.candidates} is outside (0, 1)", hint="0.5 lets the gate drop up to half the pairs")
+        if self.sparsity < 0:
+            raise IsopruneError(f"sparsity {self.sparsity} is negative", hint="0 leaves the gate to the task loss alone; larger drops more")
         if self.blocks is not None:
             object.__setattr__(self, "blocks", tuple(sorted(set(int(b) for b in self.blocks))))
 
@@ -118,11 +130,40 @@ class _Site:
         self.qkv = output
 
 
-class TokenPruner:
-    """The live state of token reduction on one model: progress, pauses, replay and what it chose."""
+class Gate(nn.Module):
+    """Dynamic SimPrune's scorer in one block: each token's logit to be kept. A down-sampling
+    layer (linear, to a quarter of the width, GELU), a linear layer to one logit, and the sigmoid
+    activation applied by the caller. It starts out keeping everything (probability 0.88)."""
 
-    def __init__(self, config: TokenConfig, prefix: int, blocks: tuple[int, ...]):
+    def __init__(self, dim: int, reduction: int = 4):
+        super().__init__()
+        self.down = nn.Linear(dim, max(dim // reduction, 1))
+        self.score = nn.Linear(max(dim // reduction, 1), 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.constant_(self.score.bias, 2.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.score(F.gelu(self.down(x))).squeeze(-1)
+
+
+class TokenPruner:
+    """The live state of token reduction on one model: progress, pauses, replay and what it chose.
+
+    The dynamic SimPrune variant's gates live here, not in the model (whose state dict stays that of
+    the plain ViT): give :meth:`parameters` to the optimiser and add :meth:`penalty` to the loss.
+    A candidate pair's keep probability is the sigmoid of its two tokens' mean logit; each image
+    would drop the candidates under 0.5, and the batch drops the mean of those counts (one shape
+    per batch), each image its least probable candidates. The gate learns by a straight-through
+    factor ``p - p.detach() + 1`` on every kept token (the forward is unchanged; the gradient of
+    ``p`` is the first-order loss change of scaling the token away) against ``penalty()``,
+    ``sparsity`` times the mean keep probability of the candidates.
+    """
+
+    def __init__(self, config: TokenConfig, prefix: int, blocks: tuple[int, ...], dim: int = 0):
         self.config, self.prefix, self.blocks = config, prefix, blocks
+        self.gates = nn.ModuleDict({str(b): Gate(dim) for b in blocks} if config.dynamic else {})
+        self.gate_means: dict[int, Tensor] = {}  # dynamic: candidates' mean keep probability, last forward
+        self.kept: dict[int, float] = {}  # patch tokens kept / patch tokens in, per block, last reduced forward
         self.progress = 0.0  # fraction of training done, set by the training loop
         self.enabled = True
         self.source: TokenPruner | None = None
@@ -132,13 +173,30 @@ class TokenPruner:
 
     @property
     def keep_rate(self) -> float:
-        """The keep rate now: ``config.keep_rate`` after the warm-up, falling from 1 during it."""
+        """The keep rate now: ``config.keep_rate`` after the warm-up, falling from 1 during it. For
+        the dynamic variant it is the least the gate may keep, ``1 - candidates``."""
         cfg, p = self.config, min(max(self.progress, 0.0), 1.0)
         if cfg.method == "none":
             return 1.0
+        final = 1.0 - cfg.candidates if cfg.dynamic else cfg.keep_rate
         if cfg.warmup <= 0 or p >= cfg.warmup:
-            return cfg.keep_rate
-        return cfg.keep_rate + (1 - cfg.keep_rate) * 0.5 * (1 + math.cos(math.pi * p / cfg.warmup))
+            return final
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * p / cfg.warmup))
+
+    @property
+    def measured(self) -> float:
+        """The share of patch tokens the reducing blocks kept in the last reduced forward (1 before any)."""
+        return sum(self.kept.values()) / len(self.kept) if self.kept else 1.0
+
+    def parameters(self):
+        """The dynamic gates' parameters, for the optimiser (none for the other methods)."""
+        return self.gates.parameters()
+
+    def penalty(self) -> Tensor | float:
+        """Dynamic SimPrune's sparsity term for the loss of the last forward (0 for the others)."""
+        if not self.gate_means:
+            return 0.0
+        return self.config.sparsity * torch.stack(list(self.gate_means.values())).mean()
 
     def active(self, training: bool) -> bool:
         return self.enabled and self.config.method != "none" and (training or self.config.in_eval)
@@ -156,6 +214,9 @@ class TokenPruner:
         """Replay ``source``'s SimPrune choice (made on the same views just before) instead of choosing."""
         if source is not None and (self.config.method, source.config.method) != ("simprune", "simprune"):
             raise IsopruneError("only SimPrune choices can be replayed", method=self.config.method)
+        if source is not None and self.config.dynamic:
+            raise IsopruneError("dynamic SimPrune cannot replay: its gate learns from the choices it makes itself",
+                                hint="drop replay, or use the fixed window")
         self.source = source
 
     def bias(self, site: _Site, x: Tensor) -> Tensor | None:
@@ -169,7 +230,9 @@ class TokenPruner:
         patches = x.shape[1] - self.prefix
         keep = math.ceil(self.keep_rate * patches - 1e-6)
         self.sizes[site.index] = self.sizes.get(site.after)  # what a merge here replaces
-        if keep < patches:
+        self.kept[site.index] = keep / patches  # the dynamic variant puts what its gate kept
+        self.gate_means.pop(site.index, None)
+        if keep < patches or self.config.dynamic:  # the gate runs even with no candidates (warm-up), as DDP wants
             x = _REDUCE[self.config.method](self, site, x, keep)
         site.qkv = None
         return x
@@ -202,35 +265,58 @@ def _kept(dropped: Tensor, count: int, keep: int) -> Tensor:
 
 def _simprune(pruner: TokenPruner, site: _Site, x: Tensor, keep: int) -> Tensor:
     prefix, patches = x[:, :pruner.prefix], x[:, pruner.prefix:]
+    gate = pruner.gates[str(site.index)] if pruner.config.dynamic else None
     if pruner.source is not None:
         kept = pruner.source.choices.get(site.index)
         if kept is None or kept.shape != (x.shape[0], keep):
             raise IsopruneError("SimPrune replay found no matching choice", block=site.index,
                                 hint="run the source model on the same views just before this one")
     else:
-        kept = _simprune_choice(pruner, site, patches, keep)
+        kept, probability = _simprune_choice(pruner, site, patches, keep, gate)
     pruner.choices[site.index] = kept
-    return torch.cat([prefix, _gather(patches, kept)], dim=1)
+    kept_tokens = _gather(patches, kept)
+    if gate is not None:  # straight-through: the value is unchanged, the gradient reaches the gate
+        p = probability.gather(1, kept)[..., None].to(kept_tokens.dtype)
+        kept_tokens = kept_tokens * (p - p.detach() + 1)  # exactly 1 in value
+    return torch.cat([prefix, kept_tokens], dim=1)
 
 
-@torch.no_grad()
-def _simprune_choice(pruner: TokenPruner, site: _Site, patches: Tensor, keep: int) -> Tensor:
+def _simprune_choice(pruner: TokenPruner, site: _Site, patches: Tensor, keep: int, gate: Gate | None) -> tuple[Tensor, Tensor | None]:
+    """Kept patch indices of [A; B] (ascending), and the gate's keep probability per token (dynamic)."""
     if patches.shape[0] % 2:
         raise IsopruneError(f"SimPrune needs two views of the same images stacked as [A; B]; the batch has {patches.shape[0]} samples",
                             hint="feed both augmented views in one batch, view A first")
     n = patches.shape[1]
-    drop, start = n - keep, round(pruner.progress * keep)  # the window slides over n - drop = keep positions
-    a, b = F.normalize(patches.float(), dim=-1).chunk(2)
-    sim = a @ b.transpose(1, 2)
-    best_a, partner = sim.max(dim=2)
-    best_b = sim.max(dim=1).values
-    dropped_a = best_a.argsort(dim=1)[:, start:start + drop]  # ascending: most dissimilar pairs first
-    rank_b = best_b.argsort(dim=1).argsort(dim=1)
-    distance = (start - rank_b).clamp(min=0) + (rank_b - (start + drop - 1)).clamp(min=0)
-    partnered = torch.zeros_like(best_b).scatter_(1, partner.gather(1, dropped_a), 1.0)
-    dropped_b = (partnered * (n + 1) - distance).topk(drop, dim=1).indices
-    pruner.similarity[site.index] = best_a.gather(1, dropped_a).mean()
-    return _kept(torch.cat([dropped_a, dropped_b]), n, keep)
+    width, start = n - keep, round(pruner.progress * keep)  # the window slides over n - width = keep positions
+    with torch.no_grad():
+        a, b = F.normalize(patches.float(), dim=-1).chunk(2)
+        sim = a @ b.transpose(1, 2)
+        best_a, partner = sim.max(dim=2)
+        best_b = sim.max(dim=1).values
+        window = best_a.argsort(dim=1)[:, start:start + width]  # ascending: most dissimilar pairs first
+    probability = None
+    if gate is None:
+        dropped_a = window
+    else:
+        logits = gate(patches)
+        logit_a, logit_b = logits.chunk(2)
+        pair = torch.sigmoid((logit_a.gather(1, window) + logit_b.gather(1, partner.gather(1, window))) / 2)
+        if width:
+            pruner.gate_means[site.index] = pair.float().mean()
+        with torch.no_grad():  # one count per batch: the mean of what each image's gate would drop
+            count = round((pair < 0.5).sum(dim=1).float().mean().item())
+            dropped_a = window.gather(1, pair.argsort(dim=1)[:, :count])
+        pruner.kept[site.index] = (n - count) / n
+        probability = torch.sigmoid(logits)
+    with torch.no_grad():
+        drop = dropped_a.shape[1]
+        rank_b = best_b.argsort(dim=1).argsort(dim=1)
+        distance = (start - rank_b).clamp(min=0) + (rank_b - (start + width - 1)).clamp(min=0)
+        partnered = torch.zeros_like(best_b).scatter_(1, partner.gather(1, dropped_a), 1.0)
+        dropped_b = (partnered * (n + 1) - distance).topk(drop, dim=1).indices
+        if drop:
+            pruner.similarity[site.index] = best_a.gather(1, dropped_a).mean()
+        return _kept(torch.cat([dropped_a, dropped_b]), n, n - drop), probability
 
 
 def _qkv(site: _Site, x: Tensor) -> tuple[Tensor, nn.Module]:
@@ -296,7 +382,9 @@ def apply(model: nn.Module, method: str | TokenConfig = "simprune", keep_rate: f
     blocks = list(vit.blocks)
     reducing = config.reducing_blocks(len(blocks))
     _check_blocks(blocks, reducing, config, vit)
-    pruner = TokenPruner(config, vit.num_prefix_tokens, reducing)
+    pruner = TokenPruner(config, vit.num_prefix_tokens, reducing, dim=vit.embed_dim)
+    weight = next(vit.parameters())
+    pruner.gates.to(device=weight.device, dtype=weight.dtype)
     for i, block in enumerate(blocks):
         earlier = [b for b in reducing if b < i]
         site = _Site(pruner, i, i in reducing, earlier[-1] if earlier else None, block.attn)

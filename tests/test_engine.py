@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import isoprune
-from conftest import TINY, assert_equivalent, inputs_for, layernorm_free, make
+from conftest import TINY, assert_equivalent, base_of, inputs_for, layernorm_free, make
 
 FAMILIES = TINY + ["tv:resnet18", "tv:mobilenet_v2"]
 
@@ -24,6 +24,19 @@ def test_pruned_model_runs_smaller_with_same_output_shape(name):
     assert new_macs < 0.8 * macs and new_params < 0.8 * params
     assert model.isoprune_plan.macs == {"before": macs, "after": new_macs}
     assert model.isoprune_plan.params == {"before": params, "after": new_params}
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_a_pruned_timm_model_takes_a_new_classifier(name, tmp_path):
+    # timm builds a new head (and the DINO head its input) from the remembered feature width
+    model = make(name)
+    isoprune.prune(model, 0.5)
+    width = model.get_classifier().in_features
+    loaded = isoprune.load(isoprune.save(model, tmp_path / "m", base=base_of(name)))
+    for m in (model, loaded):
+        assert m.num_features == width
+        m.reset_classifier(3)
+        assert m(inputs_for(m)).shape == (2, 3)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

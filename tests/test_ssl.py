@@ -1,10 +1,12 @@
 """isoprune ssl: DINO with token reduction, end to end on the digits, and its parts."""
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
+import yaml
 
 import isoprune
 from isoprune import _recipes, _ssl, cli, tokens
@@ -38,7 +40,7 @@ def test_ssl_trains_writes_a_usable_backbone_and_resumes_exactly(capsys, tmp_pat
     result = json.loads(out)
     rows = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["train_loss"]) and 0 <= r["knn_top1"] <= 100 for r in rows)
-    assert result["last"]["keep_rate"] == 0.7
+    assert result["last"]["keep_rate"] == 0.7 and 0.7 <= result["last"]["kept"] < 0.72  # whole tokens: 45 of 64 ...
     for name in ("checkpoint.safetensors", "config.yaml", "curves.png", "metrics.csv", "backbone/model.safetensors"):
         assert (tmp_path / "full" / name).is_file(), name
     # the backbone is the teacher's, a plain timm ViT that fine-tuning and eval can load
@@ -55,6 +57,38 @@ def test_ssl_trains_writes_a_usable_backbone_and_resumes_exactly(capsys, tmp_pat
     assert resumed.keys() == saved.keys()
     for key in saved:
         torch.testing.assert_close(resumed[key], saved[key], rtol=0, atol=0, msg=key)
+
+
+def test_dynamic_simprune_on_a_width_pruned_vit_trains_its_gates_and_resumes_exactly(capsys, tmp_path, digits):
+    torch.manual_seed(0)
+    model = isoprune.create_model("vit_tiny_patch16_224", "none", num_classes=10, img_size=32, patch_size=4, embed_dim=48,
+                                  depth=4, num_heads=3)
+    isoprune.prune(model, {"emb": 0.5, "mlp": 0.5})  # DINO's head takes the pruned width
+    narrow = isoprune.save(model, tmp_path / "narrow")
+    args = [narrow, "--data", digits, *FAST, "--tokens", "simprune", "--dynamic", "--token-sparsity", "5"]
+    code, out, err = run_cli(capsys, "ssl", *args, "--out", tmp_path / "full")
+    assert code == 0, err
+    assert "simprune (dynamic)" in out and "of patch tokens kept" in out
+    saved = safetensors.torch.load_file(str(tmp_path / "full" / "checkpoint.safetensors"))
+    gates = [k for k in saved if "token_gates" in k]
+    assert {k.split(".")[0] for k in gates} == {"student", "teacher"} and len(gates) == 2 * 3 * 4  # 3 blocks, 4 tensors
+    assert not any("token_gates" in k for k in isoprune.load(tmp_path / "full" / "backbone").state_dict())
+    assert run_cli(capsys, "ssl", *args, "--out", tmp_path / "split", "--stop-after", "1")[0] == 0
+    assert run_cli(capsys, "ssl", narrow, "--data", digits, "--out", tmp_path / "split", "--resume")[0] == 0
+    resumed = safetensors.torch.load_file(str(tmp_path / "split" / "checkpoint.safetensors"))
+    assert resumed.keys() == saved.keys()
+    for key in saved:
+        torch.testing.assert_close(resumed[key], saved[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("path", _recipes.available("ssl"), ids=lambda p: p.stem)
+def test_every_ssl_recipe_runs_through_the_cli(capsys, tmp_path, digits, tiny_vit, path):
+    code, _, err = run_cli(capsys, "ssl", tiny_vit, "--data", digits, "--recipe", f"ssl/{path.stem}", "--epochs", "1",
+                           "--batch-size", "128", "--out-dim", "256", "--token-blocks", "1", "2", "3", "--out", tmp_path / "run")
+    assert code == 0, err
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["ssl"]
+    small = {"epochs": 1, "batch_size": 128, "out_dim": 256, "token_blocks": [1, 2, 3]}  # the recipe's rest as it is
+    assert written == {**asdict(_recipes.load_recipe(path).ssl), **small}
 
 
 def test_ssl_from_a_timm_name_without_token_reduction(capsys, tmp_path, digits):
@@ -78,6 +112,8 @@ def test_ssl_under_torchrun_with_replayed_choices(tmp_path, digits, tiny_vit):
     (["--method", "byol"], "unknown self-supervised method"),
     (["--batch-size", "4096"], "fewer than one batch"),
     (["--resume"], "nothing to resume"),
+    (["--replay", "--dynamic"], "cannot replay"),
+    (["--tokens", "evit", "--dynamic"], "dynamic variant is SimPrune's"),
 ])
 def test_bad_ssl_input_is_one_line_and_exit_2(capsys, tmp_path, digits, tiny_vit, argv, message):
     code, _, err = run_cli(capsys, "ssl", tiny_vit, "--data", digits, "--out", tmp_path / "run", *argv)

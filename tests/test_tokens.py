@@ -251,3 +251,67 @@ def test_keep_rate_warms_up_from_one():
     assert 0.6 < pruner.keep_rate < 1.0
     pruner.progress = 0.75
     assert pruner.keep_rate == 0.6
+
+
+# -- dynamic SimPrune -----------------------------------------------------------------------------
+
+def test_dynamic_simprune_starts_keeping_everything_and_its_gate_learns():
+    model, x = vit(), views()
+    torch.manual_seed(2)
+    before = model(x)
+    pruner = tokens.apply(model, "simprune", dynamic=True)
+    assert set(model.state_dict()) == set(vit().state_dict())  # the gates live in the pruner
+    out = model(x)
+    assert torch.equal(out, before) and pruner.measured == 1.0  # the gate starts at p = 0.88
+    (out.square().mean() + pruner.penalty()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pruner.gates.parameters() if p.ndim == 1 and p.numel() == 1)
+
+
+def test_dynamic_simprune_drops_within_the_candidate_window_only():
+    # a gate that rejects every candidate drops exactly the fixed window of the same width
+    x = views()
+    fixed, dynamic = vit(), vit()
+    f = tokens.apply(fixed, "simprune", keep_rate=0.5)
+    d = tokens.apply(dynamic, "simprune", dynamic=True, candidates=0.5)
+    for gate in d.gates.values():
+        torch.nn.init.constant_(gate.score.bias, -3.0)
+    f.progress = d.progress = 0.4
+    assert token_counts(dynamic, x) == [65, 33, 17, 9]
+    fixed(x)
+    assert all(torch.equal(f.choices[b], d.choices[b]) for b in f.choices)
+    assert d.measured == 0.5
+
+
+def test_dynamic_simprune_drops_the_batch_mean_of_what_each_image_would():
+    model, x = vit(), views()
+    pruner = tokens.apply(model, "simprune", dynamic=True, blocks=(1,))
+    # image 0 (rows 0 and 2 of [A; B]) rejects every candidate, image 1 none: each drops half the window
+    pruner.gates["1"].forward = lambda t: torch.tensor([-4.0, 4.0, -4.0, 4.0])[:, None].expand(t.shape[:2])
+    assert token_counts(model, x) == [65, 49, 49, 49]
+    assert pruner.measured == 48 / 64
+
+
+def test_the_sparsity_penalty_teaches_the_gate_to_drop():
+    model, x = vit(), views()
+    pruner = tokens.apply(model, "simprune", dynamic=True, sparsity=10.0)
+    optimizer = torch.optim.SGD(pruner.parameters(), lr=1.0)
+    for _ in range(10):
+        loss = model(x).square().mean() + pruner.penalty()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model(x)
+    assert pruner.measured < 0.75
+
+
+def test_dynamic_simprune_settings_are_checked():
+    with pytest.raises(isoprune.IsopruneError, match="dynamic variant is SimPrune"):
+        tokens.TokenConfig("tome", dynamic=True)
+    with pytest.raises(isoprune.IsopruneError, match="candidates"):
+        tokens.TokenConfig("simprune", dynamic=True, candidates=1.0)
+    teacher, student = vit(), vit()
+    t, s = tokens.apply(teacher, "simprune", dynamic=True), tokens.apply(student, "simprune", dynamic=True)
+    with pytest.raises(isoprune.IsopruneError, match="cannot replay"):
+        s.follow(t)
+    twin = copy.deepcopy(student)
+    assert tokens.pruner_of(twin).gates["1"].down.weight is not s.gates["1"].down.weight
