@@ -177,26 +177,19 @@ def draw(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _previous_rows(tools: set[str], models: set[str]) -> list[dict]:
-    """Rows of a previous run for tools not run again now (every one of ``models`` must be there)."""
-    if not tools:
-        return []
+def _previous_rows(jobs: list[tuple[str, str]]) -> list[dict]:
+    """The rows of results/coverage.csv for every (tool, model) not run again now."""
     path = RESULTS / "coverage.csv"
     rows = [r for r in csv.DictReader(path.open())] if path.is_file() else []
-    rows = [r for r in rows if r["tool"] in tools and r["model"] in models]
-    missing = len(tools) * len(models) - len(rows)
-    if missing:
-        raise SystemExit(f"coverage: {path} lacks {missing} rows of {', '.join(sorted(tools))} for these models; run all tools")
-    return rows
+    return [r for r in rows if (r["tool"], r["model"]) not in set(jobs)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2, help="models run at once, one process each")
     ap.add_argument("--timeout", type=int, default=240, help="seconds per model and tool")
-    ap.add_argument("--families", nargs="*", help="only these families (default: all)")
-    ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS),
-                    help="run only these; the others' rows for the same models are kept from results/coverage.csv")
+    ap.add_argument("--families", nargs="*", help="run only these families (default: all)")
+    ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS), help="run only these tools")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -206,10 +199,9 @@ def main() -> None:
             print(json.dumps({"model": args.one[1], "tool": args.one[0], "stage": "trace", "error": str(exc)}))
         return
     families = smallest_per_family()
-    if args.families:
-        families = {k: v for k, v in families.items() if k in args.families}
-    jobs = [(tool, name) for name in families.values() for tool in args.tools]
-    kept = _previous_rows(set(TOOLS) - set(args.tools), set(families.values()))
+    chosen = [name for key, name in families.items() if not args.families or key in args.families]
+    jobs = [(tool, name) for name in chosen for tool in args.tools]
+    kept = _previous_rows(jobs) if args.families or len(args.tools) < len(TOOLS) else []  # a partial run updates the table
     from tqdm import tqdm
 
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -231,8 +223,10 @@ def main() -> None:
         summary[tool] = {"families": len(mine), "ok": ok, "rate": ok / max(len(mine), 1),
                          "by_stage": {s: sum(r["stage"] == s for r in mine) for s in {r["stage"] for r in mine}}}
     unbuildable = sorted(r["model"] for r in rows if r["tool"] == TOOLS[0] and r["stage"] == "build")
-    result = {"command": " ".join(["benchmarks/coverage.py", *sys.argv[1:]]), "ratio": RATIO, "summary": summary,
-              "not_buildable": unbuildable}
+    command = " ".join(["benchmarks/coverage.py", *sys.argv[1:]])
+    earlier = json.loads((RESULTS / "coverage.json").read_text()) if kept and (RESULTS / "coverage.json").is_file() else {}
+    commands = earlier.get("commands", [earlier["command"]] if "command" in earlier else []) + [command]  # the runs in the table
+    result = {"command": command, "commands": commands, "ratio": RATIO, "summary": summary, "not_buildable": unbuildable}
     (RESULTS / "coverage.json").write_text(json.dumps(result, indent=1))
     draw(rows, RESULTS / "coverage.png")
     print(f"{'tool':<14} {'families':>8} {'ok':>4} {'rate':>6}  failures by stage")

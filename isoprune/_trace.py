@@ -57,6 +57,25 @@ def forward(model: nn.Module, inputs: Inputs):
     return model(inputs) if isinstance(inputs, torch.Tensor) else model(*inputs)
 
 
+def _unmap_foreign_expands(graph: tp.DependencyGraph) -> None:
+    """Torch-Pruning reads every 5-d ``expand`` as a language model's grouped-query attention and
+    maps channels through it as key/value heads repeated. Vision models expand 5-d tensors along
+    other axes (Twins, GC ViT, Hiera: a batch or window axis), where that reading finds fewer
+    output channels than input ones (a repeat of 0) and divides by zero; there the channels pass
+    through unchanged. The expand is marked so that Torch-Pruning, which redoes its index mappings
+    for every group, leaves it so."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import constants, index_mapping
+
+    for node in graph.module2node.values():
+        for dep in node.dependencies:
+            for i, mapping in enumerate(dep.index_mapping):
+                if isinstance(mapping, index_mapping._GQAIndexMapping) and mapping.repeat < 1:
+                    dep.index_mapping[i] = constants.INDEX_MAPPING_PLACEHOLDER
+                    expand = node if node.type == ops.OPTYPE.EXPAND else dep.target
+                    expand.enable_index_mapping = False
+
+
 def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.DependencyGraph:
     """The dependency graph; ``ignored_params`` join no group (we cut them ourselves). Modules
     with a registered trace forward are traced through it."""
@@ -70,9 +89,9 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(
-                skeleton, inputs, ignored_params=list(ignored_params), verbose=False
-            )
+            graph = tp.DependencyGraph().build_dependency(skeleton, inputs, ignored_params=list(ignored_params), verbose=False)
+        _unmap_foreign_expands(graph)
+        return graph
     except IsopruneError:
         raise
     except Exception as exc:  # tracing failures come from deep inside torch/Torch-Pruning

@@ -17,6 +17,8 @@ TINY = ["test_vit", "test_convnext", "test_resnet", "mobilenetv2_035", "swin_mic
 SMALL = {
     "swin_micro": ("swin_tiny_patch4_window7_224", dict(embed_dim=24, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4])),
     "beit_micro": ("beit_base_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)),
+    "twins_micro": ("twins_svt_small", dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1),
+                                            mlp_ratios=(2, 2, 2, 2))),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
 

@@ -26,6 +26,16 @@ def test_pruned_model_runs_smaller_with_same_output_shape(name):
     assert model.isoprune_plan.params == {"before": params, "after": new_params}
 
 
+def test_a_five_d_expand_is_not_read_as_grouped_query_attention():
+    # Twins (also GC ViT, Hiera) expands 5-d tensors; Torch-Pruning took that for key/value heads repeated
+    model = make("twins_micro")
+    x = inputs_for(model)
+    shape = model(x).shape
+    macs = isoprune.count(model)[0]
+    isoprune.prune(model, 0.3)
+    assert model(x).shape == shape and isoprune.count(model)[0] < 0.9 * macs
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_a_pruned_timm_model_takes_a_new_classifier(name, tmp_path):
     # timm builds a new head (and the DINO head its input) from the remembered feature width
