@@ -127,6 +127,9 @@ def class_features(model, images: torch.Tensor) -> torch.Tensor:
         return _ssl.class_features(model.eval(), images)
 
 
+DINO_RUNS = (("none", "none", False), ("simprune", "simprune", False), ("simprune dynamic", "simprune", True))  # label, method, dynamic
+
+
 def dino(method: str, keep: float, seed: int, root: Path, work: Path, epochs: int, dynamic: bool = False) -> tuple[float, float]:
     """Final k-NN top-1 of the DINO teacher pre-trained with ``method``, and the share of patch
     tokens kept in its last epoch."""
@@ -159,6 +162,10 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=3e-3, help="supervised peak learning rate (one-cycle)")
     parser.add_argument("--dino-epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="+", metavar="METHOD",
+                        help="run only these rows (labels as printed); the others are kept from results/tokens_digits.json")
+    parser.add_argument("--parts", nargs="+", choices=("supervised", "dino"), default=["supervised", "dino"],
+                        help="run only these parts; the others' rows are kept from results/tokens_digits.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     began = time.time()
@@ -167,12 +174,18 @@ def main() -> int:
     subprocess.run([sys.executable, HERE / "data" / "make_digits.py", "--out", root], check=True, capture_output=True)
     data = load_digits(root)
     rows = []
+    partial = bool(args.only) or len(args.parts) < 2
+    chosen = (lambda label: label in args.only) if args.only else (lambda label: True)
     for label, settings in SUPERVISED.items():
+        if "supervised" not in args.parts or not chosen(label):
+            continue
         keep = 1.0 if label == "none" else args.keep_rate
         runs, kept = zip(*[supervised(settings, keep, s, data, args.epochs, args.lr) for s in args.seeds])
         rows.append({"part": "supervised", "method": label, "keep_rate": keep, "kept": statistics.mean(kept), **summary(runs)})
         report("supervised", rows[-1])
-    for label, method, dynamic in (("none", "none", False), ("simprune", "simprune", False), ("simprune dynamic", "simprune", True)):
+    for label, method, dynamic in DINO_RUNS:
+        if "dino" not in args.parts or not chosen(label):
+            continue
         keep = 1.0 if method == "none" else args.keep_rate
         runs, kept = zip(*[dino(method, keep, s, root, work, args.dino_epochs, dynamic) for s in args.seeds])
         rows.append({"part": "dino_knn", "method": label, "keep_rate": keep, "kept": statistics.mean(kept), **summary(runs)})
@@ -184,11 +197,21 @@ def main() -> int:
     rows.append({"part": "dino_knn", "method": "raw pixels", "keep_rate": None, **summary([pixels])})
     for row in rows[-2:]:
         print(f"k-NN baseline {row['method']:<11}: top-1 {row['mean']:.2f} +- {row['std']:.2f}")
-    write(rows, args, time.time() - began)
+    write(merged(rows) if partial else rows, args, time.time() - began, partial)
     return 0
 
 
-def write(rows: list[dict], args, seconds: float) -> None:
+def merged(rows: list[dict]) -> list[dict]:
+    """``rows`` in place of their namesakes among the last results, in the table's order (the runs
+    are deterministic per seed, so a row kept is the row a full run would give)."""
+    new = {(r["part"], r["method"]): r for r in rows}
+    old = {(r["part"], r["method"]): r for r in json.loads((RESULTS / "tokens_digits.json").read_text())["rows"]}
+    order = [("supervised", label) for label in SUPERVISED] + [("dino_knn", run[0]) for run in DINO_RUNS]
+    order += [("dino_knn", "random init"), ("dino_knn", "raw pixels")]
+    return [new.get(key) or old[key] for key in order if key in new or key in old]
+
+
+def write(rows: list[dict], args, seconds: float, partial: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,7 +222,10 @@ def write(rows: list[dict], args, seconds: float) -> None:
         writer = csv.DictWriter(f, fieldnames=["part", "method", "keep_rate", "kept", "mean", "std", "runs"])
         writer.writeheader()
         writer.writerows([{**r, "runs": " ".join(f"{v:.2f}" for v in r["runs"])} for r in rows])
-    meta = {"command": "python benchmarks/tokens_digits.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+    command = "python benchmarks/tokens_digits.py " + " ".join(sys.argv[1:])
+    earlier = json.loads((RESULTS / "tokens_digits.json").read_text()) if partial else {}
+    commands = earlier.get("commands", [earlier["command"]] if "command" in earlier else []) + [command]  # the runs in the table
+    meta = {"command": command, "commands": commands, "date": time.strftime("%Y-%m-%d"),
             "seconds": seconds, "torch": torch.__version__, "seeds": args.seeds, "vit": VIT, "rows": rows}
     (RESULTS / "tokens_digits.json").write_text(json.dumps(meta, indent=1))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -341,13 +341,15 @@ def optimization(model: nn.Module, cfg, updates_per_epoch: int):
     return optimizer, scheduler
 
 
-def _step(loss, optimizer, scaler, model, clip_grad, frozen=()) -> None:
-    """Backward, clip (unscaled), drop the gradients of ``frozen`` parameters, step."""
+def _step(loss, optimizer, scaler, model, clip_grad, frozen=(), per_parameter: bool = False) -> None:
+    """Backward, clip (unscaled: the global norm, or each parameter's own as DINO does), drop the
+    gradients of ``frozen`` parameters, step."""
     (scaler.scale(loss) if scaler is not None else loss).backward()
     if clip_grad:
         if scaler is not None:
             scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        for group in ([p] for p in model.parameters() if p.grad is not None) if per_parameter else [model.parameters()]:
+            nn.utils.clip_grad_norm_(group, clip_grad)
     for p in frozen:
         p.grad = None
     if scaler is not None:

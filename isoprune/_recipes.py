@@ -105,7 +105,7 @@ class SSLConfig:
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     momentum_teacher: float = 0.996
-    clip_grad: float | None = 3.0
+    clip_grad: float | None = 3.0  # the norm each parameter's gradient is clipped to, as in DINO
     freeze_last_layer: int = 1
     out_dim: int = 65536
     hidden_dim: int = 2048
@@ -128,7 +128,7 @@ class SSLConfig:
     replay: bool = False
     dynamic: bool = False
     token_candidates: float = 0.5
-    token_sparsity: float = 1.0
+    token_sparsity: float = 0.01
     knn_k: int = 20
     knn_temperature: float = 0.07
     amp: bool = True

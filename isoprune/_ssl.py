@@ -338,7 +338,7 @@ def _step(trained, teacher, criterion, optimizer, scaler, cast, schedule, cfg, v
     penalty = tokens.pruner_of(student.backbone).penalty()  # dynamic SimPrune's sparsity term, else 0
     # DINO keeps the output layer fixed at first, which steadies training
     frozen = student.head.last_layer.parameters() if epoch < cfg.freeze_last_layer else ()
-    _finetune._step(loss + penalty, optimizer, scaler, student, cfg.clip_grad, frozen)
+    _finetune._step(loss + penalty, optimizer, scaler, student, cfg.clip_grad, frozen, per_parameter=True)
     with torch.no_grad():
         m = float(schedule["momentum"][step])
         for s, t in zip(student.parameters(), teacher.parameters()):

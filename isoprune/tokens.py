@@ -91,7 +91,7 @@ class TokenConfig:
     proportional: bool = True  # ToMe: proportional attention after a merge
     dynamic: bool = False  # SimPrune: a learned gate chooses what to drop within the candidate window
     candidates: float = 0.5  # dynamic: the window's share of the pairs (it replaces 1 - keep_rate)
-    sparsity: float = 1.0  # dynamic: weight of the gate's mean keep probability in the loss (penalty())
+    sparsity: float = 0.01  # dynamic: weight of the gate's mean keep probability in the loss (penalty())
 
     def __post_init__(self):
         if self.method not in METHODS:
