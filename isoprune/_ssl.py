@@ -319,7 +319,7 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
         env.barrier()
     _dist.stop(env)
     method = f"{cfg.tokens} (dynamic)" if cfg.dynamic else cfg.tokens
-    return {"epochs": len(history), "tokens": method, "last": history[-1] if history else None, "out": str(out)}
+    return {"epochs": len(history), "tokens": method, "dynamic": cfg.dynamic, "last": history[-1] if history else None, "out": str(out)}
 
 
 def _step(trained, teacher, criterion, optimizer, scaler, cast, schedule, cfg, views, local, step: int, epoch: int) -> float:

@@ -246,7 +246,8 @@ def cmd_ssl(args) -> int:
         text = f"wrote {result['out']}/ (backbone/, checkpoint.safetensors, metrics.csv, curves.png)"
         if last:
             knn = f", k-NN top-1 {last['knn_top1']:.2f}%" if "knn_top1" in last else ""
-            text = (f"epoch {last['epoch']} with token reduction {result['tokens']} (keep rate {last['keep_rate']:.2f}, "
+            rate = "learned keep rate, at least" if result["dynamic"] else "keep rate"
+            text = (f"epoch {last['epoch']} with token reduction {result['tokens']} ({rate} {last['keep_rate']:.2f}, "
                     f"{100 * last['kept']:.1f}% of patch tokens kept per reducing block): "
                     f"DINO loss {last['train_loss']:.4f}{knn}\n" + text)
         _emit(text, result, args.json)
