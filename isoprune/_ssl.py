@@ -163,7 +163,8 @@ def build(source: str, opts: Options, cfg: _recipes.SSLConfig) -> tuple[Branch, 
         if hasattr(m, "drop_prob"):
             m.drop_prob = 0.0  # the teacher runs without stochastic depth
     teacher.requires_grad_(False)
-    t, s = tokens.apply(teacher.backbone, token_config(cfg)), tokens.apply(student.backbone, token_config(cfg))
+    config = token_config(cfg)
+    t, s = tokens.apply(teacher.backbone, config), tokens.apply(student.backbone, config)
     if cfg.replay:
         s.follow(t)
     if s.gates:  # dynamic SimPrune: the branches own the gates, so they train, average and save with them

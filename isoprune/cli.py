@@ -247,8 +247,9 @@ def cmd_ssl(args) -> int:
         if last:
             knn = f", k-NN top-1 {last['knn_top1']:.2f}%" if "knn_top1" in last else ""
             rate = "learned keep rate, at least" if result["dynamic"] else "keep rate"
-            text = (f"epoch {last['epoch']} with token reduction {result['tokens']} ({rate} {last['keep_rate']:.2f}, "
-                    f"{100 * last['kept']:.1f}% of patch tokens kept per reducing block): "
+            # a run resumed from before the kept share was measured has none in its history
+            kept = f", {100 * last['kept']:.1f}% of patch tokens kept per reducing block" if "kept" in last else ""
+            text = (f"epoch {last['epoch']} with token reduction {result['tokens']} ({rate} {last['keep_rate']:.2f}{kept}): "
                     f"DINO loss {last['train_loss']:.4f}{knn}\n" + text)
         _emit(text, result, args.json)
     return 0
