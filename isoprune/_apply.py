@@ -101,7 +101,8 @@ def skeleton_apply(analysis: Analysis, draft: PruningPlan, depth_plans=()) -> Pr
     """Fill in the plan's exact outcome (widths, MACs, params) by pruning a copy of the skeleton.
     Layers of removed blocks have no width after."""
     if not hasattr(analysis, "before"):
-        analysis.before = (*_trace.count(analysis.skeleton, analysis.inputs), _widths(analysis.skeleton))
+        counts = analysis.counts or _trace.count(analysis.skeleton, analysis.inputs)
+        analysis.before = (*counts, _widths(analysis.skeleton))
     macs_before, params_before, widths_before = analysis.before
     skeleton = copy.deepcopy(analysis.skeleton)
     ops = cut_ops(analysis.graph, analysis.tp_groups, _removed(analysis, draft))
@@ -109,7 +110,7 @@ def skeleton_apply(analysis: Analysis, draft: PruningPlan, depth_plans=()) -> Pr
     _fixup(skeleton, draft)
     widths_after = _widths(skeleton)
     apply_depth(skeleton, depth_plans)
-    macs_after, params_after = _trace.count(skeleton, analysis.inputs)
+    macs_after, params_after = _trace.count(skeleton, analysis.inputs)  # a copy of our own: counted in place
     result = replace(
         draft,
         widths={n: {"before": w, "after": None if inside(n, depth_plans) else widths_after[n]} for n, w in widths_before.items()},
@@ -151,6 +152,7 @@ def _plan_ops(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> li
     return cut_ops(analysis.graph, analysis.tp_groups, _removed(analysis, pruning))
 
 
+@_trace.gc_paused()
 def fit(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> PruningPlan:
     """A saved plan checked against ``model`` (an error if it was made for another structure) and
     re-measured on it: widths, MACs and params as this model will have them. The model is not
@@ -161,6 +163,7 @@ def fit(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> PruningP
     return remember(skeleton_apply(analysis, pruning, depth_plans), model)
 
 
+@_trace.gc_paused()
 def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.Module:
     """Remove what the plan says, in place, and fix up attention attributes. Returns the model."""
     ops = _plan_ops(model, pruning, example_inputs)

@@ -14,7 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import _arch, _trace
+from . import _arch, _coupling, _trace
 from ._errors import IsopruneError
 from ._importance import item_member, member_tensors
 
@@ -74,6 +74,7 @@ class Analysis:
     source: dict[int, int]
     attention: dict[str, tuple[int, int]]  # attention module name -> (num_heads, head_dim)
     frozen: dict[str, str] = field(default_factory=dict)  # root of a group left whole -> why
+    counts: tuple[int, int] | None = None  # (MACs, params) of the unpruned model, counted while tracing
 
     def isomorphic(self) -> list[IsomorphicGroup]:
         classes: dict[str, IsomorphicGroup] = {}
@@ -291,8 +292,9 @@ def breaking(analysis: Analysis, cuts: dict[int, list[int]]) -> dict[int, str]:
     return found
 
 
-def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str]) -> tuple[tp.DependencyGraph, list, list[int], dict[str, str]]:
-    """The dependency graph and the groups that can be cut, with why others are left whole.
+def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str]) -> tuple[tp.DependencyGraph, list, list[int], dict[str, str], _trace.Tally]:
+    """The dependency graph and the groups that can be cut, with why others are left whole, and
+    the model's MACs and params, counted during the trace.
 
     Tracing is not always right: parameters it couples to channels they do not have are traced
     again as fixed (not pruned), and any group that cannot lose a channel without breaking the
@@ -301,9 +303,10 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str]) -> tuple[tp.D
     Groups rooted at a registered attention's qkv (``trusted``) are cut by head and not probed."""
     ignored_params = _arch.head_params(skeleton)
     for attempt in range(2):
-        graph = _trace.build_graph(skeleton, inputs, ignored_params)
+        with _trace.counting(skeleton, inputs) as tally:
+            graph = _trace.build_graph(skeleton, inputs, ignored_params)
         ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph)
-        tp_groups = list(graph.get_all_groups(ignored_layers=ignored))
+        tp_groups = _coupling.all_groups(graph, ignored)
         misfit_params, misfit = _misfits(graph, skeleton, tp_groups)
         if not misfit_params or attempt:
             break
@@ -323,7 +326,7 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str]) -> tuple[tp.D
         first, why = next(iter(frozen.items()))
         log.warning("%d groups are left whole: cutting them breaks the model (%s: %s)", len(frozen), first, why)
     kept = [i for i in range(len(tp_groups)) if i not in unsafe]
-    return graph, [tp_groups[i] for i in kept], [blocks[i] for i in kept], frozen
+    return graph, [tp_groups[i] for i in kept], [blocks[i] for i in kept], frozen, tally
 
 
 def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") -> Analysis:
@@ -340,7 +343,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
             heads_of[f"{name}.{spec.qkv}" if name else spec.qkv] = (name, *spec.layout(m))
         elif _arch.is_mlp(m):
             mlps.add(name)
-    graph, traced, blocks, frozen = _traced_groups(skeleton, inputs, set(heads_of))
+    graph, traced, blocks, frozen, tally = _traced_groups(skeleton, inputs, set(heads_of))
     groups, tp_groups, source, attention = [], [], {}, {}
     for tp_group, n_blocks in zip(traced, blocks):
         found = [m for m in map(partial(item_member, graph), tp_group) if m is not None]
@@ -354,4 +357,4 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
             source[len(groups)] = len(tp_groups)
             groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks))
         tp_groups.append(tp_group)
-    return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention, frozen)
+    return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention, frozen, (tally.macs, tally.params))

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import __version__, _importance
+from . import __version__, _importance, _trace
 from ._errors import IsopruneError
 from ._groups import Analysis, Group, analyse, breaking, log
 
@@ -306,6 +306,7 @@ def _validate(ratios, scope, round_to) -> Ratios:
     return ratios
 
 
+@_trace.gc_paused()
 def plan(
     model,
     ratios=0.0,
