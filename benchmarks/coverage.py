@@ -16,8 +16,13 @@ time limit: random init, the model's default input size, batch 2. isoprune runs
 - ``forward``: the pruned model fails to run, returns another output shape, or is not smaller;
 - ``timeout``: the time limit passed.
 
+For every model that runs, ``macs_removed`` is the share of its MACs gone, and ``of_asked`` that
+share over 51%, what a 30% cut of every layer's inputs and outputs removes: a model pruned much
+less than asked (groups left whole, layers nothing couples to) shows as a low ``of_asked``.
+
 Writes ``results/coverage.csv`` (one row per model and tool), ``coverage.json`` (rates and the
-command) and ``coverage.png`` (where each tool's models end).
+command) and ``coverage.png`` (where each tool's models end). ``--report`` rewrites the summary and
+the plot from the saved table, running nothing.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ RESULTS = Path(__file__).parent / "results"
 TOOLS = ("isoprune", "torch-pruning")
 STAGES = ("ok", "trace", "plan", "apply", "prune", "forward", "timeout")
 RATIO = 0.3
+ASKED = 1 - (1 - RATIO) ** 2
+"""The share of MACs 30% pruning removes from a layer that loses 30% of its inputs and outputs."""
 
 
 def family(name: str) -> str:
@@ -190,8 +197,13 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=240, help="seconds per model and tool")
     ap.add_argument("--families", nargs="*", help="run only these families (default: all)")
     ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS), help="run only these tools")
+    ap.add_argument("--report", action="store_true", help="summarise results/coverage.csv again, running nothing")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.report:
+        rows = list(csv.DictReader((RESULTS / "coverage.csv").open()))
+        report(rows, json.loads((RESULTS / "coverage.json").read_text()).get("commands", []))
+        return
     if args.one:
         try:
             print(json.dumps(run_one(*args.one)))
@@ -210,8 +222,20 @@ def main() -> None:
     by_model = {name: key for key, name in families.items()}
     for row in rows:
         row["family"] = by_model[row["model"]]
+    command = " ".join(["benchmarks/coverage.py", *sys.argv[1:]])
+    earlier = json.loads((RESULTS / "coverage.json").read_text()) if kept and (RESULTS / "coverage.json").is_file() else {}
+    commands = earlier.get("commands", [earlier["command"]] if "command" in earlier else []) + [command]  # the runs in the table
+    report(rows, commands)
+
+
+def report(rows: list[dict], commands: list[str]) -> None:
+    """Write the table, the summary and the plot, and print them."""
+    for row in rows:
+        ran = row["stage"] == "ok" and row["macs_before"] not in (None, "")
+        row["macs_removed"] = round(1 - float(row["macs_after"]) / float(row["macs_before"]), 4) if ran else ""
+        row["of_asked"] = round(row["macs_removed"] / ASKED, 3) if ran else ""
     RESULTS.mkdir(exist_ok=True)
-    fields = ["family", "model", "tool", "stage", "error", "macs_before", "macs_after", "seconds"]
+    fields = ["family", "model", "tool", "stage", "error", "macs_before", "macs_after", "macs_removed", "of_asked", "seconds"]
     with open(RESULTS / "coverage.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fields, extrasaction="ignore")
         writer.writeheader()
@@ -220,19 +244,20 @@ def main() -> None:
     for tool in TOOLS:
         mine = [r for r in rows if r["tool"] == tool and r["stage"] != "build"]
         ok = sum(r["stage"] == "ok" for r in mine)
+        asked = sorted(r["of_asked"] for r in mine if r["of_asked"] != "")
         summary[tool] = {"families": len(mine), "ok": ok, "rate": ok / max(len(mine), 1),
-                         "by_stage": {s: sum(r["stage"] == s for r in mine) for s in {r["stage"] for r in mine}}}
+                         "by_stage": {s: sum(r["stage"] == s for r in mine) for s in {r["stage"] for r in mine}},
+                         "median_of_asked": asked[len(asked) // 2] if asked else None,
+                         "under_half_asked": sorted(r["model"] for r in mine if r["of_asked"] != "" and r["of_asked"] < 0.5)}
     unbuildable = sorted(r["model"] for r in rows if r["tool"] == TOOLS[0] and r["stage"] == "build")
-    command = " ".join(["benchmarks/coverage.py", *sys.argv[1:]])
-    earlier = json.loads((RESULTS / "coverage.json").read_text()) if kept and (RESULTS / "coverage.json").is_file() else {}
-    commands = earlier.get("commands", [earlier["command"]] if "command" in earlier else []) + [command]  # the runs in the table
-    result = {"command": command, "commands": commands, "ratio": RATIO, "summary": summary, "not_buildable": unbuildable}
+    result = {"command": commands[-1] if commands else "", "commands": commands, "ratio": RATIO, "summary": summary, "not_buildable": unbuildable}
     (RESULTS / "coverage.json").write_text(json.dumps(result, indent=1))
     draw(rows, RESULTS / "coverage.png")
-    print(f"{'tool':<14} {'families':>8} {'ok':>4} {'rate':>6}  failures by stage")
+    print(f"{'tool':<14} {'families':>8} {'ok':>4} {'rate':>6} {'of asked':>8}  failures by stage")
     for tool, s in summary.items():
         failures = ", ".join(f"{k} {v}" for k, v in sorted(s["by_stage"].items()) if k != "ok")
-        print(f"{tool:<14} {s['families']:>8} {s['ok']:>4} {s['rate']:>6.1%}  {failures}")
+        print(f"{tool:<14} {s['families']:>8} {s['ok']:>4} {s['rate']:>6.1%} {s['median_of_asked'] or 0:>8.2f}  {failures}")
+        print(f"  {tool} removes under half the MACs asked from: {', '.join(s['under_half_asked']) or 'none'}")
     print(f"not buildable here ({len(unbuildable)}): {', '.join(unbuildable)}")
     for row in rows:
         if row["tool"] == "isoprune" and row["stage"] not in ("ok", "build"):
