@@ -101,8 +101,7 @@ def skeleton_apply(analysis: Analysis, draft: PruningPlan, depth_plans=()) -> Pr
     """Fill in the plan's exact outcome (widths, MACs, params) by pruning a copy of the skeleton.
     Layers of removed blocks have no width after."""
     if not hasattr(analysis, "before"):
-        counts = analysis.counts or _trace.count(analysis.skeleton, analysis.inputs)
-        analysis.before = (*counts, _widths(analysis.skeleton))
+        analysis.before = (*analysis.counts, _widths(analysis.skeleton))
     macs_before, params_before, widths_before = analysis.before
     skeleton = copy.deepcopy(analysis.skeleton)
     ops = cut_ops(analysis.graph, analysis.tp_groups, _removed(analysis, draft))

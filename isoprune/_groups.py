@@ -74,7 +74,7 @@ class Analysis:
     source: dict[int, int]
     attention: dict[str, tuple[int, int]]  # attention module name -> (num_heads, head_dim)
     frozen: dict[str, str] = field(default_factory=dict)  # root of a group left whole -> why
-    counts: tuple[int, int] | None = None  # (MACs, params) of the unpruned model, counted while tracing
+    counts: tuple[int, int] = (0, 0)  # (MACs, params) of the unpruned model, counted while tracing
 
     def isomorphic(self) -> list[IsomorphicGroup]:
         classes: dict[str, IsomorphicGroup] = {}

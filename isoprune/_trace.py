@@ -29,7 +29,7 @@ def gc_paused():
     """Cyclic garbage collection paused while it runs (as a ``with`` block or a decorator).
     Tracing and grouping make hundreds of thousands of short-lived objects, and every full
     collection they trigger walks all the objects the process holds (millions once torch and timm
-    are loaded): that was a fifth of the time DeiT-B took to prune. What they leave in cycles is
+    are loaded): that was a quarter of the time DeiT-B took to prune. What they leave in cycles is
     collected once the pause ends."""
     enabled = gc.isenabled()
     gc.disable()
