@@ -73,8 +73,8 @@ class Analysis:
     tp_groups: list  # full-index Torch-Pruning groups; groups[i] comes from tp_groups[source[i]]
     source: dict[int, int]
     attention: dict[str, tuple[int, int]]  # attention module name -> (num_heads, head_dim)
+    counts: tuple[int, int]  # (MACs, params) of the unpruned model, counted while tracing
     frozen: dict[str, str] = field(default_factory=dict)  # root of a group left whole -> why
-    counts: tuple[int, int] = (0, 0)  # (MACs, params) of the unpruned model, counted while tracing
 
     def isomorphic(self) -> list[IsomorphicGroup]:
         classes: dict[str, IsomorphicGroup] = {}
@@ -142,6 +142,11 @@ def signature(g: nx.DiGraph, kind: str) -> str:
         warnings.simplefilter("ignore", UserWarning)
         digest = nx.weisfeiler_lehman_graph_hash(g, node_attr="label", iterations=3, digest_size=8)
     return f"{kind}-{digest[:12]}"
+
+
+def _root(graph: tp.DependencyGraph, tp_group) -> str:
+    """The name of the layer a traced group is rooted at."""
+    return graph._module2name[tp_group[0].dep.target.module]
 
 
 def _parent(name: str) -> str:
@@ -288,7 +293,7 @@ def breaking(analysis: Analysis, cuts: dict[int, list[int]]) -> dict[int, str]:
     graph = analysis.graph
     found = _unsafe(analysis.skeleton, analysis.inputs, graph, analysis.tp_groups, cuts, {})
     for src, error in found.items():
-        analysis.frozen[graph._module2name[analysis.tp_groups[src][0].dep.target.module]] = error
+        analysis.frozen[_root(graph, analysis.tp_groups[src])] = error
     return found
 
 
@@ -311,17 +316,16 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str]) -> tuple[tp.D
         if not misfit_params or attempt:
             break
         ignored_params = ignored_params + misfit_params
-    root = lambda g: graph._module2name[g[0].dep.target.module]  # noqa: E731
-    frozen = {root(tp_groups[i]): "traced onto channels a member does not have" for i in sorted(misfit)}
+    frozen = {_root(graph, tp_groups[i]): "traced onto channels a member does not have" for i in sorted(misfit)}
     tp_groups = [g for i, g in enumerate(tp_groups) if i not in misfit]
     blocks = [_blocks(g) for g in tp_groups]
     candidates = {
         i: unit_channels(len(g[0].idxs), b, [0])
         for i, (g, b) in enumerate(zip(tp_groups, blocks))
-        if len(g[0].idxs) > b and root(g) not in trusted
+        if len(g[0].idxs) > b and _root(graph, g) not in trusted
     }
     unsafe = _unsafe(skeleton, inputs, graph, tp_groups, candidates, {})
-    frozen |= {root(tp_groups[i]): error for i, error in unsafe.items()}
+    frozen |= {_root(graph, tp_groups[i]): error for i, error in unsafe.items()}
     if frozen:
         first, why = next(iter(frozen.items()))
         log.warning("%d groups are left whole: cutting them breaks the model (%s: %s)", len(frozen), first, why)
@@ -348,7 +352,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
     for tp_group, n_blocks in zip(traced, blocks):
         found = [m for m in map(partial(item_member, graph), tp_group) if m is not None]
         members = [(m["name"], "out" if m["out"] else "in") for m in found]
-        root = graph._module2name[tp_group[0].dep.target.module]
+        root = _root(graph, tp_group)
         structure = structure_graph(graph, tp_group, labels)
         channels = len(tp_group[0].idxs) // n_blocks
         for kind, n, owner in _units(root, channels, members, heads_of, mlps):
@@ -357,4 +361,4 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
             source[len(groups)] = len(tp_groups)
             groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks))
         tp_groups.append(tp_group)
-    return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention, frozen, (tally.macs, tally.params))
+    return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention, (tally.macs, tally.params), frozen)
