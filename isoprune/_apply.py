@@ -1,7 +1,6 @@
 """Applying a plan: the one place a model is mutated."""
 from __future__ import annotations
 
-import copy
 import weakref
 from dataclasses import replace
 
@@ -103,7 +102,7 @@ def skeleton_apply(analysis: Analysis, draft: PruningPlan, depth_plans=()) -> Pr
     if not hasattr(analysis, "before"):
         analysis.before = (*analysis.counts, _widths(analysis.skeleton))
     macs_before, params_before, widths_before = analysis.before
-    skeleton = copy.deepcopy(analysis.skeleton)
+    skeleton = _trace.clone(analysis.skeleton)
     ops = cut_ops(analysis.graph, analysis.tp_groups, _removed(analysis, draft))
     run_ops(skeleton, ops)
     _fixup(skeleton, draft)

@@ -1,7 +1,6 @@
 """Dependency groups as plain records, their kinds, and their isomorphism signatures."""
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import re
@@ -258,7 +257,7 @@ def _conv_misfit(model: nn.Module) -> str | None:
 
 def _breaks(skeleton: nn.Module, inputs, graph, tp_groups: list, cuts: dict[int, list[int]]) -> str | None:
     """Why the skeleton no longer runs with ``cuts`` (root channels per group) made; None if it does."""
-    probe = copy.deepcopy(skeleton).eval()  # train-mode BatchNorm rejects a batch of one 1x1 map
+    probe = _trace.clone(skeleton).eval()  # train-mode BatchNorm rejects a batch of one 1x1 map
     try:
         run_ops(probe, cut_ops(graph, tp_groups, cuts))
         with torch.no_grad(), warnings.catch_warnings():

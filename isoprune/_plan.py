@@ -203,8 +203,8 @@ def _select(pool: list[Group], scores: dict[int, torch.Tensor], ratio: float, ro
     total = sum(g.channels for g in pool)
     n_remove = int(math.floor(ratio * total + 1e-9))
     flat = torch.cat([scores[g.id] for g in pool])
-    owner = torch.cat([torch.full((g.channels,), i) for i, g in enumerate(pool)])
-    unit = torch.cat([torch.arange(g.channels) for g in pool])
+    owner = [i for i, g in enumerate(pool) for _ in range(g.channels)]
+    unit = [u for g in pool for u in range(g.channels)]
     order = torch.argsort(flat, stable=True)
     floor = [min(g.channels, step) for g, step in zip(pool, steps)]
     kept = [g.channels for g in pool]
@@ -212,9 +212,9 @@ def _select(pool: list[Group], scores: dict[int, torch.Tensor], ratio: float, ro
     for k in order.tolist():
         if n_remove == 0:
             break
-        i = int(owner[k])
+        i = owner[k]
         if kept[i] > floor[i]:
-            removed[i].append(int(unit[k]))
+            removed[i].append(unit[k])
             kept[i] -= 1
             n_remove -= 1
     keep = {}
