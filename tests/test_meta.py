@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import isoprune
 from isoprune import _groups, _shapes, _trace
 from conftest import TINY, make
 
@@ -40,8 +39,8 @@ CASES = TINY + ["test_efficientnet", "beit_micro", "twins_micro", "tv:densenet12
 
 def _meta(name, dtype=torch.float32):
     model = Zoo() if name == "zoo" else make(name)
-    skeleton = isoprune._trace.meta_skeleton(model).to(dtype)
-    return skeleton, torch.empty(2, *isoprune._trace.input_size(model), device="meta", dtype=dtype)
+    skeleton = _trace.meta_skeleton(model).to(dtype)
+    return skeleton, torch.empty(2, *_trace.input_size(model), device="meta", dtype=dtype)
 
 
 @pytest.mark.parametrize("name", CASES)
