@@ -11,11 +11,13 @@ importance: ``l2`` magnitude, and ``taylor`` on the same calibration batches (ra
 labels; both take the gradient of the cross-entropy, and computing it is part of their time).
 
 Every run is a fresh process (imports done before the clock starts, nothing warmed up), and the
-contenders alternate: isoprune, Torch-Pruning, then one forward pass of the unpruned model at
-batch 1 (the floor: Torch-Pruning traces with one). Reported: median wall time and its spread, the
-time per phase (exclusive: a phase's time leaves out the phases it calls), peak RSS above the RSS
-once the model is built as a multiple of the model's weight size, and the MACs and params of both
-pruned models (counted after the clock stops).
+contenders alternate: isoprune, Torch-Pruning, then the floor: one forward pass of the unpruned
+model at batch 1 (Torch-Pruning traces with one), and with ``taylor`` also the forward and backward
+passes over the calibration batches, the gradients kept (what any gradient criterion computes and
+holds). Reported: median wall time and its spread, the time per phase (exclusive: a phase's time
+leaves out the phases it calls), peak RSS above the RSS once the model is built as a multiple of
+the model's weight size (the floor's too), and the MACs and params of both pruned models (counted
+after the clock stops).
 
 Phases. isoprune: ``trace`` (the dependency graph, on a weightless copy), ``group`` (coupled
 channels, isomorphism signatures, the check that every group can be cut), ``score`` (calibration
@@ -45,7 +47,7 @@ MODELS = [
     "resnet50", "resnet152", "convnext_base", "mobilenetv2_100",
 ]
 PHASES = ("trace", "group", "score", "plan", "apply")
-CONTENDERS = ("isoprune", "torch-pruning", "forward")
+CONTENDERS = ("isoprune", "torch-pruning", "floor")
 TARGET = 4.0
 MEMORY_TARGET = 1.5
 
@@ -165,9 +167,11 @@ def run_one(contender: str, name: str, importance: str, calib_batches: int, cali
     phases = Phases()
     base = _rss()
     start = time.perf_counter()
-    if contender == "forward":
+    if contender == "floor":
         with torch.no_grad():
             model(torch.randn(1, *model.pretrained_cfg["input_size"]))
+        for x, y in calib:
+            torch.nn.functional.cross_entropy(model(x), y).backward()
     elif contender == "isoprune":
         run_isoprune(model, importance, calib, phases)
     else:
@@ -176,14 +180,14 @@ def run_one(contender: str, name: str, importance: str, calib_batches: int, cali
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     macs, params = isoprune.count(model)
     return {"contender": contender, "model": name, "importance": importance, "seconds": seconds,
-            "phases": phases.breakdown(seconds, "plan") if contender != "forward" else {},
+            "phases": phases.breakdown(seconds, "plan") if contender != "floor" else {},
             "peak_bytes": peak, "model_bytes": size, "macs_after": macs, "params_after": params,
             "threads": torch.get_num_threads()}
 
 
 def summarise(rows: list[dict], name: str, importance: str) -> dict:
     mine = lambda c: [r for r in rows if r["model"] == name and r["importance"] == importance and r["contender"] == c]  # noqa: E731
-    iso, tp, fwd = mine("isoprune"), mine("torch-pruning"), mine("forward")
+    iso, tp, floor = mine("isoprune"), mine("torch-pruning"), mine("floor")
     secs = lambda rs: [r["seconds"] for r in rs]  # noqa: E731
     median_phases = lambda rs: {p: statistics.median(r["phases"][p] for r in rs) for p in PHASES}  # noqa: E731
     size = iso[0]["model_bytes"]
@@ -191,11 +195,12 @@ def summarise(rows: list[dict], name: str, importance: str) -> dict:
         "model": name, "importance": importance, "repeats": len(iso),
         "isoprune_s": statistics.median(secs(iso)), "isoprune_s_range": [min(secs(iso)), max(secs(iso))],
         "tp_s": statistics.median(secs(tp)), "tp_s_range": [min(secs(tp)), max(secs(tp))],
-        "forward_s": statistics.median(secs(fwd)),
+        "floor_s": statistics.median(secs(floor)),
         "speedup": statistics.median(secs(tp)) / statistics.median(secs(iso)),
         "isoprune_phases": median_phases(iso), "tp_phases": median_phases(tp),
         "isoprune_peak_over_model": statistics.median(r["peak_bytes"] for r in iso) / size,
         "tp_peak_over_model": statistics.median(r["peak_bytes"] for r in tp) / size,
+        "floor_peak_over_model": statistics.median(r["peak_bytes"] for r in floor) / size,
         "model_mb": size / 2**20,
         "macs_after": {"isoprune": iso[0]["macs_after"], "torch-pruning": tp[0]["macs_after"]},
         "params_after": {"isoprune": iso[0]["params_after"], "torch-pruning": tp[0]["params_after"]},
@@ -248,8 +253,8 @@ def main() -> None:
         print(json.dumps(run_one(*args.one, args.calib_batches, args.calib_size)))
         return
     rows, summary = [], []
-    print(f"{'model':<32} {'imp':<6} {'isoprune s':>10} {'TP s':>8} {'speedup':>8} {'fwd s':>6} "
-          f"{'iso/model':>9} {'TP/model':>8} {'MACs iso/TP':>12}")
+    print(f"{'model':<32} {'imp':<6} {'isoprune s':>10} {'TP s':>8} {'speedup':>8} {'floor s':>7} "
+          f"{'iso/model':>9} {'TP/model':>8} {'floor/model':>11} {'MACs iso/TP':>12}")
     for name in args.models:
         for importance in args.importance:
             for _ in range(args.repeats):
@@ -262,8 +267,9 @@ def main() -> None:
                     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             s = summarise(rows, name, importance)
             summary.append(s)
-            print(f"{name:<32} {importance:<6} {s['isoprune_s']:>10.2f} {s['tp_s']:>8.2f} {s['speedup']:>7.1f}x {s['forward_s']:>6.2f} "
-                  f"{s['isoprune_peak_over_model']:>9.2f} {s['tp_peak_over_model']:>8.2f} {1 + s['macs_difference']:>12.3f}", flush=True)
+            print(f"{name:<32} {importance:<6} {s['isoprune_s']:>10.2f} {s['tp_s']:>8.2f} {s['speedup']:>7.1f}x {s['floor_s']:>7.2f} "
+                  f"{s['isoprune_peak_over_model']:>9.2f} {s['tp_peak_over_model']:>8.2f} {s['floor_peak_over_model']:>11.2f} "
+                  f"{1 + s['macs_difference']:>12.3f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     flat = [{k: v for k, v in s.items() if not isinstance(v, dict)}
             | {f"isoprune_{p}_s": s["isoprune_phases"][p] for p in PHASES} | {f"tp_{p}_s": s["tp_phases"][p] for p in PHASES}

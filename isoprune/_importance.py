@@ -103,39 +103,64 @@ def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None,
     """Mean gradient and/or mean squared gradient of the cross-entropy loss per parameter, over
     ``(input, target)`` batches. Runs in eval mode; leaves the model's grads and mode as found.
 
+    Each parameter's gradient is folded into the statistics as soon as backward has made it, and
+    dropped: the gradients of the whole model never exist at once, so calibration holds one model
+    size per statistic beside the activations of one batch.
+
     Under torchrun each process gives its own share of the batches: the sums and the batch count
     are all-reduced, so every process gets the mean over all of them."""
     was_training = model.training
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.grad for p in params]
-    sums = {stat: {p: torch.zeros_like(p) for p in params} for stat in stats}
+    sums: dict[str, dict] = {stat: {} for stat in stats}
+
+    def fold(p: torch.Tensor) -> None:
+        grad, p.grad = p.grad, None
+        if "sq_grad" in sums:
+            total = sums["sq_grad"].get(p)
+            if total is None:
+                sums["sq_grad"][p] = grad.square()
+            else:
+                total.addcmul_(grad, grad)
+        if "grad" in sums:
+            total = sums["grad"].get(p)
+            if total is None:
+                sums["grad"][p] = grad  # backward made it for us alone: keep it as the running sum
+            else:
+                total += grad
+
     device = params[0].device if params else torch.device("cpu")
     n = 0
+    handles = []
     try:
+        for p in params:
+            p.grad = None
+            handles.append(p.register_post_accumulate_grad_hook(fold))
         for x, y in tqdm(calib, desc="calibration", total=max_batches, leave=False, disable=not _dist.is_main()):
             if max_batches is not None and n >= max_batches:
                 break
-            for p in params:
-                p.grad = None
             out = model(x.to(device))
             out = out[0] if isinstance(out, (tuple, list)) else out
             F.cross_entropy(out, y.to(device)).backward()
-            for p in params:
-                if p.grad is not None:
-                    if "grad" in sums:
-                        sums["grad"][p] += p.grad
-                    if "sq_grad" in sums:
-                        sums["sq_grad"][p] += p.grad.square()
             n += 1
     finally:
+        for handle in handles:
+            handle.remove()
         for p, g in zip(params, saved):
             p.grad = g
         model.train(was_training)
-    n = _dist.all_sum_([t for per_param in sums.values() for t in per_param.values()], n, device)
+    for per_param in sums.values():  # parameters the loss does not reach score a zero gradient
+        for p in params:
+            if p not in per_param:
+                per_param[p] = torch.zeros_like(p)
+    n = _dist.all_sum_([per_param[p] for per_param in sums.values() for p in params], n, device)
     if n == 0:
         raise IsopruneError("calibration data yielded no batches", hint="pass an iterable of (input, target) batches")
-    return {stat: {p: total / n for p, total in per_param.items()} for stat, per_param in sums.items()}
+    for per_param in sums.values():
+        for total in per_param.values():
+            total.div_(n)
+    return sums
 
 
 def member_tensors(model: nn.Module, name: str, *, param: bool, out: bool, dim: int) -> list[tuple[torch.Tensor, int]]:

@@ -1,8 +1,10 @@
 """Importance criteria: registry, calibration, and that scores mean something."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import isoprune
+from isoprune import _importance
 from conftest import make
 
 
@@ -15,6 +17,30 @@ def test_gradient_criteria_use_real_calibration_data(criterion, digits_batches):
     assert model.training and all(p.grad is None for p in model.parameters())
     isoprune.apply_plan(model, plan, example_inputs=digits_batches[0][0][:1])
     assert model(digits_batches[0][0]).shape == (32, 10)
+
+
+def test_calibration_gives_mean_gradients_holding_one_gradient_at_a_time(digits_batches):
+    model = make("test_resnet").eval()
+    params = [p for p in model.parameters()]
+    batches = digits_batches[:3]
+    mean = [torch.zeros_like(p) for p in params]
+    mean_sq = [torch.zeros_like(p) for p in params]
+    for x, y in batches:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        for p, g, sq in zip(params, mean, mean_sq):
+            g += p.grad / len(batches)
+            sq += p.grad.square() / len(batches)
+    model.zero_grad(set_to_none=True)
+    live = []  # how many parameters hold a gradient each time backward finishes one
+    for p in params:
+        p.register_post_accumulate_grad_hook(lambda _: live.append(sum(q.grad is not None for q in params)))
+    stats = _importance.calibrate(model, batches, stats=("grad", "sq_grad"))
+    assert max(live) == 1 and len(live) == len(params) * len(batches)
+    for p, g, sq in zip(params, mean, mean_sq):
+        torch.testing.assert_close(stats["grad"][p], g, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(stats["sq_grad"][p], sq, rtol=1e-4, atol=1e-9)
+    assert all(p.grad is None for p in params)
 
 
 def test_gradient_criteria_need_calibration():
