@@ -26,9 +26,10 @@ def _removed(analysis: Analysis, pruning: PruningPlan) -> dict[int, list[int]]:
             heads, dims = kinds["heads"], kinds["head_dim"]
             kept_h, kept_d = set(heads.keep), set(dims.keep)
             n_h, n_d = heads.channels, dims.channels
+            copies = len(analysis.tp_groups[src][0].idxs) // (n_h * n_d)  # 3 in a fused qkv
             drop = [
                 s * n_h * n_d + h * n_d + d
-                for s in range(3)
+                for s in range(copies)
                 for h in range(n_h)
                 for d in range(n_d)
                 if h not in kept_h or d not in kept_d
@@ -43,6 +44,7 @@ def _removed(analysis: Analysis, pruning: PruningPlan) -> dict[int, list[int]]:
 
 
 def _fixup(model: nn.Module, pruning: PruningPlan) -> None:
+    _arch.use_pruned_classes(model)
     attention: dict[str, dict] = {}
     for g in pruning.groups:
         if g.kind in ("heads", "head_dim") and len(g.keep) < g.channels:

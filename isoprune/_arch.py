@@ -1,19 +1,24 @@
 """Architecture knowledge as registries keyed by module type (looked up along the MRO).
 
-Three things the dependency graph cannot tell by itself:
-- which modules are multi-head attention, where their fused qkv projection lives, which of their
+What the dependency graph cannot tell by itself:
+- which modules are multi-head attention, where their qkv projections live, which of their
   parameters hold one slice per head, and how to fix their attributes after heads or head dims
   are removed;
-- which modules are transformer MLPs (their hidden width is the ``mlp`` kind);
+- which modules are transformer MLPs (their hidden width is the ``mlp`` kind), and which of those
+  gate one half of a layer's output with the other;
 - which modules are the classifier, so it is never pruned at its output.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
+from timm.layers import apply_rot_embed_cat
+from timm.models.eva import EvaAttention
 from torch import nn
 
 from ._errors import IsopruneError
@@ -22,22 +27,38 @@ from ._errors import IsopruneError
 @dataclass(frozen=True)
 class AttentionSpec:
     """How one attention type is laid out: ``qkv`` is a Linear whose output is
-    ``[3, num_heads, head_dim]`` flattened, and the module keeps ``num_heads``. ``head_params`` names
-    parameters that hold one slice per head (``(name, dim)``, e.g. Swin's relative position bias
-    table); the tracer leaves them out and they are cut with the heads. ``fixup(module, heads, dims)``
-    makes the module's other attributes agree with its pruned weights (kept indices)."""
+    ``[3, num_heads, head_dim]`` flattened or, where the module has none, ``separate`` names its
+    query, key and value Linears, each ``[num_heads, head_dim]``; the module keeps ``num_heads``.
+    ``head_params`` names parameters that hold one slice per head (``(name, dim)``, e.g. Swin's
+    relative position bias table); the tracer leaves them out and they are cut with the heads.
+    ``fixup(module, heads, dims)`` makes the module's other attributes agree with its pruned
+    weights (kept indices). ``fixed(model, module)`` names the kinds (``"heads"``, ``"head_dim"``)
+    the module must keep whole in this model, with why. ``pruned`` is the class such a module
+    becomes once its model is pruned, where its own forward assumes the widths it was built with."""
 
     qkv: str
     fixup: Callable[[nn.Module, list[int], list[int]], None]
     head_params: tuple[tuple[str, int], ...] = ()
+    separate: tuple[str, str, str] | None = None
+    fixed: Callable[[nn.Module, nn.Module], dict[str, str]] | None = None
+    pruned: type | None = None
 
-    def layout(self, module: nn.Module) -> tuple[int, int]:
-        heads = int(module.num_heads)
-        return heads, module.get_submodule(self.qkv).out_features // (3 * heads)
+    def projections(self, module: nn.Module) -> tuple[str, ...]:
+        if self.separate and not isinstance(getattr(module, self.qkv, None), nn.Linear):
+            return self.separate
+        return (self.qkv,)
+
+    def layout(self, module: nn.Module) -> tuple[int, int, int]:
+        """``(heads, head_dim, copies)``: every projection's traced channels are laid out
+        ``[copies, heads, head_dim]`` (3 copies in a fused qkv, 1 in a separate projection)."""
+        names = self.projections(module)
+        heads, copies = int(module.num_heads), 3 if len(names) == 1 else 1
+        return heads, module.get_submodule(names[0]).out_features // (copies * heads), copies
 
 
 _ATTENTION: dict[type, AttentionSpec] = {}
 _MLP: set[type] = set()
+_GATED: dict[type, str] = {}
 _TRACE_FORWARD: dict[type, Callable] = {}
 
 
@@ -45,8 +66,12 @@ def register_attention(cls: type, spec: AttentionSpec) -> None:
     _ATTENTION[cls] = spec
 
 
-def register_mlp(cls: type) -> None:
+def register_mlp(cls: type, gated: str | None = None) -> None:
+    """``gated`` names a layer whose output the MLP splits in two halves, one gating the other
+    (timm ``GluMlp``'s ``fc1``): a hidden unit is then one position in both halves."""
     _MLP.add(cls)
+    if gated:
+        _GATED[cls] = gated
 
 
 def register_trace_forward(cls: type, forward: Callable) -> None:
@@ -70,6 +95,10 @@ def is_mlp(module: nn.Module) -> bool:
     return _lookup(_MLP, module) is not None
 
 
+def gated_layer(module: nn.Module) -> str | None:
+    return _lookup(_GATED, module)
+
+
 def trace_forward(module: nn.Module) -> Callable | None:
     return _lookup(_TRACE_FORWARD, module)
 
@@ -82,6 +111,15 @@ def head_params(model: nn.Module) -> list[nn.Parameter]:
         if spec is not None:
             found += [getattr(m, name) for name, _ in spec.head_params]
     return found
+
+
+def use_pruned_classes(model: nn.Module) -> None:
+    """Switch every attention whose own forward assumes its unpruned widths to its spec's
+    ``pruned`` class, which computes the same at any widths."""
+    for m in model.modules():
+        spec = attention_spec(m)
+        if spec is not None and spec.pruned is not None and type(m) is not spec.pruned:
+            m.__class__ = spec.pruned
 
 
 def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:
@@ -142,6 +180,110 @@ def patch_merging_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.reduction(self.norm(x.permute(0, 2, 3, 1)))
 
 
+channel_splits: list = []
+"""The autograd nodes of the splits that trace forwards make on channels, for ``build_graph``."""
+
+
+def split_channels(x: torch.Tensor, chunks: int) -> tuple[torch.Tensor, ...]:
+    """``x.chunk(chunks, dim=1)`` in a trace forward, marked as a split of channels. Torch-Pruning
+    maps a split's channels onto its parts only on dim 1, and not at all once a 3-d parameter (a
+    ViT's class token) lies upstream: its guard against reading the token concatenation as one of
+    channels. ``build_graph`` maps the marked splits again."""
+    parts = x.chunk(chunks, dim=1)
+    channel_splits.append(parts[0].grad_fn)
+    return parts
+
+
+def glu_mlp_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """timm ``GluMlp`` for the tracer: its two halves split as channels (``split_channels``)."""
+    x1, x2 = split_channels(self.fc1(x).movedim(self.chunk_dim, 1), 2)
+    x = (x1 * self.act(x2) if self.gate_last else self.act(x1) * x2).movedim(1, self.chunk_dim)
+    return self.drop2(self.fc2(self.norm(self.drop1(x))))
+
+
+def _eva_attention(self, x: torch.Tensor, rope, attn_mask, is_causal: bool, trace: bool) -> torch.Tensor:
+    """timm ``EvaAttention``'s computation with its output as wide as its heads (timm reshapes it
+    to the input's width, so it runs only while no head, head dim or embedding dim is gone).
+    Always through ``scaled_dot_product_attention``, at the module's ``scale``."""
+    batch, tokens, _ = x.shape
+    gate = self.gate(x).sigmoid() if self.gate is not None else None
+    if self.qkv is not None:
+        qkv = self.qkv(x)  # called as a module, so the MACs counter sees it (timm calls F.linear)
+        if self.q_bias is not None and not trace:
+            qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    else:
+        q, k, v = (p(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+    q, k = self.q_norm(q), self.k_norm(k)
+    if rope is not None:
+        turn = partial(apply_rot_embed_cat, emb=rope, half=getattr(self, "rotate_half", False))
+        n = self.num_prefix_tokens
+        q = torch.cat([q[:, :, :n], turn(q[:, :, n:])], dim=2).type_as(v)
+        k = torch.cat([k[:, :, :n], turn(k[:, :, n:])], dim=2).type_as(v)
+    dropout = self.attn_drop.p if self.training else 0.0
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal, scale=self.scale)
+    x = self.norm(x.transpose(1, 2).reshape(batch, tokens, -1))
+    if gate is not None:
+        x = x * gate
+    return self.proj_drop(self.proj(x))
+
+
+def eva_attention_forward(self, x, rope=None, attn_mask=None, is_causal=False):
+    """A pruned ``EvaAttention``'s forward (see ``_eva_attention``)."""
+    return _eva_attention(self, x, rope, attn_mask, is_causal, trace=False)
+
+
+def eva_attention_trace(self, x, rope=None, attn_mask=None, is_causal=False):
+    """``EvaAttention`` for the tracer: its fused qkv called as a module (timm's ``F.linear`` on
+    the weight hides the layer from it); the q and v biases, which we cut with the heads, and the
+    rotary embedding, which keeps shapes but would read to the tracer as head dims coupled in
+    pairs, left out."""
+    return _eva_attention(self, x, None, attn_mask, is_causal, trace=True)
+
+
+class PrunedEvaAttention(EvaAttention):
+    """timm ``EvaAttention`` after pruning: the same module, with a forward that follows its widths."""
+
+    forward = eva_attention_forward
+
+
+def _keep_units(tensor: torch.Tensor, heads: list[int], dims: list[int], head_dim: int) -> torch.Tensor:
+    """The kept ``(head, dim)`` entries of a tensor laid out ``[heads, head_dim]``."""
+    kept = torch.as_tensor([h * head_dim + d for h in heads for d in dims], device=tensor.device)
+    return tensor.index_select(0, kept).contiguous()
+
+
+def fix_eva_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """timm ``EvaAttention``: ``num_heads``, ``head_dim``, and the separate q/k/v biases of its
+    fused qkv, cut like the projection's rows (``head_dim`` is read before it is changed)."""
+    for name in ("q_bias", "k_bias", "v_bias"):
+        tensor = getattr(module, name, None)
+        if tensor is None or tensor.shape[0] == len(heads) * len(dims):
+            continue
+        kept = _keep_units(tensor.data, heads, dims, module.head_dim)
+        if isinstance(tensor, nn.Parameter):
+            setattr(module, name, nn.Parameter(kept, requires_grad=tensor.requires_grad))
+        else:
+            setattr(module, name, kept)  # the k bias is a buffer of zeros
+    module.num_heads = len(heads)
+    module.head_dim = len(dims)
+
+
+def eva_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    """What an ``EvaAttention`` keeps whole: head dims where the model turns them in pairs with a
+    rotary position embedding or normalises them (qk-norm), heads too where the rotary embedding
+    has its own frequencies per head (``rope_type="mixed"``)."""
+    rotary = [m for m in model.modules() if getattr(m, "rope", None) is not None]
+    fixed = {}
+    if rotary:
+        fixed["head_dim"] = "the rotary position embedding turns head dims in pairs"
+    elif not isinstance(module.q_norm, nn.Identity):
+        fixed["head_dim"] = "qk-norm normalises over head dims"
+    if any(getattr(m, "rope_mixed", False) for m in rotary):
+        fixed["heads"] = "the rotary position embedding has frequencies per head"
+    return fixed
+
+
 def _register_defaults() -> None:
     from timm.layers import attention as timm_attention
     from timm.layers import mlp as timm_mlp
@@ -154,10 +296,17 @@ def _register_defaults() -> None:
         AttentionSpec(qkv="qkv", fixup=fix_window_attention, head_params=(("relative_position_bias_table", 1),)),
     )
     register_trace_forward(swin_transformer.PatchMerging, patch_merging_forward)
-    for name in ("Mlp", "GluMlp", "SwiGLU", "GatedMlp", "ConvMlp"):
+    register_attention(
+        EvaAttention,
+        AttentionSpec(qkv="qkv", fixup=fix_eva_attention, separate=("q_proj", "k_proj", "v_proj"), fixed=eva_fixed, pruned=PrunedEvaAttention),
+    )
+    register_trace_forward(EvaAttention, eva_attention_trace)
+    for name in ("Mlp", "SwiGLU", "GatedMlp", "ConvMlp"):
         cls = getattr(timm_mlp, name, None)
         if cls is not None:
             register_mlp(cls)
+    register_mlp(timm_mlp.GluMlp, gated="fc1")
+    register_trace_forward(timm_mlp.GluMlp, glu_mlp_trace)
 
 
 _register_defaults()

@@ -33,6 +33,7 @@ class Group:
     ``channels`` counts prunable units: channels, or for attention heads / head dims. Where the
     channels feed or leave grouped convolutions they split into ``blocks`` equal runs and a unit is
     one position in every run (removed from all of them alike, so each conv group keeps as many).
+    ``fixed`` says why the group keeps every unit whatever the ratios (None: it may be pruned).
     """
 
     id: int
@@ -43,6 +44,7 @@ class Group:
     members: list[tuple[str, str]]
     owner: str | None = None
     blocks: int = 1
+    fixed: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,8 +157,8 @@ def _parent(name: str) -> str:
 def _units(root: str, channels: int, members, heads_of: dict, mlps: set) -> list[tuple[str, int, str | None]]:
     """(kind, unit count, owner) for one traced group. An attention's qkv group yields two:
     whole heads and head dims; the residual stream feeding attention is the embedding."""
-    if root in heads_of and channels == 3 * heads_of[root][1] * heads_of[root][2]:
-        owner, heads, head_dim = heads_of[root]
+    if root in heads_of and channels == math.prod(heads_of[root][1:4]):
+        owner, heads, head_dim = heads_of[root][:3]
         return [("heads", heads, owner), ("head_dim", head_dim, owner)]
     if any(d == "in" and n in heads_of for n, d in members):
         return [("emb", channels, None)]
@@ -260,6 +262,7 @@ def _breaks(skeleton: nn.Module, inputs, graph, tp_groups: list, cuts: dict[int,
     probe = _trace.clone(skeleton).eval()  # train-mode BatchNorm rejects a batch of one 1x1 map
     try:
         run_ops(probe, cut_ops(graph, tp_groups, cuts))
+        _arch.use_pruned_classes(probe)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _trace.forward(probe, inputs)
@@ -296,7 +299,7 @@ def breaking(analysis: Analysis, cuts: dict[int, list[int]]) -> dict[int, str]:
     return found
 
 
-def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str]) -> tuple[tp.DependencyGraph, list, list[int], dict[str, str], _trace.Tally]:
+def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[str]) -> tuple[tp.DependencyGraph, list, list[int], dict[str, str], _trace.Tally]:
     """The dependency graph and the groups that can be cut, with why others are left whole, and
     the model's MACs and params, counted during the trace.
 
@@ -304,7 +307,8 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str]) -> tuple[tp.D
     again as fixed (not pruned), and any group that cannot lose a channel without breaking the
     forward pass is left whole, found with one pass over the meta skeleton when all is well.
     Each group is probed by removing its first unit (one channel per block, see ``_blocks``).
-    Groups rooted at a registered attention's qkv (``trusted``) are cut by head and not probed."""
+    Groups rooted at a registered attention's qkv (``trusted``) are cut by head and not probed;
+    those rooted at a gated MLP's split layer (``halves``) are cut in both halves alike."""
     ignored_params = _arch.head_params(skeleton)
     for attempt in range(2):
         with _trace.counting(skeleton, inputs) as tally:
@@ -317,7 +321,7 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str]) -> tuple[tp.D
         ignored_params = ignored_params + misfit_params
     frozen = {_root(graph, tp_groups[i]): "traced onto channels a member does not have" for i in sorted(misfit)}
     tp_groups = [g for i, g in enumerate(tp_groups) if i not in misfit]
-    blocks = [_blocks(g) for g in tp_groups]
+    blocks = [math.lcm(_blocks(g), 2) if _root(graph, g) in halves else _blocks(g) for g in tp_groups]
     candidates = {
         i: unit_channels(len(g[0].idxs), b, [0])
         for i, (g, b) in enumerate(zip(tp_groups, blocks))
@@ -338,15 +342,20 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
         raise IsopruneError(f"unknown label granularity {labels!r}", hint=f"use one of {', '.join(LABELS)}")
     skeleton = _trace.meta_skeleton(model)
     inputs = _trace.meta_inputs(model, example_inputs)
-    heads_of = {}  # qkv module name -> (attention name, num_heads, head_dim)
-    mlps = set()
+    heads_of = {}  # projection name -> (attention name, num_heads, head_dim, copies, {kind: why kept whole})
+    mlps, halves = set(), set()
+    prefix = lambda name, child: f"{name}.{child}" if name else child  # noqa: E731
     for name, m in skeleton.named_modules():
         spec = _arch.attention_spec(m)
         if spec is not None:
-            heads_of[f"{name}.{spec.qkv}" if name else spec.qkv] = (name, *spec.layout(m))
+            fixed = spec.fixed(skeleton, m) if spec.fixed else {}
+            for projection in spec.projections(m):
+                heads_of[prefix(name, projection)] = (name, *spec.layout(m), fixed)
         elif _arch.is_mlp(m):
             mlps.add(name)
-    graph, traced, blocks, frozen, tally = _traced_groups(skeleton, inputs, set(heads_of))
+            if _arch.gated_layer(m):
+                halves.add(prefix(name, _arch.gated_layer(m)))
+    graph, traced, blocks, frozen, tally = _traced_groups(skeleton, inputs, set(heads_of), halves)
     groups, tp_groups, source, attention = [], [], {}, {}
     for tp_group, n_blocks in zip(traced, blocks):
         found = [m for m in map(partial(item_member, graph), tp_group) if m is not None]
@@ -355,9 +364,11 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
         structure = structure_graph(graph, tp_group, labels)
         channels = len(tp_group[0].idxs) // n_blocks
         for kind, n, owner in _units(root, channels, members, heads_of, mlps):
+            fixed = None
             if owner:
-                attention[owner] = heads_of[root][1:]
+                attention[owner] = heads_of[root][1:3]
+                fixed = heads_of[root][4].get(kind)
             source[len(groups)] = len(tp_groups)
-            groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks))
+            groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks, fixed))
         tp_groups.append(tp_group)
     return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention, (tally.macs, tally.params), frozen)

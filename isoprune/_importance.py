@@ -229,7 +229,8 @@ def channel_scores(model: nn.Module, analysis, criterion: Importance, stats: dic
 
 
 def attention_unit_scores(scores: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
-    """qkv channel scores laid out [3, heads, head_dim] -> one score per (head, dim) unit."""
-    return scores.view(3, heads, head_dim).sum(0)
+    """qkv channel scores laid out [copies, heads, head_dim] (3 copies in a fused qkv, 1 where the
+    query, key and value projections are separate) -> one score per (head, dim) unit."""
+    return scores.view(-1, heads, head_dim).sum(0)
 
 

@@ -345,6 +345,7 @@ def plan(
     depth_plans = choose_depth(model, analysis.skeleton, analysis.inputs, dict(depth or {}), criterion, stats)
     # groups that live wholly inside removed blocks go with them: they take no part in ranking
     gone = {g.id for g in analysis.groups if all(inside(n, depth_plans) for n, _ in g.members)}
+    gone |= {g.id for g in analysis.groups if g.fixed}  # and those the architecture keeps whole
     scores = _unit_scores(analysis, _importance.channel_scores(model, analysis, criterion, stats))
     template = PruningPlan(
         model=model_name(model),

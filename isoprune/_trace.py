@@ -132,6 +132,17 @@ def _unmap_foreign_expands(graph: tp.DependencyGraph) -> None:
                     expand.enable_index_mapping = False
 
 
+def _map_channel_splits(graph: tp.DependencyGraph) -> None:
+    """Map the channels of the splits trace forwards marked (``_arch.split_channels``)."""
+    from torch_pruning.dependency import index_mapping
+
+    marked = {id(f) for f in _arch.channel_splits}
+    for node in graph.module2node.values():
+        if node.type == tp.ops.OPTYPE.SPLIT and id(node.grad_fn) in marked:
+            node.enable_index_mapping = True
+            index_mapping.update_split_index_mapping(graph, node)
+
+
 def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.DependencyGraph:
     """The dependency graph; ``ignored_params`` join no group (we cut them ourselves). Modules
     with a registered trace forward are traced through it."""
@@ -150,6 +161,7 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
             example = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
             graph = tp.DependencyGraph().build_dependency(skeleton, example, ignored_params=list(ignored_params), verbose=False)
         _unmap_foreign_expands(graph)
+        _map_channel_splits(graph)
         return graph
     except IsopruneError:
         raise
@@ -162,6 +174,7 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
         skeleton.train(was_training)
         for m in patched:
             del m.forward
+        _arch.channel_splits.clear()
 
 
 def output_modules(graph: tp.DependencyGraph) -> list:

@@ -19,6 +19,10 @@ SMALL = {
     "beit_micro": ("beit_base_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)),
     "twins_micro": ("twins_svt_small", dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1),
                                             mlp_ratios=(2, 2, 2, 2))),
+    # EVA-02 as timm builds its small sizes (fused qkv with separate biases, packed SwiGLU) and its
+    # base and large ones (separate q/k/v projections, SwiGLU with a norm); both with rotary embedding
+    "eva02_micro": ("eva02_tiny_patch14_224", dict(img_size=56, embed_dim=48, depth=2, num_heads=3)),
+    "eva02_separate_micro": ("eva02_base_patch14_224", dict(img_size=56, embed_dim=48, depth=2, num_heads=3)),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
 

@@ -1,0 +1,118 @@
+"""EVA-02 (timm ``EvaAttention``): heads, embedding and gated MLPs pruned; head dims kept whole
+where the rotary position embedding turns them in pairs."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import isoprune
+from conftest import assert_equivalent, base_of, inputs_for, layernorm_free, make
+
+EVA = ["eva02_micro", "eva02_separate_micro"]
+
+
+def lively(model: nn.Module) -> nn.Module:
+    """Weights on the scale of a trained model's (timm starts EVA's at std 0.02, where attention
+    hardly moves the output and a wrong cut would go unseen), biases non-zero."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0, m.in_features**-0.5)
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "norm" not in name:
+                p.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("name", EVA)
+def test_eva_prunes_heads_embedding_and_mlp_keeping_rotary_head_dims(name):
+    model = make(name)
+    x = inputs_for(model)
+    kinds = {g.kind: g.fixed for iso in isoprune.isomorphic_groups(model) for g in iso.groups}
+    assert kinds.keys() == {"emb", "heads", "head_dim", "mlp"}
+    assert "rotary" in kinds["head_dim"] and kinds["heads"] is None
+    macs, params = isoprune.count(model)
+    isoprune.prune(model, isoprune.Ratios(emb=0.5, heads=0.34, head_dim=0.5, mlp=0.5))
+    assert model(x).shape == (2, 10)
+    for group in model.isoprune_plan.groups:
+        assert (len(group.keep) == group.channels) == (group.kind == "head_dim")
+    for block in model.blocks:
+        attn = block.attn
+        assert type(attn) is isoprune._arch.PrunedEvaAttention
+        assert attn.num_heads == 2 and attn.head_dim == 16 and attn.proj.in_features == 32
+    assert model.isoprune_plan.macs["after"] < 0.6 * macs and isoprune.count(model)[1] < 0.6 * params
+
+
+@pytest.mark.parametrize("name", EVA)
+def test_eva_heads_and_mlp_are_equivalent_to_zeroing_them(name):
+    model = lively(make(name))
+    with torch.no_grad():
+        before = model(inputs_for(model))
+    plan = assert_equivalent(model, layernorm_free(model, 0.34))  # the separate one's MLP has a norm
+    assert any(len(g.keep) < g.channels for g in plan.groups if g.kind == "heads")
+    with torch.no_grad():
+        assert (model(inputs_for(model)) - before).abs().max() > 0.1  # the cut mattered
+
+
+@pytest.mark.parametrize("name", EVA)
+def test_eva_without_rotary_embedding_prunes_head_dims_with_their_biases(name):
+    timm_name, kwargs = base_of(name)["name"], base_of(name)["kwargs"]
+    import timm
+
+    torch.manual_seed(0)
+    model = lively(timm.create_model(timm_name, **kwargs, use_rot_pos_emb=False).eval())
+    plan = assert_equivalent(model, isoprune.Ratios(heads=0.34, head_dim=0.25))
+    assert all(len(g.keep) < g.channels for g in plan.groups if g.kind in ("heads", "head_dim"))
+    attn = model.blocks[0].attn
+    if attn.qkv is not None:  # the fused qkv's separate biases are cut like its rows
+        assert attn.q_bias.shape == attn.k_bias.shape == attn.v_bias.shape == (attn.num_heads * attn.head_dim,)
+
+
+@pytest.mark.parametrize("name", EVA)
+def test_pruned_eva_saves_and_loads(name, tmp_path):
+    model = lively(make(name))
+    isoprune.prune(model, isoprune.Ratios(emb=0.25, heads=0.34, mlp=0.5))
+    loaded = isoprune.load(isoprune.save(model, tmp_path / "m", base=base_of(name)))
+    x = inputs_for(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)
+    assert type(loaded.blocks[1].attn) is isoprune._arch.PrunedEvaAttention
+
+
+@pytest.mark.parametrize("name", EVA)
+def test_pruned_eva_forward_computes_what_timm_does(name):
+    model = lively(make(name))
+    x = inputs_for(model)
+    with torch.no_grad():
+        expected = model(x)
+        twin = copy.deepcopy(model)
+        isoprune._arch.use_pruned_classes(twin)
+        torch.testing.assert_close(twin(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gate_last", [False, True])
+def test_glu_mlp_trace_forward_computes_what_timm_does(gate_last):
+    from timm.layers import GluMlp
+
+    torch.manual_seed(0)
+    mlp = GluMlp(8, 12, act_layer=nn.SiLU, gate_last=gate_last)
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(isoprune._arch.glu_mlp_trace(mlp, x), mlp(x))
+
+
+def test_gated_mlp_loses_each_hidden_unit_from_both_halves():
+    model = lively(make("eva02_micro"))
+    fc1 = model.blocks[0].mlp.fc1.weight.detach().clone()
+    hidden = fc1.shape[0] // 2
+    with torch.no_grad():  # hidden unit 3 is tiny in both halves and at fc2's input
+        for half in (0, hidden):
+            model.blocks[0].mlp.fc1.weight[half + 3] *= 1e-4
+            model.blocks[0].mlp.fc1.bias[half + 3] *= 1e-4
+        model.blocks[0].mlp.fc2.weight[:, 3] *= 1e-4
+    isoprune.prune(model, isoprune.Ratios(mlp=1 / hidden), scope="local")
+    kept = model.blocks[0].mlp.fc1.weight
+    assert kept.shape[0] == 2 * (hidden - 1) and model.blocks[0].mlp.fc2.in_features == hidden - 1
+    rows = [r for r in range(2 * hidden) if r not in (3, hidden + 3)]
+    torch.testing.assert_close(kept, fc1[rows])
