@@ -132,7 +132,7 @@ def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:
         setattr(module, name, nn.Parameter(kept.contiguous(), requires_grad=param.requires_grad))
 
 
-def _rescale_queries(module: nn.Module, qkv: nn.Linear, old_scale: float, head_dim: int) -> None:
+def _rescale_queries(module: nn.Module, old_scale: float, head_dim: int) -> None:
     """The fused path (``F.scaled_dot_product_attention``) always scales by ``1/sqrt(head_dim)``, so
     after removing head dims we set ``scale`` to the new value and fold the ratio to the old one
     into the query rows: fused and unfused paths then compute exactly what the unpruned model did."""
@@ -146,11 +146,15 @@ def _rescale_queries(module: nn.Module, qkv: nn.Linear, old_scale: float, head_d
             module=type(module).__name__,
             hint="set head_dim ratio to 0 for this model",
         )
-    rows = slice(0, qkv.out_features // 3)  # the query block comes first in qkv's output
+    qkv = getattr(module, "qkv", None)
+    if qkv is None:  # separate projections
+        query, rows = module.q_proj, slice(None)
+    else:  # the query block comes first in qkv's output
+        query, rows = qkv, slice(0, qkv.out_features // 3)
     with torch.no_grad():
-        qkv.weight[rows] *= factor
-        if qkv.bias is not None:
-            qkv.bias[rows] *= factor
+        query.weight[rows] *= factor
+        if query.bias is not None:
+            query.bias[rows] *= factor
 
 
 def fix_timm_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -159,14 +163,22 @@ def fix_timm_attention(module: nn.Module, heads: list[int], dims: list[int]) -> 
     module.num_heads = len(heads)
     module.head_dim = len(dims)
     module.attn_dim = len(heads) * len(dims)
-    _rescale_queries(module, module.qkv, old_scale, len(dims))
+    _rescale_queries(module, old_scale, len(dims))
 
 
 def fix_window_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """timm Swin ``WindowAttention``: ``num_heads`` and ``scale``; the head dim is read from qkv."""
     old_scale = float(module.scale)
     module.num_heads = len(heads)
-    _rescale_queries(module, module.qkv, old_scale, len(dims))
+    _rescale_queries(module, old_scale, len(dims))
+
+
+def fix_rope_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """timm ``AttentionRope``: as ``Attention``, and its key/value heads, as many as its heads
+    (grouped-query attention is kept whole)."""
+    fix_timm_attention(module, heads, dims)
+    module.num_kv_heads = module.num_heads
+    module.kv_dim = module.attn_dim
 
 
 def patch_merging_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -269,10 +281,11 @@ def fix_eva_attention(module: nn.Module, heads: list[int], dims: list[int]) -> N
     module.head_dim = len(dims)
 
 
-def eva_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
-    """What an ``EvaAttention`` keeps whole: head dims where the model turns them in pairs with a
-    rotary position embedding or normalises them (qk-norm), heads too where the rotary embedding
-    has its own frequencies per head (``rope_type="mixed"``)."""
+def rotary_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    """What an attention of timm's rotary models (EVA, ``AttentionRope``) keeps whole: head dims
+    where the model turns them in pairs with a rotary position embedding or normalises them
+    (qk-norm); heads too where the rotary embedding has frequencies per head
+    (``rope_type="mixed"``), and both under grouped-query attention."""
     rotary = [m for m in model.modules() if getattr(m, "rope", None) is not None]
     fixed = {}
     if rotary:
@@ -281,7 +294,18 @@ def eva_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
         fixed["head_dim"] = "qk-norm normalises over head dims"
     if any(getattr(m, "rope_mixed", False) for m in rotary):
         fixed["heads"] = "the rotary position embedding has frequencies per head"
+    if getattr(module, "num_kv_groups", 1) > 1:
+        fixed = dict.fromkeys(("heads", "head_dim"), "grouped-query attention shares key/value heads")
     return fixed
+
+
+def rope_attention_trace(self, x, rope=None, attn_mask=None, is_causal=False):
+    """timm ``AttentionRope`` for the tracer: its own forward without the rotary embedding (see
+    ``eva_attention_trace``)."""
+    return type(self).forward(self, x, None, attn_mask, is_causal)
+
+
+QKV = ("q_proj", "k_proj", "v_proj")
 
 
 def _register_defaults() -> None:
@@ -298,9 +322,11 @@ def _register_defaults() -> None:
     register_trace_forward(swin_transformer.PatchMerging, patch_merging_forward)
     register_attention(
         EvaAttention,
-        AttentionSpec(qkv="qkv", fixup=fix_eva_attention, separate=("q_proj", "k_proj", "v_proj"), fixed=eva_fixed, pruned=PrunedEvaAttention),
+        AttentionSpec(qkv="qkv", fixup=fix_eva_attention, separate=QKV, fixed=rotary_fixed, pruned=PrunedEvaAttention),
     )
     register_trace_forward(EvaAttention, eva_attention_trace)
+    register_attention(timm_attention.AttentionRope, AttentionSpec(qkv="qkv", fixup=fix_rope_attention, separate=QKV, fixed=rotary_fixed))
+    register_trace_forward(timm_attention.AttentionRope, rope_attention_trace)
     for name in ("Mlp", "SwiGLU", "GatedMlp", "ConvMlp"):
         cls = getattr(timm_mlp, name, None)
         if cls is not None:

@@ -23,6 +23,7 @@ SMALL = {
     # base and large ones (separate q/k/v projections, SwiGLU with a norm); both with rotary embedding
     "eva02_micro": ("eva02_tiny_patch14_224", dict(img_size=56, embed_dim=48, depth=2, num_heads=3)),
     "eva02_separate_micro": ("eva02_base_patch14_224", dict(img_size=56, embed_dim=48, depth=2, num_heads=3)),
+    "vit_rope_micro": ("vit_small_patch16_rope_224", dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
 

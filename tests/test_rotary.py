@@ -1,15 +1,19 @@
-"""EVA-02 (timm ``EvaAttention``): heads, embedding and gated MLPs pruned; head dims kept whole
-where the rotary position embedding turns them in pairs."""
+"""timm's rotary-embedding ViTs (EVA-02 and DINOv3's ``EvaAttention``; the rope ViTs' and
+Perception Encoder's ``AttentionRope``): heads, embedding and (gated) MLPs pruned; head dims kept
+whole where the rotary position embedding turns them in pairs."""
 import copy
 
 import pytest
+import timm
 import torch
+from timm.models.eva import EvaAttention
 from torch import nn
 
 import isoprune
 from conftest import assert_equivalent, base_of, inputs_for, layernorm_free, make
 
 EVA = ["eva02_micro", "eva02_separate_micro"]
+ROTARY = EVA + ["vit_rope_micro"]
 
 
 def lively(model: nn.Module) -> nn.Module:
@@ -26,8 +30,8 @@ def lively(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", EVA)
-def test_eva_prunes_heads_embedding_and_mlp_keeping_rotary_head_dims(name):
+@pytest.mark.parametrize("name", ROTARY)
+def test_prunes_heads_embedding_and_mlp_keeping_rotary_head_dims(name):
     model = make(name)
     x = inputs_for(model)
     kinds = {g.kind: g.fixed for iso in isoprune.isomorphic_groups(model) for g in iso.groups}
@@ -40,13 +44,13 @@ def test_eva_prunes_heads_embedding_and_mlp_keeping_rotary_head_dims(name):
         assert (len(group.keep) == group.channels) == (group.kind == "head_dim")
     for block in model.blocks:
         attn = block.attn
-        assert type(attn) is isoprune._arch.PrunedEvaAttention
+        assert isinstance(attn, EvaAttention) == (type(attn) is isoprune._arch.PrunedEvaAttention)
         assert attn.num_heads == 2 and attn.head_dim == 16 and attn.proj.in_features == 32
     assert model.isoprune_plan.macs["after"] < 0.6 * macs and isoprune.count(model)[1] < 0.6 * params
 
 
-@pytest.mark.parametrize("name", EVA)
-def test_eva_heads_and_mlp_are_equivalent_to_zeroing_them(name):
+@pytest.mark.parametrize("name", ROTARY)
+def test_heads_and_mlp_are_equivalent_to_zeroing_them(name):
     model = lively(make(name))
     with torch.no_grad():
         before = model(inputs_for(model))
@@ -56,29 +60,35 @@ def test_eva_heads_and_mlp_are_equivalent_to_zeroing_them(name):
         assert (model(inputs_for(model)) - before).abs().max() > 0.1  # the cut mattered
 
 
-@pytest.mark.parametrize("name", EVA)
-def test_eva_without_rotary_embedding_prunes_head_dims_with_their_biases(name):
-    timm_name, kwargs = base_of(name)["name"], base_of(name)["kwargs"]
-    import timm
-
+@pytest.mark.parametrize("name, extra", [(n, {}) for n in ROTARY] + [("vit_rope_micro", {"qkv_fused": False})])
+def test_without_rotary_embedding_head_dims_are_pruned_too(name, extra):
+    base = base_of(name)
     torch.manual_seed(0)
-    model = lively(timm.create_model(timm_name, **kwargs, use_rot_pos_emb=False).eval())
+    model = lively(timm.create_model(base["name"], **base["kwargs"], **extra, use_rot_pos_emb=False).eval())
     plan = assert_equivalent(model, isoprune.Ratios(heads=0.34, head_dim=0.25))
     assert all(len(g.keep) < g.channels for g in plan.groups if g.kind in ("heads", "head_dim"))
     attn = model.blocks[0].attn
-    if attn.qkv is not None:  # the fused qkv's separate biases are cut like its rows
+    if getattr(attn, "q_bias", None) is not None:  # EVA's fused qkv: its separate biases are cut like its rows
         assert attn.q_bias.shape == attn.k_bias.shape == attn.v_bias.shape == (attn.num_heads * attn.head_dim,)
 
 
-@pytest.mark.parametrize("name", EVA)
-def test_pruned_eva_saves_and_loads(name, tmp_path):
+def test_mixed_rotary_embedding_keeps_heads_whole_too():
+    model = timm.create_model("vit_small_patch16_rope_mixed_224", **base_of("vit_rope_micro")["kwargs"]).eval()
+    fixed = {g.kind: g.fixed for iso in isoprune.isomorphic_groups(model) for g in iso.groups}
+    assert "per head" in fixed["heads"] and "pairs" in fixed["head_dim"] and fixed["mlp"] is None
+    isoprune.prune(model, isoprune.Ratios(emb=0.25, heads=0.5, mlp=0.5))
+    assert model.blocks[0].attn.num_heads == 3 and model(inputs_for(model)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ROTARY)
+def test_pruned_model_saves_and_loads(name, tmp_path):
     model = lively(make(name))
     isoprune.prune(model, isoprune.Ratios(emb=0.25, heads=0.34, mlp=0.5))
     loaded = isoprune.load(isoprune.save(model, tmp_path / "m", base=base_of(name)))
     x = inputs_for(model)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)
-    assert type(loaded.blocks[1].attn) is isoprune._arch.PrunedEvaAttention
+    assert type(loaded.blocks[1].attn) is type(model.blocks[1].attn)
 
 
 @pytest.mark.parametrize("name", EVA)
