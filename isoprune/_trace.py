@@ -143,25 +143,38 @@ def _map_channel_splits(graph: tp.DependencyGraph) -> None:
             index_mapping.update_split_index_mapping(graph, node)
 
 
-def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.DependencyGraph:
-    """The dependency graph; ``ignored_params`` join no group (we cut them ourselves). Modules
-    with a registered trace forward are traced through it."""
-    was_training = skeleton.training
+@contextlib.contextmanager
+def trace_forwards(model: nn.Module):
+    """Modules with a registered trace forward run it while inside. It calls the same layers as
+    the module's own forward, so the MACs counted through it are the model's (and where the own
+    forward hides a layer from the counter, as EVA's ``F.linear`` on its qkv weight, more right)."""
     patched = []
-    for m in skeleton.modules():
+    for m in model.modules():
         forward = _arch.trace_forward(m)
         if forward is not None:
             m.forward = types.MethodType(forward, m)
             patched.append(m)
     try:
-        with torch.enable_grad(), warnings.catch_warnings(), _shapes.shapes():
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+        _arch.channel_splits.clear()
+
+
+def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.DependencyGraph:
+    """The dependency graph; ``ignored_params`` join no group (we cut them ourselves). Modules
+    with a registered trace forward are traced through it."""
+    was_training = skeleton.training
+    try:
+        with trace_forwards(skeleton), torch.enable_grad(), warnings.catch_warnings(), _shapes.shapes():
             warnings.simplefilter("ignore")
             # a tuple of inputs: given one tensor, Torch-Pruning first calls the model on it unpacked
             # (a batch of one becomes one unbatched image, which some layers accept and count)
             example = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
             graph = tp.DependencyGraph().build_dependency(skeleton, example, ignored_params=list(ignored_params), verbose=False)
+            _map_channel_splits(graph)  # while the marks are held
         _unmap_foreign_expands(graph)
-        _map_channel_splits(graph)
         return graph
     except IsopruneError:
         raise
@@ -172,9 +185,6 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
         ) from exc
     finally:
         skeleton.train(was_training)
-        for m in patched:
-            del m.forward
-        _arch.channel_splits.clear()
 
 
 def output_modules(graph: tp.DependencyGraph) -> list:
@@ -247,7 +257,7 @@ def count(skeleton: nn.Module, inputs: Inputs) -> tuple[int, int]:
     modes = [(m, m.training) for m in skeleton.modules()]
     skeleton.eval()
     try:
-        with counting(skeleton, inputs) as tally, torch.no_grad():
+        with counting(skeleton, inputs) as tally, torch.no_grad(), trace_forwards(skeleton):
             forward(skeleton, inputs)
     finally:
         for m, training in modes:

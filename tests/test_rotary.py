@@ -126,3 +126,15 @@ def test_gated_mlp_loses_each_hidden_unit_from_both_halves():
     assert kept.shape[0] == 2 * (hidden - 1) and model.blocks[0].mlp.fc2.in_features == hidden - 1
     rows = [r for r in range(2 * hidden) if r not in (3, hidden + 3)]
     torch.testing.assert_close(kept, fc1[rows])
+
+
+def test_eva_counts_its_fused_qkv():
+    # timm runs EVA's fused qkv through F.linear on its weight, which a per-layer counter misses
+    model = make("eva02_micro")
+    macs, _ = isoprune.count(model)
+    skeleton, inputs = isoprune._trace.meta_skeleton(model), isoprune._trace.meta_inputs(model)
+    with isoprune._trace.counting(skeleton, inputs) as own, torch.no_grad():
+        isoprune._trace.forward(skeleton, inputs)  # timm's own forward
+    qkv, tokens = model.blocks[0].attn.qkv, 1 + model.patch_embed.num_patches
+    assert macs - own.macs == len(model.blocks) * tokens * qkv.in_features * qkv.out_features
+    assert isoprune.plan(model, 0.3).macs["before"] == macs
