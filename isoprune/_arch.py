@@ -286,13 +286,14 @@ def rotary_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     where the model turns them in pairs with a rotary position embedding or normalises them
     (qk-norm); heads too where the rotary embedding has frequencies per head
     (``rope_type="mixed"``), and both under grouped-query attention."""
-    rotary = [m for m in model.modules() if getattr(m, "rope", None) is not None]
+    # the modules' own dicts: nn.Module's getattr raises and catches on every module without one
+    rotary = [m for m in model.modules() if m._modules.get("rope") is not None]
     fixed = {}
     if rotary:
         fixed["head_dim"] = "the rotary position embedding turns head dims in pairs"
     elif not isinstance(module.q_norm, nn.Identity):
         fixed["head_dim"] = "qk-norm normalises over head dims"
-    if any(getattr(m, "rope_mixed", False) for m in rotary):
+    if any(m.__dict__.get("rope_mixed", False) for m in rotary):
         fixed["heads"] = "the rotary position embedding has frequencies per head"
     if getattr(module, "num_kv_groups", 1) > 1:
         fixed = dict.fromkeys(("heads", "head_dim"), "grouped-query attention shares key/value heads")
