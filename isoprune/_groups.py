@@ -7,6 +7,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 import networkx as nx
 import torch
@@ -154,12 +155,22 @@ def _parent(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
-def _units(root: str, channels: int, members, heads_of: dict, mlps: set) -> list[tuple[str, int, str | None]]:
+class _Heads(NamedTuple):
+    """One registered attention, as its projections' traced groups are read."""
+
+    owner: str
+    heads: int
+    head_dim: int
+    copies: int  # the projection's channels are [copies, heads, head_dim]
+    fixed: dict[str, str]  # kind -> why the architecture keeps it whole
+
+
+def _units(root: str, channels: int, members, heads_of: dict[str, _Heads], mlps: set) -> list[tuple[str, int, str | None]]:
     """(kind, unit count, owner) for one traced group. An attention's qkv group yields two:
     whole heads and head dims; the residual stream feeding attention is the embedding."""
-    if root in heads_of and channels == math.prod(heads_of[root][1:4]):
-        owner, heads, head_dim = heads_of[root][:3]
-        return [("heads", heads, owner), ("head_dim", head_dim, owner)]
+    attn = heads_of.get(root)
+    if attn is not None and channels == attn.copies * attn.heads * attn.head_dim:
+        return [("heads", attn.heads, attn.owner), ("head_dim", attn.head_dim, attn.owner)]
     if any(d == "in" and n in heads_of for n, d in members):
         return [("emb", channels, None)]
     if _parent(root) in mlps:
@@ -342,7 +353,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
         raise IsopruneError(f"unknown label granularity {labels!r}", hint=f"use one of {', '.join(LABELS)}")
     skeleton = _trace.meta_skeleton(model)
     inputs = _trace.meta_inputs(model, example_inputs)
-    heads_of = {}  # projection name -> (attention name, num_heads, head_dim, copies, {kind: why kept whole})
+    heads_of: dict[str, _Heads] = {}  # by projection name
     mlps, halves = set(), set()
     prefix = lambda name, child: f"{name}.{child}" if name else child  # noqa: E731
     for name, m in skeleton.named_modules():
@@ -350,7 +361,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
         if spec is not None:
             fixed = spec.fixed(skeleton, m) if spec.fixed else {}
             for projection in spec.projections(m):
-                heads_of[prefix(name, projection)] = (name, *spec.layout(m), fixed)
+                heads_of[prefix(name, projection)] = _Heads(name, *spec.layout(m), fixed)
         elif _arch.is_mlp(m):
             mlps.add(name)
             if _arch.gated_layer(m):
@@ -366,8 +377,9 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
         for kind, n, owner in _units(root, channels, members, heads_of, mlps):
             fixed = None
             if owner:
-                attention[owner] = heads_of[root][1:3]
-                fixed = heads_of[root][4].get(kind)
+                attn = heads_of[root]
+                attention[owner] = (attn.heads, attn.head_dim)
+                fixed = attn.fixed.get(kind)
             source[len(groups)] = len(tp_groups)
             groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks, fixed))
         tp_groups.append(tp_group)
