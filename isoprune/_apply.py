@@ -24,16 +24,9 @@ def _removed(analysis: Analysis, pruning: PruningPlan) -> dict[int, list[int]]:
     for src, kinds in by_source.items():
         if "heads" in kinds:
             heads, dims = kinds["heads"], kinds["head_dim"]
-            kept_h, kept_d = set(heads.keep), set(dims.keep)
-            n_h, n_d = heads.channels, dims.channels
-            copies = len(analysis.tp_groups[src][0].idxs) // (n_h * n_d)  # 3 in a fused qkv
-            drop = [
-                s * n_h * n_d + h * n_d + d
-                for s in range(copies)
-                for h in range(n_h)
-                for d in range(n_d)
-                if h not in kept_h or d not in kept_d
-            ]
+            gone = torch.ones(heads.channels, dims.channels, dtype=torch.bool)
+            gone[torch.as_tensor(heads.keep, dtype=torch.long)[:, None], torch.as_tensor(dims.keep, dtype=torch.long)] = False
+            drop = sorted(analysis.attention[heads.owner].channels()[:, gone].flatten().tolist())
         else:
             (g,) = kinds.values()
             kept = set(g.keep)

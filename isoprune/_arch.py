@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +24,37 @@ from torch import nn
 from ._errors import IsopruneError
 
 
+class Layout(NamedTuple):
+    """How an attention projection's output channels hold its heads: ``[copies, heads, head_dim]``
+    flattened (3 copies, query, key and value, in a fused qkv; 1 in a separate projection), or
+    ``[heads, copies, head_dim]`` where ``heads_first``."""
+
+    heads: int
+    head_dim: int
+    copies: int
+    heads_first: bool = False
+
+    def channels(self) -> torch.Tensor:
+        """The channel of every (copy, head, dim), as a ``[copies, heads, head_dim]`` tensor."""
+        grid = torch.arange(self.copies * self.heads * self.head_dim)
+        if self.heads_first:
+            return grid.view(self.heads, self.copies, self.head_dim).transpose(0, 1)
+        return grid.view(self.copies, self.heads, self.head_dim)
+
+
+def _out_width(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
 @dataclass(frozen=True)
 class AttentionSpec:
-    """How one attention type is laid out: ``qkv`` is a Linear whose output is
-    ``[3, num_heads, head_dim]`` flattened or, where the module has none, ``separate`` names its
-    query, key and value Linears, each ``[num_heads, head_dim]``; the module keeps ``num_heads``.
+    """How one attention type is laid out: ``qkv`` is a Linear (or 1x1 convolution) holding the
+    query, key and value of every head (see ``Layout``; ``heads_first`` names the module's flag for
+    the second order) or, where the module has none, ``separate`` names its query, key and value
+    Linears, each ``[num_heads, head_dim]``; the module keeps ``num_heads``.
     ``head_params`` names parameters that hold one slice per head (``(name, dim)``, e.g. Swin's
-    relative position bias table); the tracer leaves them out and they are cut with the heads.
+    relative position bias table; a dotted name reaches into a submodule), or is a function of the
+    module giving them; the tracer leaves them out and they are cut with the heads.
     ``fixup(module, heads, dims)`` makes the module's other attributes agree with its pruned
     weights (kept indices). ``fixed(model, module)`` names the kinds (``"heads"``, ``"head_dim"``)
     the module must keep whole in this model, with why. ``pruned`` is the class such a module
@@ -38,22 +62,27 @@ class AttentionSpec:
 
     qkv: str
     fixup: Callable[[nn.Module, list[int], list[int]], None]
-    head_params: tuple[tuple[str, int], ...] = ()
+    head_params: tuple[tuple[str, int], ...] | Callable[[nn.Module], tuple[tuple[str, int], ...]] = ()
     separate: tuple[str, str, str] | None = None
     fixed: Callable[[nn.Module, nn.Module], dict[str, str]] | None = None
     pruned: type | None = None
+    heads_first: str | None = None
 
     def projections(self, module: nn.Module) -> tuple[str, ...]:
-        if self.separate and not isinstance(getattr(module, self.qkv, None), nn.Linear):
+        if self.separate and not isinstance(getattr(module, self.qkv, None), (nn.Linear, nn.Conv2d)):
             return self.separate
         return (self.qkv,)
 
-    def layout(self, module: nn.Module) -> tuple[int, int, int]:
-        """``(heads, head_dim, copies)``: every projection's traced channels are laid out
-        ``[copies, heads, head_dim]`` (3 copies in a fused qkv, 1 in a separate projection)."""
+    def layout(self, module: nn.Module) -> Layout:
+        """How every projection of the module lays out its heads."""
         names = self.projections(module)
         heads, copies = int(module.num_heads), 3 if len(names) == 1 else 1
-        return heads, module.get_submodule(names[0]).out_features // (copies * heads), copies
+        heads_first = bool(self.heads_first and getattr(module, self.heads_first))
+        return Layout(heads, _out_width(module.get_submodule(names[0])) // (copies * heads), copies, heads_first)
+
+    def per_head(self, module: nn.Module) -> tuple[tuple[str, int], ...]:
+        """The module's parameters that hold one slice per head, ``(name, dim)``."""
+        return self.head_params(module) if callable(self.head_params) else self.head_params
 
 
 _ATTENTION: dict[type, AttentionSpec] = {}
@@ -109,7 +138,7 @@ def head_params(model: nn.Module) -> list[nn.Parameter]:
     for m in model.modules():
         spec = attention_spec(m)
         if spec is not None:
-            found += [getattr(m, name) for name, _ in spec.head_params]
+            found += [m.get_parameter(name) for name, _ in spec.per_head(m)]
     return found
 
 
@@ -124,15 +153,16 @@ def use_pruned_classes(model: nn.Module) -> None:
 
 def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:
     """Keep only the ``heads`` slices of the module's per-head parameters."""
-    for name, dim in spec.head_params:
-        param = getattr(module, name)
+    for name, dim in spec.per_head(module):
+        param = module.get_parameter(name)
         if param.shape[dim] == len(heads):
             continue
         kept = param.data.index_select(dim, torch.as_tensor(heads, device=param.device))
-        setattr(module, name, nn.Parameter(kept.contiguous(), requires_grad=param.requires_grad))
+        owner, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(owner), attr, nn.Parameter(kept.contiguous(), requires_grad=param.requires_grad))
 
 
-def _rescale_queries(module: nn.Module, old_scale: float, head_dim: int) -> None:
+def _rescale_queries(module: nn.Module, old_scale: float, head_dim: int, heads_first: bool = False) -> None:
     """The fused path (``F.scaled_dot_product_attention``) always scales by ``1/sqrt(head_dim)``, so
     after removing head dims we set ``scale`` to the new value and fold the ratio to the old one
     into the query rows: fused and unfused paths then compute exactly what the unpruned model did."""
@@ -149,8 +179,9 @@ def _rescale_queries(module: nn.Module, old_scale: float, head_dim: int) -> None
     qkv = getattr(module, "qkv", None)
     if qkv is None:  # separate projections
         query, rows = module.q_proj, slice(None)
-    else:  # the query block comes first in qkv's output
-        query, rows = qkv, slice(0, qkv.out_features // 3)
+    else:  # the first copy of every head
+        heads = _out_width(qkv) // (3 * head_dim)
+        query, rows = qkv, Layout(heads, head_dim, 3, heads_first).channels()[0].flatten()
     with torch.no_grad():
         query.weight[rows] *= factor
         if query.bias is not None:
@@ -204,6 +235,20 @@ def split_channels(x: torch.Tensor, chunks: int) -> tuple[torch.Tensor, ...]:
     parts = x.chunk(chunks, dim=1)
     channel_splits.append(parts[0].grad_fn)
     return parts
+
+
+channel_concats: list = []
+"""``(autograd node, parts' autograd nodes, part widths)`` of the concatenations of channels that
+trace forwards make, for ``build_graph``."""
+
+
+def concat_channels(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """``torch.cat(parts, dim)`` in a trace forward, marked as a concatenation of channels.
+    Torch-Pruning maps a concatenation's channels only on dim 1 and infers each part's width from
+    the layers around it; ``build_graph`` maps the marked ones with the widths they had."""
+    out = torch.cat(parts, dim)
+    channel_concats.append((out.grad_fn, [p.grad_fn for p in parts], [p.shape[dim] for p in parts]))
+    return out
 
 
 def glu_mlp_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -306,6 +351,67 @@ def rope_attention_trace(self, x, rope=None, attn_mask=None, is_causal=False):
     return type(self).forward(self, x, None, attn_mask, is_causal)
 
 
+def maxxvit_attention_trace(self, x: torch.Tensor, shared_rel_pos: torch.Tensor | None = None) -> torch.Tensor:
+    """timm MaxViT/CoAtNet ``AttentionCl`` and ``Attention2d`` for the tracer. Their qkv ``view``
+    reads to it as a flatten, through which it maps channels again and again (the walk never
+    ends), and it infers the widths around a reshape of a 4-d tensor from the layers nearby (a
+    Linear on windows ``[batch, h, w, channels]`` reshapes its input to 2-d). So here windows
+    are flattened to ``[batch, tokens, channels]`` first, and each head's value channels are
+    sliced off the qkv on the axis the tracer takes for channels (the last of a 3-d tensor, the
+    second of a 4-d one) and concatenated into the output projection's input
+    (``concat_channels``). That is the whole of how channels flow through
+    attention; queries and keys only weight the tokens, which moves no channel and counts no MACs
+    (the counter counts layers). The relative position bias is computed, so that its MLP's MACs
+    count, but not traced: its per-head parameters are cut with the heads."""
+    nchw = isinstance(self.qkv, nn.Conv2d)
+    windows = x.shape[:-1]
+    qkv = self.qkv(x if nchw else x.flatten(1, -2))
+    axis, dim = 1 if nchw else 2, self.dim_head
+    starts = Layout(self.num_heads, dim, 3, self.head_first).channels()[2, :, 0].tolist()
+    values = [qkv[(slice(None),) * axis + (slice(start, start + dim),)] for start in starts]
+    if self.rel_pos is not None:
+        self.rel_pos.get_bias()
+    x = self.proj(concat_channels(values, axis))
+    return self.proj_drop(x if nchw else x.reshape(*windows, -1))
+
+
+def maxxvit_head_params(module: nn.Module) -> tuple[tuple[str, int], ...]:
+    """The per-head parameters of a MaxViT attention's relative position bias: a table with a
+    column per head (``RelPosBias``), a table with a slice per head first (``RelPosBiasTf``), or
+    an MLP with an output per head (``RelPosMlp``)."""
+    from timm.layers.pos_embed_rel import RelPosBiasTf, RelPosMlp
+
+    rel = module.rel_pos
+    if rel is None:
+        return ()
+    if isinstance(rel, RelPosMlp):
+        fc2 = rel.mlp.fc2
+        return (("rel_pos.mlp.fc2.weight", 0),) + ((("rel_pos.mlp.fc2.bias", 0),) if fc2.bias is not None else ())
+    return (("rel_pos.relative_position_bias_table", 0 if isinstance(rel, RelPosBiasTf) else 1),)
+
+
+def fix_maxxvit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """timm ``AttentionCl``/``Attention2d``: ``num_heads``, ``dim_head`` and ``scale``, and the
+    head count its relative position bias reshapes to (and its MLP's output width)."""
+    from timm.layers.pos_embed_rel import RelPosBiasTf, RelPosMlp
+
+    old_scale = float(module.scale)
+    module.num_heads = len(heads)
+    module.dim_head = len(dims)
+    _rescale_queries(module, old_scale, len(dims), heads_first=module.head_first)
+    rel = module.rel_pos
+    if rel is None:
+        return
+    if hasattr(rel, "num_heads"):
+        rel.num_heads = len(heads)
+    if isinstance(rel, RelPosMlp):
+        rel.mlp.fc2.out_features = len(heads)
+    heads_at = 0 if isinstance(rel, RelPosBiasTf) else -1  # [heads, h, w], else [area, area, heads]
+    shape = list(rel.bias_shape)
+    shape[heads_at] = len(heads)
+    rel.bias_shape = tuple(shape)
+
+
 QKV = ("q_proj", "k_proj", "v_proj")
 
 
@@ -313,7 +419,7 @@ def _register_defaults() -> None:
     from timm.layers import attention as timm_attention
     from timm.layers import mlp as timm_mlp
 
-    from timm.models import swin_transformer
+    from timm.models import maxxvit, swin_transformer
 
     register_attention(timm_attention.Attention, AttentionSpec(qkv="qkv", fixup=fix_timm_attention))
     register_attention(
@@ -328,6 +434,10 @@ def _register_defaults() -> None:
     register_trace_forward(EvaAttention, eva_attention_trace)
     register_attention(timm_attention.AttentionRope, AttentionSpec(qkv="qkv", fixup=fix_rope_attention, separate=QKV, fixed=rotary_fixed))
     register_trace_forward(timm_attention.AttentionRope, rope_attention_trace)
+    maxxvit_spec = AttentionSpec(qkv="qkv", fixup=fix_maxxvit_attention, head_params=maxxvit_head_params, heads_first="head_first")
+    for cls in (maxxvit.AttentionCl, maxxvit.Attention2d):
+        register_attention(cls, maxxvit_spec)
+        register_trace_forward(cls, maxxvit_attention_trace)
     for name in ("Mlp", "SwiGLU", "GatedMlp", "ConvMlp"):
         cls = getattr(timm_mlp, name, None)
         if cls is not None:

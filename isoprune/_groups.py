@@ -74,7 +74,7 @@ class Analysis:
     groups: list[Group]
     tp_groups: list  # full-index Torch-Pruning groups; groups[i] comes from tp_groups[source[i]]
     source: dict[int, int]
-    attention: dict[str, tuple[int, int]]  # attention module name -> (num_heads, head_dim)
+    attention: dict[str, _arch.Layout]  # attention module name -> how its projections hold heads
     counts: tuple[int, int]  # (MACs, params) of the unpruned model, counted while tracing
     frozen: dict[str, str] = field(default_factory=dict)  # root of a group left whole -> why
 
@@ -159,9 +159,7 @@ class _Heads(NamedTuple):
     """One registered attention, as its projections' traced groups are read."""
 
     owner: str
-    heads: int
-    head_dim: int
-    copies: int  # the projection's channels are [copies, heads, head_dim]
+    layout: _arch.Layout
     fixed: dict[str, str]  # kind -> why the architecture keeps it whole
 
 
@@ -169,8 +167,8 @@ def _units(root: str, channels: int, members, heads_of: dict[str, _Heads], mlps:
     """(kind, unit count, owner) for one traced group. An attention's qkv group yields two:
     whole heads and head dims; the residual stream feeding attention is the embedding."""
     attn = heads_of.get(root)
-    if attn is not None and channels == attn.copies * attn.heads * attn.head_dim:
-        return [("heads", attn.heads, attn.owner), ("head_dim", attn.head_dim, attn.owner)]
+    if attn is not None and channels == attn.layout.copies * attn.layout.heads * attn.layout.head_dim:
+        return [("heads", attn.layout.heads, attn.owner), ("head_dim", attn.layout.head_dim, attn.owner)]
     if any(d == "in" and n in heads_of for n, d in members):
         return [("emb", channels, None)]
     if _parent(root) in mlps:
@@ -325,12 +323,13 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[s
         with _trace.counting(skeleton, inputs) as tally:
             graph = _trace.build_graph(skeleton, inputs, ignored_params)
         ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph)
-        tp_groups = _coupling.all_groups(graph, ignored)
+        diverged: dict[str, str] = {}
+        tp_groups = _coupling.all_groups(graph, ignored, diverged)
         misfit_params, misfit = _misfits(graph, skeleton, tp_groups)
         if not misfit_params or attempt:
             break
         ignored_params = ignored_params + misfit_params
-    frozen = {_root(graph, tp_groups[i]): "traced onto channels a member does not have" for i in sorted(misfit)}
+    frozen = diverged | {_root(graph, tp_groups[i]): "traced onto channels a member does not have" for i in sorted(misfit)}
     tp_groups = [g for i, g in enumerate(tp_groups) if i not in misfit]
     blocks = [math.lcm(_blocks(g), 2) if _root(graph, g) in halves else _blocks(g) for g in tp_groups]
     candidates = {
@@ -342,7 +341,7 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[s
     frozen |= {_root(graph, tp_groups[i]): error for i, error in unsafe.items()}
     if frozen:
         first, why = next(iter(frozen.items()))
-        log.warning("%d groups are left whole: cutting them breaks the model (%s: %s)", len(frozen), first, why)
+        log.warning("%d groups are left whole (%s: %s)", len(frozen), first, why)
     kept = [i for i in range(len(tp_groups)) if i not in unsafe]
     return graph, [tp_groups[i] for i in kept], [blocks[i] for i in kept], frozen, tally
 
@@ -361,7 +360,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
         if spec is not None:
             fixed = spec.fixed(skeleton, m) if spec.fixed else {}
             for projection in spec.projections(m):
-                heads_of[prefix(name, projection)] = _Heads(name, *spec.layout(m), fixed)
+                heads_of[prefix(name, projection)] = _Heads(name, spec.layout(m), fixed)
         elif _arch.is_mlp(m):
             mlps.add(name)
             if _arch.gated_layer(m):
@@ -378,7 +377,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
             fixed = None
             if owner:
                 attn = heads_of[root]
-                attention[owner] = (attn.heads, attn.head_dim)
+                attention[owner] = attn.layout
                 fixed = attn.fixed.get(kind)
             source[len(groups)] = len(tp_groups)
             groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks, fixed))

@@ -228,9 +228,9 @@ def channel_scores(model: nn.Module, analysis, criterion: Importance, stats: dic
     return result
 
 
-def attention_unit_scores(scores: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
-    """qkv channel scores laid out [copies, heads, head_dim] (3 copies in a fused qkv, 1 where the
-    query, key and value projections are separate) -> one score per (head, dim) unit."""
-    return scores.view(-1, heads, head_dim).sum(0)
+def attention_unit_scores(scores: torch.Tensor, layout) -> torch.Tensor:
+    """A projection's channel scores -> one score per (head, dim) unit, summed over the copies
+    (query, key and value in a fused qkv; see ``_arch.Layout``)."""
+    return scores[layout.channels().to(scores.device)].sum(0)
 
 

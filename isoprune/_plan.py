@@ -233,7 +233,7 @@ def _unit_scores(analysis: Analysis, channel: list[torch.Tensor]) -> dict[int, t
     for g in analysis.groups:
         s = channel[analysis.source[g.id]]
         if g.kind in ("heads", "head_dim"):
-            units = _importance.attention_unit_scores(s, *analysis.attention[g.owner])
+            units = _importance.attention_unit_scores(s, analysis.attention[g.owner])
             s = units.sum(1) if g.kind == "heads" else units.mean(0)
         elif g.blocks > 1:  # one unit is a position in every block of a grouped convolution
             s = s.view(g.blocks, g.channels).sum(0)

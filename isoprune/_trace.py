@@ -86,16 +86,20 @@ def clone(skeleton: nn.Module) -> nn.Module:
 
 def input_size(model: nn.Module) -> tuple[int, int, int]:
     """The input size the model was built for: its patch embedding's image size (a ViT built with
-    ``img_size=32`` accepts nothing else, whatever its pretrained config says), else timm's
-    pretrained config, else ImageNet's 3x224x224."""
+    ``img_size=32`` accepts nothing else, whatever its pretrained config says), else the image
+    size the model keeps (MaxViT, CoAtNet: their position biases are sized for it) with the
+    channels of timm's pretrained config, else that config, else ImageNet's 3x224x224."""
     embed = getattr(model, "patch_embed", None)
     img, proj = getattr(embed, "img_size", None), getattr(embed, "proj", None)
     if img is not None and isinstance(getattr(proj, "in_channels", None), int):
         return (proj.in_channels, int(img[0]), int(img[1]))
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    if "input_size" in cfg:
-        return tuple(int(s) for s in cfg["input_size"])
-    return (3, 224, 224)
+    size = tuple(int(s) for s in cfg.get("input_size", (3, 224, 224)))
+    img = model.__dict__.get("img_size")
+    if isinstance(img, int) or (isinstance(img, (tuple, list)) and len(img) == 2 and all(isinstance(s, int) for s in img)):
+        height, width = (img, img) if isinstance(img, int) else img
+        return (size[0], height, width)
+    return size
 
 
 def meta_inputs(model: nn.Module, example_inputs: Inputs | None = None) -> Inputs:
@@ -132,15 +136,47 @@ def _unmap_foreign_expands(graph: tp.DependencyGraph) -> None:
                     expand.enable_index_mapping = False
 
 
-def _map_channel_splits(graph: tp.DependencyGraph) -> None:
-    """Map the channels of the splits trace forwards marked (``_arch.split_channels``)."""
+def _map_marked(graph: tp.DependencyGraph) -> None:
+    """Map the channels of the splits and concatenations trace forwards marked
+    (``_arch.split_channels``, ``_arch.concat_channels``) with the part widths they had.
+    Torch-Pruning looks for a split's widths under a name torch no longer uses, and then, as for
+    every concatenation, infers each part's width from the layers around it, which fails where
+    the parts go through attention before they reach one (it found negative offsets)."""
     from torch_pruning.dependency import index_mapping
 
     marked = {id(f) for f in _arch.channel_splits}
+    concats = {id(out): (parts, widths) for out, parts, widths in _arch.channel_concats}
     for node in graph.module2node.values():
+        if node.type == tp.ops.OPTYPE.CONCAT and id(node.grad_fn) in concats:
+            _map_concat(node, *concats[id(node.grad_fn)])
         if node.type == tp.ops.OPTYPE.SPLIT and id(node.grad_fn) in marked:
+            fn = node.grad_fn
+            width, size = fn._saved_self_sym_sizes[fn._saved_dim], fn._saved_split_size
+            sizes = [min(size, width - start) for start in range(0, width, size)]
+            node.module.split_sizes = sizes
+            node.module.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
             node.enable_index_mapping = True
             index_mapping.update_split_index_mapping(graph, node)
+
+
+def _map_concat(node, parts: list, widths: list[int]) -> None:
+    """Map a concatenation's channels onto each input: the part whose autograd node it holds.
+    The inputs are put in the parts' order, since Torch-Pruning, when it redoes its mappings,
+    pairs them with the widths by position."""
+    from torch_pruning.dependency.index_mapping import _ConcatIndexMapping
+
+    offsets = [sum(widths[:i]) for i in range(len(widths) + 1)]
+    node.module.concat_sizes, node.module.offsets = widths, offsets
+    part_of = {id(source): next(i for i, part in enumerate(parts) if part is source.grad_fn) for source in node.inputs}
+    node.inputs.sort(key=lambda source: part_of[id(source)])
+    for source in node.inputs:
+        i = part_of[id(source)]
+        for dep in node.dependencies:
+            if dep.target is source:
+                dep.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i : i + 2], reverse=True)  # the slot Torch-Pruning keeps them in
+        for dep in source.dependencies:
+            if dep.target is node:
+                dep.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i : i + 2], reverse=False)  # the slot Torch-Pruning keeps them in
 
 
 @contextlib.contextmanager
@@ -160,6 +196,7 @@ def trace_forwards(model: nn.Module):
         for m in patched:
             del m.forward
         _arch.channel_splits.clear()
+        _arch.channel_concats.clear()
 
 
 def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.DependencyGraph:
@@ -173,7 +210,7 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
             # (a batch of one becomes one unbatched image, which some layers accept and count)
             example = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
             graph = tp.DependencyGraph().build_dependency(skeleton, example, ignored_params=list(ignored_params), verbose=False)
-            _map_channel_splits(graph)  # while the marks are held
+            _map_marked(graph)  # while the marks are held
         _unmap_foreign_expands(graph)
         return graph
     except IsopruneError:

@@ -14,6 +14,8 @@ import isoprune
 
 TINY = ["test_vit", "test_convnext", "test_resnet", "mobilenetv2_035", "swin_micro"]
 
+_MAXXVIT = dict(img_size=64, embed_dim=(16, 32), depths=(1, 1), stem_width=(8, 16), transformer_dim_head=8)
+
 SMALL = {
     "swin_micro": ("swin_tiny_patch4_window7_224", dict(embed_dim=24, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4])),
     "beit_micro": ("beit_base_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)),
@@ -24,6 +26,15 @@ SMALL = {
     "eva02_micro": ("eva02_tiny_patch14_224", dict(img_size=56, embed_dim=48, depth=2, num_heads=3)),
     "eva02_separate_micro": ("eva02_base_patch14_224", dict(img_size=56, embed_dim=48, depth=2, num_heads=3)),
     "vit_rope_micro": ("vit_small_patch16_rope_224", dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)),
+    # MaxViT/CoAtNet attention in each qkv layout (heads first or not), tensor layout (channels
+    # last or NCHW) and relative position bias (table, TF table, MLP)
+    "maxvit_micro": ("maxvit_pico_rw_256", dict(_MAXXVIT, transformer_window_size=(4, 4), transformer_grid_size=(4, 4))),
+    "maxvit_tf_micro": ("maxvit_tiny_tf_224", dict(_MAXXVIT, transformer_window_size=(4, 4), transformer_grid_size=(4, 4))),
+    "maxvit_nchw_micro": ("maxvit_tiny_tf_224", dict(_MAXXVIT, transformer_window_size=(4, 4), transformer_grid_size=(4, 4),
+                                                     transformer_use_nchw_attn=True)),
+    "maxxvit_rmlp_micro": ("maxxvit_rmlp_nano_rw_256", dict(_MAXXVIT, transformer_window_size=(4, 4), transformer_grid_size=(4, 4),
+                                                            transformer_rel_pos_dim=16)),
+    "coatnet_micro": ("coatnet_pico_rw_224", dict(_MAXXVIT, embed_dim=(16, 16, 32, 32), depths=(1, 1, 1, 1))),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
 
@@ -51,6 +62,23 @@ def make(name: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
                 m.weight.normal_(1, 0.2)
                 m.bias.normal_(0, 0.1)
     return model.eval()
+
+
+def lively(model: nn.Module) -> nn.Module:
+    """Weights on the scale of a trained model's (timm starts transformers' at std 0.02, where
+    attention hardly moves the output and a wrong cut would go unseen), biases and position bias
+    tables non-zero."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.normal_(0, m.weight[0].numel() ** -0.5)
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "norm" not in name:
+                p.normal_(0, 0.2)
+            elif "relative_position_bias_table" in name:
+                p.normal_(0, 1)
+    return model
 
 
 def inputs_for(model: nn.Module, batch: int = 2) -> torch.Tensor:

@@ -10,24 +10,10 @@ from timm.models.eva import EvaAttention
 from torch import nn
 
 import isoprune
-from conftest import assert_equivalent, base_of, inputs_for, layernorm_free, make
+from conftest import assert_equivalent, base_of, inputs_for, layernorm_free, lively, make
 
 EVA = ["eva02_micro", "eva02_separate_micro"]
 ROTARY = EVA + ["vit_rope_micro"]
-
-
-def lively(model: nn.Module) -> nn.Module:
-    """Weights on the scale of a trained model's (timm starts EVA's at std 0.02, where attention
-    hardly moves the output and a wrong cut would go unseen), biases non-zero."""
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(0, m.in_features**-0.5)
-        for name, p in model.named_parameters():
-            if p.dim() == 1 and "norm" not in name:
-                p.normal_(0, 0.2)
-    return model
 
 
 @pytest.mark.parametrize("name", ROTARY)
