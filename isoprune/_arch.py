@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
+from timm.models.beit import Attention as BeitAttention
 from timm.models.eva import EvaAttention
 from torch import nn
 
@@ -310,20 +311,82 @@ def _keep_units(tensor: torch.Tensor, heads: list[int], dims: list[int], head_di
     return tensor.index_select(0, kept).contiguous()
 
 
-def fix_eva_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
-    """timm ``EvaAttention``: ``num_heads``, ``head_dim``, and the separate q/k/v biases of its
-    fused qkv, cut like the projection's rows (``head_dim`` is read before it is changed)."""
+def _cut_qkv_biases(module: nn.Module, heads: list[int], dims: list[int], head_dim: int) -> None:
+    """The separate q/k/v biases of a fused qkv (EVA, BEiT), cut like the projection's rows."""
     for name in ("q_bias", "k_bias", "v_bias"):
         tensor = getattr(module, name, None)
         if tensor is None or tensor.shape[0] == len(heads) * len(dims):
             continue
-        kept = _keep_units(tensor.data, heads, dims, module.head_dim)
+        kept = _keep_units(tensor.data, heads, dims, head_dim)
         if isinstance(tensor, nn.Parameter):
             setattr(module, name, nn.Parameter(kept, requires_grad=tensor.requires_grad))
         else:
             setattr(module, name, kept)  # the k bias is a buffer of zeros
+
+
+def fix_eva_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """timm ``EvaAttention``: ``num_heads``, ``head_dim``, and the separate q/k/v biases of its
+    fused qkv (``head_dim`` is read before it is changed)."""
+    _cut_qkv_biases(module, heads, dims, module.head_dim)
     module.num_heads = len(heads)
     module.head_dim = len(dims)
+
+
+def _beit_attention(self, x: torch.Tensor, shared_rel_pos_bias, trace: bool) -> torch.Tensor:
+    """timm BEiT ``Attention``'s computation with its output as wide as its heads (timm reshapes
+    it to the input's width), at the module's ``scale``. Traced (``trace``) through its qkv as a
+    module (timm calls ``F.linear`` on the weight), without the q/v biases or the relative
+    position bias, whose per-head parts are cut with the heads."""
+    batch, tokens, _ = x.shape
+    qkv = self.qkv(x)
+    if self.q_bias is not None and not trace:
+        qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+    q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = None
+    if not trace:
+        if self.relative_position_bias_table is not None:
+            bias = self._get_rel_pos_bias()
+        if shared_rel_pos_bias is not None:
+            bias = shared_rel_pos_bias if bias is None else bias + shared_rel_pos_bias
+    dropout = self.attn_drop.p if self.training else 0.0
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
+    return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, tokens, -1)))
+
+
+def beit_attention_forward(self, x, shared_rel_pos_bias=None):
+    """A pruned BEiT ``Attention``'s forward (see ``_beit_attention``)."""
+    return _beit_attention(self, x, shared_rel_pos_bias, trace=False)
+
+
+def beit_attention_trace(self, x, shared_rel_pos_bias=None):
+    """BEiT ``Attention`` for the tracer (see ``_beit_attention``)."""
+    return _beit_attention(self, x, shared_rel_pos_bias, trace=True)
+
+
+def fix_beit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """timm BEiT ``Attention``: ``num_heads`` and its q/k/v biases; ``scale`` stays, passed to
+    the pruned forward's attention as it is."""
+    if module.q_bias is not None:
+        _cut_qkv_biases(module, heads, dims, module.q_bias.shape[0] // module.num_heads)
+    module.num_heads = len(heads)
+
+
+def beit_head_params(module: nn.Module) -> tuple[tuple[str, int], ...]:
+    """BEiT's relative position bias table: a column per head, where the block has its own."""
+    return (("relative_position_bias_table", 1),) if module.relative_position_bias_table is not None else ()
+
+
+def beit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    """Heads are kept whole where one relative position bias serves every block."""
+    if model._modules.get("rel_pos_bias") is not None:
+        return {"heads": "one relative position bias, with a column per head, serves every block"}
+    return {}
+
+
+class PrunedBeitAttention(BeitAttention):
+    """timm BEiT ``Attention`` after pruning: the same module, with a forward that follows its widths."""
+
+    forward = beit_attention_forward
 
 
 def rotary_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
@@ -434,6 +497,11 @@ def _register_defaults() -> None:
     register_trace_forward(EvaAttention, eva_attention_trace)
     register_attention(timm_attention.AttentionRope, AttentionSpec(qkv="qkv", fixup=fix_rope_attention, separate=QKV, fixed=rotary_fixed))
     register_trace_forward(timm_attention.AttentionRope, rope_attention_trace)
+    register_attention(
+        BeitAttention,
+        AttentionSpec(qkv="qkv", fixup=fix_beit_attention, head_params=beit_head_params, fixed=beit_fixed, pruned=PrunedBeitAttention),
+    )
+    register_trace_forward(BeitAttention, beit_attention_trace)
     maxxvit_spec = AttentionSpec(qkv="qkv", fixup=fix_maxxvit_attention, head_params=maxxvit_head_params, heads_first="head_first")
     for cls in (maxxvit.AttentionCl, maxxvit.Attention2d):
         register_attention(cls, maxxvit_spec)

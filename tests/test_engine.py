@@ -2,6 +2,7 @@
 import copy
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -250,11 +251,13 @@ def test_grouped_convolutions_lose_the_same_positions_in_every_group():
 
 
 def test_parameters_traced_onto_the_wrong_channels_stay_whole():
-    # BEiT's relative position table holds one column per head; the tracer joins it to the embedding
-    model = make("beit_micro")
-    tables = {n: p.shape for n, p in model.named_parameters() if "relative_position_bias_table" in n}
+    # ConViT's gating parameter holds one value per head; the tracer joins it to the value channels
+    torch.manual_seed(0)
+    model = timm.create_model("convit_tiny", depth=2, img_size=32, patch_size=8, embed_dim=32, num_heads=2, num_classes=10).eval()
+    gates = {n: p.shape for n, p in model.named_parameters() if "gating_param" in n}
+    assert "does not have" in isoprune._groups.analyse(model).frozen["blocks.0.attn.v"]
     x = inputs_for(model)
     isoprune.prune(model, 0.4)
     assert model(x).shape == (2, 10)
-    assert {n: p.shape for n, p in model.named_parameters() if "relative_position_bias_table" in n} == tables
+    assert {n: p.shape for n, p in model.named_parameters() if "gating_param" in n} == gates
     assert model.isoprune_plan.params["after"] < 0.8 * model.isoprune_plan.params["before"]
