@@ -13,6 +13,8 @@ FAMILIES = [
     ("mobilenetv2_035", 0.3, {}),
     ("test_efficientnet", 0.3, {}),
     ("swin_micro", 0.4, {"layers.2.blocks": 1}),
+    ("beit_micro", 0.4, {}),
+    ("maxvit_tf_micro", 0.4, {}),
 ]
 
 
