@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
+from timm.layers.pos_embed_rel import RelPosBiasTf, RelPosMlp
 from timm.models.beit import Attention as BeitAttention
 from timm.models.eva import EvaAttention
 from torch import nn
@@ -422,10 +423,10 @@ def maxxvit_attention_trace(self, x: torch.Tensor, shared_rel_pos: torch.Tensor 
     are flattened to ``[batch, tokens, channels]`` first, and each head's value channels are
     sliced off the qkv on the axis the tracer takes for channels (the last of a 3-d tensor, the
     second of a 4-d one) and concatenated into the output projection's input
-    (``concat_channels``). That is the whole of how channels flow through
-    attention; queries and keys only weight the tokens, which moves no channel and counts no MACs
-    (the counter counts layers). The relative position bias is computed, so that its MLP's MACs
-    count, but not traced: its per-head parameters are cut with the heads."""
+    (``concat_channels``). That is the whole of how channels flow through attention; queries and
+    keys only weight the tokens, which moves no channel and counts no MACs (the counter counts
+    layers). The relative position bias is computed, so that its MLP's MACs count, but not
+    traced: its per-head parameters are cut with the heads."""
     nchw = isinstance(self.qkv, nn.Conv2d)
     windows = x.shape[:-1]
     qkv = self.qkv(x if nchw else x.flatten(1, -2))
@@ -442,8 +443,6 @@ def maxxvit_head_params(module: nn.Module) -> tuple[tuple[str, int], ...]:
     """The per-head parameters of a MaxViT attention's relative position bias: a table with a
     column per head (``RelPosBias``), a table with a slice per head first (``RelPosBiasTf``), or
     an MLP with an output per head (``RelPosMlp``)."""
-    from timm.layers.pos_embed_rel import RelPosBiasTf, RelPosMlp
-
     rel = module.rel_pos
     if rel is None:
         return ()
@@ -456,8 +455,6 @@ def maxxvit_head_params(module: nn.Module) -> tuple[tuple[str, int], ...]:
 def fix_maxxvit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """timm ``AttentionCl``/``Attention2d``: ``num_heads``, ``dim_head`` and ``scale``, and the
     head count its relative position bias reshapes to (and its MLP's output width)."""
-    from timm.layers.pos_embed_rel import RelPosBiasTf, RelPosMlp
-
     old_scale = float(module.scale)
     module.num_heads = len(heads)
     module.dim_head = len(dims)

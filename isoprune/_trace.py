@@ -169,14 +169,14 @@ def _map_concat(node, parts: list, widths: list[int]) -> None:
     node.module.concat_sizes, node.module.offsets = widths, offsets
     part_of = {id(source): next(i for i, part in enumerate(parts) if part is source.grad_fn) for source in node.inputs}
     node.inputs.sort(key=lambda source: part_of[id(source)])
-    for source in node.inputs:
+    for source in node.inputs:  # in the second mapping slot, where Torch-Pruning keeps a concatenation's
         i = part_of[id(source)]
         for dep in node.dependencies:
             if dep.target is source:
-                dep.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i : i + 2], reverse=True)  # the slot Torch-Pruning keeps them in
+                dep.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i : i + 2], reverse=True)
         for dep in source.dependencies:
             if dep.target is node:
-                dep.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i : i + 2], reverse=False)  # the slot Torch-Pruning keeps them in
+                dep.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i : i + 2], reverse=False)
 
 
 @contextlib.contextmanager
