@@ -260,6 +260,18 @@ def glu_mlp_trace(self, x: torch.Tensor) -> torch.Tensor:
     return self.drop2(self.fc2(self.norm(self.drop1(x))))
 
 
+def _fused_qkv(self, x: torch.Tensor, trace: bool) -> tuple[torch.Tensor, ...]:
+    """Queries, keys and values ``[batch, heads, tokens, head_dim]`` from a fused qkv whose
+    biases the module keeps apart (``q_bias``, ``k_bias``, ``v_bias``; EVA, BEiT). The qkv is
+    called as a module, so the tracer and the MACs counter see it (timm calls ``F.linear`` on its
+    weight); the biases, which we cut with the heads, are left out of a trace."""
+    batch, tokens, _ = x.shape
+    qkv = self.qkv(x)
+    if self.q_bias is not None and not trace:
+        qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+    return qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
 def _eva_attention(self, x: torch.Tensor, rope, attn_mask, is_causal: bool, trace: bool) -> torch.Tensor:
     """timm ``EvaAttention``'s computation with its output as wide as its heads (timm reshapes it
     to the input's width, so it runs only while no head, head dim or embedding dim is gone).
@@ -267,10 +279,7 @@ def _eva_attention(self, x: torch.Tensor, rope, attn_mask, is_causal: bool, trac
     batch, tokens, _ = x.shape
     gate = self.gate(x).sigmoid() if self.gate is not None else None
     if self.qkv is not None:
-        qkv = self.qkv(x)  # called as a module, so the MACs counter sees it (timm calls F.linear)
-        if self.q_bias is not None and not trace:
-            qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-        q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = _fused_qkv(self, x, trace)
     else:
         q, k, v = (p(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
     q, k = self.q_norm(q), self.k_norm(k)
@@ -335,14 +344,10 @@ def fix_eva_attention(module: nn.Module, heads: list[int], dims: list[int]) -> N
 
 def _beit_attention(self, x: torch.Tensor, shared_rel_pos_bias, trace: bool) -> torch.Tensor:
     """timm BEiT ``Attention``'s computation with its output as wide as its heads (timm reshapes
-    it to the input's width), at the module's ``scale``. Traced (``trace``) through its qkv as a
-    module (timm calls ``F.linear`` on the weight), without the q/v biases or the relative
-    position bias, whose per-head parts are cut with the heads."""
+    it to the input's width), at the module's ``scale``. Traced (``trace``) without the q/v biases
+    (see ``_fused_qkv``) or the relative position bias, whose per-head parts are cut with the heads."""
     batch, tokens, _ = x.shape
-    qkv = self.qkv(x)
-    if self.q_bias is not None and not trace:
-        qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-    q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = _fused_qkv(self, x, trace)
     bias = None
     if not trace:
         if self.relative_position_bias_table is not None:

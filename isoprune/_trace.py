@@ -96,9 +96,9 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = tuple(int(s) for s in cfg.get("input_size", (3, 224, 224)))
     img = model.__dict__.get("img_size")
-    if isinstance(img, int) or (isinstance(img, (tuple, list)) and len(img) == 2 and all(isinstance(s, int) for s in img)):
-        height, width = (img, img) if isinstance(img, int) else img
-        return (size[0], height, width)
+    img = (img, img) if isinstance(img, int) else img
+    if isinstance(img, (tuple, list)) and len(img) == 2 and all(isinstance(s, int) for s in img):
+        return (size[0], *img)
     return size
 
 
@@ -169,7 +169,7 @@ def _map_concat(node, parts: list, widths: list[int]) -> None:
     node.module.concat_sizes, node.module.offsets = widths, offsets
     part_of = {id(source): next(i for i, part in enumerate(parts) if part is source.grad_fn) for source in node.inputs}
     node.inputs.sort(key=lambda source: part_of[id(source)])
-    for source in node.inputs:  # in the second mapping slot, where Torch-Pruning keeps a concatenation's
+    for source in node.inputs:  # mapping slot 1: where Torch-Pruning keeps a concatenation's mappings
         i = part_of[id(source)]
         for dep in node.dependencies:
             if dep.target is source:
