@@ -36,8 +36,8 @@ def _removed(analysis: Analysis, pruning: PruningPlan) -> dict[int, list[int]]:
     return removed
 
 
-def _fixup(model: nn.Module, pruning: PruningPlan) -> None:
-    _arch.use_pruned_classes(model)
+def _attention_kept(pruning: PruningPlan) -> dict[str, dict[str, list[int]]]:
+    """The heads and head dims kept by every attention module the plan cuts, by owner."""
     attention: dict[str, dict] = {}
     for g in pruning.groups:
         if g.kind in ("heads", "head_dim") and len(g.keep) < g.channels:
@@ -45,7 +45,12 @@ def _fixup(model: nn.Module, pruning: PruningPlan) -> None:
     for g in pruning.groups:
         if g.owner in attention:
             attention[g.owner][g.kind] = g.keep
-    for owner, keep in attention.items():
+    return attention
+
+
+def _fixup(model: nn.Module, pruning: PruningPlan) -> None:
+    _arch.use_pruned_classes(model)
+    for owner, keep in _attention_kept(pruning).items():
         module = model.get_submodule(owner)
         spec = _arch.attention_spec(module)
         _arch.cut_heads(module, spec, keep["heads"])
@@ -184,6 +189,12 @@ def zero_out(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.
         for op in ops:
             for tensor, dim in member_tensors(model, op.name, param=op.param, out=op.out, dim=op.dim):
                 tensor.index_fill_(dim, torch.as_tensor(op.idxs, device=tensor.device), 0.0)
+        for owner, keep in _attention_kept(pruning).items():  # and the slices of removed heads
+            module = model.get_submodule(owner)
+            gone = sorted(set(range(module.num_heads)) - set(keep["heads"]))
+            for name, dim in _arch.attention_spec(module).per_head(module) if gone else ():
+                param = module.get_parameter(name)
+                param.index_fill_(dim, torch.as_tensor(gone, device=param.device), 0.0)
     return model
 
 

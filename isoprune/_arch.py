@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
 from timm.layers.pos_embed_rel import RelPosBiasTf, RelPosMlp
+from timm.models import cait, tnt
 from timm.models.beit import Attention as BeitAttention
 from timm.models.eva import EvaAttention
 from torch import nn
@@ -420,27 +421,31 @@ def rope_attention_trace(self, x, rope=None, attn_mask=None, is_causal=False):
     return type(self).forward(self, x, None, attn_mask, is_causal)
 
 
+def _value_heads(qkv: torch.Tensor, layout: Layout, axis: int) -> torch.Tensor:
+    """The values of every head, sliced off a fused qkv's output on ``axis`` (where the tracer
+    takes channels: the last of a 3-d tensor, the second of a 4-d one) and concatenated
+    (``concat_channels``), as attention hands them to its output projection. That is the whole of
+    how channels flow through attention, written without the reshapes the tracer cannot follow;
+    queries and keys only weight the tokens, which moves no channel and counts no MACs (the
+    counter counts layers)."""
+    starts, dim = layout.channels()[2, :, 0].tolist(), layout.head_dim
+    return concat_channels([qkv[(slice(None),) * axis + (slice(start, start + dim),)] for start in starts], axis)
+
+
 def maxxvit_attention_trace(self, x: torch.Tensor, shared_rel_pos: torch.Tensor | None = None) -> torch.Tensor:
     """timm MaxViT/CoAtNet ``AttentionCl`` and ``Attention2d`` for the tracer. Their qkv ``view``
     reads to it as a flatten, through which it maps channels again and again (the walk never
     ends), and it infers the widths around a reshape of a 4-d tensor from the layers nearby (a
     Linear on windows ``[batch, h, w, channels]`` reshapes its input to 2-d). So here windows
-    are flattened to ``[batch, tokens, channels]`` first, and each head's value channels are
-    sliced off the qkv on the axis the tracer takes for channels (the last of a 3-d tensor, the
-    second of a 4-d one) and concatenated into the output projection's input
-    (``concat_channels``). That is the whole of how channels flow through attention; queries and
-    keys only weight the tokens, which moves no channel and counts no MACs (the counter counts
-    layers). The relative position bias is computed, so that its MLP's MACs count, but not
-    traced: its per-head parameters are cut with the heads."""
+    are flattened to ``[batch, tokens, channels]`` first, and the values go to the output
+    projection as ``_value_heads`` has them. The relative position bias is computed, so that its
+    MLP's MACs count, but not traced: its per-head parameters are cut with the heads."""
     nchw = isinstance(self.qkv, nn.Conv2d)
     windows = x.shape[:-1]
     qkv = self.qkv(x if nchw else x.flatten(1, -2))
-    axis, dim = 1 if nchw else 2, self.dim_head
-    starts = Layout(self.num_heads, dim, 3, self.head_first).channels()[2, :, 0].tolist()
-    values = [qkv[(slice(None),) * axis + (slice(start, start + dim),)] for start in starts]
     if self.rel_pos is not None:
         self.rel_pos.get_bias()
-    x = self.proj(concat_channels(values, axis))
+    x = self.proj(_value_heads(qkv, Layout(self.num_heads, self.dim_head, 3, self.head_first), 1 if nchw else 2))
     return self.proj_drop(x if nchw else x.reshape(*windows, -1))
 
 
@@ -477,6 +482,95 @@ def fix_maxxvit_attention(module: nn.Module, heads: list[int], dims: list[int]) 
     rel.bias_shape = tuple(shape)
 
 
+def talking_head_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned CaiT ``TalkingHeadAttn``'s forward: timm's computation with its output as wide as
+    its heads (timm reshapes it to the input's width)."""
+    batch, tokens, _ = x.shape
+    q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    attn = (q * self.scale) @ k.transpose(-2, -1)
+    attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).softmax(dim=-1)
+    attn = self.attn_drop(self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, -1)))
+
+
+def talking_head_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """CaiT ``TalkingHeadAttn`` for the tracer: the values go to the output projection as
+    ``_value_heads`` has them. The talking-heads layers (``proj_l`` before the softmax, ``proj_w``
+    after it) mix the heads' attention maps, not channels: they run on a stand-in map, so that
+    their MACs count, and are cut with the heads."""
+    batch, tokens, _ = x.shape
+    qkv = self.qkv(x)
+    self.proj_w(self.proj_l(x.new_zeros(batch, tokens, tokens, self.num_heads)))
+    layout = Layout(self.num_heads, qkv.shape[-1] // (3 * self.num_heads), 3)
+    return self.proj_drop(self.proj(_value_heads(qkv, layout, 2)))
+
+
+def fix_talking_head_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """CaiT ``TalkingHeadAttn``: ``num_heads`` and the talking-heads layers' widths; ``scale``
+    stays, applied by the pruned forward as it is."""
+    module.num_heads = len(heads)
+    for layer in (module.proj_l, module.proj_w):
+        layer.in_features = layer.out_features = len(heads)
+
+
+TALKING_HEADS = tuple((f"{layer}.{param}", dim) for layer in ("proj_l", "proj_w") for param, dim in (("weight", 0), ("weight", 1), ("bias", 0)))
+"""The per-head parameters of CaiT's ``TalkingHeadAttn``: each talking-heads layer maps heads to heads."""
+
+
+def class_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned CaiT ``ClassAttn``'s forward: the class token attends to every token, with its
+    output as wide as its heads, at the module's ``scale``."""
+    batch, tokens, _ = x.shape
+    q, k, v = (t.reshape(batch, t.shape[1], self.num_heads, -1).transpose(1, 2) for t in (self.q(x[:, :1]), self.k(x), self.v(x)))
+    dropout = self.attn_drop.p if self.training else 0.0
+    x_cls = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+    return self.proj_drop(self.proj(x_cls.transpose(1, 2).reshape(batch, 1, -1)))
+
+
+def class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """CaiT ``ClassAttn`` for the tracer: the class token's query, every token's key and value,
+    each projection run on what timm runs it on, so that its MACs count. The query and key of a
+    head dim go with its value (a head dim is removed from all three), so the three are added
+    channel by channel into the output projection: the coupling the tracer needs, without the
+    reshapes it cannot follow."""
+    q, k, v = self.q(x[:, 0]), self.k(x)[:, 0], self.v(x)[:, 0]
+    return self.proj_drop(self.proj((q + k + v).unsqueeze(1)))
+
+
+def fix_class_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """CaiT ``ClassAttn``: ``num_heads``; ``scale`` stays, passed to the pruned forward's attention."""
+    module.num_heads = len(heads)
+
+
+class PrunedTalkingHeadAttn(cait.TalkingHeadAttn):
+    """CaiT ``TalkingHeadAttn`` after pruning: the same module, with a forward that follows its widths."""
+
+    forward = talking_head_attention_forward
+
+
+class PrunedClassAttn(cait.ClassAttn):
+    """CaiT ``ClassAttn`` after pruning: the same module, with a forward that follows its widths."""
+
+    forward = class_attention_forward
+
+
+def tnt_block_trace(self, pixel_embed: torch.Tensor, patch_embed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm TNT ``Block`` for the tracer: its own computation, with the pixel embedding's
+    projection added to every patch token but the class token by padding it with a zero token in
+    front, where timm concatenates the class token and the sum along the tokens (the tracer reads
+    a concatenation on the second axis as one of channels, and cannot tell their widths)."""
+    pixel_embed = pixel_embed + self.attn_in(self.norm_in(pixel_embed))
+    pixel_embed = pixel_embed + self.mlp_in(self.norm_mlp_in(pixel_embed))
+    batch, tokens, _ = patch_embed.shape
+    if self.norm2_proj is None:
+        inner = self.proj(self.norm1_proj(pixel_embed).reshape(batch, tokens - 1, -1))
+    else:
+        inner = self.norm2_proj(self.proj(self.norm1_proj(pixel_embed.reshape(batch, tokens - 1, -1))))
+    patch_embed = patch_embed + F.pad(inner, (0, 0, 1, 0))
+    patch_embed = patch_embed + self.attn_out(self.norm_out(patch_embed))
+    return pixel_embed, patch_embed + self.mlp(self.norm_mlp(patch_embed))
+
+
 QKV = ("q_proj", "k_proj", "v_proj")
 
 
@@ -508,6 +602,14 @@ def _register_defaults() -> None:
     for cls in (maxxvit.AttentionCl, maxxvit.Attention2d):
         register_attention(cls, maxxvit_spec)
         register_trace_forward(cls, maxxvit_attention_trace)
+    register_attention(
+        cait.TalkingHeadAttn,
+        AttentionSpec(qkv="qkv", fixup=fix_talking_head_attention, head_params=TALKING_HEADS, pruned=PrunedTalkingHeadAttn),
+    )
+    register_trace_forward(cait.TalkingHeadAttn, talking_head_attention_trace)
+    register_attention(cait.ClassAttn, AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_class_attention, pruned=PrunedClassAttn))
+    register_trace_forward(cait.ClassAttn, class_attention_trace)
+    register_trace_forward(tnt.Block, tnt_block_trace)
     for name in ("Mlp", "SwiGLU", "GatedMlp", "ConvMlp"):
         cls = getattr(timm_mlp, name, None)
         if cls is not None:

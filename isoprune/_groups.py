@@ -171,8 +171,8 @@ def _units(root: str, channels: int, members, heads_of: dict[str, _Heads], mlps:
         return [("heads", attn.layout.heads, attn.owner), ("head_dim", attn.layout.head_dim, attn.owner)]
     if any(d == "in" and n in heads_of for n, d in members):
         return [("emb", channels, None)]
-    if _parent(root) in mlps:
-        return [("mlp", channels, None)]
+    if _parent(root) in mlps and all(n.startswith(_parent(root) + ".") for n, _ in members):
+        return [("mlp", channels, None)]  # hidden units; an MLP's output is the stream it adds to
     return [("channels", channels, None)]
 
 

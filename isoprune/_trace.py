@@ -88,8 +88,9 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
     """The input size the model was built for: its patch embedding's image size (a ViT built with
     ``img_size=32`` accepts nothing else, whatever its pretrained config says), else the image
     size the model keeps (MaxViT, CoAtNet: their position biases are sized for it) with the
-    channels of timm's pretrained config, else that config, else ImageNet's 3x224x224."""
-    embed = getattr(model, "patch_embed", None)
+    channels of timm's pretrained config, else that config, else ImageNet's 3x224x224. (TNT
+    calls its patch embedding ``pixel_embed``.)"""
+    embed = getattr(model, "patch_embed", None) or getattr(model, "pixel_embed", None)
     img, proj = getattr(embed, "img_size", None), getattr(embed, "proj", None)
     if img is not None and isinstance(getattr(proj, "in_channels", None), int):
         return (proj.in_channels, int(img[0]), int(img[1]))

@@ -8,6 +8,7 @@ from torch import nn
 
 import isoprune
 from conftest import TINY, assert_equivalent, base_of, inputs_for, layernorm_free, make
+from isoprune import _groups
 
 FAMILIES = TINY + ["tv:resnet18", "tv:mobilenet_v2"]
 
@@ -35,6 +36,24 @@ def test_a_five_d_expand_is_not_read_as_grouped_query_attention():
     macs = isoprune.count(model)[0]
     isoprune.prune(model, 0.3)
     assert model(x).shape == shape and isoprune.count(model)[0] < 0.9 * macs
+
+
+def test_tnt_adds_its_pixel_embedding_along_tokens_not_channels():
+    """TNT concatenates its class token and the projected pixel embedding along the tokens,
+    which the tracer read as a concatenation of channels: from 7 blocks on, it could not infer
+    the parts' widths and the trace failed."""
+    import torch_pruning as tp
+
+    model = make("tnt_micro")
+    x = inputs_for(model)
+    assert isoprune.count(model)[0] == tp.utils.count_ops_and_params(model, x[:1])[0]
+    kinds = {g.root: g.kind for g in _groups.analyse(model).groups}
+    assert kinds["blocks.6.mlp.fc1"] == kinds["blocks.0.mlp_in.fc1"] == "mlp"
+    assert kinds["blocks.6.mlp.fc2"] == "channels"  # the patch embedding, not an MLP's hidden units
+    assert_equivalent(model, layernorm_free(model, 0.4))
+    macs = isoprune.count(make("tnt_micro"))[0]
+    isoprune.prune(model, 0.3)
+    assert model(x).shape == (2, 10) and isoprune.count(model)[0] < 0.8 * macs
 
 
 @pytest.mark.parametrize("name", TINY)
