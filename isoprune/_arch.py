@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
 from timm.layers.pos_embed_rel import RelPosBiasTf, RelPosMlp
-from timm.models import cait, tnt
 from timm.models.beit import Attention as BeitAttention
 from timm.models.eva import EvaAttention
 from torch import nn
@@ -76,12 +75,16 @@ class AttentionSpec:
             return self.separate
         return (self.qkv,)
 
-    def layout(self, module: nn.Module) -> Layout:
-        """How every projection of the module lays out its heads."""
+    def layout(self, module: nn.Module, projection: str | None = None) -> Layout:
+        """How a projection of the module (its first, unless named) lays out its heads. A fused qkv
+        holds three copies; of separate projections the narrowest holds one, and the others as
+        many as they are wider (PVT's ``kv``, ConViT's ``qk``: two)."""
         names = self.projections(module)
-        heads, copies = int(module.num_heads), 3 if len(names) == 1 else 1
+        heads = int(module.num_heads)
         heads_first = bool(self.heads_first and getattr(module, self.heads_first))
-        return Layout(heads, _out_width(module.get_submodule(names[0])) // (copies * heads), copies, heads_first)
+        widths = {name: _out_width(module.get_submodule(name)) for name in names}
+        head_dim = min(widths.values()) // heads if len(names) > 1 else widths[names[0]] // (3 * heads)
+        return Layout(heads, head_dim, widths[projection or names[0]] // (heads * head_dim), heads_first)
 
     def per_head(self, module: nn.Module) -> tuple[tuple[str, int], ...]:
         """The module's parameters that hold one slice per head, ``(name, dim)``."""
@@ -482,95 +485,6 @@ def fix_maxxvit_attention(module: nn.Module, heads: list[int], dims: list[int]) 
     rel.bias_shape = tuple(shape)
 
 
-def talking_head_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """A pruned CaiT ``TalkingHeadAttn``'s forward: timm's computation with its output as wide as
-    its heads (timm reshapes it to the input's width)."""
-    batch, tokens, _ = x.shape
-    q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-    attn = (q * self.scale) @ k.transpose(-2, -1)
-    attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).softmax(dim=-1)
-    attn = self.attn_drop(self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
-    return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, -1)))
-
-
-def talking_head_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
-    """CaiT ``TalkingHeadAttn`` for the tracer: the values go to the output projection as
-    ``_value_heads`` has them. The talking-heads layers (``proj_l`` before the softmax, ``proj_w``
-    after it) mix the heads' attention maps, not channels: they run on a stand-in map, so that
-    their MACs count, and are cut with the heads."""
-    batch, tokens, _ = x.shape
-    qkv = self.qkv(x)
-    self.proj_w(self.proj_l(x.new_zeros(batch, tokens, tokens, self.num_heads)))
-    layout = Layout(self.num_heads, qkv.shape[-1] // (3 * self.num_heads), 3)
-    return self.proj_drop(self.proj(_value_heads(qkv, layout, 2)))
-
-
-def fix_talking_head_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
-    """CaiT ``TalkingHeadAttn``: ``num_heads`` and the talking-heads layers' widths; ``scale``
-    stays, applied by the pruned forward as it is."""
-    module.num_heads = len(heads)
-    for layer in (module.proj_l, module.proj_w):
-        layer.in_features = layer.out_features = len(heads)
-
-
-TALKING_HEADS = tuple((f"{layer}.{param}", dim) for layer in ("proj_l", "proj_w") for param, dim in (("weight", 0), ("weight", 1), ("bias", 0)))
-"""The per-head parameters of CaiT's ``TalkingHeadAttn``: each talking-heads layer maps heads to heads."""
-
-
-def class_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """A pruned CaiT ``ClassAttn``'s forward: the class token attends to every token, with its
-    output as wide as its heads, at the module's ``scale``."""
-    batch, tokens, _ = x.shape
-    q, k, v = (t.reshape(batch, t.shape[1], self.num_heads, -1).transpose(1, 2) for t in (self.q(x[:, :1]), self.k(x), self.v(x)))
-    dropout = self.attn_drop.p if self.training else 0.0
-    x_cls = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
-    return self.proj_drop(self.proj(x_cls.transpose(1, 2).reshape(batch, 1, -1)))
-
-
-def class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
-    """CaiT ``ClassAttn`` for the tracer: the class token's query, every token's key and value,
-    each projection run on what timm runs it on, so that its MACs count. The query and key of a
-    head dim go with its value (a head dim is removed from all three), so the three are added
-    channel by channel into the output projection: the coupling the tracer needs, without the
-    reshapes it cannot follow."""
-    q, k, v = self.q(x[:, 0]), self.k(x)[:, 0], self.v(x)[:, 0]
-    return self.proj_drop(self.proj((q + k + v).unsqueeze(1)))
-
-
-def fix_class_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
-    """CaiT ``ClassAttn``: ``num_heads``; ``scale`` stays, passed to the pruned forward's attention."""
-    module.num_heads = len(heads)
-
-
-class PrunedTalkingHeadAttn(cait.TalkingHeadAttn):
-    """CaiT ``TalkingHeadAttn`` after pruning: the same module, with a forward that follows its widths."""
-
-    forward = talking_head_attention_forward
-
-
-class PrunedClassAttn(cait.ClassAttn):
-    """CaiT ``ClassAttn`` after pruning: the same module, with a forward that follows its widths."""
-
-    forward = class_attention_forward
-
-
-def tnt_block_trace(self, pixel_embed: torch.Tensor, patch_embed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """timm TNT ``Block`` for the tracer: its own computation, with the pixel embedding's
-    projection added to every patch token but the class token by padding it with a zero token in
-    front, where timm concatenates the class token and the sum along the tokens (the tracer reads
-    a concatenation on the second axis as one of channels, and cannot tell their widths)."""
-    pixel_embed = pixel_embed + self.attn_in(self.norm_in(pixel_embed))
-    pixel_embed = pixel_embed + self.mlp_in(self.norm_mlp_in(pixel_embed))
-    batch, tokens, _ = patch_embed.shape
-    if self.norm2_proj is None:
-        inner = self.proj(self.norm1_proj(pixel_embed).reshape(batch, tokens - 1, -1))
-    else:
-        inner = self.norm2_proj(self.proj(self.norm1_proj(pixel_embed.reshape(batch, tokens - 1, -1))))
-    patch_embed = patch_embed + F.pad(inner, (0, 0, 1, 0))
-    patch_embed = patch_embed + self.attn_out(self.norm_out(patch_embed))
-    return pixel_embed, patch_embed + self.mlp(self.norm_mlp(patch_embed))
-
-
 QKV = ("q_proj", "k_proj", "v_proj")
 
 
@@ -602,20 +516,16 @@ def _register_defaults() -> None:
     for cls in (maxxvit.AttentionCl, maxxvit.Attention2d):
         register_attention(cls, maxxvit_spec)
         register_trace_forward(cls, maxxvit_attention_trace)
-    register_attention(
-        cait.TalkingHeadAttn,
-        AttentionSpec(qkv="qkv", fixup=fix_talking_head_attention, head_params=TALKING_HEADS, pruned=PrunedTalkingHeadAttn),
-    )
-    register_trace_forward(cait.TalkingHeadAttn, talking_head_attention_trace)
-    register_attention(cait.ClassAttn, AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_class_attention, pruned=PrunedClassAttn))
-    register_trace_forward(cait.ClassAttn, class_attention_trace)
-    register_trace_forward(tnt.Block, tnt_block_trace)
     for name in ("Mlp", "SwiGLU", "GatedMlp", "ConvMlp"):
         cls = getattr(timm_mlp, name, None)
         if cls is not None:
             register_mlp(cls)
     register_mlp(timm_mlp.GluMlp, gated="fc1")
     register_trace_forward(timm_mlp.GluMlp, glu_mlp_trace)
+
+    from . import _zoo
+
+    _zoo.register()
 
 
 _register_defaults()

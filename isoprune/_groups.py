@@ -360,7 +360,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
         if spec is not None:
             fixed = spec.fixed(skeleton, m) if spec.fixed else {}
             for projection in spec.projections(m):
-                heads_of[prefix(name, projection)] = _Heads(name, spec.layout(m), fixed)
+                heads_of[prefix(name, projection)] = _Heads(name, spec.layout(m, projection), fixed)
         elif _arch.is_mlp(m):
             mlps.add(name)
             if _arch.gated_layer(m):

@@ -19,11 +19,19 @@ _MAXXVIT = dict(img_size=64, embed_dim=(16, 32), depths=(1, 1), stem_width=(8, 1
 SMALL = {
     "swin_micro": ("swin_tiny_patch4_window7_224", dict(embed_dim=24, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4])),
     "beit_micro": ("beit_base_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)),
+    "pvt_v2_micro": ("pvt_v2_b0", dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4), mlp_ratios=(2, 2, 2, 2))),
+    "pvt_v2_linear_micro": ("pvt_v2_b2_li", dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4),
+                                                  mlp_ratios=(2, 2, 2, 2))),
     "cait_micro": ("cait_xxs24_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)),
+    # gated positional self-attention in the first two blocks, plain self-attention in the third
+    "convit_micro": ("convit_tiny", dict(img_size=32, patch_size=8, embed_dim=8, num_heads=4, depth=3, local_up_to_layer=2)),
     "tnt_micro": ("tnt_s_legacy_patch16_224", dict(img_size=32, patch_size=8, embed_dim=48, inner_dim=12, depth=7, num_heads_inner=2,
                                                    num_heads_outer=4)),
     "twins_micro": ("twins_svt_small", dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1),
                                             mlp_ratios=(2, 2, 2, 2))),
+    # two blocks a stage: attention within windows, then over the spatially reduced map
+    "twins_svt_micro": ("twins_svt_small", dict(embed_dims=(16, 32, 48, 64), num_heads=(2, 2, 4, 4), depths=(2, 2, 2, 2),
+                                                mlp_ratios=(2, 2, 2, 2))),
     # EVA-02 as timm builds its small sizes (fused qkv with separate biases, packed SwiGLU) and its
     # base and large ones (separate q/k/v projections, SwiGLU with a norm); both with rotary embedding
     "eva02_micro": ("eva02_tiny_patch14_224", dict(img_size=56, embed_dim=48, depth=2, num_heads=3)),

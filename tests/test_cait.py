@@ -6,7 +6,7 @@ import torch
 
 import isoprune
 from conftest import assert_equivalent, inputs_for, layernorm_free, lively, make
-from isoprune import _arch, _groups
+from isoprune import _groups, _zoo
 
 
 def attentions(model):
@@ -24,12 +24,12 @@ def test_pruned_attention_computes_what_the_zeroed_one_does():
     assert {"blocks.0.attn", "blocks_token_only.0.attn"} <= owners  # both kinds of attention cut
     for attn in attentions(model):
         heads = attn.num_heads
-        if isinstance(attn, _arch.PrunedTalkingHeadAttn):
+        if isinstance(attn, _zoo.PrunedTalkingHeadAttn):
             assert attn.qkv.out_features == 3 * attn.proj.in_features
             for layer in (attn.proj_l, attn.proj_w):
                 assert layer.weight.shape == (heads, heads) and layer.bias.shape == (heads,) and layer.in_features == heads
         else:
-            assert type(attn) is _arch.PrunedClassAttn
+            assert type(attn) is _zoo.PrunedClassAttn
             assert attn.q.out_features == attn.k.out_features == attn.v.out_features == attn.proj.in_features
         assert attn.proj.in_features % heads == 0
     with torch.no_grad():

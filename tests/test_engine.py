@@ -270,13 +270,14 @@ def test_grouped_convolutions_lose_the_same_positions_in_every_group():
 
 
 def test_parameters_traced_onto_the_wrong_channels_stay_whole():
-    # ConViT's gating parameter holds one value per head; the tracer joins it to the value channels
+    # SwinV2-CR's logit scale holds one value per head; the tracer joins it to the qkv channels
     torch.manual_seed(0)
-    model = timm.create_model("convit_tiny", depth=2, img_size=32, patch_size=8, embed_dim=32, num_heads=2, num_classes=10).eval()
-    gates = {n: p.shape for n, p in model.named_parameters() if "gating_param" in n}
-    assert "does not have" in isoprune._groups.analyse(model).frozen["blocks.0.attn.v"]
+    model = timm.create_model("swinv2_cr_tiny_224", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), img_size=64,
+                              window_size=4, num_classes=10).eval()
+    scales = {n: p.shape for n, p in model.named_parameters() if "logit_scale" in n}
+    assert "does not have" in isoprune._groups.analyse(model).frozen["stages.1.blocks.0.attn.qkv"]
     x = inputs_for(model)
     isoprune.prune(model, 0.4)
     assert model(x).shape == (2, 10)
-    assert {n: p.shape for n, p in model.named_parameters() if "gating_param" in n} == gates
+    assert {n: p.shape for n, p in model.named_parameters() if "logit_scale" in n} == scales
     assert model.isoprune_plan.params["after"] < 0.8 * model.isoprune_plan.params["before"]

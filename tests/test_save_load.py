@@ -12,6 +12,8 @@ FAMILIES = [
     ("resnet18", 0.4, {"layer3": 1}),
     ("mobilenetv2_035", 0.3, {}),
     ("cait_micro", 0.5, {}),
+    ("convit_micro", 0.5, {}),
+    ("twins_svt_micro", 0.5, {}),
     ("test_efficientnet", 0.3, {}),
     ("swin_micro", 0.4, {"layers.2.blocks": 1}),
     ("beit_micro", 0.4, {}),

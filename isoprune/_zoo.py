@@ -1,0 +1,271 @@
+"""Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT), registered
+with ``_arch``'s registries the way timm's own ``Attention`` and Swin's are.
+
+Each attention gets a trace forward, which tells the tracer how channels flow through it without
+the reshapes it cannot follow, and a ``Pruned`` subclass that a module becomes once its model is
+pruned: the same module, with a forward that follows its widths (timm's reshapes to the input's
+width, which holds only while nothing is pruned). The pruned forwards apply the module's
+``scale`` as it was built, so removing head dims changes nothing else.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.models import cait, convit, pvt_v2, tnt, twins
+from torch import nn
+
+from ._arch import AttentionSpec, Layout, _value_heads, register_attention, register_mlp, register_trace_forward
+
+
+def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Fused attention at the module's ``scale``, with its dropout while training."""
+    dropout = self.attn_drop.p if self.training else 0.0
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+
+
+def qkv_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned attention with a fused qkv ``[(q, k, v), heads, head_dim]`` (ConViT's ``MHSA``)."""
+    batch, tokens, _ = x.shape
+    q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    return self.proj_drop(self.proj(_attend(self, q, k, v).transpose(1, 2).reshape(batch, tokens, -1)))
+
+
+def qkv_values_trace(self, x: torch.Tensor, *args) -> torch.Tensor:
+    """An attention with a fused qkv on ``[batch, tokens, channels]``, for the tracer: the values
+    go to the output projection as ``_value_heads`` has them."""
+    qkv = self.qkv(x)
+    layout = Layout(self.num_heads, qkv.shape[-1] // (3 * self.num_heads), 3)
+    return self.proj_drop(self.proj(_value_heads(qkv, layout, 2)))
+
+
+def fix_num_heads(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``num_heads``: all the module keeps of its widths (its forward reads the rest from its layers)."""
+    module.num_heads = len(heads)
+
+
+# CaiT: talking heads in the self-attention blocks, class attention in the last ones
+
+
+def talking_head_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned CaiT ``TalkingHeadAttn``'s forward."""
+    batch, tokens, _ = x.shape
+    q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    attn = (q * self.scale) @ k.transpose(-2, -1)
+    attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).softmax(dim=-1)
+    attn = self.attn_drop(self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, -1)))
+
+
+def talking_head_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """CaiT ``TalkingHeadAttn`` for the tracer (``qkv_values_trace``). The talking-heads layers
+    (``proj_l`` before the softmax, ``proj_w`` after it) mix the heads' attention maps, not
+    channels: they run on a stand-in map, so that their MACs count, and are cut with the heads."""
+    batch, tokens, _ = x.shape
+    self.proj_w(self.proj_l(x.new_zeros(batch, tokens, tokens, self.num_heads)))
+    return qkv_values_trace(self, x)
+
+
+def fix_talking_head_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """CaiT ``TalkingHeadAttn``: ``num_heads`` and the talking-heads layers' widths."""
+    fix_num_heads(module, heads, dims)
+    for layer in (module.proj_l, module.proj_w):
+        layer.in_features = layer.out_features = len(heads)
+
+
+TALKING_HEADS = tuple((f"{layer}.{param}", dim) for layer in ("proj_l", "proj_w") for param, dim in (("weight", 0), ("weight", 1), ("bias", 0)))
+"""The per-head parameters of CaiT's ``TalkingHeadAttn``: each talking-heads layer maps heads to heads."""
+
+
+def class_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned CaiT ``ClassAttn``'s forward: the class token attends to every token."""
+    batch, tokens, _ = x.shape
+    q, k, v = (t.reshape(batch, t.shape[1], self.num_heads, -1).transpose(1, 2) for t in (self.q(x[:, :1]), self.k(x), self.v(x)))
+    return self.proj_drop(self.proj(_attend(self, q, k, v).transpose(1, 2).reshape(batch, 1, -1)))
+
+
+def class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """CaiT ``ClassAttn`` for the tracer: the class token's query, every token's key and value,
+    each projection run on what timm runs it on, so that its MACs count. The query and key of a
+    head dim go with its value (a head dim is removed from all three), so the three are added
+    channel by channel into the output projection: the coupling the tracer needs, without the
+    reshapes it cannot follow."""
+    q, k, v = self.q(x[:, 0]), self.k(x)[:, 0], self.v(x)[:, 0]
+    return self.proj_drop(self.proj((q + k + v).unsqueeze(1)))
+
+
+class PrunedTalkingHeadAttn(cait.TalkingHeadAttn):
+    forward = talking_head_attention_forward
+
+
+class PrunedClassAttn(cait.ClassAttn):
+    forward = class_attention_forward
+
+
+# TNT
+
+
+def tnt_block_trace(self, pixel_embed: torch.Tensor, patch_embed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm TNT ``Block`` for the tracer: its own computation, with the pixel embedding's
+    projection added to every patch token but the class token by padding it with a zero token in
+    front, where timm concatenates the class token and the sum along the tokens (the tracer reads
+    a concatenation on the second axis as one of channels, and cannot tell their widths)."""
+    pixel_embed = pixel_embed + self.attn_in(self.norm_in(pixel_embed))
+    pixel_embed = pixel_embed + self.mlp_in(self.norm_mlp_in(pixel_embed))
+    batch, tokens, _ = patch_embed.shape
+    if self.norm2_proj is None:
+        inner = self.proj(self.norm1_proj(pixel_embed).reshape(batch, tokens - 1, -1))
+    else:
+        inner = self.norm2_proj(self.proj(self.norm1_proj(pixel_embed.reshape(batch, tokens - 1, -1))))
+    patch_embed = patch_embed + F.pad(inner, (0, 0, 1, 0))
+    patch_embed = patch_embed + self.attn_out(self.norm_out(patch_embed))
+    return pixel_embed, patch_embed + self.mlp(self.norm_mlp(patch_embed))
+
+
+# PVT-v2 and Twins: keys and values from a spatially reduced map; Twins' attention within windows
+
+
+def _reduced_tokens(self, x: torch.Tensor, size) -> torch.Tensor:
+    """The tokens keys and values are computed from in PVT-v2's and Twins' spatial-reduction
+    attention: ``x`` itself, or ``x`` as a feature map (average pooled, for PVT-v2's linear
+    attention), reduced by a strided convolution, normalised (and activated, linear attention)."""
+    if self.sr is None:
+        return x
+    batch, _, channels = x.shape
+    x = x.permute(0, 2, 1).reshape(batch, channels, *size)
+    pool, act = getattr(self, "pool", None), getattr(self, "act", None)
+    x = self.norm(self.sr(x if pool is None else pool(x)).flatten(2).permute(0, 2, 1))  # as wide as sr's output
+    return x if act is None else act(x)
+
+
+def reduction_attention_forward(self, x: torch.Tensor, size) -> torch.Tensor:
+    """A pruned spatial-reduction attention's forward (PVT-v2 ``Attention``, Twins ``GlobalSubSampleAttn``)."""
+    batch, tokens, _ = x.shape
+    q = self.q(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
+    k, v = self.kv(_reduced_tokens(self, x, size)).reshape(batch, -1, 2, self.num_heads, q.shape[-1]).permute(2, 0, 3, 1, 4)
+    return self.proj_drop(self.proj(_attend(self, q, k, v).transpose(1, 2).reshape(batch, tokens, -1)))
+
+
+def reduction_attention_trace(self, x: torch.Tensor, size) -> torch.Tensor:
+    """A spatial-reduction attention for the tracer: each projection run on what timm runs it
+    on, and the queries, keys and values of a head dim added channel by channel into the output
+    projection (see ``class_attention_trace``); keys and values of the first reduced token only,
+    since the reduction leaves fewer tokens than there are queries."""
+    q, kv = self.q(x), self.kv(_reduced_tokens(self, x, size))
+    width = q.shape[-1]
+    return self.proj_drop(self.proj(q + kv[:, :1, :width] + kv[:, :1, width:]))
+
+
+def fix_reduction_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """PVT-v2 ``Attention``, Twins ``GlobalSubSampleAttn``: ``num_heads`` (and PVT-v2's ``head_dim``)."""
+    fix_num_heads(module, heads, dims)
+    if hasattr(module, "head_dim"):
+        module.head_dim = len(dims)
+
+
+def locally_grouped_attention_forward(self, x: torch.Tensor, size) -> torch.Tensor:
+    """A pruned Twins ``LocallyGroupedAttn``'s forward: attention within windows of ``ws x ws``
+    tokens (the map zero-padded to whole windows)."""
+    batch, tokens, channels = x.shape
+    height, width = size
+    ws = self.ws
+    x = F.pad(x.view(batch, height, width, channels), (0, 0, 0, (ws - width % ws) % ws, 0, (ws - height % ws) % ws))
+    rows, cols = x.shape[1] // ws, x.shape[2] // ws
+    x = x.reshape(batch, rows, ws, cols, ws, channels).transpose(2, 3)
+    q, k, v = self.qkv(x).reshape(batch, rows * cols, ws * ws, 3, self.num_heads, -1).permute(3, 0, 1, 4, 2, 5)
+    x = _attend(self, q, k, v).transpose(2, 3).reshape(batch, rows, cols, ws, ws, -1)
+    x = x.transpose(2, 3).reshape(batch, rows * ws, cols * ws, -1)
+    return self.proj_drop(self.proj(x[:, :height, :width].reshape(batch, tokens, -1)))
+
+
+class PrunedPvtAttention(pvt_v2.Attention):
+    forward = reduction_attention_forward
+
+
+class PrunedGlobalSubSampleAttn(twins.GlobalSubSampleAttn):
+    forward = reduction_attention_forward
+
+
+class PrunedLocallyGroupedAttn(twins.LocallyGroupedAttn):
+    forward = locally_grouped_attention_forward
+
+
+# ConViT: gated positional self-attention, then plain multi-head self-attention
+
+
+def _gpsa_positions(self, batch: int, tokens: int) -> torch.Tensor:
+    """GPSA's positional scores before the softmax ``[batch, heads, tokens, tokens]``, from the
+    relative positions of the patches (computed again when the token count changes, as timm does)."""
+    if self.rel_indices is None or self.rel_indices.shape[1] != tokens:
+        self.rel_indices = self.get_rel_indices(tokens)
+    return self.pos_proj(self.rel_indices.expand(batch, -1, -1, -1)).permute(0, 3, 1, 2)
+
+
+def gpsa_attention(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned ConViT ``GPSA``'s attention map: content and position scores, each a softmax,
+    mixed per head by its gate."""
+    batch, tokens, _ = x.shape
+    q, k = self.qk(x).reshape(batch, tokens, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    content = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+    gate = torch.sigmoid(self.gating_param.view(1, -1, 1, 1))
+    attn = (1.0 - gate) * content + gate * _gpsa_positions(self, batch, tokens).softmax(dim=-1)
+    return self.attn_drop(attn / attn.sum(dim=-1, keepdim=True))
+
+
+def gpsa_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned ConViT ``GPSA``'s forward."""
+    batch, tokens, _ = x.shape
+    attn = self.get_attention(x)
+    v = self.v(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
+    return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, -1)))
+
+
+def gpsa_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """ConViT ``GPSA`` for the tracer: the queries and keys of a head dim (``qk``,
+    ``[(q, k), heads, head_dim]``) added channel by channel to its values into the output
+    projection (see ``class_attention_trace``). The positional scores only weight the tokens:
+    computed, so that their MACs count, and cut with the heads."""
+    _gpsa_positions(self, x.shape[0], x.shape[1])
+    qk, v = self.qk(x), self.v(x)
+    width = v.shape[-1]
+    return self.proj_drop(self.proj(qk[..., :width] + qk[..., width:] + v))
+
+
+def fix_gpsa(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """ConViT ``GPSA``: ``num_heads`` and the positional projection's width."""
+    fix_num_heads(module, heads, dims)
+    module.pos_proj.out_features = len(heads)
+
+
+GPSA_HEADS = (("pos_proj.weight", 0), ("pos_proj.bias", 0), ("gating_param", 0))
+"""The per-head parameters of ConViT's ``GPSA``: a positional score and a gate per head."""
+
+class PrunedGPSA(convit.GPSA):
+    forward = gpsa_forward
+    get_attention = gpsa_attention
+
+
+class PrunedMHSA(convit.MHSA):
+    forward = qkv_attention_forward
+
+
+def register() -> None:
+    register_attention(
+        cait.TalkingHeadAttn,
+        AttentionSpec(qkv="qkv", fixup=fix_talking_head_attention, head_params=TALKING_HEADS, pruned=PrunedTalkingHeadAttn),
+    )
+    register_trace_forward(cait.TalkingHeadAttn, talking_head_attention_trace)
+    register_attention(cait.ClassAttn, AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_num_heads, pruned=PrunedClassAttn))
+    register_trace_forward(cait.ClassAttn, class_attention_trace)
+    register_trace_forward(tnt.Block, tnt_block_trace)
+    for cls, pruned in ((pvt_v2.Attention, PrunedPvtAttention), (twins.GlobalSubSampleAttn, PrunedGlobalSubSampleAttn)):
+        register_attention(cls, AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_reduction_attention, pruned=pruned))
+        register_trace_forward(cls, reduction_attention_trace)
+    register_attention(twins.LocallyGroupedAttn, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedLocallyGroupedAttn))
+    register_trace_forward(twins.LocallyGroupedAttn, qkv_values_trace)
+    register_mlp(pvt_v2.MlpWithDepthwiseConv)
+    register_attention(
+        convit.GPSA, AttentionSpec(qkv="qkv", separate=("qk", "v"), fixup=fix_gpsa, head_params=GPSA_HEADS, pruned=PrunedGPSA)
+    )
+    register_trace_forward(convit.GPSA, gpsa_trace)
+    register_attention(convit.MHSA, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedMHSA))
+    register_trace_forward(convit.MHSA, qkv_values_trace)
