@@ -1,4 +1,5 @@
-"""Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT), registered
+"""Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT,
+SwinV2-CR), registered
 with ``_arch``'s registries the way timm's own ``Attention`` and Swin's are.
 
 Each attention gets a trace forward, which tells the tracer how channels flow through it without
@@ -9,12 +10,15 @@ width, which holds only while nothing is pruned). The pruned forwards apply the 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from timm.models import cait, convit, pvt_v2, tnt, twins
+from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 
-from ._arch import AttentionSpec, Layout, _value_heads, register_attention, register_mlp, register_trace_forward
+from ._arch import AttentionSpec, Layout, _value_heads, patch_merging_forward, register_attention, register_mlp, register_trace_forward
 
 
 def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -248,6 +252,50 @@ class PrunedMHSA(convit.MHSA):
     forward = qkv_attention_forward
 
 
+# SwinV2-CR: cosine attention within windows, position bias from an MLP with an output per head
+
+
+def cosine_window_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A pruned SwinV2-CR ``WindowMultiHeadAttention``'s forward: cosine similarity of queries
+    and keys, scaled per head, plus the position bias, within windows (shifted ones masked)."""
+    windows, tokens, _ = x.shape
+    q, k, v = self.qkv(x).reshape(windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+    attn = attn * torch.clamp(self.logit_scale.reshape(1, -1, 1, 1), max=math.log(1.0 / 0.01)).exp()
+    attn = attn + self._relative_positional_encodings()
+    if mask is not None:
+        per_image = mask.shape[0]
+        attn = attn.view(windows // per_image, per_image, self.num_heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, self.num_heads, tokens, tokens)
+    attn = self.attn_drop(attn.softmax(dim=-1))
+    return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(windows, tokens, -1)))
+
+
+def cosine_window_attention_trace(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SwinV2-CR ``WindowMultiHeadAttention`` for the tracer (``qkv_values_trace``); the position
+    bias MLP runs, so that its MACs count, and its outputs are cut with the heads."""
+    self._relative_positional_encodings()
+    return qkv_values_trace(self, x)
+
+
+def fix_cosine_window_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """SwinV2-CR ``WindowMultiHeadAttention``: ``num_heads`` and the bias MLP's output width."""
+    fix_num_heads(module, heads, dims)
+    module.meta_mlp.fc2.out_features = len(heads)
+
+
+def cosine_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    return {"head_dim": "cosine attention normalises queries and keys over head dims"}
+
+
+COSINE_HEADS = (("logit_scale", 0), ("meta_mlp.fc2.weight", 0), ("meta_mlp.fc2.bias", 0))
+"""The per-head parameters of SwinV2-CR's attention: a logit scale and a bias MLP output per head."""
+
+
+class PrunedWindowMultiHeadAttention(swin_cr.WindowMultiHeadAttention):
+    forward = cosine_window_attention_forward
+
+
 def register() -> None:
     register_attention(
         cait.TalkingHeadAttn,
@@ -269,3 +317,10 @@ def register() -> None:
     register_trace_forward(convit.GPSA, gpsa_trace)
     register_attention(convit.MHSA, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedMHSA))
     register_trace_forward(convit.MHSA, qkv_values_trace)
+    register_attention(
+        swin_cr.WindowMultiHeadAttention,
+        AttentionSpec(qkv="qkv", fixup=fix_cosine_window_attention, head_params=COSINE_HEADS, fixed=cosine_fixed,
+                      pruned=PrunedWindowMultiHeadAttention),
+    )
+    register_trace_forward(swin_cr.WindowMultiHeadAttention, cosine_window_attention_trace)
+    register_trace_forward(swin_cr.PatchMerging, patch_merging_forward)  # Swin's, as timm writes it again

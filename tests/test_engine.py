@@ -8,7 +8,7 @@ from torch import nn
 
 import isoprune
 from conftest import TINY, assert_equivalent, base_of, inputs_for, layernorm_free, make
-from isoprune import _groups
+from isoprune import _arch, _groups
 
 FAMILIES = TINY + ["tv:resnet18", "tv:mobilenet_v2"]
 
@@ -269,15 +269,17 @@ def test_grouped_convolutions_lose_the_same_positions_in_every_group():
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
-def test_parameters_traced_onto_the_wrong_channels_stay_whole():
-    # SwinV2-CR's logit scale holds one value per head; the tracer joins it to the qkv channels
-    torch.manual_seed(0)
-    model = timm.create_model("swinv2_cr_tiny_224", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), img_size=64,
-                              window_size=4, num_classes=10).eval()
-    scales = {n: p.shape for n, p in model.named_parameters() if "logit_scale" in n}
-    assert "does not have" in isoprune._groups.analyse(model).frozen["stages.1.blocks.0.attn.qkv"]
+def test_parameters_traced_onto_the_wrong_channels_stay_whole(monkeypatch):
+    # unregistered, ConViT's gates (one per head) are joined by the tracer to the value channels
+    from timm.models import convit
+
+    monkeypatch.delitem(_arch._ATTENTION, convit.GPSA)
+    monkeypatch.delitem(_arch._TRACE_FORWARD, convit.GPSA)
+    model = make("convit_micro")
+    gates = {n: p.shape for n, p in model.named_parameters() if "gating_param" in n}
+    assert "does not have" in isoprune._groups.analyse(model).frozen["blocks.0.attn.v"]
     x = inputs_for(model)
     isoprune.prune(model, 0.4)
     assert model(x).shape == (2, 10)
-    assert {n: p.shape for n, p in model.named_parameters() if "logit_scale" in n} == scales
+    assert {n: p.shape for n, p in model.named_parameters() if "gating_param" in n} == gates
     assert model.isoprune_plan.params["after"] < 0.8 * model.isoprune_plan.params["before"]
