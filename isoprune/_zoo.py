@@ -1,5 +1,5 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT,
-SwinV2-CR), registered
+SwinV2-CR, XCiT, DaViT), registered
 with ``_arch``'s registries the way timm's own ``Attention`` and Swin's are.
 
 Each attention gets a trace forward, which tells the tracer how channels flow through it without
@@ -14,7 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.models import cait, convit, pvt_v2, tnt, twins
+from timm.models import cait, convit, davit, pvt_v2, tnt, twins, xcit
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 
@@ -22,16 +22,28 @@ from ._arch import AttentionSpec, Layout, _value_heads, patch_merging_forward, r
 
 
 def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Fused attention at the module's ``scale``, with its dropout while training."""
-    dropout = self.attn_drop.p if self.training else 0.0
+    """Fused attention at the module's ``scale``, with its dropout (if it has one) while training."""
+    dropout = self.attn_drop.p if self.training and hasattr(self, "attn_drop") else 0.0
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
 
 
-def qkv_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """A pruned attention with a fused qkv ``[(q, k, v), heads, head_dim]`` (ConViT's ``MHSA``)."""
+def _project(self, x: torch.Tensor) -> torch.Tensor:
+    """The output projection, and its dropout if the module has one."""
+    x = self.proj(x)
+    return self.proj_drop(x) if hasattr(self, "proj_drop") else x
+
+
+def _qkv_heads(self, x: torch.Tensor) -> torch.Tensor:
+    """Queries, keys and values ``[3, batch, heads, tokens, head_dim]`` from a fused qkv
+    ``[(q, k, v), heads, head_dim]``."""
     batch, tokens, _ = x.shape
-    q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-    return self.proj_drop(self.proj(_attend(self, q, k, v).transpose(1, 2).reshape(batch, tokens, -1)))
+    return self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+
+
+def qkv_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned attention with a fused qkv (ConViT's ``MHSA``, DaViT's ``WindowAttention``)."""
+    q, k, v = _qkv_heads(self, x)
+    return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
 
 
 def qkv_values_trace(self, x: torch.Tensor, *args) -> torch.Tensor:
@@ -39,7 +51,7 @@ def qkv_values_trace(self, x: torch.Tensor, *args) -> torch.Tensor:
     go to the output projection as ``_value_heads`` has them."""
     qkv = self.qkv(x)
     layout = Layout(self.num_heads, qkv.shape[-1] // (3 * self.num_heads), 3)
-    return self.proj_drop(self.proj(_value_heads(qkv, layout, 2)))
+    return _project(self, _value_heads(qkv, layout, 2))
 
 
 def fix_num_heads(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -52,12 +64,11 @@ def fix_num_heads(module: nn.Module, heads: list[int], dims: list[int]) -> None:
 
 def talking_head_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned CaiT ``TalkingHeadAttn``'s forward."""
-    batch, tokens, _ = x.shape
-    q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = _qkv_heads(self, x)
     attn = (q * self.scale) @ k.transpose(-2, -1)
     attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).softmax(dim=-1)
     attn = self.attn_drop(self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
-    return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, -1)))
+    return _project(self, (attn @ v).transpose(1, 2).flatten(2))
 
 
 def talking_head_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +95,7 @@ def class_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned CaiT ``ClassAttn``'s forward: the class token attends to every token."""
     batch, tokens, _ = x.shape
     q, k, v = (t.reshape(batch, t.shape[1], self.num_heads, -1).transpose(1, 2) for t in (self.q(x[:, :1]), self.k(x), self.v(x)))
-    return self.proj_drop(self.proj(_attend(self, q, k, v).transpose(1, 2).reshape(batch, 1, -1)))
+    return _project(self, _attend(self, q, k, v).transpose(1, 2).reshape(batch, 1, -1))
 
 
 def class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +105,7 @@ def class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     channel by channel into the output projection: the coupling the tracer needs, without the
     reshapes it cannot follow."""
     q, k, v = self.q(x[:, 0]), self.k(x)[:, 0], self.v(x)[:, 0]
-    return self.proj_drop(self.proj((q + k + v).unsqueeze(1)))
+    return _project(self, (q + k + v).unsqueeze(1))
 
 
 class PrunedTalkingHeadAttn(cait.TalkingHeadAttn):
@@ -146,7 +157,7 @@ def reduction_attention_forward(self, x: torch.Tensor, size) -> torch.Tensor:
     batch, tokens, _ = x.shape
     q = self.q(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
     k, v = self.kv(_reduced_tokens(self, x, size)).reshape(batch, -1, 2, self.num_heads, q.shape[-1]).permute(2, 0, 3, 1, 4)
-    return self.proj_drop(self.proj(_attend(self, q, k, v).transpose(1, 2).reshape(batch, tokens, -1)))
+    return _project(self, _attend(self, q, k, v).transpose(1, 2).reshape(batch, tokens, -1))
 
 
 def reduction_attention_trace(self, x: torch.Tensor, size) -> torch.Tensor:
@@ -156,7 +167,7 @@ def reduction_attention_trace(self, x: torch.Tensor, size) -> torch.Tensor:
     since the reduction leaves fewer tokens than there are queries."""
     q, kv = self.q(x), self.kv(_reduced_tokens(self, x, size))
     width = q.shape[-1]
-    return self.proj_drop(self.proj(q + kv[:, :1, :width] + kv[:, :1, width:]))
+    return _project(self, q + kv[:, :1, :width] + kv[:, :1, width:])
 
 
 def fix_reduction_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -178,7 +189,7 @@ def locally_grouped_attention_forward(self, x: torch.Tensor, size) -> torch.Tens
     q, k, v = self.qkv(x).reshape(batch, rows * cols, ws * ws, 3, self.num_heads, -1).permute(3, 0, 1, 4, 2, 5)
     x = _attend(self, q, k, v).transpose(2, 3).reshape(batch, rows, cols, ws, ws, -1)
     x = x.transpose(2, 3).reshape(batch, rows * ws, cols * ws, -1)
-    return self.proj_drop(self.proj(x[:, :height, :width].reshape(batch, tokens, -1)))
+    return _project(self, x[:, :height, :width].reshape(batch, tokens, -1))
 
 
 class PrunedPvtAttention(pvt_v2.Attention):
@@ -220,7 +231,7 @@ def gpsa_forward(self, x: torch.Tensor) -> torch.Tensor:
     batch, tokens, _ = x.shape
     attn = self.get_attention(x)
     v = self.v(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
-    return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, -1)))
+    return _project(self, (attn @ v).transpose(1, 2).reshape(batch, tokens, -1))
 
 
 def gpsa_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,7 +242,7 @@ def gpsa_trace(self, x: torch.Tensor) -> torch.Tensor:
     _gpsa_positions(self, x.shape[0], x.shape[1])
     qk, v = self.qk(x), self.v(x)
     width = v.shape[-1]
-    return self.proj_drop(self.proj(qk[..., :width] + qk[..., width:] + v))
+    return _project(self, qk[..., :width] + qk[..., width:] + v)
 
 
 def fix_gpsa(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -259,7 +270,7 @@ def cosine_window_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | 
     """A pruned SwinV2-CR ``WindowMultiHeadAttention``'s forward: cosine similarity of queries
     and keys, scaled per head, plus the position bias, within windows (shifted ones masked)."""
     windows, tokens, _ = x.shape
-    q, k, v = self.qkv(x).reshape(windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = _qkv_heads(self, x)
     attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
     attn = attn * torch.clamp(self.logit_scale.reshape(1, -1, 1, 1), max=math.log(1.0 / 0.01)).exp()
     attn = attn + self._relative_positional_encodings()
@@ -268,7 +279,7 @@ def cosine_window_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | 
         attn = attn.view(windows // per_image, per_image, self.num_heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)
         attn = attn.view(-1, self.num_heads, tokens, tokens)
     attn = self.attn_drop(attn.softmax(dim=-1))
-    return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(windows, tokens, -1)))
+    return _project(self, (attn @ v).transpose(1, 2).flatten(2))
 
 
 def cosine_window_attention_trace(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -296,6 +307,42 @@ class PrunedWindowMultiHeadAttention(swin_cr.WindowMultiHeadAttention):
     forward = cosine_window_attention_forward
 
 
+# XCiT: attention across the head dims of each head (its class attention is CaiT's)
+
+
+def cross_covariance_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned XCiT ``XCA``'s forward: queries and keys normalised over the tokens, attention
+    between the head dims of each head (scaled by its temperature), applied to the values."""
+    q, k, v = _qkv_heads(self, x).transpose(-1, -2)  # [batch, heads, head_dim, tokens]
+    q, k = F.normalize(q, dim=-1) * self.temperature, F.normalize(k, dim=-1)
+    dropout = self.attn_drop.p if self.training else 0.0
+    x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=1.0)
+    return _project(self, x.permute(0, 3, 1, 2).flatten(2))
+
+
+class PrunedXCA(xcit.XCA):
+    forward = cross_covariance_attention_forward
+
+
+# DaViT: attention across the head dims of each head (channel attention), and within windows
+
+
+def channel_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned DaViT ``ChannelAttention``'s forward: keys against values across the head dims of
+    each head, applied to the queries."""
+    q, k, v = _qkv_heads(self, x)
+    attn = ((k * self.scale).transpose(-1, -2) @ v).softmax(dim=-1)
+    return _project(self, (attn @ q.transpose(-1, -2)).transpose(-1, -2).transpose(1, 2).flatten(2))
+
+
+class PrunedChannelAttention(davit.ChannelAttention):
+    forward = channel_attention_forward
+
+
+class PrunedDavitWindowAttention(davit.WindowAttention):
+    forward = qkv_attention_forward
+
+
 def register() -> None:
     register_attention(
         cait.TalkingHeadAttn,
@@ -315,8 +362,7 @@ def register() -> None:
         convit.GPSA, AttentionSpec(qkv="qkv", separate=("qk", "v"), fixup=fix_gpsa, head_params=GPSA_HEADS, pruned=PrunedGPSA)
     )
     register_trace_forward(convit.GPSA, gpsa_trace)
-    register_attention(convit.MHSA, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedMHSA))
-    register_trace_forward(convit.MHSA, qkv_values_trace)
+    register_attention(convit.MHSA, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedMHSA))  # traced as timm's Attention
     register_attention(
         swin_cr.WindowMultiHeadAttention,
         AttentionSpec(qkv="qkv", fixup=fix_cosine_window_attention, head_params=COSINE_HEADS, fixed=cosine_fixed,
@@ -324,3 +370,7 @@ def register() -> None:
     )
     register_trace_forward(swin_cr.WindowMultiHeadAttention, cosine_window_attention_trace)
     register_trace_forward(swin_cr.PatchMerging, patch_merging_forward)  # Swin's, as timm writes it again
+    register_attention(xcit.XCA, AttentionSpec(qkv="qkv", fixup=fix_num_heads, head_params=(("temperature", 0),), pruned=PrunedXCA))
+    register_trace_forward(xcit.XCA, qkv_values_trace)
+    for cls, pruned in ((davit.ChannelAttention, PrunedChannelAttention), (davit.WindowAttention, PrunedDavitWindowAttention)):
+        register_attention(cls, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=pruned))  # traced as timm's Attention

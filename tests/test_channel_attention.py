@@ -1,0 +1,49 @@
+"""Attention across the head dims of each head: XCiT's cross-covariance attention (a temperature
+per head; its class attention is CaiT's, which XCiT imports) and DaViT's channel attention
+(beside its attention within windows). Removed heads compute what zeroed ones do; removed head
+dims do not (the softmax runs across head dims), so those are checked to run and count."""
+import pytest
+import torch
+import torch_pruning as tp
+
+import isoprune
+from conftest import assert_equivalent, inputs_for, lively, make
+from isoprune import _groups, _zoo
+
+# the attention classes each model's blocks become, and two of its attention modules that must lose heads
+CASES = {
+    "xcit_micro": ({_zoo.PrunedXCA, _zoo.PrunedClassAttn}, {"blocks.0.attn", "cls_attn_blocks.0.attn"}),
+    "davit_micro": ({_zoo.PrunedChannelAttention, _zoo.PrunedDavitWindowAttention}, {"stages.0.blocks.0.0.attn", "stages.0.blocks.0.1.attn"}),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_pruned_heads_compute_what_the_zeroed_ones_do(name):
+    classes, cut = CASES[name]
+    model = lively(make(name))
+    x = inputs_for(model)
+    with torch.no_grad():
+        before = model(x)
+    assert _groups.analyse(model).frozen == {}
+    plan = assert_equivalent(model, isoprune.Ratios(heads=0.5, mlp=0.5))
+    assert cut <= {g.owner for g in plan.groups if g.kind == "heads" and len(g.keep) < g.channels}
+    pruned = [m for m in model.modules() if type(m) in classes]
+    assert {type(m) for m in pruned} == classes
+    for attn in pruned:
+        assert attn.proj.in_features % attn.num_heads == 0
+        if isinstance(attn, _zoo.PrunedXCA):
+            assert attn.temperature.shape == (attn.num_heads, 1, 1) and attn.qkv.out_features == 3 * attn.proj.in_features
+    with torch.no_grad():
+        assert (model(x) - before).abs().max() > 0.1  # the cut mattered
+
+
+@pytest.mark.parametrize("ratios", [isoprune.Ratios(head_dim=0.5), 0.5], ids=["head_dim", "all"])
+@pytest.mark.parametrize("name", CASES)
+def test_every_kind_prunes_and_macs_count_what_timm_runs(name, ratios):
+    model = make(name)
+    x = inputs_for(model, 1)
+    before = isoprune.count(model)[0]
+    assert before == tp.utils.count_ops_and_params(model, x)[0]
+    isoprune.prune(model, ratios)
+    assert model(x).shape == (1, 10)
+    assert isoprune.count(model)[0] == tp.utils.count_ops_and_params(model, x)[0] < 0.9 * before
