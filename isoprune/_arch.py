@@ -424,7 +424,7 @@ def rope_attention_trace(self, x, rope=None, attn_mask=None, is_causal=False):
     return type(self).forward(self, x, None, attn_mask, is_causal)
 
 
-def _value_heads(qkv: torch.Tensor, layout: Layout, axis: int) -> torch.Tensor:
+def value_heads(qkv: torch.Tensor, layout: Layout, axis: int) -> torch.Tensor:
     """The values of every head, sliced off a fused qkv's output on ``axis`` (where the tracer
     takes channels: the last of a 3-d tensor, the second of a 4-d one) and concatenated
     (``concat_channels``), as attention hands them to its output projection. That is the whole of
@@ -441,14 +441,14 @@ def maxxvit_attention_trace(self, x: torch.Tensor, shared_rel_pos: torch.Tensor 
     ends), and it infers the widths around a reshape of a 4-d tensor from the layers nearby (a
     Linear on windows ``[batch, h, w, channels]`` reshapes its input to 2-d). So here windows
     are flattened to ``[batch, tokens, channels]`` first, and the values go to the output
-    projection as ``_value_heads`` has them. The relative position bias is computed, so that its
+    projection as ``value_heads`` has them. The relative position bias is computed, so that its
     MLP's MACs count, but not traced: its per-head parameters are cut with the heads."""
     nchw = isinstance(self.qkv, nn.Conv2d)
     windows = x.shape[:-1]
     qkv = self.qkv(x if nchw else x.flatten(1, -2))
     if self.rel_pos is not None:
         self.rel_pos.get_bias()
-    x = self.proj(_value_heads(qkv, Layout(self.num_heads, self.dim_head, 3, self.head_first), 1 if nchw else 2))
+    x = self.proj(value_heads(qkv, Layout(self.num_heads, self.dim_head, 3, self.head_first), 1 if nchw else 2))
     return self.proj_drop(x if nchw else x.reshape(*windows, -1))
 
 

@@ -1,12 +1,11 @@
-"""Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT,
-SwinV2-CR, XCiT, DaViT), registered
-with ``_arch``'s registries the way timm's own ``Attention`` and Swin's are.
+"""Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
+XCiT, DaViT), registered with ``_arch``'s registries as timm's own ``Attention`` and Swin's are.
 
-Each attention gets a trace forward, which tells the tracer how channels flow through it without
-the reshapes it cannot follow, and a ``Pruned`` subclass that a module becomes once its model is
-pruned: the same module, with a forward that follows its widths (timm's reshapes to the input's
-width, which holds only while nothing is pruned). The pruned forwards apply the module's
-``scale`` as it was built, so removing head dims changes nothing else.
+Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
+same module, with a forward that follows its widths (timm's reshapes to the input's width, which
+holds only while nothing is pruned). The pruned forwards apply the module's ``scale`` as it was
+built, so removing head dims changes nothing else. Where the tracer cannot follow an attention's
+reshapes, or per-head parameters would join its trace, a trace forward tells it how channels flow.
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from timm.models import cait, convit, davit, pvt_v2, tnt, twins, xcit
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 
-from ._arch import AttentionSpec, Layout, _value_heads, patch_merging_forward, register_attention, register_mlp, register_trace_forward
+from ._arch import AttentionSpec, Layout, patch_merging_forward, register_attention, register_mlp, register_trace_forward, value_heads
 
 
 def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -48,10 +47,10 @@ def qkv_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 def qkv_values_trace(self, x: torch.Tensor, *args) -> torch.Tensor:
     """An attention with a fused qkv on ``[batch, tokens, channels]``, for the tracer: the values
-    go to the output projection as ``_value_heads`` has them."""
+    go to the output projection as ``value_heads`` has them."""
     qkv = self.qkv(x)
     layout = Layout(self.num_heads, qkv.shape[-1] // (3 * self.num_heads), 3)
-    return _project(self, _value_heads(qkv, layout, 2))
+    return _project(self, value_heads(qkv, layout, 2))
 
 
 def fix_num_heads(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -254,6 +253,7 @@ def fix_gpsa(module: nn.Module, heads: list[int], dims: list[int]) -> None:
 GPSA_HEADS = (("pos_proj.weight", 0), ("pos_proj.bias", 0), ("gating_param", 0))
 """The per-head parameters of ConViT's ``GPSA``: a positional score and a gate per head."""
 
+
 class PrunedGPSA(convit.GPSA):
     forward = gpsa_forward
     get_attention = gpsa_attention
@@ -296,6 +296,7 @@ def fix_cosine_window_attention(module: nn.Module, heads: list[int], dims: list[
 
 
 def cosine_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    """SwinV2-CR's head dims stay whole in every model."""
     return {"head_dim": "cosine attention normalises queries and keys over head dims"}
 
 

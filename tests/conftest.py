@@ -111,16 +111,21 @@ def layernorm_free(model: nn.Module, ratio: float) -> isoprune.Ratios:
     return isoprune.Ratios(emb=ratio, heads=ratio, head_dim=ratio, mlp=ratio, default=ratio, overrides=overrides)
 
 
-def assert_equivalent(model: nn.Module, ratios, atol: float = 1e-5, **kw) -> isoprune.PruningPlan:
-    """Zero what the plan removes in a copy; prune the model; both must compute the same."""
+def assert_equivalent(model: nn.Module, ratios, atol: float = 1e-5, changes: float | None = None, **kw) -> isoprune.PruningPlan:
+    """Zero what the plan removes in a copy; prune the model; both must compute the same. Given
+    ``changes``, the output must also move by more than that somewhere: the cut mattered."""
     x = inputs_for(model)
     plan = isoprune.plan(model, ratios, **kw)
     zeroed = isoprune.zero_out(copy.deepcopy(model), plan)
+    with torch.no_grad():
+        before = model(x) if changes is not None else None
     isoprune.apply_plan(model, plan)
     with torch.no_grad():
         expected, got = zeroed(x), model(x)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+    if changes is not None:
+        assert (got - before).abs().max() > changes
     return plan
 
 

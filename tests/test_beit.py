@@ -2,7 +2,6 @@
 bias table and the separate q/v biases cut alike."""
 import pytest
 import timm
-import torch
 
 import isoprune
 from conftest import assert_equivalent, base_of, inputs_for, layernorm_free, lively, make
@@ -12,10 +11,7 @@ from isoprune import _arch
 @pytest.mark.parametrize("ratios", [isoprune.Ratios(heads=0.5), isoprune.Ratios(head_dim=0.25), "layernorm-free"], ids=["heads", "head_dim", "all"])
 def test_pruned_attention_computes_what_the_zeroed_one_does(ratios):
     model = lively(make("beit_micro"))
-    x = inputs_for(model)
-    with torch.no_grad():
-        before = model(x)
-    plan = assert_equivalent(model, layernorm_free(model, 0.5) if ratios == "layernorm-free" else ratios)
+    plan = assert_equivalent(model, layernorm_free(model, 0.5) if ratios == "layernorm-free" else ratios, changes=0.1)
     assert any(len(g.keep) < g.channels for g in plan.groups if g.kind in ("heads", "head_dim"))
     for block in model.blocks:
         attn = block.attn
@@ -23,8 +19,6 @@ def test_pruned_attention_computes_what_the_zeroed_one_does(ratios):
         width = attn.qkv.out_features // 3
         assert attn.relative_position_bias_table.shape[1] == attn.num_heads
         assert attn.q_bias.shape == attn.k_bias.shape == attn.v_bias.shape == (width,) == (attn.proj.in_features,)
-    with torch.no_grad():
-        assert (model(x) - before).abs().max() > 0.1  # the cut mattered
 
 
 def test_a_relative_position_bias_shared_by_all_blocks_keeps_heads_whole():

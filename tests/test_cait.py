@@ -2,7 +2,6 @@
 removed heads' rows and columns) and class attention (``ClassAttn``, separate q/k/v)."""
 import pytest
 import torch_pruning as tp
-import torch
 
 import isoprune
 from conftest import assert_equivalent, inputs_for, layernorm_free, lively, make
@@ -15,11 +14,8 @@ def attentions(model):
 
 def test_pruned_attention_computes_what_the_zeroed_one_does():
     model = lively(make("cait_micro"))
-    x = inputs_for(model)
-    with torch.no_grad():
-        before = model(x)
     assert _groups.analyse(model).frozen == {}
-    plan = assert_equivalent(model, layernorm_free(model, 0.5))
+    plan = assert_equivalent(model, layernorm_free(model, 0.5), changes=0.1)
     owners = {g.owner for g in plan.groups if g.kind in ("heads", "head_dim") and len(g.keep) < g.channels}
     assert {"blocks.0.attn", "blocks_token_only.0.attn"} <= owners  # both kinds of attention cut
     for attn in attentions(model):
@@ -32,8 +28,6 @@ def test_pruned_attention_computes_what_the_zeroed_one_does():
             assert type(attn) is _zoo.PrunedClassAttn
             assert attn.q.out_features == attn.k.out_features == attn.v.out_features == attn.proj.in_features
         assert attn.proj.in_features % heads == 0
-    with torch.no_grad():
-        assert (model(x) - before).abs().max() > 0.1  # the cut mattered
 
 
 @pytest.mark.parametrize("ratios", [isoprune.Ratios(heads=0.5), isoprune.Ratios(head_dim=0.5), isoprune.Ratios(emb=0.5, mlp=0.5)],

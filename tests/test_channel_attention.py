@@ -3,7 +3,6 @@ per head; its class attention is CaiT's, which XCiT imports) and DaViT's channel
 (beside its attention within windows). Removed heads compute what zeroed ones do; removed head
 dims do not (the softmax runs across head dims), so those are checked to run and count."""
 import pytest
-import torch
 import torch_pruning as tp
 
 import isoprune
@@ -21,11 +20,8 @@ CASES = {
 def test_pruned_heads_compute_what_the_zeroed_ones_do(name):
     classes, cut = CASES[name]
     model = lively(make(name))
-    x = inputs_for(model)
-    with torch.no_grad():
-        before = model(x)
     assert _groups.analyse(model).frozen == {}
-    plan = assert_equivalent(model, isoprune.Ratios(heads=0.5, mlp=0.5))
+    plan = assert_equivalent(model, isoprune.Ratios(heads=0.5, mlp=0.5), changes=0.1)
     assert cut <= {g.owner for g in plan.groups if g.kind == "heads" and len(g.keep) < g.channels}
     pruned = [m for m in model.modules() if type(m) in classes]
     assert {type(m) for m in pruned} == classes
@@ -33,8 +29,6 @@ def test_pruned_heads_compute_what_the_zeroed_ones_do(name):
         assert attn.proj.in_features % attn.num_heads == 0
         if isinstance(attn, _zoo.PrunedXCA):
             assert attn.temperature.shape == (attn.num_heads, 1, 1) and attn.qkv.out_features == 3 * attn.proj.in_features
-    with torch.no_grad():
-        assert (model(x) - before).abs().max() > 0.1  # the cut mattered
 
 
 @pytest.mark.parametrize("ratios", [isoprune.Ratios(head_dim=0.5), 0.5], ids=["head_dim", "all"])

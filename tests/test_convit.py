@@ -13,11 +13,8 @@ def test_pruned_attention_computes_what_the_zeroed_one_does():
     with torch.no_grad():
         for block in model.blocks[:2]:  # gates that mix both scores, not the init's 1 for all heads
             block.attn.gating_param.normal_(0, 1)
-    x = inputs_for(model)
-    with torch.no_grad():
-        before = model(x)
     assert _groups.analyse(model).frozen == {}
-    plan = assert_equivalent(model, layernorm_free(model, 0.5))
+    plan = assert_equivalent(model, layernorm_free(model, 0.5), changes=0.1)
     owners = {g.owner for g in plan.groups if g.kind in ("heads", "head_dim") and len(g.keep) < g.channels}
     assert {"blocks.0.attn", "blocks.2.attn"} <= owners  # both kinds of attention cut
     for block in model.blocks:
@@ -29,8 +26,6 @@ def test_pruned_attention_computes_what_the_zeroed_one_does():
         else:
             assert type(attn) is _zoo.PrunedMHSA and attn.qkv.out_features == 3 * attn.proj.in_features
         assert attn.proj.in_features % attn.num_heads == 0
-    with torch.no_grad():
-        assert (model(x) - before).abs().max() > 0.1  # the cut mattered
 
 
 def test_macs_count_what_timm_runs():

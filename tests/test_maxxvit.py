@@ -30,12 +30,9 @@ def heads_of_bias(rel: nn.Module) -> int:
 @pytest.mark.parametrize("name", MAXXVIT)
 def test_pruned_attention_computes_what_the_zeroed_one_does(name):
     model = lively(make(name))
-    x = inputs_for(model)
-    with torch.no_grad():
-        before = model(x)
     assert _groups.analyse(model).frozen == {}
     widths = {id(a): (a.num_heads, a.dim_head) for a in attentions(model)}
-    plan = assert_equivalent(model, layernorm_free(model, 0.5))
+    plan = assert_equivalent(model, layernorm_free(model, 0.5), changes=0.1)
     for kind in ("heads", "head_dim"):  # ranked across isomorphic blocks: not half of each
         kept = sum(len(g.keep) for g in plan.groups if g.kind == kind)
         assert kept == pytest.approx(sum(g.channels for g in plan.groups if g.kind == kind) / 2, abs=1)
@@ -46,8 +43,6 @@ def test_pruned_attention_computes_what_the_zeroed_one_does(name):
         assert attn.qkv.weight.shape[0] == 3 * attn.num_heads * attn.dim_head
         assert heads_of_bias(attn.rel_pos) == attn.num_heads
         assert attn.num_heads in attn.rel_pos.bias_shape
-    with torch.no_grad():
-        assert (model(x) - before).abs().max() > 0.1  # the cut mattered
 
 
 def test_heads_first_layout_cuts_each_heads_query_key_and_value():

@@ -23,13 +23,10 @@ def attentions(model):
 @pytest.mark.parametrize("name", MODELS)
 def test_pruned_attention_computes_what_the_zeroed_one_does(name):
     model = lively(make(name))
-    x = inputs_for(model)
-    with torch.no_grad():
-        before = model(x)
     assert _groups.analyse(model).frozen == {}
     modules = attentions(model)
     kinds = {type(m).__mro__[0] for m in modules.values()}
-    plan = assert_equivalent(model, layernorm_free(model, 0.5))
+    plan = assert_equivalent(model, layernorm_free(model, 0.5), changes=0.1)
     assert {"heads", "head_dim", "mlp", "emb"} <= {g.kind for g in plan.groups}
     cut = {g.owner for g in plan.groups if g.kind == "heads" and len(g.keep) < g.channels}
     assert {type(modules[owner]).__mro__[1] for owner in cut} == kinds  # every kind of attention lost heads
@@ -40,8 +37,6 @@ def test_pruned_attention_computes_what_the_zeroed_one_does(name):
             assert attn.q.out_features == width and attn.kv.out_features == 2 * width
         else:
             assert attn.qkv.out_features == 3 * width
-    with torch.no_grad():
-        assert (model(x) - before).abs().max() > 0.1  # the cut mattered
 
 
 def test_windows_are_padded_where_they_do_not_divide_the_map():

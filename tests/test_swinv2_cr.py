@@ -20,22 +20,17 @@ def test_pruned_attention_computes_what_the_zeroed_one_does():
         for m in model.modules():
             if isinstance(m, nn.LayerNorm):
                 m.weight.normal_(1, 0.2)
-    x = inputs_for(model)
-    with torch.no_grad():
-        before = model(x)
     analysis = _groups.analyse(model)
     assert analysis.frozen == {}
     assert all("cosine" in g.fixed for g in analysis.groups if g.kind == "head_dim")
     dims = [attn.qkv.out_features // (3 * attn.num_heads) for attn in attentions(model)]
-    plan = assert_equivalent(model, layernorm_free(model, 0.5))
+    plan = assert_equivalent(model, layernorm_free(model, 0.5), changes=0.1)
     assert any(len(g.keep) < g.channels for g in plan.groups if g.kind == "heads")
     for attn, dim in zip(attentions(model), dims):
         assert type(attn) is _zoo.PrunedWindowMultiHeadAttention
         heads = attn.num_heads
         assert attn.qkv.out_features == 3 * heads * dim and attn.proj.in_features == heads * dim
         assert attn.logit_scale.shape == (heads,) and attn.meta_mlp.fc2.weight.shape[0] == attn.meta_mlp.fc2.out_features == heads
-    with torch.no_grad():
-        assert (model(x) - before).abs().max() > 0.1  # the cut mattered
 
 
 def test_every_kind_prunes_and_macs_count_what_timm_runs():
