@@ -264,16 +264,24 @@ def glu_mlp_trace(self, x: torch.Tensor) -> torch.Tensor:
     return self.drop2(self.fc2(self.norm(self.drop1(x))))
 
 
+def split_heads(projected: torch.Tensor, heads: int, copies: int = 1) -> torch.Tensor:
+    """A projection's output ``[batch, tokens, copies * heads * head_dim]``, laid out as ``Layout``
+    has it, as ``[copies, batch, heads, tokens, head_dim]`` (``[batch, heads, tokens, head_dim]``
+    for one copy). The head dim is read from the width, so it holds once the model is pruned."""
+    batch, tokens, _ = projected.shape
+    split = projected.reshape(batch, tokens, copies, heads, -1).permute(2, 0, 3, 1, 4)
+    return split[0] if copies == 1 else split
+
+
 def _fused_qkv(self, x: torch.Tensor, trace: bool) -> tuple[torch.Tensor, ...]:
     """Queries, keys and values ``[batch, heads, tokens, head_dim]`` from a fused qkv whose
     biases the module keeps apart (``q_bias``, ``k_bias``, ``v_bias``; EVA, BEiT). The qkv is
     called as a module, so the tracer and the MACs counter see it (timm calls ``F.linear`` on its
     weight); the biases, which we cut with the heads, are left out of a trace."""
-    batch, tokens, _ = x.shape
     qkv = self.qkv(x)
     if self.q_bias is not None and not trace:
         qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-    return qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    return split_heads(qkv, self.num_heads, 3).unbind(0)
 
 
 def _eva_attention(self, x: torch.Tensor, rope, attn_mask, is_causal: bool, trace: bool) -> torch.Tensor:
@@ -285,7 +293,7 @@ def _eva_attention(self, x: torch.Tensor, rope, attn_mask, is_causal: bool, trac
     if self.qkv is not None:
         q, k, v = _fused_qkv(self, x, trace)
     else:
-        q, k, v = (p(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (split_heads(p(x), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
     q, k = self.q_norm(q), self.k_norm(k)
     if rope is not None:
         turn = partial(apply_rot_embed_cat, emb=rope, half=getattr(self, "rotate_half", False))

@@ -17,7 +17,7 @@ from timm.models import cait, convit, davit, pvt_v2, tnt, twins, xcit
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 
-from ._arch import AttentionSpec, Layout, patch_merging_forward, register_attention, register_mlp, register_trace_forward, value_heads
+from ._arch import AttentionSpec, Layout, patch_merging_forward, register_attention, register_mlp, register_trace_forward, split_heads, value_heads
 
 
 def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -32,16 +32,9 @@ def _project(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj_drop(x) if hasattr(self, "proj_drop") else x
 
 
-def _qkv_heads(self, x: torch.Tensor) -> torch.Tensor:
-    """Queries, keys and values ``[3, batch, heads, tokens, head_dim]`` from a fused qkv
-    ``[(q, k, v), heads, head_dim]``."""
-    batch, tokens, _ = x.shape
-    return self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-
-
 def qkv_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned attention with a fused qkv (ConViT's ``MHSA``, DaViT's ``WindowAttention``)."""
-    q, k, v = _qkv_heads(self, x)
+    q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
     return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
 
 
@@ -63,7 +56,7 @@ def fix_num_heads(module: nn.Module, heads: list[int], dims: list[int]) -> None:
 
 def talking_head_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned CaiT ``TalkingHeadAttn``'s forward."""
-    q, k, v = _qkv_heads(self, x)
+    q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
     attn = (q * self.scale) @ k.transpose(-2, -1)
     attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).softmax(dim=-1)
     attn = self.attn_drop(self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
@@ -92,9 +85,8 @@ TALKING_HEADS = tuple((f"{layer}.{param}", dim) for layer in ("proj_l", "proj_w"
 
 def class_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned CaiT ``ClassAttn``'s forward: the class token attends to every token."""
-    batch, tokens, _ = x.shape
-    q, k, v = (t.reshape(batch, t.shape[1], self.num_heads, -1).transpose(1, 2) for t in (self.q(x[:, :1]), self.k(x), self.v(x)))
-    return _project(self, _attend(self, q, k, v).transpose(1, 2).reshape(batch, 1, -1))
+    q, k, v = (split_heads(t, self.num_heads) for t in (self.q(x[:, :1]), self.k(x), self.v(x)))
+    return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
 
 
 def class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,10 +145,9 @@ def _reduced_tokens(self, x: torch.Tensor, size) -> torch.Tensor:
 
 def reduction_attention_forward(self, x: torch.Tensor, size) -> torch.Tensor:
     """A pruned spatial-reduction attention's forward (PVT-v2 ``Attention``, Twins ``GlobalSubSampleAttn``)."""
-    batch, tokens, _ = x.shape
-    q = self.q(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
-    k, v = self.kv(_reduced_tokens(self, x, size)).reshape(batch, -1, 2, self.num_heads, q.shape[-1]).permute(2, 0, 3, 1, 4)
-    return _project(self, _attend(self, q, k, v).transpose(1, 2).reshape(batch, tokens, -1))
+    q = split_heads(self.q(x), self.num_heads)
+    k, v = split_heads(self.kv(_reduced_tokens(self, x, size)), self.num_heads, 2)
+    return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
 
 
 def reduction_attention_trace(self, x: torch.Tensor, size) -> torch.Tensor:
@@ -218,7 +209,7 @@ def gpsa_attention(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned ConViT ``GPSA``'s attention map: content and position scores, each a softmax,
     mixed per head by its gate."""
     batch, tokens, _ = x.shape
-    q, k = self.qk(x).reshape(batch, tokens, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = split_heads(self.qk(x), self.num_heads, 2)
     content = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
     gate = torch.sigmoid(self.gating_param.view(1, -1, 1, 1))
     attn = (1.0 - gate) * content + gate * _gpsa_positions(self, batch, tokens).softmax(dim=-1)
@@ -227,10 +218,8 @@ def gpsa_attention(self, x: torch.Tensor) -> torch.Tensor:
 
 def gpsa_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned ConViT ``GPSA``'s forward."""
-    batch, tokens, _ = x.shape
-    attn = self.get_attention(x)
-    v = self.v(x).reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
-    return _project(self, (attn @ v).transpose(1, 2).reshape(batch, tokens, -1))
+    v = split_heads(self.v(x), self.num_heads)
+    return _project(self, (self.get_attention(x) @ v).transpose(1, 2).flatten(2))
 
 
 def gpsa_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,7 +259,7 @@ def cosine_window_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | 
     """A pruned SwinV2-CR ``WindowMultiHeadAttention``'s forward: cosine similarity of queries
     and keys, scaled per head, plus the position bias, within windows (shifted ones masked)."""
     windows, tokens, _ = x.shape
-    q, k, v = _qkv_heads(self, x)
+    q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
     attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
     attn = attn * torch.clamp(self.logit_scale.reshape(1, -1, 1, 1), max=math.log(1.0 / 0.01)).exp()
     attn = attn + self._relative_positional_encodings()
@@ -314,7 +303,7 @@ class PrunedWindowMultiHeadAttention(swin_cr.WindowMultiHeadAttention):
 def cross_covariance_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned XCiT ``XCA``'s forward: queries and keys normalised over the tokens, attention
     between the head dims of each head (scaled by its temperature), applied to the values."""
-    q, k, v = _qkv_heads(self, x).transpose(-1, -2)  # [batch, heads, head_dim, tokens]
+    q, k, v = split_heads(self.qkv(x), self.num_heads, 3).transpose(-1, -2)  # [batch, heads, head_dim, tokens]
     q, k = F.normalize(q, dim=-1) * self.temperature, F.normalize(k, dim=-1)
     dropout = self.attn_drop.p if self.training else 0.0
     x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=1.0)
@@ -331,9 +320,9 @@ class PrunedXCA(xcit.XCA):
 def channel_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned DaViT ``ChannelAttention``'s forward: keys against values across the head dims of
     each head, applied to the queries."""
-    q, k, v = _qkv_heads(self, x)
+    q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
     attn = ((k * self.scale).transpose(-1, -2) @ v).softmax(dim=-1)
-    return _project(self, (attn @ q.transpose(-1, -2)).transpose(-1, -2).transpose(1, 2).flatten(2))
+    return _project(self, (q @ attn.transpose(-1, -2)).transpose(1, 2).flatten(2))
 
 
 class PrunedChannelAttention(davit.ChannelAttention):
