@@ -34,12 +34,21 @@ class Diverged(Exception):
 
 @dataclass
 class Item:
-    """One member of a group, as Torch-Pruning's group items read: the dependency that reaches it,
-    its channels, and the root channel each of them is coupled to."""
+    """One member of a group: the dependency that reaches it, its channels, and the root channel
+    each of them is coupled to (``NO_ROOT``: none). ``idxs`` and ``root_idxs`` read them as
+    Torch-Pruning's group items do, as lists."""
 
     dep: Dependency
-    idxs: list[int]
-    root_idxs: list[int | None]
+    channels: np.ndarray
+    roots: np.ndarray
+
+    @property
+    def idxs(self) -> list[int]:
+        return self.channels.tolist()
+
+    @property
+    def root_idxs(self) -> list[int | None]:
+        return [None if r == NO_ROOT else r for r in self.roots.tolist()]
 
 
 def _map(mapping, idx: np.ndarray, root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,10 +96,7 @@ def _merge(graph: tp.DependencyGraph, found: list) -> list[Item]:
     for dep, idxs, roots in merged.values():
         idx, root = np.concatenate(idxs), np.concatenate(roots)
         first = _first_of_each(idx)
-        root_list = root[first].tolist()
-        if (root[first] == NO_ROOT).any():
-            root_list = [None if r == NO_ROOT else r for r in root_list]
-        items.append(Item(dep, idx[first].tolist(), root_list))
+        items.append(Item(dep, idx[first], root[first]))
     return items
 
 

@@ -10,11 +10,12 @@ from functools import partial
 from typing import NamedTuple
 
 import networkx as nx
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import _arch, _coupling, _trace
+from . import _arch, _coupling, _cut, _trace
 from ._errors import IsopruneError
 from ._importance import item_member, member_tensors
 
@@ -180,7 +181,7 @@ def _blocks(tp_group) -> int:
     """How many equal runs a group's channels split into: the least common multiple of the
     ``groups`` of the grouped (not depthwise) convolutions it feeds or leaves one to one. Removing
     the same positions from every run keeps each of those convolutions' groups equal in width."""
-    n = len(tp_group[0].idxs)
+    n = len(tp_group[0].channels)
     blocks = 1
     for item in tp_group:
         conv = item.dep.target.module
@@ -188,7 +189,7 @@ def _blocks(tp_group) -> int:
             continue
         if conv.groups == conv.in_channels == conv.out_channels:  # depthwise: any channel may go
             continue
-        if list(item.idxs) == list(item.root_idxs) == list(range(n)):
+        if len(item.channels) == n and (item.channels == np.arange(n)).all() and (item.roots == item.channels).all():
             blocks = math.lcm(blocks, conv.groups)
     return blocks if n % blocks == 0 else 1
 
@@ -214,30 +215,33 @@ class Op:
 def cut_ops(graph: tp.DependencyGraph, tp_groups: list, removed: dict[int, list[int]]) -> list[Op]:
     """Member-level removals for root-channel removals per Torch-Pruning group (``removed`` is
     keyed by index into ``tp_groups``), merged per member so each is cut once in original numbering.
-    Each full group item maps root channels to its own (``root_idxs`` beside ``idxs``), so this
+    Each full group item maps root channels to its own (``roots`` beside ``channels``), so this
     is a filter of the traced groups, with no second walk of the graph."""
-    merged = {}
+    merged, channels = {}, {}
     for src, drop in removed.items():
-        drop = set(drop)
+        dropped = np.zeros(len(tp_groups[src][0].channels) + 1, dtype=bool)  # the last: NO_ROOT, never dropped
+        dropped[drop] = True
         for item in tp_groups[src]:
             member = item_member(graph, item)
             if member is None:
                 continue
-            idxs = {i for i, root in zip(item.idxs, item.root_idxs) if root in drop}
-            op = merged.setdefault((member["name"], member["out"]), Op(handler=item.dep.handler, idxs=[], **member))
-            op.idxs = sorted(set(op.idxs) | idxs)
+            key = (member["name"], member["out"])
+            merged.setdefault(key, Op(handler=item.dep.handler, idxs=[], **member))
+            channels.setdefault(key, []).append(item.channels[dropped[item.roots]])
+    for key, op in merged.items():
+        parts = channels[key]
+        op.idxs = (np.unique(np.concatenate(parts)) if len(parts) > 1 else np.sort(parts[0])).tolist()
     return list(merged.values())
 
 
 def run_ops(model: nn.Module, ops: list[Op]) -> None:
     for op in ops:
-        op.handler.__self__.pruning_dim = op.dim
         if op.param:
             owner_name, _, attr = op.name.rpartition(".")
             owner = model.get_submodule(owner_name)
-            setattr(owner, attr, op.handler(model.get_parameter(op.name), op.idxs))
+            setattr(owner, attr, _cut.cut_parameter(op.handler, model.get_parameter(op.name), op.idxs, op.dim))
         else:
-            op.handler(model.get_submodule(op.name), op.idxs)
+            _cut.cut_module(op.handler, model.get_submodule(op.name), op.idxs, op.dim)
 
 
 def _misfits(graph: tp.DependencyGraph, skeleton: nn.Module, tp_groups: list) -> tuple[list, set[int]]:
@@ -248,9 +252,9 @@ def _misfits(graph: tp.DependencyGraph, skeleton: nn.Module, tp_groups: list) ->
     for i, tp_group in enumerate(tp_groups):
         for item in tp_group:
             member = item_member(graph, item)
-            if member is None or not item.idxs:
+            if member is None or not len(item.channels):
                 continue
-            if any(max(item.idxs) >= t.shape[dim] for t, dim in member_tensors(skeleton, **member)):
+            if any(item.channels.max() >= t.shape[dim] for t, dim in member_tensors(skeleton, **member)):
                 bad.add(i)
                 if member["param"]:
                     param = skeleton.get_parameter(member["name"])
@@ -333,9 +337,9 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[s
     tp_groups = [g for i, g in enumerate(tp_groups) if i not in misfit]
     blocks = [math.lcm(_blocks(g), 2) if _root(graph, g) in halves else _blocks(g) for g in tp_groups]
     candidates = {
-        i: unit_channels(len(g[0].idxs), b, [0])
+        i: unit_channels(len(g[0].channels), b, [0])
         for i, (g, b) in enumerate(zip(tp_groups, blocks))
-        if len(g[0].idxs) > b and _root(graph, g) not in trusted
+        if len(g[0].channels) > b and _root(graph, g) not in trusted
     }
     unsafe = _unsafe(skeleton, inputs, graph, tp_groups, candidates, {})
     frozen |= {_root(graph, tp_groups[i]): error for i, error in unsafe.items()}
@@ -372,7 +376,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
         members = [(m["name"], "out" if m["out"] else "in") for m in found]
         root = _root(graph, tp_group)
         structure = structure_graph(graph, tp_group, labels)
-        channels = len(tp_group[0].idxs) // n_blocks
+        channels = len(tp_group[0].channels) // n_blocks
         for kind, n, owner in _units(root, channels, members, heads_of, mlps):
             fixed = None
             if owner:

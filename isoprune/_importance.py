@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import _dist
+from ._coupling import NO_ROOT
 from ._errors import IsopruneError
 
 
@@ -198,24 +199,44 @@ def element_scores(criterion: Importance, tensor: torch.Tensor, stats: dict | No
     return criterion.elementwise(tensor.detach(), stats.get("grad", {}).get(tensor), stats.get("sq_grad", {}).get(tensor))
 
 
+class _ChannelSums:
+    """The criterion's scores summed per channel along a dim of a tensor, kept per tensor. A
+    weight is a member of two groups (its outputs', its inputs'): on the first visit the sums
+    along both of its first two dims come from one elementwise pass, so the scores of the
+    model's weights are computed once, not twice (cold memory: the larger part of scoring)."""
+
+    def __init__(self, criterion: Importance, stats: dict | None):
+        self.criterion, self.stats = criterion, stats
+        self.kept: dict[int, dict[int, torch.Tensor]] = {}
+
+    def __call__(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        dim %= max(tensor.dim(), 1)
+        sums = self.kept.setdefault(id(tensor), {})
+        if dim not in sums:
+            scores = element_scores(self.criterion, tensor, self.stats)
+            for d in {dim, *range(min(scores.dim(), 2))}:
+                others = [o for o in range(scores.dim()) if o != d]
+                sums[d] = (scores.sum(others) if others else scores).double().cpu()
+        return sums[dim]
+
+
 def channel_scores(model: nn.Module, analysis, criterion: Importance, stats: dict | None) -> list[torch.Tensor]:
     """One score per root channel for every Torch-Pruning group of the analysis."""
     graph, names = analysis.graph, analysis.graph._module2name
     result = []
+    sums = _ChannelSums(criterion, stats)
     with torch.no_grad():
         for tp_group in analysis.tp_groups:
-            total = torch.zeros(len(tp_group[0].idxs), dtype=torch.float64)
+            total = torch.zeros(len(tp_group[0].channels), dtype=torch.float64)
             members = 0
             for item in tp_group:
                 member = item_member(graph, item)
                 if member is None:
                     continue
                 for tensor, dim in member_tensors(model, **member):
-                    scores = element_scores(criterion, tensor, stats).movedim(dim, 0)
-                    per_channel = scores.reshape(scores.shape[0], -1).sum(1).double().cpu()
-                    idxs = torch.as_tensor(item.idxs, dtype=torch.long)
-                    roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
-                    total.index_add_(0, roots, per_channel[idxs])
+                    per_channel = sums(tensor, dim)
+                    rooted = item.roots != NO_ROOT  # channels no root channel maps to score none
+                    total.index_add_(0, torch.from_numpy(item.roots[rooted]), per_channel[torch.from_numpy(item.channels[rooted])])
                     members += 1
             scores = total / max(members, 1)
             if not torch.isfinite(scores).all():

@@ -7,6 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -199,33 +200,39 @@ def _pools(groups: list[Group], ratios: Ratios, scope: str) -> dict[tuple, list[
 def _select(pool: list[Group], scores: dict[int, torch.Tensor], ratio: float, round_to: int | None) -> dict[int, list[int]]:
     """Remove the lowest-scored ``ratio`` share of the pool's units; every group keeps at least
     one unit (``round_to`` of them when set) and, with ``round_to``, a multiple of it."""
-    steps = [round_to if round_to and g.kind != "heads" else 1 for g in pool]
-    total = sum(g.channels for g in pool)
-    n_remove = int(math.floor(ratio * total + 1e-9))
-    flat = torch.cat([scores[g.id] for g in pool])
-    owner = [i for i, g in enumerate(pool) for _ in range(g.channels)]
-    unit = [u for g in pool for u in range(g.channels)]
-    order = torch.argsort(flat, stable=True)
-    floor = [min(g.channels, step) for g, step in zip(pool, steps)]
-    kept = [g.channels for g in pool]
-    removed = [[] for _ in pool]
-    for k in order.tolist():
-        if n_remove == 0:
-            break
-        i = owner[k]
-        if kept[i] > floor[i]:
-            removed[i].append(unit[k])
-            kept[i] -= 1
-            n_remove -= 1
+    steps = np.array([round_to if round_to and g.kind != "heads" else 1 for g in pool])
+    channels = np.array([g.channels for g in pool])
+    n_remove = int(math.floor(ratio * channels.sum() + 1e-9))
+    order = np.argsort(torch.cat([scores[g.id] for g in pool]).cpu().double().numpy(), kind="stable")
+    owner = np.repeat(np.arange(len(pool)), channels)
+    unit = np.arange(channels.sum()) - np.repeat(np.cumsum(channels) - channels, channels)
+    spare = channels - np.minimum(channels, steps)  # units each group can lose
+    taken = order[:n_remove]
+    if (np.bincount(owner[taken], minlength=len(pool)) > spare).any():
+        taken = _lowest_within(order, owner, spare, n_remove)
+    counts = np.bincount(owner[taken], minlength=len(pool))
+    by_group = np.split(taken[np.argsort(owner[taken], kind="stable")], np.cumsum(counts)[:-1])  # each in score order
     keep = {}
     for i, g in enumerate(pool):
-        drop = removed[i]
+        drop = unit[by_group[i]]
         excess = (g.channels - len(drop)) % steps[i]
         if excess:  # round the kept count up to a multiple of step: restore the best removed
             drop = drop[: max(0, len(drop) - (steps[i] - excess))]
-        dropped = set(drop)
-        keep[g.id] = [u for u in range(g.channels) if u not in dropped]
+        keep[g.id] = np.delete(np.arange(g.channels), drop).tolist()
     return keep
+
+
+def _lowest_within(order: np.ndarray, owner: np.ndarray, spare: np.ndarray, n_remove: int) -> np.ndarray:
+    """The ``n_remove`` lowest-scored units (``order``: all by score) such that no group loses
+    more than its ``spare``: a group that reaches it is passed over."""
+    spare, taken = spare.copy(), []
+    for k in order.tolist():
+        if len(taken) == n_remove:
+            break
+        if spare[owner[k]]:
+            spare[owner[k]] -= 1
+            taken.append(k)
+    return np.array(taken, dtype=np.int64)
 
 
 def _unit_scores(analysis: Analysis, channel: list[torch.Tensor]) -> dict[int, torch.Tensor]:

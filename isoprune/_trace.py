@@ -8,7 +8,6 @@ MACs and params of the pruned model before the real one is touched.
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import types
 import warnings
@@ -41,11 +40,20 @@ def gc_paused():
 
 
 def meta_skeleton(model: nn.Module) -> nn.Module:
-    memo: dict[int, torch.Tensor] = {}
-    for t in list(model.parameters()) + list(model.buffers()):
-        empty = torch.empty_like(t, device="meta")
-        memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
-    return copy.deepcopy(model, memo)
+    """The model's module tree with every parameter and buffer a meta tensor of its shape.
+    Every parameter of the skeleton requires grad, frozen or not in the model: the tracer
+    follows autograd, and a frozen first layer would record no op (nor would the layers before the
+    first that requires grad), so it would fall out of the graph and never be cut."""
+    skeleton = clone(model)
+    meta: dict[int, torch.Tensor] = {}  # one meta tensor per tensor: tied weights stay tied
+    for m in skeleton.modules():
+        for tensors in (m._parameters, m._buffers):
+            for name, t in tensors.items():
+                if t is not None and id(t) not in meta:
+                    empty = torch.empty_like(t, device="meta")
+                    meta[id(t)] = nn.Parameter(empty) if isinstance(t, nn.Parameter) else empty
+                tensors[name] = None if t is None else meta[id(t)]
+    return skeleton
 
 
 def _copies(value, new_of: dict):
@@ -65,11 +73,12 @@ def _copies(value, new_of: dict):
 
 
 def clone(skeleton: nn.Module) -> nn.Module:
-    """A throwaway copy of a meta skeleton to cut, a tenth of what ``copy.deepcopy`` costs. Every
+    """A copy of a module tree to cut, a tenth of what ``copy.deepcopy`` costs. Every
     module is new and has its own attributes and containers (parameters, buffers, submodules,
     hooks, and any list, dict or set), and modules it refers to outside its submodules (a list of
-    blocks, say) are their copies. Tensors and other objects are shared with the skeleton: cutting
-    replaces a parameter rather than changing it, and meta tensors hold nothing to change."""
+    blocks, say) are their copies. Tensors and other objects are shared with the original: cutting
+    replaces a parameter rather than changing it, meta tensors hold nothing to change, and
+    ``meta_skeleton`` swaps every parameter and buffer of its copy for a meta tensor."""
     new_of: dict[int, nn.Module] = {}
     order = []
     for m in skeleton.modules():

@@ -1,11 +1,14 @@
 """The passes over the meta skeleton: shortcuts for shapes give what torch's references give and
 change no analysis; a clone of the skeleton is cut without touching it."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from isoprune import _groups, _shapes, _trace
+import isoprune
+from isoprune import _cut, _groups, _shapes, _trace
 from conftest import TINY, make
 
 
@@ -133,3 +136,57 @@ def test_a_clone_keeps_references_between_its_modules():
     copy = _trace.clone(model)
     assert copy.order[0] is copy.blocks[1] and copy.order[1] is copy.blocks[0] and copy.shared is copy.blocks[0]
     assert copy.order is not model.order and copy.blocks[0] is not model.blocks[0]
+
+
+ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features", "num_channels", "normalized_shape")
+
+
+def _torch_pruning_cut(model, ops):
+    """The cut as Torch-Pruning's handlers do it, for comparison with ``_cut``'s."""
+    for op in ops:
+        op.handler.__self__.pruning_dim = op.dim
+        if op.param:
+            owner, _, attr = op.name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, op.handler(model.get_parameter(op.name), op.idxs))
+        else:
+            op.handler(model.get_submodule(op.name), op.idxs)
+
+
+def _layout(model):
+    attributes = [(n, a, getattr(m, a)) for n, m in model.named_modules() for a in ATTRIBUTES if hasattr(m, a)]
+    return attributes, [(n, tuple(t.shape), t.device.type) for n, t in model.state_dict().items()]
+
+
+@pytest.mark.parametrize("name", TINY + ["test_efficientnet", "regnetx_002", "tv:densenet121", "beit_micro", "twins_micro", "maxvit_micro", "eva02_micro", "cait_micro"])
+def test_cuts_match_torch_pruning_handlers(name):
+    """Every member of every group cut as Torch-Pruning would: the same shapes, attributes and
+    values, on the model and on its meta skeleton (grouped convs: regnetx; a parameter cut
+    per head: BEiT's position bias table, CaiT's talking heads)."""
+    model = make(name)
+    plan = isoprune.plan(model, 0.4)
+    ops = plan._ops
+    assert {op.handler for op in ops} & set(_cut.CUTS)
+    ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        _groups.run_ops(ours, ops)
+        _torch_pruning_cut(theirs, ops)
+    assert _layout(ours) == _layout(theirs) and _layout(ours) != _layout(model)
+    for (n, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        assert torch.equal(a, b), n
+    skeleton = _trace.meta_skeleton(model)
+    ours, theirs = _trace.clone(skeleton), _trace.clone(skeleton)
+    _groups.run_ops(ours, ops)
+    _torch_pruning_cut(theirs, ops)
+    assert _layout(ours) == _layout(theirs)
+    assert [t.is_contiguous() for t in ours.state_dict().values()] == [t.is_contiguous() for t in theirs.state_dict().values()]
+
+
+def test_a_cut_keeps_frozen_layers_frozen_and_cuts_gradients():
+    model = make("test_resnet")
+    stem, fc = model.conv1[0], model.fc
+    stem.weight.requires_grad_(False)
+    fc.weight.grad = torch.randn_like(fc.weight)
+    widths = stem.out_channels, fc.in_features
+    isoprune.prune(model, 0.5)
+    assert not stem.weight.requires_grad and fc.weight.requires_grad
+    assert stem.out_channels < widths[0] and fc.in_features < widths[1] and fc.weight.grad.shape == fc.weight.shape

@@ -1,4 +1,6 @@
 """The three ranking scopes do what they say."""
+import torch
+
 import isoprune
 from conftest import make
 
@@ -75,3 +77,16 @@ def test_name_and_signature_overrides():
 def test_no_group_is_pruned_to_nothing():
     plan = isoprune.plan(make("test_resnet"), 0.99, scope="global")
     assert all(len(g.keep) >= 1 for g in plan.groups)
+
+
+def test_a_ranking_takes_the_lowest_units_but_leaves_every_group_its_floor():
+    from isoprune._groups import Group
+    from isoprune._plan import _select
+
+    pool = [Group(0, "channels", "s", "a", 4, []), Group(1, "channels", "s", "b", 4, [])]
+    scores = {0: torch.tensor([0.2, 0.1, 0.4, 0.3], dtype=torch.float64), 1: torch.tensor([1.0, 4.0, 2.0, 3.0], dtype=torch.float64)}
+    assert _select(pool, scores, 0.25, None) == {0: [2, 3], 1: [0, 1, 2, 3]}
+    assert _select(pool, scores, 0.75, None) == {0: [2], 1: [1]}  # the first group keeps one, the second loses more
+    assert _select(pool, scores, 0.75, 2) == {0: [2, 3], 1: [1, 3]}  # each keeps round_to: fewer go than asked
+    assert _select(pool, scores, 0.375, 2) == {0: [2, 3], 1: [0, 1, 2, 3]}  # the second's one removal is restored
+    assert _select(pool, scores, 0.25, 4) == {0: [0, 1, 2, 3], 1: [0, 1, 2, 3]}
