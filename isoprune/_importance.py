@@ -200,23 +200,36 @@ def element_scores(criterion: Importance, tensor: torch.Tensor, stats: dict | No
 
 
 class _ChannelSums:
-    """The criterion's scores summed per channel along a dim of a tensor, kept per tensor. A
-    weight is a member of two groups (its outputs', its inputs'): on the first visit the sums
-    along both of its first two dims come from one elementwise pass, so the scores of the
-    model's weights are computed once, not twice (cold memory: the larger part of scoring)."""
+    """The criterion's scores summed per channel along a dim of a tensor, kept per tensor.
+
+    A weight is a member of two groups (its outputs', its inputs'): on the first visit the sums
+    along both of its first two dims come from one elementwise pass, so the model's weights are
+    scored once, not twice. The pass goes over ``CHUNK`` elements at a time: a temporary the size
+    of a whole weight, freed, raises glibc's threshold for returning memory to the system, after
+    which the next ones pile up on the heap (DeiT-B: the peak went from 0.1 to 0.1-0.7 times the
+    model, from run to run)."""
+
+    CHUNK = 1 << 18
 
     def __init__(self, criterion: Importance, stats: dict | None):
-        self.criterion, self.stats = criterion, stats
+        self.criterion, self.stats = criterion, stats or {}
         self.kept: dict[int, dict[int, torch.Tensor]] = {}
 
     def __call__(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
-        dim %= max(tensor.dim(), 1)
+        dim %= tensor.dim()
         sums = self.kept.setdefault(id(tensor), {})
         if dim not in sums:
-            scores = element_scores(self.criterion, tensor, self.stats)
-            for d in {dim, *range(min(scores.dim(), 2))}:
-                others = [o for o in range(scores.dim()) if o != d]
-                sums[d] = (scores.sum(others) if others else scores).double().cpu()
+            dims = {dim, *range(min(tensor.dim(), 2))}
+            parts: dict[int, list] = {d: [] for d in dims}
+            stats = [self.stats.get(name, {}).get(tensor) for name in ("grad", "sq_grad")]
+            whole = [tensor.detach(), *(None if s is None else s.detach() for s in stats)]
+            rows = max(1, self.CHUNK // max(tensor[0].numel(), 1))
+            for start in range(0, len(tensor), rows):
+                scores = self.criterion.elementwise(*(None if t is None else t[start : start + rows] for t in whole))
+                for d in dims:
+                    parts[d].append(scores.sum([o for o in range(scores.dim()) if o != d]) if scores.dim() > 1 else scores)
+            for d in dims:
+                sums[d] = (torch.cat(parts[d]) if d == 0 else torch.stack(parts[d]).sum(0)).double().cpu()
         return sums[dim]
 
 

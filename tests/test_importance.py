@@ -88,3 +88,26 @@ def test_random_is_seeded_and_differs_from_magnitude():
     c = isoprune.plan(model, 0.5, importance="l2")
     assert [g.keep for g in a.groups] == [g.keep for g in b.groups]
     assert [g.keep for g in a.groups] != [g.keep for g in c.groups]
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit"])
+def test_scores_taken_a_few_rows_at_a_time_are_the_whole_weights(name, digits_batches, monkeypatch):
+    """Scoring goes over each weight in chunks of rows (for memory); with chunks of a few
+    elements, every weight here spans many, and the scores must be what one pass gives."""
+    from isoprune._groups import analyse
+
+    model = make(name)
+    inputs = None if name == "test_vit" else digits_batches[0][0][:1]
+    analysis = analyse(model, inputs)
+    calib = None if name == "test_vit" else digits_batches[:1]
+    for importance in ("l2", "taylor") if calib else ("l2", "l1"):
+        criterion = _importance.get_importance(importance)
+        stats = _importance.calibrate(model, calib, None, criterion.stats) if criterion.needs_calib else None
+        whole = _importance.channel_scores(model, analysis, criterion, stats)
+        calls = []
+        monkeypatch.setattr(criterion, "elementwise", lambda *t, _f=criterion.elementwise: calls.append(1) or _f(*t))
+        monkeypatch.setattr(_importance._ChannelSums, "CHUNK", 7)
+        chunked = _importance.channel_scores(model, analysis, criterion, stats)
+        monkeypatch.undo()
+        assert len(calls) > 10 * len(analysis.tp_groups)  # chunks of a few rows, not one pass a weight
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=0) for a, b in zip(chunked, whole))
