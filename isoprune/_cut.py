@@ -9,8 +9,8 @@ the values are not there to index: that was a third of ResNet-50's prune. Here t
 one numpy call, and a meta tensor is cut by making an empty one of the new shape.
 
 Convolutions, linear layers, batch, layer and group norms and plain parameters are cut here, to
-the same shapes and attributes as Torch-Pruning's handlers (the tests compare both on every model
-family they cover); every other handler (embeddings, PReLU, LSTM, multi-head attention, custom
+the same shapes, values and attributes as Torch-Pruning's handlers (a test compares both on 13
+model families); every other handler (embeddings, PReLU, LSTM, multi-head attention, custom
 ones) runs as Torch-Pruning wrote it. Unlike Torch-Pruning, a cut parameter keeps its
 ``requires_grad``: a frozen layer stays frozen.
 """

@@ -202,7 +202,7 @@ def unit_channels(n: int, blocks: int, units) -> list[int]:
 
 @dataclass
 class Op:
-    """Remove ``idxs`` from member ``name`` in one direction (Torch-Pruning's handler does it)."""
+    """Remove ``idxs`` from member ``name`` in one direction, as Torch-Pruning's ``handler`` would (``_cut``)."""
 
     name: str
     param: bool

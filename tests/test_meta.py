@@ -1,6 +1,6 @@
 """The passes over the meta skeleton: shortcuts for shapes give what torch's references give and
 change no analysis; a clone of the skeleton is cut without touching it."""
-import copy
+from copy import deepcopy
 
 import pytest
 import torch
@@ -166,7 +166,7 @@ def test_cuts_match_torch_pruning_handlers(name):
     plan = isoprune.plan(model, 0.4)
     ops = plan._ops
     assert {op.handler for op in ops} & set(_cut.CUTS)
-    ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
+    ours, theirs = deepcopy(model), deepcopy(model)
     with torch.no_grad():
         _groups.run_ops(ours, ops)
         _torch_pruning_cut(theirs, ops)
