@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
@@ -23,6 +24,7 @@ from timm.models.beit import Attention as BeitAttention
 from timm.models.eva import EvaAttention
 from torch import nn
 
+from ._cut import cut_tensor
 from ._errors import IsopruneError
 
 
@@ -163,9 +165,8 @@ def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:
         param = module.get_parameter(name)
         if param.shape[dim] == len(heads):
             continue
-        kept = param.data.index_select(dim, torch.as_tensor(heads, device=param.device))
         owner, _, attr = name.rpartition(".")
-        setattr(module.get_submodule(owner), attr, nn.Parameter(kept.contiguous(), requires_grad=param.requires_grad))
+        setattr(module.get_submodule(owner), attr, cut_tensor(param, dim, np.asarray(heads, dtype=np.int64)))
 
 
 def _rescale_queries(module: nn.Module, old_scale: float, head_dim: int, heads_first: bool = False) -> None:
@@ -327,23 +328,14 @@ class PrunedEvaAttention(EvaAttention):
     forward = eva_attention_forward
 
 
-def _keep_units(tensor: torch.Tensor, heads: list[int], dims: list[int], head_dim: int) -> torch.Tensor:
-    """The kept ``(head, dim)`` entries of a tensor laid out ``[heads, head_dim]``."""
-    kept = torch.as_tensor([h * head_dim + d for h in heads for d in dims], device=tensor.device)
-    return tensor.index_select(0, kept).contiguous()
-
-
 def _cut_qkv_biases(module: nn.Module, heads: list[int], dims: list[int], head_dim: int) -> None:
-    """The separate q/k/v biases of a fused qkv (EVA, BEiT), cut like the projection's rows."""
+    """The separate q/k/v biases of a fused qkv (EVA, BEiT), laid out ``[heads, head_dim]``, cut
+    like the projection's rows (the k bias is a buffer of zeros, and stays one)."""
+    kept = (np.asarray(heads)[:, None] * head_dim + np.asarray(dims)).ravel()
     for name in ("q_bias", "k_bias", "v_bias"):
         tensor = getattr(module, name, None)
-        if tensor is None or tensor.shape[0] == len(heads) * len(dims):
-            continue
-        kept = _keep_units(tensor.data, heads, dims, head_dim)
-        if isinstance(tensor, nn.Parameter):
-            setattr(module, name, nn.Parameter(kept, requires_grad=tensor.requires_grad))
-        else:
-            setattr(module, name, kept)  # the k bias is a buffer of zeros
+        if tensor is not None and tensor.shape[0] != len(kept):
+            setattr(module, name, cut_tensor(tensor, 0, kept))
 
 
 def fix_eva_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:

@@ -193,10 +193,15 @@ def item_member(graph: tp.DependencyGraph, item) -> dict | None:
     return {"name": name, "param": False, "out": out, "dim": node.pruning_dim}
 
 
+def _stats_of(tensor: torch.Tensor, stats: dict | None) -> list:
+    """The tensor's calibration statistics, as ``elementwise`` takes them: ``grad``, ``sq_grad``."""
+    stats = stats or {}
+    return [stats.get(name, {}).get(tensor) for name in ("grad", "sq_grad")]
+
+
 def element_scores(criterion: Importance, tensor: torch.Tensor, stats: dict | None) -> torch.Tensor:
     """The criterion's score for every element of a real tensor, with its calibration statistics."""
-    stats = stats or {}
-    return criterion.elementwise(tensor.detach(), stats.get("grad", {}).get(tensor), stats.get("sq_grad", {}).get(tensor))
+    return criterion.elementwise(tensor.detach(), *_stats_of(tensor, stats))
 
 
 class _ChannelSums:
@@ -212,7 +217,7 @@ class _ChannelSums:
     CHUNK = 1 << 18
 
     def __init__(self, criterion: Importance, stats: dict | None):
-        self.criterion, self.stats = criterion, stats or {}
+        self.criterion, self.stats = criterion, stats
         self.kept: dict[int, dict[int, torch.Tensor]] = {}
 
     def __call__(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -221,8 +226,7 @@ class _ChannelSums:
         if dim not in sums:
             dims = {dim, *range(min(tensor.dim(), 2))}
             parts: dict[int, list] = {d: [] for d in dims}
-            stats = [self.stats.get(name, {}).get(tensor) for name in ("grad", "sq_grad")]
-            whole = [tensor.detach(), *(None if s is None else s.detach() for s in stats)]
+            whole = [tensor.detach(), *(None if s is None else s.detach() for s in _stats_of(tensor, self.stats))]
             rows = max(1, self.CHUNK // max(tensor[0].numel(), 1))
             for start in range(0, len(tensor), rows):
                 scores = self.criterion.elementwise(*(None if t is None else t[start : start + rows] for t in whole))
