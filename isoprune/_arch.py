@@ -62,7 +62,9 @@ class AttentionSpec:
     ``fixup(module, heads, dims)`` makes the module's other attributes agree with its pruned
     weights (kept indices). ``fixed(model, module)`` names the kinds (``"heads"``, ``"head_dim"``)
     the module must keep whole in this model, with why. ``pruned`` is the class such a module
-    becomes once its model is pruned, where its own forward assumes the widths it was built with."""
+    becomes once its model is pruned, where its own forward assumes the widths it was built with.
+    ``head_layers`` name layers whose outputs hold a slice per head, which ``fixup`` cuts: they root
+    no group of their own (VOLO's outlook attention weights), and are cut with others at their inputs."""
 
     qkv: str
     fixup: Callable[[nn.Module, list[int], list[int]], None]
@@ -71,6 +73,7 @@ class AttentionSpec:
     fixed: Callable[[nn.Module, nn.Module], dict[str, str]] | None = None
     pruned: type | None = None
     heads_first: str | None = None
+    head_layers: tuple[str, ...] = ()
 
     def projections(self, module: nn.Module) -> tuple[str, ...]:
         if self.separate and not isinstance(getattr(module, self.qkv, None), (nn.Linear, nn.Conv2d)):
@@ -85,7 +88,7 @@ class AttentionSpec:
         heads = int(module.num_heads)
         heads_first = bool(self.heads_first and getattr(module, self.heads_first))
         widths = {name: _out_width(module.get_submodule(name)) for name in names}
-        head_dim = min(widths.values()) // heads if len(names) > 1 else widths[names[0]] // (3 * heads)
+        head_dim = min(widths.values()) // heads if names == self.separate else widths[names[0]] // (3 * heads)
         return Layout(heads, head_dim, widths[projection or names[0]] // (heads * head_dim), heads_first)
 
     def per_head(self, module: nn.Module) -> tuple[tuple[str, int], ...]:
@@ -148,6 +151,11 @@ def head_params(model: nn.Module) -> list[nn.Parameter]:
         if spec is not None:
             found += [m.get_parameter(name) for name, _ in spec.per_head(m)]
     return found
+
+
+def head_layers(model: nn.Module) -> list[nn.Module]:
+    """Every layer a registered attention cuts with its heads at its output (``AttentionSpec``)."""
+    return [m.get_submodule(name) for m in model.modules() if (spec := attention_spec(m)) is not None for name in spec.head_layers]
 
 
 def use_pruned_classes(model: nn.Module) -> None:

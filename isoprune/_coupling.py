@@ -12,6 +12,7 @@ under the first of them in sorted order, where Torch-Pruning's pick follows a se
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,15 @@ class Item:
         return [None if r == NO_ROOT else r for r in self.roots.tolist()]
 
 
+class Members(list):
+    """A group's items, root first, and ``aliased``: pairs of its root channels (2 x k) that reach
+    one channel of some member, so that neither can go without the other. GhostNet's depthwise
+    "cheap" convolution couples each of its inputs to one of its outputs, and both halves are
+    concatenated: a layer fed the concatenation has its channels ``i`` and ``i + half`` coupled."""
+
+    aliased: np.ndarray
+
+
 def _map(mapping, idx: np.ndarray, root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Torch-Pruning's index mappings on arrays: ``idx`` in the source's channels becomes the
     target's, each keeping its root channel; channels the target does not have drop out."""
@@ -81,9 +91,10 @@ def _map(mapping, idx: np.ndarray, root: np.ndarray) -> tuple[np.ndarray, np.nda
     )
 
 
-def _merge(graph: tp.DependencyGraph, found: list) -> list[Item]:
+def _merge(graph: tp.DependencyGraph, found: list) -> Members:
     """One item per (layer, pruning function), in order of discovery, holding each of its channels
-    once (with the root channel it was first reached from); ignored parameters join no group."""
+    once (with the root channel it was first reached from), and the root channels found coupled to
+    each other on the way; ignored parameters join no group."""
     ignored = {id(p) for p in graph.ignored_params}
     merged: dict = {}
     for dep, idx, root in found:
@@ -92,12 +103,27 @@ def _merge(graph: tp.DependencyGraph, found: list) -> list[Item]:
         merged.setdefault((dep.target, dep.handler), (dep, [], []))
         merged[(dep.target, dep.handler)][1].append(idx)
         merged[(dep.target, dep.handler)][2].append(root)
-    items = []
+    items, aliased = Members(), []
     for dep, idxs, roots in merged.values():
         idx, root = np.concatenate(idxs), np.concatenate(roots)
         first = _first_of_each(idx)
         items.append(Item(dep, idx[first], root[first]))
+        if isinstance(dep.target.module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):  # layers, not reshapes that fold channels
+            aliased.append(_aliases(idx, root))
+    items.aliased = np.unique(np.concatenate(aliased, axis=1), axis=1) if aliased else np.empty((2, 0), dtype=np.int64)
     return items
+
+
+def _aliases(idx: np.ndarray, root: np.ndarray) -> np.ndarray:
+    """Pairs (2 x k) of distinct root channels reaching one channel: the lowest and each other."""
+    known = root != NO_ROOT
+    idx, root = idx[known], root[known]
+    order = np.lexsort((root, idx))
+    idx, root = idx[order], root[order]
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    lowest = root[np.repeat(starts, np.diff(np.r_[starts, len(idx)]))]
+    other = lowest != root
+    return np.stack([lowest[other], root[other]])
 
 
 def _first_of_each(values: np.ndarray) -> np.ndarray:
@@ -118,7 +144,7 @@ def _widest(graph: tp.DependencyGraph) -> int:
     return max(sizes)
 
 
-def pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn, channels: int, limit: int | None = None) -> list[Item]:
+def pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn, channels: int, limit: int | None = None) -> Members:
     """Every layer coupled to removing ``module``'s channels with ``pruning_fn``: the root first,
     each other member once, with the channels of it that go with each root channel. Depth first,
     as Torch-Pruning walks: a member reached again is walked on from only with channels (and
@@ -158,13 +184,15 @@ def pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn, chan
     return _merge(graph, found)
 
 
-def all_groups(graph: tp.DependencyGraph, ignored_layers=(), diverged: dict | None = None) -> list[list[Item]]:
+def all_groups(graph: tp.DependencyGraph, ignored_layers=(), diverged: dict | None = None) -> list[Members]:
     """The full-channel group of every prunable conv and linear layer, as ``get_all_groups``
     yields them: a layer already removed by an earlier group roots none of its own, and a group
     that would remove an ignored layer's outputs is left out. A walk that diverges (see
     ``Diverged``; a legitimate one never maps to more channels than 8 times the widest layer has)
     is left out too, and recorded in ``diverged`` (root name -> why)."""
-    maps.update_index_mapping(graph)
+    with warnings.catch_warnings():  # its width inference's "Maximum recursive depth reached!": nothing a user can act on
+        warnings.simplefilter("ignore")
+        maps.update_index_mapping(graph)
     limit = 8 * _widest(graph)
     ignored = {id(m) for m in [*ignored_layers, *graph.IGNORED_LAYERS_IN_TRACING]}
     removed: set[int] = set()

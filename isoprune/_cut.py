@@ -12,7 +12,8 @@ Convolutions, linear layers, batch, layer and group norms and plain parameters a
 the same shapes, values and attributes as Torch-Pruning's handlers (a test compares both on 13
 model families); every other handler (embeddings, PReLU, LSTM, multi-head attention, custom
 ones) runs as Torch-Pruning wrote it. Unlike Torch-Pruning, a cut parameter keeps its
-``requires_grad``: a frozen layer stays frozen.
+``requires_grad``: a frozen layer stays frozen; and a convolution's own per-output-channel
+parameters besides its bias (NFNet's ``gain``) are cut with its outputs.
 """
 from __future__ import annotations
 
@@ -45,8 +46,18 @@ def cut_tensor(t: torch.Tensor, dim: int, keep: np.ndarray) -> torch.Tensor:
     return param
 
 
+def _per_output(conv: nn.modules.conv._ConvNd, keep: np.ndarray, n: int) -> None:
+    """A convolution's own parameters of one value per output channel, besides its bias: the
+    ``gain`` of timm's weight-standardised ``ScaledStdConv2d`` (NFNet), which Torch-Pruning's
+    handler leaves whole, so that the pruned convolution no longer runs."""
+    for name, p in list(conv.named_parameters(recurse=False)):
+        if name not in ("weight", "bias") and p.shape[:1] == (n,) and p[0].numel() == 1:
+            setattr(conv, name, cut_tensor(p, 0, keep))
+
+
 def _conv_out(conv: nn.modules.conv._ConvNd, idxs: list[int], _dim: int) -> None:
     keep = _kept(conv.out_channels, idxs)
+    _per_output(conv, keep, conv.out_channels)
     conv.out_channels -= len(idxs)
     conv.weight = cut_tensor(conv.weight, int(conv.transposed), keep)
     if conv.bias is not None:
@@ -63,6 +74,7 @@ def _conv_in(conv: nn.modules.conv._ConvNd, idxs: list[int], _dim: int) -> None:
 
 def _depthwise(conv: nn.modules.conv._ConvNd, idxs: list[int], _dim: int) -> None:
     keep = _kept(conv.out_channels, idxs)
+    _per_output(conv, keep, conv.out_channels)
     conv.out_channels -= len(idxs)
     conv.in_channels -= len(idxs)
     conv.groups -= len(idxs)

@@ -194,6 +194,34 @@ def _blocks(tp_group) -> int:
     return blocks if n % blocks == 0 else 1
 
 
+def _coupled_runs(n: int, aliased: np.ndarray) -> int:
+    """In how many equal runs of ``n`` root channels the same position must go together, given
+    the pairs of them found coupled (``_coupling.Members``): 2 where GhostNet concatenates a layer's
+    outputs with their depthwise copies. Coupled channels that do not line up in runs leave 1:
+    then no unit keeps the forward pass whole, and the probe leaves the group whole."""
+    if not aliased.size:
+        return 1
+    coupled = nx.Graph(aliased.T.tolist())
+    coupled.add_nodes_from(range(n))
+    label = np.empty(n, dtype=np.int64)
+    for channels in nx.connected_components(coupled):
+        label[list(channels)] = min(channels)
+    per = len(np.unique(label))
+    if n % per:
+        return 1
+    table = label.reshape(n // per, per)
+    return n // per if (table == np.arange(per)).all() else 1
+
+
+def _group_blocks(tp_group, halved: bool, by_head: bool) -> int:
+    """The runs of a group's channels (see ``_blocks``, ``_coupled_runs``); gated MLPs' split
+    layers (``halved``) in two at least. Attention cut by head (``by_head``) is not read for
+    coupled runs: the tracer couples query, key and value channels through their products."""
+    n = len(tp_group[0].channels)
+    blocks = math.lcm(_blocks(tp_group), 2 if halved else 1, 1 if by_head else _coupled_runs(n, tp_group.aliased))
+    return blocks if n % blocks == 0 else 1
+
+
 def unit_channels(n: int, blocks: int, units) -> list[int]:
     """Root channels of the given units of a group of ``n`` channels in ``blocks`` runs."""
     per = n // blocks
@@ -326,7 +354,7 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[s
     for attempt in range(2):
         with _trace.counting(skeleton, inputs) as tally:
             graph = _trace.build_graph(skeleton, inputs, ignored_params)
-        ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph)
+        ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph) + _arch.head_layers(skeleton)
         diverged: dict[str, str] = {}
         tp_groups = _coupling.all_groups(graph, ignored, diverged)
         misfit_params, misfit = _misfits(graph, skeleton, tp_groups)
@@ -335,7 +363,7 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[s
         ignored_params = ignored_params + misfit_params
     frozen = diverged | {_root(graph, tp_groups[i]): "traced onto channels a member does not have" for i in sorted(misfit)}
     tp_groups = [g for i, g in enumerate(tp_groups) if i not in misfit]
-    blocks = [math.lcm(_blocks(g), 2) if _root(graph, g) in halves else _blocks(g) for g in tp_groups]
+    blocks = [_group_blocks(g, _root(graph, g) in halves, _root(graph, g) in trusted) for g in tp_groups]
     candidates = {
         i: unit_channels(len(g[0].channels), b, [0])
         for i, (g, b) in enumerate(zip(tp_groups, blocks))

@@ -252,8 +252,20 @@ def output_modules(graph: tp.DependencyGraph) -> list:
     return found
 
 
-def _total(m: nn.Module, formulas: dict) -> int:
-    return m.__flops__ if type(m) in formulas else sum(_total(child, formulas) for child in m.children())
+def _total(m: nn.Module, counted: dict) -> int:
+    return m.__flops__ if m in counted else sum(_total(child, counted) for child in m.children())
+
+
+def _formula(m: nn.Module, formulas: dict):
+    """Torch-Pruning's formula for a layer, by its type. Subclassed convolutions and linear
+    layers (timm's weight-standardised and "same"-padded convolutions: NFNet, BiT, the TF
+    EfficientNets) count as the layer they subclass; Torch-Pruning's counter finds none for them
+    and counts nothing. Other subclasses (timm's LayerNorm) are left to their children, as
+    Torch-Pruning counts them, so that the paper's figures stay as its counter made them."""
+    formula = formulas.get(type(m))
+    if formula is None and isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+        formula = next((formulas[t] for t in type(m).__mro__ if t in formulas), None)
+    return formula
 
 
 class Tally:
@@ -272,7 +284,7 @@ def counting(model: nn.Module, inputs: Inputs):
     from torch_pruning.utils import op_counter
 
     formulas = {**op_counter.MODULES_MAPPING, **op_counter.CUSTOM_MODULES_MAPPING}
-    counted = [m for m in model.modules() if type(m) in formulas]
+    counted = {m: f for m in model.modules() if (f := _formula(m, formulas)) is not None}
     calls = 0
 
     def called(*_):
@@ -280,16 +292,16 @@ def counting(model: nn.Module, inputs: Inputs):
         calls += 1
 
     handles = [model.register_forward_hook(called)]
-    for m in counted:
+    for m, formula in counted.items():
         m.__flops__ = 0
-        handles.append(m.register_forward_hook(formulas[type(m)]))
+        handles.append(m.register_forward_hook(formula))
     tally = Tally()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield tally
         batch = len(inputs if isinstance(inputs, torch.Tensor) else inputs[0])
-        tally.macs = int(_total(model, formulas) / max(calls * batch, 1))
+        tally.macs = int(_total(model, counted) / max(calls * batch, 1))
         tally.params = sum(p.numel() for p in model.parameters())
     finally:
         for handle in handles:

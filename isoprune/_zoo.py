@@ -1,5 +1,5 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
-XCiT, DaViT), registered with ``_arch``'s registries as timm's own ``Attention`` and Swin's are.
+XCiT, DaViT, VOLO), registered with ``_arch``'s registries as timm's own ``Attention`` and Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -13,11 +13,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.models import cait, convit, davit, pvt_v2, tnt, twins, xcit
+from timm.models import cait, convit, davit, pvt_v2, tnt, twins, volo, xcit
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
+from torch_pruning.pruner import function
 
-from ._arch import AttentionSpec, Layout, patch_merging_forward, register_attention, register_mlp, register_trace_forward, split_heads, value_heads
+from ._arch import AttentionSpec, Layout, concat_channels, patch_merging_forward, register_attention, register_mlp, register_trace_forward, split_heads, value_heads
+from ._cut import cut_module
 
 
 def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -333,6 +335,89 @@ class PrunedDavitWindowAttention(davit.WindowAttention):
     forward = qkv_attention_forward
 
 
+# VOLO: outlook attention on [batch, height, width, channels], then self-attention, then class attention
+
+
+def outlook_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned VOLO ``OutlookAttention``'s forward: each position's ``k x k`` neighbourhood of
+    values weighted by attention computed from the (pooled) position itself, ``k^4`` weights a
+    head, then folded back onto the map; as wide as the values, not the input."""
+    batch, height, width, _ = x.shape
+    v = self.v(x).permute(0, 3, 1, 2)
+    channels, window = v.shape[1], self.kernel_size**2
+    rows, cols = math.ceil(height / self.stride), math.ceil(width / self.stride)
+    v = self.unfold(v).reshape(batch, self.num_heads, channels // self.num_heads, window, rows * cols).permute(0, 1, 4, 3, 2)
+    attn = self.attn(self.pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+    attn = attn.reshape(batch, rows * cols, self.num_heads, window, window).permute(0, 2, 1, 3, 4)
+    attn = self.attn_drop((attn * self.scale).softmax(dim=-1))
+    x = (attn @ v).permute(0, 1, 4, 3, 2).reshape(batch, channels * window, rows * cols)
+    x = F.fold(x, output_size=(height, width), kernel_size=self.kernel_size, padding=self.padding, stride=self.stride)
+    return _project(self, x.permute(0, 2, 3, 1))
+
+
+def outlook_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """VOLO ``OutlookAttention`` for the tracer: a value channel goes to the output projection's
+    input of the same position (unfolding, weighting and folding move tokens, not channels). The
+    attention weights are computed as timm computes them, and joined to the output as a part of
+    no channels: the tracer then reaches the layer making them (it follows only what reaches the
+    output), which is cut with the embedding at its input, but couples none of its outputs to
+    anything; ``fix_outlook_attention`` cuts those with the heads."""
+    weights = self.attn(self.pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+    out = _project(self, self.v(x))
+    return concat_channels([out, weights[..., :0].mean((1, 2), keepdim=True).expand(*out.shape[:-1], 0)], -1)
+
+
+def fix_outlook_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """VOLO ``OutlookAttention``: the attention weights of removed heads (``k^4`` a head), and
+    ``num_heads``. Zeroing a head's values zeroes what it adds, so ``zero_out`` needs no more."""
+    per = module.attn.out_features // module.num_heads  # rows a head, head after head
+    gone = [h * per + i for h in range(module.num_heads) if h not in set(heads) for i in range(per)]
+    cut_module(function.prune_linear_out_channels, module.attn, gone, 0)
+    fix_num_heads(module, heads, dims)
+
+
+def map_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned VOLO ``Attention``'s forward: self-attention over a ``[batch, height, width,
+    channels]`` map's positions."""
+    batch, height, width, _ = x.shape
+    q, k, v = split_heads(self.qkv(x).flatten(1, 2), self.num_heads, 3)
+    return _project(self, _attend(self, q, k, v).transpose(1, 2).reshape(batch, height, width, -1))
+
+
+def map_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """VOLO ``Attention`` for the tracer: ``qkv_values_trace`` over the map's positions."""
+    batch, height, width, _ = x.shape
+    return qkv_values_trace(self, x.flatten(1, 2)).reshape(batch, height, width, -1)
+
+
+def volo_class_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned VOLO ``ClassAttention``'s forward: the class token's query against every
+    token's key and value (a fused ``kv``)."""
+    q = split_heads(self.q(x[:, :1]), self.num_heads)
+    k, v = split_heads(self.kv(x), self.num_heads, 2)
+    return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
+
+
+def volo_class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """VOLO ``ClassAttention`` for the tracer, as ``class_attention_trace`` (keys and values
+    from one fused ``kv``)."""
+    q, kv = self.q(x[:, 0]), self.kv(x)[:, 0]
+    width = q.shape[-1]
+    return _project(self, (q + kv[:, :width] + kv[:, width:]).unsqueeze(1))
+
+
+class PrunedOutlookAttention(volo.OutlookAttention):
+    forward = outlook_attention_forward
+
+
+class PrunedVoloAttention(volo.Attention):
+    forward = map_attention_forward
+
+
+class PrunedVoloClassAttention(volo.ClassAttention):
+    forward = volo_class_attention_forward
+
+
 def register() -> None:
     register_attention(
         cait.TalkingHeadAttn,
@@ -364,3 +449,14 @@ def register() -> None:
     register_trace_forward(xcit.XCA, qkv_values_trace)
     for cls, pruned in ((davit.ChannelAttention, PrunedChannelAttention), (davit.WindowAttention, PrunedDavitWindowAttention)):
         register_attention(cls, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=pruned))  # traced as timm's Attention
+    register_attention(
+        volo.OutlookAttention,
+        AttentionSpec(qkv="v", separate=("v",), fixup=fix_outlook_attention, head_layers=("attn",), pruned=PrunedOutlookAttention),
+    )
+    register_trace_forward(volo.OutlookAttention, outlook_attention_trace)
+    register_attention(volo.Attention, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedVoloAttention))
+    register_trace_forward(volo.Attention, map_attention_trace)
+    register_attention(
+        volo.ClassAttention, AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_reduction_attention, pruned=PrunedVoloClassAttention)
+    )
+    register_trace_forward(volo.ClassAttention, volo_class_attention_trace)

@@ -1,6 +1,7 @@
 """Invariants of plan + apply across the paper's families."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -266,6 +267,49 @@ def test_grouped_convolutions_lose_the_same_positions_in_every_group():
     assert any(g.blocks > 1 for g in pruning.groups)
     fresh = isoprune.apply_plan(make("regnetx_002"), isoprune.PruningPlan.from_dict(pruning.to_dict()))
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_ghostnet_cuts_each_channel_with_its_cheap_copy():
+    # a GhostModule concatenates a conv's outputs with their depthwise copies: a layer fed both
+    # halves loses channel i and i + half together, or the halves no longer match
+    model = make("ghostnet_050")
+    analysis = _groups.analyse(model)
+    assert not analysis.frozen
+    paired = [g for g in analysis.groups if g.blocks == 2]
+    assert {"blocks.1.0.conv_dw", "blocks.7.0.shortcut.2"} <= {g.root for g in paired}
+    pruning = assert_equivalent(model, 0.4)
+    assert pruning.macs["after"] < 0.5 * pruning.macs["before"]
+    dw = model.blocks[1][0].conv_dw
+    assert dw.in_channels == dw.out_channels == dw.groups == 2 * model.blocks[1][0].ghost1.primary_conv[0].out_channels
+
+
+def test_coupled_root_channels_go_by_position_in_equal_runs():
+    runs = lambda n, pairs: _groups._coupled_runs(n, np.array(pairs, dtype=np.int64).reshape(-1, 2).T)  # noqa: E731
+    assert runs(6, []) == 1
+    assert runs(6, [(0, 3), (1, 4), (2, 5)]) == 2
+    assert runs(6, [(0, 2), (2, 4), (1, 3), (5, 3)]) == 3  # found as chains, in any order
+    assert runs(6, [(0, 3), (1, 4)]) == 1  # channel 2 or 5 alone: no equal runs
+    assert runs(6, [(0, 1), (2, 3), (4, 5)]) == 1  # neighbours, not positions in runs
+
+
+def test_weight_standardised_convolutions_are_cut_and_counted():
+    from timm.layers import ScaledStdConv2d
+
+    # NFNet's convolutions scale each output channel by a gain of their own
+    model = make("test_nfnet")
+    assert not _groups.analyse(model).frozen
+    pruning = isoprune.plan(model, 0.4)
+    isoprune.apply_plan(model, pruning)
+    convs = [m for m in model.modules() if isinstance(m, ScaledStdConv2d)]
+    assert len(convs) > 5 and all(c.gain.shape == (c.out_channels, 1, 1, 1) for c in convs)
+    with torch.no_grad():
+        assert model(inputs_for(model)).shape == (2, 10)
+    assert pruning.macs["after"] < 0.55 * pruning.macs["before"]
+    # their MACs are a convolution's (Torch-Pruning's counter knows no subclass and counts none)
+    torch.manual_seed(0)
+    std, plain = ScaledStdConv2d(8, 16, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+    x = torch.randn(1, 8, 12, 12)
+    assert isoprune.count(std, x)[0] == isoprune.count(plain, x)[0] == 16 * 12 * 12 * 8 * 9 + 16 * 12 * 12
 
 
 def test_parameters_traced_onto_the_wrong_channels_stay_whole(monkeypatch):
