@@ -53,8 +53,8 @@ class Item:
 
 
 class Members(list):
-    """A group's items, root first, and ``aliased``: pairs of its root channels (2 x k) that reach
-    one channel of some member, so that neither can go without the other. GhostNet's depthwise
+    """A group's items, root first, and ``aliased``: pairs of its root channels (2 x k, possibly
+    repeated) that reach one channel of some member, so that neither can go without the other. GhostNet's depthwise
     "cheap" convolution couples each of its inputs to one of its outputs, and both halves are
     concatenated: a layer fed the concatenation has its channels ``i`` and ``i + half`` coupled."""
 
@@ -108,9 +108,9 @@ def _merge(graph: tp.DependencyGraph, found: list) -> Members:
         idx, root = np.concatenate(idxs), np.concatenate(roots)
         first = _first_of_each(idx)
         items.append(Item(dep, idx[first], root[first]))
-        if isinstance(dep.target.module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):  # layers, not reshapes that fold channels
+        if len(first) < len(idx) and isinstance(dep.target.module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):  # reached again; layers, not reshapes that fold channels
             aliased.append(_aliases(idx, root))
-    items.aliased = np.unique(np.concatenate(aliased, axis=1), axis=1) if aliased else np.empty((2, 0), dtype=np.int64)
+    items.aliased = np.concatenate(aliased, axis=1) if aliased else np.empty((2, 0), dtype=np.int64)
     return items
 
 
