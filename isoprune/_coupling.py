@@ -54,9 +54,10 @@ class Item:
 
 class Members(list):
     """A group's items, root first, and ``aliased``: pairs of its root channels (2 x k, possibly
-    repeated) that reach one channel of some member, so that neither can go without the other. GhostNet's depthwise
-    "cheap" convolution couples each of its inputs to one of its outputs, and both halves are
-    concatenated: a layer fed the concatenation has its channels ``i`` and ``i + half`` coupled."""
+    repeated) that reach one channel of some member, so that neither can go without the other.
+    GhostNet's depthwise "cheap" convolution couples each of its inputs to one of its outputs, and
+    both halves are concatenated: a layer fed the concatenation has channels ``i`` and
+    ``i + half`` coupled."""
 
     aliased: np.ndarray
 
@@ -108,7 +109,8 @@ def _merge(graph: tp.DependencyGraph, found: list) -> Members:
         idx, root = np.concatenate(idxs), np.concatenate(roots)
         first = _first_of_each(idx)
         items.append(Item(dep, idx[first], root[first]))
-        if len(first) < len(idx) and isinstance(dep.target.module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):  # reached again; layers, not reshapes that fold channels
+        # a channel reached again, of a layer (reshapes fold channels together without coupling them)
+        if len(first) < len(idx) and isinstance(dep.target.module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
             aliased.append(_aliases(idx, root))
     items.aliased = np.concatenate(aliased, axis=1) if aliased else np.empty((2, 0), dtype=np.int64)
     return items
