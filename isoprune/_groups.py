@@ -363,11 +363,12 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[s
         ignored_params = ignored_params + misfit_params
     frozen = diverged | {_root(graph, tp_groups[i]): "traced onto channels a member does not have" for i in sorted(misfit)}
     tp_groups = [g for i, g in enumerate(tp_groups) if i not in misfit]
-    blocks = [_group_blocks(g, _root(graph, g) in halves, _root(graph, g) in trusted) for g in tp_groups]
+    roots = [_root(graph, g) for g in tp_groups]
+    blocks = [_group_blocks(g, root in halves, root in trusted) for g, root in zip(tp_groups, roots)]
     candidates = {
         i: unit_channels(len(g[0].channels), b, [0])
-        for i, (g, b) in enumerate(zip(tp_groups, blocks))
-        if len(g[0].channels) > b and _root(graph, g) not in trusted
+        for i, (g, b, root) in enumerate(zip(tp_groups, blocks, roots))
+        if len(g[0].channels) > b and root not in trusted
     }
     unsafe = _unsafe(skeleton, inputs, graph, tp_groups, candidates, {})
     frozen |= {_root(graph, tp_groups[i]): error for i, error in unsafe.items()}

@@ -145,11 +145,23 @@ def _reduced_tokens(self, x: torch.Tensor, size) -> torch.Tensor:
     return x if act is None else act(x)
 
 
+def _query_kv_attention(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Attention with a ``q`` projection of ``queries`` and a fused ``kv`` of ``keys``."""
+    q = split_heads(self.q(queries), self.num_heads)
+    k, v = split_heads(self.kv(keys), self.num_heads, 2)
+    return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
+
+
+def _query_kv_trace(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """For the tracer: ``q``'s channels and the keys' and values' halves of ``kv``, token for
+    token, added channel by channel into the output projection (see ``class_attention_trace``)."""
+    width = q.shape[-1]
+    return _project(self, q + kv[..., :width] + kv[..., width:])
+
+
 def reduction_attention_forward(self, x: torch.Tensor, size) -> torch.Tensor:
     """A pruned spatial-reduction attention's forward (PVT-v2 ``Attention``, Twins ``GlobalSubSampleAttn``)."""
-    q = split_heads(self.q(x), self.num_heads)
-    k, v = split_heads(self.kv(_reduced_tokens(self, x, size)), self.num_heads, 2)
-    return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
+    return _query_kv_attention(self, x, _reduced_tokens(self, x, size))
 
 
 def reduction_attention_trace(self, x: torch.Tensor, size) -> torch.Tensor:
@@ -157,9 +169,7 @@ def reduction_attention_trace(self, x: torch.Tensor, size) -> torch.Tensor:
     on, and the queries, keys and values of a head dim added channel by channel into the output
     projection (see ``class_attention_trace``); keys and values of the first reduced token only,
     since the reduction leaves fewer tokens than there are queries."""
-    q, kv = self.q(x), self.kv(_reduced_tokens(self, x, size))
-    width = q.shape[-1]
-    return _project(self, q + kv[:, :1, :width] + kv[:, :1, width:])
+    return _query_kv_trace(self, self.q(x), self.kv(_reduced_tokens(self, x, size))[:, :1])
 
 
 def fix_reduction_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -378,10 +388,9 @@ def fix_outlook_attention(module: nn.Module, heads: list[int], dims: list[int]) 
 
 def map_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned VOLO ``Attention``'s forward: self-attention over a ``[batch, height, width,
-    channels]`` map's positions."""
+    channels]`` map's positions (``qkv_attention_forward``)."""
     batch, height, width, _ = x.shape
-    q, k, v = split_heads(self.qkv(x).flatten(1, 2), self.num_heads, 3)
-    return _project(self, _attend(self, q, k, v).transpose(1, 2).reshape(batch, height, width, -1))
+    return qkv_attention_forward(self, x.flatten(1, 2)).reshape(batch, height, width, -1)
 
 
 def map_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -393,17 +402,13 @@ def map_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
 def volo_class_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned VOLO ``ClassAttention``'s forward: the class token's query against every
     token's key and value (a fused ``kv``)."""
-    q = split_heads(self.q(x[:, :1]), self.num_heads)
-    k, v = split_heads(self.kv(x), self.num_heads, 2)
-    return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
+    return _query_kv_attention(self, x[:, :1], x)
 
 
 def volo_class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
-    """VOLO ``ClassAttention`` for the tracer, as ``class_attention_trace`` (keys and values
-    from one fused ``kv``)."""
-    q, kv = self.q(x[:, 0]), self.kv(x)[:, 0]
-    width = q.shape[-1]
-    return _project(self, (q + kv[:, :width] + kv[:, width:]).unsqueeze(1))
+    """VOLO ``ClassAttention`` for the tracer: the class token's query, every token's keys
+    and values (those of the first go on)."""
+    return _query_kv_trace(self, self.q(x[:, :1]), self.kv(x)[:, :1])
 
 
 class PrunedOutlookAttention(volo.OutlookAttention):
