@@ -64,7 +64,10 @@ class AttentionSpec:
     the module must keep whole in this model, with why. ``pruned`` is the class such a module
     becomes once its model is pruned, where its own forward assumes the widths it was built with.
     ``head_layers`` name layers whose outputs hold a slice per head, which ``fixup`` cuts: they root
-    no group of their own (VOLO's outlook attention weights), and are cut with others at their inputs."""
+    no group of their own (VOLO's outlook attention weights), and are cut with others at their inputs.
+    ``runs(module)`` names layers whose first outputs hold a run per head, cut by a group rooted
+    elsewhere (GC ViT's keys, matched channel for channel with the stage's global queries), with how
+    many runs: that group then has as many, and each head keeps as many channels as the others."""
 
     qkv: str
     fixup: Callable[[nn.Module, list[int], list[int]], None]
@@ -74,6 +77,7 @@ class AttentionSpec:
     pruned: type | None = None
     heads_first: str | None = None
     head_layers: tuple[str, ...] = ()
+    runs: Callable[[nn.Module], dict[str, int]] | None = None
 
     def projections(self, module: nn.Module) -> tuple[str, ...]:
         if self.separate and not isinstance(getattr(module, self.qkv, None), (nn.Linear, nn.Conv2d)):
@@ -156,6 +160,16 @@ def head_params(model: nn.Module) -> list[nn.Parameter]:
 def head_layers(model: nn.Module) -> list[nn.Module]:
     """Every layer a registered attention cuts with its heads at its output (``AttentionSpec``)."""
     return [m.get_submodule(name) for m in model.modules() if (spec := attention_spec(m)) is not None for name in spec.head_layers]
+
+
+def head_runs(model: nn.Module) -> dict[int, int]:
+    """``id`` of every layer whose outputs a registered attention splits in runs (``AttentionSpec.runs``) -> how many."""
+    found = {}
+    for m in model.modules():
+        spec = attention_spec(m)
+        if spec is not None and spec.runs is not None:
+            found |= {id(m.get_submodule(name)): runs for name, runs in spec.runs(m).items()}
+    return found
 
 
 def use_pruned_classes(model: nn.Module) -> None:
@@ -460,9 +474,9 @@ def maxxvit_attention_trace(self, x: torch.Tensor, shared_rel_pos: torch.Tensor 
     return self.proj_drop(x if nchw else x.reshape(*windows, -1))
 
 
-def maxxvit_head_params(module: nn.Module) -> tuple[tuple[str, int], ...]:
-    """The per-head parameters of a MaxViT attention's relative position bias: a table with a
-    column per head (``RelPosBias``), a table with a slice per head first (``RelPosBiasTf``), or
+def rel_pos_head_params(module: nn.Module) -> tuple[tuple[str, int], ...]:
+    """The per-head parameters of an attention's relative position bias ``rel_pos`` (MaxViT, GC
+    ViT): a table with a column per head (``RelPosBias``), a table with a slice per head first (``RelPosBiasTf``), or
     an MLP with an output per head (``RelPosMlp``)."""
     rel = module.rel_pos
     if rel is None:
@@ -480,16 +494,21 @@ def fix_maxxvit_attention(module: nn.Module, heads: list[int], dims: list[int]) 
     module.num_heads = len(heads)
     module.dim_head = len(dims)
     _rescale_queries(module, old_scale, len(dims), heads_first=module.head_first)
-    rel = module.rel_pos
-    if rel is None:
-        return
+    if module.rel_pos is not None:
+        fix_rel_pos(module.rel_pos, len(heads))
+
+
+def fix_rel_pos(rel: nn.Module, heads: int) -> None:
+    """A timm relative position bias (``RelPosBias``, ``RelPosBiasTf``, ``RelPosMlp``) with ``heads``
+    heads: the head count it reshapes to (and its MLP's output width); its tables are cut with the
+    heads (``AttentionSpec.head_params``)."""
     if hasattr(rel, "num_heads"):
-        rel.num_heads = len(heads)
+        rel.num_heads = heads
     if isinstance(rel, RelPosMlp):
-        rel.mlp.fc2.out_features = len(heads)
+        rel.mlp.fc2.out_features = heads
     heads_at = 0 if isinstance(rel, RelPosBiasTf) else -1  # [heads, h, w], else [area, area, heads]
     shape = list(rel.bias_shape)
-    shape[heads_at] = len(heads)
+    shape[heads_at] = heads
     rel.bias_shape = tuple(shape)
 
 
@@ -520,7 +539,7 @@ def _register_defaults() -> None:
         AttentionSpec(qkv="qkv", fixup=fix_beit_attention, head_params=beit_head_params, fixed=beit_fixed, pruned=PrunedBeitAttention),
     )
     register_trace_forward(BeitAttention, beit_attention_trace)
-    maxxvit_spec = AttentionSpec(qkv="qkv", fixup=fix_maxxvit_attention, head_params=maxxvit_head_params, heads_first="head_first")
+    maxxvit_spec = AttentionSpec(qkv="qkv", fixup=fix_maxxvit_attention, head_params=rel_pos_head_params, heads_first="head_first")
     for cls in (maxxvit.AttentionCl, maxxvit.Attention2d):
         register_attention(cls, maxxvit_spec)
         register_trace_forward(cls, maxxvit_attention_trace)

@@ -177,21 +177,29 @@ def _units(root: str, channels: int, members, heads_of: dict[str, _Heads], mlps:
     return [("channels", channels, None)]
 
 
-def _blocks(tp_group) -> int:
+def _blocks(tp_group, runs: dict[int, int]) -> int:
     """How many equal runs a group's channels split into: the least common multiple of the
-    ``groups`` of the grouped (not depthwise) convolutions it feeds or leaves one to one. Removing
-    the same positions from every run keeps each of those convolutions' groups equal in width."""
+    ``groups`` of the grouped (not depthwise) convolutions it feeds or leaves one to one, and of
+    the ``runs`` (by layer ``id``) of layers whose first outputs it leaves so (``_arch.head_runs``).
+    Removing the same positions from every run keeps each of those groups, or heads, equal in width."""
     n = len(tp_group[0].channels)
     blocks = 1
     for item in tp_group:
-        conv = item.dep.target.module
-        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.groups == 1:
-            continue
-        if conv.groups == conv.in_channels == conv.out_channels:  # depthwise: any channel may go
-            continue
-        if len(item.channels) == n and (item.channels == np.arange(n)).all() and (item.roots == item.channels).all():
-            blocks = math.lcm(blocks, conv.groups)
+        split = _member_runs(item, runs)
+        if split > 1 and len(item.channels) == n and (item.channels == np.arange(n)).all() and (item.roots == item.channels).all():
+            blocks = math.lcm(blocks, split)
     return blocks if n % blocks == 0 else 1
+
+
+def _member_runs(item, runs: dict[int, int]) -> int:
+    """In how many equal runs a group member's channels must stay: a grouped convolution's
+    ``groups`` (a depthwise one may lose any channel), or a layer's outputs' ``runs``; else 1."""
+    layer = item.dep.target.module
+    if id(layer) in runs and item.dep.handler.__name__ == "prune_out_channels":
+        return runs[id(layer)]
+    if isinstance(layer, nn.modules.conv._ConvNd) and not layer.groups == layer.in_channels == layer.out_channels:
+        return layer.groups
+    return 1
 
 
 def _coupled_runs(n: int, aliased: np.ndarray) -> int:
@@ -213,12 +221,12 @@ def _coupled_runs(n: int, aliased: np.ndarray) -> int:
     return n // per if (table == np.arange(per)).all() else 1
 
 
-def _group_blocks(tp_group, halved: bool, by_head: bool) -> int:
+def _group_blocks(tp_group, halved: bool, by_head: bool, runs: dict[int, int]) -> int:
     """The runs of a group's channels (see ``_blocks``, ``_coupled_runs``); gated MLPs' split
     layers (``halved``) in two at least. Attention cut by head (``by_head``) is not read for
     coupled runs: the tracer couples query, key and value channels through their products."""
     n = len(tp_group[0].channels)
-    blocks = math.lcm(_blocks(tp_group), 2 if halved else 1, 1 if by_head else _coupled_runs(n, tp_group.aliased))
+    blocks = math.lcm(_blocks(tp_group, runs), 2 if halved else 1, 1 if by_head else _coupled_runs(n, tp_group.aliased))
     return blocks if n % blocks == 0 else 1
 
 
@@ -364,7 +372,8 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[s
     frozen = diverged | {_root(graph, tp_groups[i]): "traced onto channels a member does not have" for i in sorted(misfit)}
     tp_groups = [g for i, g in enumerate(tp_groups) if i not in misfit]
     roots = [_root(graph, g) for g in tp_groups]
-    blocks = [_group_blocks(g, root in halves, root in trusted) for g, root in zip(tp_groups, roots)]
+    runs = _arch.head_runs(skeleton)
+    blocks = [_group_blocks(g, root in halves, root in trusted, runs) for g, root in zip(tp_groups, roots)]
     candidates = {
         i: unit_channels(len(g[0].channels), b, [0])
         for i, (g, b, root) in enumerate(zip(tp_groups, blocks, roots))

@@ -1,5 +1,5 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
-XCiT, DaViT, VOLO), registered with ``_arch``'s registries as timm's own ``Attention`` and Swin's are.
+XCiT, DaViT, VOLO, GC ViT), registered with ``_arch``'s registries as timm's own ``Attention`` and Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -13,19 +13,23 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.models import cait, convit, davit, pvt_v2, tnt, twins, volo, xcit
+from timm.models import cait, convit, davit, gcvit, pvt_v2, tnt, twins, volo, xcit
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
 
-from ._arch import AttentionSpec, Layout, concat_channels, patch_merging_forward, register_attention, register_mlp, register_trace_forward, split_heads, value_heads
+from ._arch import (
+    AttentionSpec, Layout, concat_channels, fix_rel_pos, fix_window_attention, patch_merging_forward, register_attention, register_mlp,
+    register_trace_forward, rel_pos_head_params, split_heads, value_heads,
+)
 from ._cut import cut_module
 
 
-def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Fused attention at the module's ``scale``, with its dropout (if it has one) while training."""
+def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused attention at the module's ``scale`` (plus ``bias``, if given, before the softmax),
+    with its dropout (if it has one) while training."""
     dropout = self.attn_drop.p if self.training and hasattr(self, "attn_drop") else 0.0
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
 
 
 def _project(self, x: torch.Tensor) -> torch.Tensor:
@@ -411,6 +415,63 @@ def volo_class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     return _query_kv_trace(self, self.q(x[:, :1]), self.kv(x)[:, :1])
 
 
+# GC ViT: window attention with a relative position bias; every other block takes its queries from
+# the stage's global context (the stage's residual stream through its global block, one map an
+# image), shared by those blocks, and computes keys and values only
+
+
+def _global_queries(x: torch.Tensor, q_global: torch.Tensor) -> torch.Tensor:
+    """The global queries of ``x``'s windows, ``[windows, tokens, channels]``: timm orders the
+    windows image by image, so each image's map is repeated for each of its windows."""
+    return q_global.repeat_interleave(x.shape[0] // q_global.shape[0], dim=0).reshape(*x.shape[:2], -1)
+
+
+def global_context_attention_forward(self, x: torch.Tensor, q_global: torch.Tensor | None = None) -> torch.Tensor:
+    """A pruned GC ViT ``WindowAttentionGlobal``'s forward. With global queries its ``qkv`` holds
+    keys as wide as the queries (the stage's embedding, cut in a run a head: ``global_key_runs``),
+    then values, whose heads keep their width."""
+    qkv = self.qkv(x)
+    if self.use_global and q_global is not None:
+        queries = _global_queries(x, q_global)
+        width = queries.shape[-1]
+        q, k, v = (split_heads(t, self.num_heads) for t in (queries, qkv[..., :width], qkv[..., width:]))
+    else:
+        q, k, v = split_heads(qkv, self.num_heads, 3)
+    return _project(self, _attend(self, q, k, v, self.rel_pos.get_bias()).transpose(1, 2).flatten(2))
+
+
+def global_context_attention_trace(self, x: torch.Tensor, q_global: torch.Tensor | None = None) -> torch.Tensor:
+    """GC ViT ``WindowAttentionGlobal`` for the tracer: ``qkv_values_trace`` where it computes its
+    own queries. With global queries, the values go to the output projection; the keys, matched
+    channel for channel with the queries, are added to them and to the output (the residual stream
+    the queries come from), so that they are cut with the embedding."""
+    if not (self.use_global and q_global is not None):
+        return qkv_values_trace(self, x)
+    kv = self.qkv(x)
+    width = q_global.shape[-1]
+    return _project(self, kv[..., width:]) + kv[..., :width] + _global_queries(x, q_global)
+
+
+def global_key_runs(module: nn.Module) -> dict[str, int]:
+    """The keys of a ``WindowAttentionGlobal`` with global queries, a run a head: removing the same
+    positions of every run keeps the heads of the queries (the stage's embedding) equal in width.
+    Such an attention is not cut by head, since every global block of the stage shares its queries;
+    its values keep their width (they share ``qkv`` with the keys, whose group is the embedding's)."""
+    return {"qkv": module.num_heads} if module.use_global else {}
+
+
+def fix_global_context_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """GC ViT ``WindowAttentionGlobal`` computing its own queries: ``num_heads``, ``head_dim``,
+    ``scale``, and its relative position bias's head count."""
+    fix_window_attention(module, heads, dims)
+    module.head_dim = len(dims)
+    fix_rel_pos(module.rel_pos, len(heads))
+
+
+class PrunedWindowAttentionGlobal(gcvit.WindowAttentionGlobal):
+    forward = global_context_attention_forward
+
+
 class PrunedOutlookAttention(volo.OutlookAttention):
     forward = outlook_attention_forward
 
@@ -465,3 +526,9 @@ def register() -> None:
         volo.ClassAttention, AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_reduction_attention, pruned=PrunedVoloClassAttention)
     )
     register_trace_forward(volo.ClassAttention, volo_class_attention_trace)
+    register_attention(
+        gcvit.WindowAttentionGlobal,
+        AttentionSpec(qkv="qkv", fixup=fix_global_context_attention, head_params=rel_pos_head_params, runs=global_key_runs,
+                      pruned=PrunedWindowAttentionGlobal),
+    )
+    register_trace_forward(gcvit.WindowAttentionGlobal, global_context_attention_trace)
