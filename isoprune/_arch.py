@@ -163,7 +163,8 @@ def head_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def head_runs(model: nn.Module) -> dict[int, int]:
-    """``id`` of every layer whose outputs a registered attention splits in runs (``AttentionSpec.runs``) -> how many."""
+    """How many runs a registered attention splits a layer's outputs in (``AttentionSpec.runs``),
+    by the layer's ``id``."""
     found = {}
     for m in model.modules():
         spec = attention_spec(m)
@@ -296,6 +297,19 @@ def split_heads(projected: torch.Tensor, heads: int, copies: int = 1) -> torch.T
     return split[0] if copies == 1 else split
 
 
+def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused attention at the module's ``scale`` (plus ``bias``, if given, before the softmax),
+    with its dropout (if it has one) while training."""
+    dropout = self.attn_drop.p if self.training and hasattr(self, "attn_drop") else 0.0
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
+
+
+def project(self, x: torch.Tensor) -> torch.Tensor:
+    """The output projection, and its dropout if the module has one."""
+    x = self.proj(x)
+    return self.proj_drop(x) if hasattr(self, "proj_drop") else x
+
+
 def _fused_qkv(self, x: torch.Tensor, trace: bool) -> tuple[torch.Tensor, ...]:
     """Queries, keys and values ``[batch, heads, tokens, head_dim]`` from a fused qkv whose
     biases the module keeps apart (``q_bias``, ``k_bias``, ``v_bias``; EVA, BEiT). The qkv is
@@ -380,9 +394,7 @@ def _beit_attention(self, x: torch.Tensor, shared_rel_pos_bias, trace: bool) -> 
             bias = self._get_rel_pos_bias()
         if shared_rel_pos_bias is not None:
             bias = shared_rel_pos_bias if bias is None else bias + shared_rel_pos_bias
-    dropout = self.attn_drop.p if self.training else 0.0
-    x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
-    return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, tokens, -1)))
+    return project(self, attend(self, q, k, v, bias).transpose(1, 2).reshape(batch, tokens, -1))
 
 
 def beit_attention_forward(self, x, shared_rel_pos_bias=None):
@@ -476,8 +488,8 @@ def maxxvit_attention_trace(self, x: torch.Tensor, shared_rel_pos: torch.Tensor 
 
 def rel_pos_head_params(module: nn.Module) -> tuple[tuple[str, int], ...]:
     """The per-head parameters of an attention's relative position bias ``rel_pos`` (MaxViT, GC
-    ViT): a table with a column per head (``RelPosBias``), a table with a slice per head first (``RelPosBiasTf``), or
-    an MLP with an output per head (``RelPosMlp``)."""
+    ViT): a table with a column per head (``RelPosBias``), a table with a slice per head first
+    (``RelPosBiasTf``), or an MLP with an output per head (``RelPosMlp``)."""
     rel = module.rel_pos
     if rel is None:
         return ()

@@ -19,29 +19,16 @@ from torch import nn
 from torch_pruning.pruner import function
 
 from ._arch import (
-    AttentionSpec, Layout, concat_channels, fix_rel_pos, fix_window_attention, patch_merging_forward, register_attention, register_mlp,
-    register_trace_forward, rel_pos_head_params, split_heads, value_heads,
+    AttentionSpec, Layout, attend, concat_channels, fix_rel_pos, fix_window_attention, patch_merging_forward, project, register_attention,
+    register_mlp, register_trace_forward, rel_pos_head_params, split_heads, value_heads,
 )
 from ._cut import cut_module
-
-
-def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Fused attention at the module's ``scale`` (plus ``bias``, if given, before the softmax),
-    with its dropout (if it has one) while training."""
-    dropout = self.attn_drop.p if self.training and hasattr(self, "attn_drop") else 0.0
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
-
-
-def _project(self, x: torch.Tensor) -> torch.Tensor:
-    """The output projection, and its dropout if the module has one."""
-    x = self.proj(x)
-    return self.proj_drop(x) if hasattr(self, "proj_drop") else x
 
 
 def qkv_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned attention with a fused qkv (ConViT's ``MHSA``, DaViT's ``WindowAttention``)."""
     q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
-    return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
+    return project(self, attend(self, q, k, v).transpose(1, 2).flatten(2))
 
 
 def qkv_values_trace(self, x: torch.Tensor, *args) -> torch.Tensor:
@@ -49,7 +36,7 @@ def qkv_values_trace(self, x: torch.Tensor, *args) -> torch.Tensor:
     go to the output projection as ``value_heads`` has them."""
     qkv = self.qkv(x)
     layout = Layout(self.num_heads, qkv.shape[-1] // (3 * self.num_heads), 3)
-    return _project(self, value_heads(qkv, layout, 2))
+    return project(self, value_heads(qkv, layout, 2))
 
 
 def fix_num_heads(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -66,7 +53,7 @@ def talking_head_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     attn = (q * self.scale) @ k.transpose(-2, -1)
     attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).softmax(dim=-1)
     attn = self.attn_drop(self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
-    return _project(self, (attn @ v).transpose(1, 2).flatten(2))
+    return project(self, (attn @ v).transpose(1, 2).flatten(2))
 
 
 def talking_head_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +79,7 @@ TALKING_HEADS = tuple((f"{layer}.{param}", dim) for layer in ("proj_l", "proj_w"
 def class_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned CaiT ``ClassAttn``'s forward: the class token attends to every token."""
     q, k, v = (split_heads(t, self.num_heads) for t in (self.q(x[:, :1]), self.k(x), self.v(x)))
-    return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
+    return project(self, attend(self, q, k, v).transpose(1, 2).flatten(2))
 
 
 def class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +89,7 @@ def class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     channel by channel into the output projection: the coupling the tracer needs, without the
     reshapes it cannot follow."""
     q, k, v = self.q(x[:, 0]), self.k(x)[:, 0], self.v(x)[:, 0]
-    return _project(self, (q + k + v).unsqueeze(1))
+    return project(self, (q + k + v).unsqueeze(1))
 
 
 class PrunedTalkingHeadAttn(cait.TalkingHeadAttn):
@@ -153,14 +140,14 @@ def _query_kv_attention(self, queries: torch.Tensor, keys: torch.Tensor) -> torc
     """Attention with a ``q`` projection of ``queries`` and a fused ``kv`` of ``keys``."""
     q = split_heads(self.q(queries), self.num_heads)
     k, v = split_heads(self.kv(keys), self.num_heads, 2)
-    return _project(self, _attend(self, q, k, v).transpose(1, 2).flatten(2))
+    return project(self, attend(self, q, k, v).transpose(1, 2).flatten(2))
 
 
 def _query_kv_trace(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
     """For the tracer: ``q``'s channels and the keys' and values' halves of ``kv``, token for
     token, added channel by channel into the output projection (see ``class_attention_trace``)."""
     width = q.shape[-1]
-    return _project(self, q + kv[..., :width] + kv[..., width:])
+    return project(self, q + kv[..., :width] + kv[..., width:])
 
 
 def reduction_attention_forward(self, x: torch.Tensor, size) -> torch.Tensor:
@@ -193,9 +180,9 @@ def locally_grouped_attention_forward(self, x: torch.Tensor, size) -> torch.Tens
     rows, cols = x.shape[1] // ws, x.shape[2] // ws
     x = x.reshape(batch, rows, ws, cols, ws, channels).transpose(2, 3)
     q, k, v = self.qkv(x).reshape(batch, rows * cols, ws * ws, 3, self.num_heads, -1).permute(3, 0, 1, 4, 2, 5)
-    x = _attend(self, q, k, v).transpose(2, 3).reshape(batch, rows, cols, ws, ws, -1)
+    x = attend(self, q, k, v).transpose(2, 3).reshape(batch, rows, cols, ws, ws, -1)
     x = x.transpose(2, 3).reshape(batch, rows * ws, cols * ws, -1)
-    return _project(self, x[:, :height, :width].reshape(batch, tokens, -1))
+    return project(self, x[:, :height, :width].reshape(batch, tokens, -1))
 
 
 class PrunedPvtAttention(pvt_v2.Attention):
@@ -235,7 +222,7 @@ def gpsa_attention(self, x: torch.Tensor) -> torch.Tensor:
 def gpsa_forward(self, x: torch.Tensor) -> torch.Tensor:
     """A pruned ConViT ``GPSA``'s forward."""
     v = split_heads(self.v(x), self.num_heads)
-    return _project(self, (self.get_attention(x) @ v).transpose(1, 2).flatten(2))
+    return project(self, (self.get_attention(x) @ v).transpose(1, 2).flatten(2))
 
 
 def gpsa_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,7 +233,7 @@ def gpsa_trace(self, x: torch.Tensor) -> torch.Tensor:
     _gpsa_positions(self, x.shape[0], x.shape[1])
     qk, v = self.qk(x), self.v(x)
     width = v.shape[-1]
-    return _project(self, qk[..., :width] + qk[..., width:] + v)
+    return project(self, qk[..., :width] + qk[..., width:] + v)
 
 
 def fix_gpsa(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -284,7 +271,7 @@ def cosine_window_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | 
         attn = attn.view(windows // per_image, per_image, self.num_heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)
         attn = attn.view(-1, self.num_heads, tokens, tokens)
     attn = self.attn_drop(attn.softmax(dim=-1))
-    return _project(self, (attn @ v).transpose(1, 2).flatten(2))
+    return project(self, (attn @ v).transpose(1, 2).flatten(2))
 
 
 def cosine_window_attention_trace(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -323,7 +310,7 @@ def cross_covariance_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     q, k = F.normalize(q, dim=-1) * self.temperature, F.normalize(k, dim=-1)
     dropout = self.attn_drop.p if self.training else 0.0
     x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=1.0)
-    return _project(self, x.permute(0, 3, 1, 2).flatten(2))
+    return project(self, x.permute(0, 3, 1, 2).flatten(2))
 
 
 class PrunedXCA(xcit.XCA):
@@ -338,7 +325,7 @@ def channel_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     each head, applied to the queries."""
     q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
     attn = ((k * self.scale).transpose(-1, -2) @ v).softmax(dim=-1)
-    return _project(self, (q @ attn.transpose(-1, -2)).transpose(1, 2).flatten(2))
+    return project(self, (q @ attn.transpose(-1, -2)).transpose(1, 2).flatten(2))
 
 
 class PrunedChannelAttention(davit.ChannelAttention):
@@ -366,7 +353,7 @@ def outlook_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
     attn = self.attn_drop((attn * self.scale).softmax(dim=-1))
     x = (attn @ v).permute(0, 1, 4, 3, 2).reshape(batch, channels * window, rows * cols)
     x = F.fold(x, output_size=(height, width), kernel_size=self.kernel_size, padding=self.padding, stride=self.stride)
-    return _project(self, x.permute(0, 2, 3, 1))
+    return project(self, x.permute(0, 2, 3, 1))
 
 
 def outlook_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -377,7 +364,7 @@ def outlook_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     output), which is cut with the embedding at its input, but couples none of its outputs to
     anything; ``fix_outlook_attention`` cuts those with the heads."""
     weights = self.attn(self.pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-    out = _project(self, self.v(x))
+    out = project(self, self.v(x))
     return concat_channels([out, weights[..., :0].mean((1, 2), keepdim=True).expand(*out.shape[:-1], 0)], -1)
 
 
@@ -437,7 +424,7 @@ def global_context_attention_forward(self, x: torch.Tensor, q_global: torch.Tens
         q, k, v = (split_heads(t, self.num_heads) for t in (queries, qkv[..., :width], qkv[..., width:]))
     else:
         q, k, v = split_heads(qkv, self.num_heads, 3)
-    return _project(self, _attend(self, q, k, v, self.rel_pos.get_bias()).transpose(1, 2).flatten(2))
+    return project(self, attend(self, q, k, v, self.rel_pos.get_bias()).transpose(1, 2).flatten(2))
 
 
 def global_context_attention_trace(self, x: torch.Tensor, q_global: torch.Tensor | None = None) -> torch.Tensor:
@@ -449,7 +436,7 @@ def global_context_attention_trace(self, x: torch.Tensor, q_global: torch.Tensor
         return qkv_values_trace(self, x)
     kv = self.qkv(x)
     width = q_global.shape[-1]
-    return _project(self, kv[..., width:]) + kv[..., :width] + _global_queries(x, q_global)
+    return project(self, kv[..., width:]) + kv[..., :width] + _global_queries(x, q_global)
 
 
 def global_key_runs(module: nn.Module) -> dict[str, int]:
