@@ -129,6 +129,18 @@ def assert_equivalent(model: nn.Module, ratios, atol: float = 1e-5, changes: flo
     return plan
 
 
+def assert_counts_what_timm_runs(model: nn.Module, ratios) -> None:
+    """The MACs isoprune counts (on its trace, and in the plan) are those Torch-Pruning's counter
+    finds on the model's own forward, before and after pruning; the cut removes some."""
+    import torch_pruning as tp
+
+    x = inputs_for(model, 1)
+    assert isoprune.count(model)[0] == tp.utils.count_ops_and_params(model, x)[0]
+    plan = isoprune.plan(model, ratios)
+    isoprune.apply_plan(model, plan)
+    assert plan.macs["after"] == isoprune.count(model)[0] == tp.utils.count_ops_and_params(model, x)[0] < plan.macs["before"]
+
+
 @pytest.fixture
 def digits_batches():
     """Real data: scikit-learn's handwritten digits as 3x32x32 images, a few batches."""
