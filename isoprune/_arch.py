@@ -325,7 +325,6 @@ def _eva_attention(self, x: torch.Tensor, rope, attn_mask, is_causal: bool, trac
     """timm ``EvaAttention``'s computation with its output as wide as its heads (timm reshapes it
     to the input's width, so it runs only while no head, head dim or embedding dim is gone).
     Always through ``scaled_dot_product_attention``, at the module's ``scale``."""
-    batch, tokens, _ = x.shape
     gate = self.gate(x).sigmoid() if self.gate is not None else None
     if self.qkv is not None:
         q, k, v = _fused_qkv(self, x, trace)
@@ -339,7 +338,7 @@ def _eva_attention(self, x: torch.Tensor, rope, attn_mask, is_causal: bool, trac
         k = torch.cat([k[:, :, :n], turn(k[:, :, n:])], dim=2).type_as(v)
     dropout = self.attn_drop.p if self.training else 0.0
     x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal, scale=self.scale)
-    x = self.norm(x.transpose(1, 2).reshape(batch, tokens, -1))
+    x = self.norm(x.transpose(1, 2).flatten(2))
     if gate is not None:
         x = x * gate
     return self.proj_drop(self.proj(x))
@@ -386,7 +385,6 @@ def _beit_attention(self, x: torch.Tensor, shared_rel_pos_bias, trace: bool) -> 
     """timm BEiT ``Attention``'s computation with its output as wide as its heads (timm reshapes
     it to the input's width), at the module's ``scale``. Traced (``trace``) without the q/v biases
     (see ``_fused_qkv``) or the relative position bias, whose per-head parts are cut with the heads."""
-    batch, tokens, _ = x.shape
     q, k, v = _fused_qkv(self, x, trace)
     bias = None
     if not trace:
@@ -394,7 +392,7 @@ def _beit_attention(self, x: torch.Tensor, shared_rel_pos_bias, trace: bool) -> 
             bias = self._get_rel_pos_bias()
         if shared_rel_pos_bias is not None:
             bias = shared_rel_pos_bias if bias is None else bias + shared_rel_pos_bias
-    return project(self, attend(self, q, k, v, bias).transpose(1, 2).reshape(batch, tokens, -1))
+    return project(self, attend(self, q, k, v, bias).transpose(1, 2).flatten(2))
 
 
 def beit_attention_forward(self, x, shared_rel_pos_bias=None):
