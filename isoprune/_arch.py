@@ -38,9 +38,14 @@ class Layout(NamedTuple):
     copies: int
     heads_first: bool = False
 
+    @property
+    def width(self) -> int:
+        """The channels the projection holds, laid out so."""
+        return self.copies * self.heads * self.head_dim
+
     def channels(self) -> torch.Tensor:
         """The channel of every (copy, head, dim), as a ``[copies, heads, head_dim]`` tensor."""
-        grid = torch.arange(self.copies * self.heads * self.head_dim)
+        grid = torch.arange(self.width)
         if self.heads_first:
             return grid.view(self.heads, self.copies, self.head_dim).transpose(0, 1)
         return grid.view(self.copies, self.heads, self.head_dim)
@@ -104,6 +109,7 @@ _ATTENTION: dict[type, AttentionSpec] = {}
 _MLP: set[type] = set()
 _GATED: dict[type, str] = {}
 _TRACE_FORWARD: dict[type, Callable] = {}
+_PRUNED: dict[type, type] = {}
 
 
 def register_attention(cls: type, spec: AttentionSpec) -> None:
@@ -122,6 +128,12 @@ def register_trace_forward(cls: type, forward: Callable) -> None:
     """Trace ``cls`` with ``forward`` instead of its own: the same numbers, written with ops whose
     channel mapping the tracer follows (it loses channels through reshape-permute-flatten)."""
     _TRACE_FORWARD[cls] = forward
+
+
+def register_pruned(cls: type, pruned: type) -> None:
+    """A module of ``cls`` becomes ``pruned`` once its model is pruned: the class of a module
+    (not an attention, whose spec names its own) whose forward assumes the widths it was built with."""
+    _PRUNED[cls] = pruned
 
 
 def _lookup(registry, module: nn.Module):
@@ -174,12 +186,13 @@ def head_runs(model: nn.Module) -> dict[int, int]:
 
 
 def use_pruned_classes(model: nn.Module) -> None:
-    """Switch every attention whose own forward assumes its unpruned widths to its spec's
-    ``pruned`` class, which computes the same at any widths."""
+    """Switch every module whose own forward assumes its unpruned widths to its ``pruned`` class
+    (an attention's spec names it, others ``register_pruned``), which computes the same at any widths."""
     for m in model.modules():
         spec = attention_spec(m)
-        if spec is not None and spec.pruned is not None and type(m) is not spec.pruned:
-            m.__class__ = spec.pruned
+        pruned = spec.pruned if spec is not None else _lookup(_PRUNED, m)
+        if pruned is not None and type(m) is not pruned:
+            m.__class__ = pruned
 
 
 def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:

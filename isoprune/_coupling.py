@@ -29,8 +29,9 @@ NO_ROOT = -1  # a channel no root channel maps to (Torch-Pruning's None: key/val
 class Diverged(Exception):
     """A walk that does not end: its channel sets outgrow every layer of the model (the tracer
     read timm MaxViT's qkv ``view`` as a flatten and mapped channels through it again and again:
-    24 GB in 50 s), or it keeps reaching layers with channel sets it has not seen (FocalNet's gates,
-    one channel broadcast over many, coupled to them through slices: 9 GB in 78 s)."""
+    24 GB in 50 s), or it keeps reaching layers with channel sets it has not seen (FocalNet's gates
+    as timm's forward uses them, one channel broadcast over many, coupled to them through slices:
+    9 GB in 78 s)."""
 
 
 @dataclass

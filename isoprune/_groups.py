@@ -168,7 +168,7 @@ def _units(root: str, channels: int, members, heads_of: dict[str, _Heads], mlps:
     """(kind, unit count, owner) for one traced group. An attention's qkv group yields two:
     whole heads and head dims; the residual stream feeding attention is the embedding."""
     attn = heads_of.get(root)
-    if attn is not None and channels == attn.layout.copies * attn.layout.heads * attn.layout.head_dim:
+    if attn is not None and channels == attn.layout.width:
         return [("heads", attn.layout.heads, attn.owner), ("head_dim", attn.layout.head_dim, attn.owner)]
     if any(d == "in" and n in heads_of for n, d in members):
         return [("emb", channels, None)]
@@ -348,7 +348,7 @@ def breaking(analysis: Analysis, cuts: dict[int, list[int]]) -> dict[int, str]:
     return found
 
 
-def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[str]) -> tuple[tp.DependencyGraph, list, list[int], dict[str, str], _trace.Tally]:
+def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves: set[str]) -> tuple[tp.DependencyGraph, list, list[int], dict[str, str], _trace.Tally]:
     """The dependency graph and the groups that can be cut, with why others are left whole, and
     the model's MACs and params, counted during the trace.
 
@@ -356,7 +356,8 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[s
     again as fixed (not pruned), and any group that cannot lose a channel without breaking the
     forward pass is left whole, found with one pass over the meta skeleton when all is well.
     Each group is probed by removing its first unit (one channel per block, see ``_blocks``).
-    Groups rooted at a registered attention's qkv (``trusted``) are cut by head and not probed;
+    Groups rooted at a registered attention's qkv with as many channels as its layout holds
+    (``trusted``: root -> channels) are cut by head and not probed; any other width is probed;
     those rooted at a gated MLP's split layer (``halves``) are cut in both halves alike."""
     ignored_params = _arch.head_params(skeleton)
     for attempt in range(2):
@@ -373,11 +374,12 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: set[str], halves: set[s
     tp_groups = [g for i, g in enumerate(tp_groups) if i not in misfit]
     roots = [_root(graph, g) for g in tp_groups]
     runs = _arch.head_runs(skeleton)
-    blocks = [_group_blocks(g, root in halves, root in trusted, runs) for g, root in zip(tp_groups, roots)]
+    by_head = [trusted.get(root) == len(g[0].channels) for g, root in zip(tp_groups, roots)]
+    blocks = [_group_blocks(g, root in halves, head, runs) for g, root, head in zip(tp_groups, roots, by_head)]
     candidates = {
         i: unit_channels(len(g[0].channels), b, [0])
-        for i, (g, b, root) in enumerate(zip(tp_groups, blocks, roots))
-        if len(g[0].channels) > b and root not in trusted
+        for i, (g, b, head) in enumerate(zip(tp_groups, blocks, by_head))
+        if len(g[0].channels) > b and not head
     }
     unsafe = _unsafe(skeleton, inputs, graph, tp_groups, candidates, {})
     frozen |= {_root(graph, tp_groups[i]): error for i, error in unsafe.items()}
@@ -407,7 +409,8 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
             mlps.add(name)
             if _arch.gated_layer(m):
                 halves.add(prefix(name, _arch.gated_layer(m)))
-    graph, traced, blocks, frozen, tally = _traced_groups(skeleton, inputs, set(heads_of), halves)
+    trusted = {root: attn.layout.width for root, attn in heads_of.items()}
+    graph, traced, blocks, frozen, tally = _traced_groups(skeleton, inputs, trusted, halves)
     groups, tp_groups, source, attention = [], [], {}, {}
     for tp_group, n_blocks in zip(traced, blocks):
         found = [m for m in map(partial(item_member, graph), tp_group) if m is not None]

@@ -1,5 +1,6 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
-XCiT, DaViT, VOLO, GC ViT), registered with ``_arch``'s registries as timm's own ``Attention`` and Swin's are.
+XCiT, DaViT, VOLO, GC ViT) and FocalNet's modulation, registered with ``_arch``'s registries as timm's
+own ``Attention`` and Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -13,14 +14,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.models import cait, convit, davit, gcvit, pvt_v2, tnt, twins, volo, xcit
+from timm.models import cait, convit, davit, focalnet, gcvit, pvt_v2, tnt, twins, volo, xcit
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
 
 from ._arch import (
     AttentionSpec, Layout, attend, concat_channels, fix_rel_pos, fix_window_attention, patch_merging_forward, project, register_attention,
-    register_mlp, register_trace_forward, rel_pos_head_params, split_heads, value_heads,
+    register_mlp, register_pruned, register_trace_forward, rel_pos_head_params, split_heads, value_heads,
 )
 from ._cut import cut_module
 
@@ -459,6 +460,43 @@ class PrunedWindowAttentionGlobal(gcvit.WindowAttentionGlobal):
     forward = global_context_attention_forward
 
 
+# FocalNet: one 1x1 convolution makes the queries, the context and one gate per focal level and
+# for the global context; each gate is one channel, broadcast over every channel of the context
+
+
+def _focal_modulation(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """FocalNet ``FocalModulation`` at any widths: the queries are as wide as ``h``'s outputs (they
+    multiply them), the context as its inputs, and the gates follow. Traced, the gates are detached:
+    the tracer would couple each to every context channel it scales, so the walk would not end.
+    They are read by position, so they must keep every channel; out of the trace, no group holds
+    them (the queries' is rooted at ``h``, the context's at the last focal layer)."""
+    x = self.f(x)
+    queries, width = self.h.out_channels, self.h.in_channels
+    q, ctx, gates = x[:, :queries], x[:, queries : queries + width], x[:, queries + width :]
+    if trace:
+        gates = gates.detach()
+    ctx_all = 0
+    for level, focal_layer in enumerate(self.focal_layers):
+        ctx = focal_layer(ctx)
+        ctx_all = ctx_all + ctx * gates[:, level : level + 1]
+    ctx_all = ctx_all + self.act(ctx.mean((2, 3), keepdim=True)) * gates[:, self.focal_level :]
+    if self.normalize_modulator:
+        ctx_all = ctx_all / (self.focal_level + 1)
+    return self.proj_drop(self.proj(self.norm(q * self.h(ctx_all))))
+
+
+def focal_modulation_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return _focal_modulation(self, x, trace=False)
+
+
+def focal_modulation_trace(self, x: torch.Tensor) -> torch.Tensor:
+    return _focal_modulation(self, x, trace=True)
+
+
+class PrunedFocalModulation(focalnet.FocalModulation):
+    forward = focal_modulation_forward
+
+
 class PrunedOutlookAttention(volo.OutlookAttention):
     forward = outlook_attention_forward
 
@@ -519,3 +557,5 @@ def register() -> None:
                       pruned=PrunedWindowAttentionGlobal),
     )
     register_trace_forward(gcvit.WindowAttentionGlobal, global_context_attention_trace)
+    register_trace_forward(focalnet.FocalModulation, focal_modulation_trace)
+    register_pruned(focalnet.FocalModulation, PrunedFocalModulation)

@@ -326,3 +326,26 @@ def test_parameters_traced_onto_the_wrong_channels_stay_whole(monkeypatch):
     assert model(x).shape == (2, 10)
     assert {n: p.shape for n, p in model.named_parameters() if "gating_param" in n} == gates
     assert model.isoprune_plan.params["after"] < 0.8 * model.isoprune_plan.params["before"]
+
+
+def test_attention_whose_width_its_layout_misreads_is_probed(monkeypatch):
+    # a qkv group is cut by head, unprobed, only when it holds the channels its layout says
+    # (GC ViT's global qkv holds keys and values, not the three copies a layout reads)
+    from dataclasses import fields
+
+    from timm.layers.attention import Attention
+
+    spec = _arch._ATTENTION[Attention]
+
+    class Misread(type(spec)):
+        def layout(self, module, projection=None):
+            right = super().layout(module, projection)
+            return right._replace(head_dim=right.head_dim - 1)
+
+    monkeypatch.setitem(_arch._ATTENTION, Attention, Misread(**{f.name: getattr(spec, f.name) for f in fields(spec)}))
+    model = make("test_vit")
+    frozen = _groups.analyse(model).frozen
+    qkv = [f"{name}.qkv" for name, m in model.named_modules() if isinstance(m, Attention)]
+    assert qkv and all("RuntimeError" in frozen[name] for name in qkv)
+    isoprune.prune(model, 0.3)
+    assert model(inputs_for(model)).shape == (2, 10)
