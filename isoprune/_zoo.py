@@ -35,9 +35,12 @@ def qkv_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
 def qkv_values_trace(self, x: torch.Tensor, *args) -> torch.Tensor:
     """An attention with a fused qkv on ``[batch, tokens, channels]``, for the tracer: the values
     go to the output projection as ``value_heads`` has them."""
-    qkv = self.qkv(x)
-    layout = Layout(self.num_heads, qkv.shape[-1] // (3 * self.num_heads), 3)
-    return project(self, value_heads(qkv, layout, 2))
+    return project(self, _values(self, self.qkv(x)))
+
+
+def _values(self, qkv: torch.Tensor) -> torch.Tensor:
+    """The values of a fused ``[batch, tokens, 3 * channels]`` qkv, as ``value_heads`` has them."""
+    return value_heads(qkv, Layout(self.num_heads, qkv.shape[-1] // (3 * self.num_heads), 3), 2)
 
 
 def fix_num_heads(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -169,6 +172,15 @@ def fix_reduction_attention(module: nn.Module, heads: list[int], dims: list[int]
     fix_num_heads(module, heads, dims)
     if hasattr(module, "head_dim"):
         module.head_dim = len(dims)
+
+
+def locally_grouped_attention_trace(self, x: torch.Tensor, size) -> torch.Tensor:
+    """Twins ``LocallyGroupedAttn`` for the tracer: ``qkv_values_trace`` with ``qkv`` run over as
+    many tokens as the map padded to whole windows holds, as the forward runs it (the counter
+    counts tokens, not where they lie), and the output projection over the map's own."""
+    windows = [-(-side // self.ws) * self.ws for side in size]
+    padded = F.pad(x, (0, 0, 0, windows[0] * windows[1] - x.shape[1]))
+    return project(self, _values(self, self.qkv(padded))[:, : x.shape[1]])
 
 
 def locally_grouped_attention_forward(self, x: torch.Tensor, size) -> torch.Tensor:
@@ -522,7 +534,7 @@ def register() -> None:
         register_attention(cls, AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_reduction_attention, pruned=pruned))
         register_trace_forward(cls, reduction_attention_trace)
     register_attention(twins.LocallyGroupedAttn, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedLocallyGroupedAttn))
-    register_trace_forward(twins.LocallyGroupedAttn, qkv_values_trace)
+    register_trace_forward(twins.LocallyGroupedAttn, locally_grouped_attention_trace)
     register_mlp(pvt_v2.MlpWithDepthwiseConv)
     register_attention(
         convit.GPSA, AttentionSpec(qkv="qkv", separate=("qk", "v"), fixup=fix_gpsa, head_params=GPSA_HEADS, pruned=PrunedGPSA)

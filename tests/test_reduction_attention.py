@@ -48,6 +48,8 @@ def test_windows_are_padded_where_they_do_not_divide_the_map():
     isoprune.apply_plan(model, plan, x)
     with torch.no_grad():
         torch.testing.assert_close(model(x), zeroed(x), atol=1e-5, rtol=0)
+    x = x[:1]  # and its qkv is counted over the padded map, its output projection over the map's own
+    assert isoprune.count(model, x)[0] == tp.utils.count_ops_and_params(model, x)[0]
 
 
 @pytest.mark.parametrize("name", MODELS)
