@@ -174,12 +174,17 @@ def fix_reduction_attention(module: nn.Module, heads: list[int], dims: list[int]
         module.head_dim = len(dims)
 
 
+def _padded_size(self, size) -> tuple[int, int]:
+    """Twins ``LocallyGroupedAttn``'s map's height and width, padded to whole windows of ``ws x ws``."""
+    return tuple(-(-side // self.ws) * self.ws for side in size)
+
+
 def locally_grouped_attention_trace(self, x: torch.Tensor, size) -> torch.Tensor:
     """Twins ``LocallyGroupedAttn`` for the tracer: ``qkv_values_trace`` with ``qkv`` run over as
-    many tokens as the map padded to whole windows holds, as the forward runs it (the counter
-    counts tokens, not where they lie), and the output projection over the map's own."""
-    windows = [-(-side // self.ws) * self.ws for side in size]
-    padded = F.pad(x, (0, 0, 0, windows[0] * windows[1] - x.shape[1]))
+    many tokens as the padded map holds, as the forward runs it (the counter counts tokens, not
+    where they lie), and the output projection over the map's own."""
+    height, width = _padded_size(self, size)
+    padded = F.pad(x, (0, 0, 0, height * width - x.shape[1]))
     return project(self, _values(self, self.qkv(padded))[:, : x.shape[1]])
 
 
@@ -189,8 +194,9 @@ def locally_grouped_attention_forward(self, x: torch.Tensor, size) -> torch.Tens
     batch, tokens, channels = x.shape
     height, width = size
     ws = self.ws
-    x = F.pad(x.view(batch, height, width, channels), (0, 0, 0, (ws - width % ws) % ws, 0, (ws - height % ws) % ws))
-    rows, cols = x.shape[1] // ws, x.shape[2] // ws
+    padded_height, padded_width = _padded_size(self, size)
+    x = F.pad(x.view(batch, height, width, channels), (0, 0, 0, padded_width - width, 0, padded_height - height))
+    rows, cols = padded_height // ws, padded_width // ws
     x = x.reshape(batch, rows, ws, cols, ws, channels).transpose(2, 3)
     q, k, v = self.qkv(x).reshape(batch, rows * cols, ws * ws, 3, self.num_heads, -1).permute(3, 0, 1, 4, 2, 5)
     x = attend(self, q, k, v).transpose(2, 3).reshape(batch, rows, cols, ws, ws, -1)
