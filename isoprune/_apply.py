@@ -49,7 +49,7 @@ def _attention_kept(pruning: PruningPlan) -> dict[str, dict[str, list[int]]]:
 
 
 def _fixup(model: nn.Module, pruning: PruningPlan) -> None:
-    _arch.use_pruned_classes(model)
+    _arch.settle(model)
     for owner, keep in _attention_kept(pruning).items():
         module = model.get_submodule(owner)
         spec = _arch.attention_spec(module)
@@ -188,7 +188,7 @@ def zero_out(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.
     with torch.no_grad():
         for op in ops:
             for tensor, dim in member_tensors(model, op.name, param=op.param, out=op.out, dim=op.dim):
-                tensor.index_fill_(dim, torch.as_tensor(op.idxs, device=tensor.device), 0.0)
+                tensor.index_fill_(dim, torch.as_tensor(op.idxs, dtype=torch.long, device=tensor.device), 0.0)
         for owner, keep in _attention_kept(pruning).items():  # and the slices of removed heads
             module = model.get_submodule(owner)
             gone = sorted(set(range(module.num_heads)) - set(keep["heads"]))

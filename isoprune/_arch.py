@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -110,6 +110,7 @@ _MLP: set[type] = set()
 _GATED: dict[type, str] = {}
 _TRACE_FORWARD: dict[type, Callable] = {}
 _PRUNED: dict[type, type] = {}
+_RESIZE: dict[type, Callable[[nn.Module], None]] = {}
 
 
 def register_attention(cls: type, spec: AttentionSpec) -> None:
@@ -134,6 +135,13 @@ def register_pruned(cls: type, pruned: type) -> None:
     """A module of ``cls`` becomes ``pruned`` once its model is pruned: the class of a module
     (not an attention, whose spec names its own) whose forward assumes the widths it was built with."""
     _PRUNED[cls] = pruned
+
+
+def register_resize(cls: type, resize: Callable[[nn.Module], None]) -> None:
+    """``resize(module)`` sets what a module of ``cls`` keeps of its widths (and its forward reads)
+    to the widths of its parameters once they are cut: for modules whose parameters are cut by the
+    groups that run through them, not by a spec of their own (MetaFormer's ``Scale``)."""
+    _RESIZE[cls] = resize
 
 
 def _lookup(registry, module: nn.Module):
@@ -185,14 +193,19 @@ def head_runs(model: nn.Module) -> dict[int, int]:
     return found
 
 
-def use_pruned_classes(model: nn.Module) -> None:
-    """Switch every module whose own forward assumes its unpruned widths to its ``pruned`` class
-    (an attention's spec names it, others ``register_pruned``), which computes the same at any widths."""
+def settle(model: nn.Module) -> None:
+    """Make a model whose parameters have been cut run at its new widths: every module whose own
+    forward assumes its unpruned widths becomes its ``pruned`` class (an attention's spec names it,
+    others ``register_pruned``), which computes the same at any widths, and every module that keeps
+    its widths in attributes is resized (``register_resize``)."""
     for m in model.modules():
         spec = attention_spec(m)
         pruned = spec.pruned if spec is not None else _lookup(_PRUNED, m)
         if pruned is not None and type(m) is not pruned:
             m.__class__ = pruned
+        resize = _lookup(_RESIZE, m)
+        if resize is not None:
+            resize(m)
 
 
 def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:
@@ -270,12 +283,13 @@ channel_splits: list = []
 """The autograd nodes of the splits that trace forwards make on channels, for ``build_graph``."""
 
 
-def split_channels(x: torch.Tensor, chunks: int) -> tuple[torch.Tensor, ...]:
-    """``x.chunk(chunks, dim=1)`` in a trace forward, marked as a split of channels. Torch-Pruning
-    maps a split's channels onto its parts only on dim 1, and not at all once a 3-d parameter (a
-    ViT's class token) lies upstream: its guard against reading the token concatenation as one of
-    channels. ``build_graph`` maps the marked splits again."""
-    parts = x.chunk(chunks, dim=1)
+def split_channels(x: torch.Tensor, chunks: int | Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """``x.chunk(chunks, dim=1)`` (or, given sizes, ``x.split(sizes, dim=1)``) in a trace forward,
+    marked as a split of channels. Torch-Pruning maps a split's channels onto its parts only on
+    dim 1, and not at all once a 3-d parameter (a ViT's class token) lies upstream: its guard
+    against reading the token concatenation as one of channels. ``build_graph`` maps the marked
+    splits again."""
+    parts = x.chunk(chunks, dim=1) if isinstance(chunks, int) else x.split(list(chunks), dim=1)
     channel_splits.append(parts[0].grad_fn)
     return parts
 

@@ -187,12 +187,13 @@ def pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn, chan
     return _merge(graph, found)
 
 
-def all_groups(graph: tp.DependencyGraph, ignored_layers=(), diverged: dict | None = None) -> list[Members]:
+def all_groups(graph: tp.DependencyGraph, ignored_layers=(), diverged: dict | None = None, first=()) -> list[Members]:
     """The full-channel group of every prunable conv and linear layer, as ``get_all_groups``
-    yields them: a layer already removed by an earlier group roots none of its own, and a group
-    that would remove an ignored layer's outputs is left out. A walk that diverges (see
-    ``Diverged``; a legitimate one never maps to more channels than 8 times the widest layer has)
-    is left out too, and recorded in ``diverged`` (root name -> why)."""
+    yields them (the layers in ``first`` before the others): a layer already removed by an
+    earlier group roots none of its own, and a group that would remove an ignored layer's
+    outputs is left out. A walk that diverges (see ``Diverged``; a legitimate one never maps to
+    more channels than 8 times the widest layer has) is left out too, and recorded in
+    ``diverged`` (root name -> why)."""
     with warnings.catch_warnings():  # its width inference's "Maximum recursive depth reached!": nothing a user can act on
         warnings.simplefilter("ignore")
         maps.update_index_mapping(graph)
@@ -200,7 +201,8 @@ def all_groups(graph: tp.DependencyGraph, ignored_layers=(), diverged: dict | No
     ignored = {id(m) for m in [*ignored_layers, *graph.IGNORED_LAYERS_IN_TRACING]}
     removed: set[int] = set()
     groups = []
-    for m in list(graph.module2node):
+    preferred = [m for m in first if m in graph.module2node]
+    for m in preferred + [m for m in graph.module2node if not any(m is p for p in preferred)]:
         if not isinstance(m, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)) or id(m) in ignored:
             continue
         pruner = graph.get_pruner_of_module(m)

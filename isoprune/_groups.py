@@ -299,8 +299,14 @@ def _misfits(graph: tp.DependencyGraph, skeleton: nn.Module, tp_groups: list) ->
 
 
 def _conv_misfit(model: nn.Module) -> str | None:
-    """A convolution whose widths its groups do not divide (meta tensors do not check this)."""
+    """A layer left without channels (a branch that holds a few of a group's channels can lose
+    them all: InceptionNeXt's depthwise ones), or a convolution whose widths its groups do not
+    divide (meta tensors check neither)."""
     for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and not (m.in_features and m.out_features):
+            return f"{name}: no channels left"
+        if isinstance(m, nn.modules.conv._ConvNd) and not (m.in_channels and m.out_channels and m.groups):
+            return f"{name}: no channels left"
         if isinstance(m, nn.modules.conv._ConvNd) and (m.in_channels % m.groups or m.out_channels % m.groups):
             return f"{name}: {m.in_channels}->{m.out_channels} channels in {m.groups} groups"
     return None
@@ -311,7 +317,7 @@ def _breaks(skeleton: nn.Module, inputs, graph, tp_groups: list, cuts: dict[int,
     probe = _trace.clone(skeleton).eval()  # train-mode BatchNorm rejects a batch of one 1x1 map
     try:
         run_ops(probe, cut_ops(graph, tp_groups, cuts))
-        _arch.use_pruned_classes(probe)
+        _arch.settle(probe)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _trace.forward(probe, inputs)
@@ -365,7 +371,9 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves:
             graph = _trace.build_graph(skeleton, inputs, ignored_params)
         ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph) + _arch.head_layers(skeleton)
         diverged: dict[str, str] = {}
-        tp_groups = _coupling.all_groups(graph, ignored, diverged)
+        # a gated layer roots the group of its hidden units: both halves, whatever other layers
+        # (MambaOut's convolution) hold a part of one
+        tp_groups = _coupling.all_groups(graph, ignored, diverged, first=[skeleton.get_submodule(n) for n in sorted(halves)])
         misfit_params, misfit = _misfits(graph, skeleton, tp_groups)
         if not misfit_params or attempt:
             break

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import types
 import warnings
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -161,12 +162,21 @@ def _map_marked(graph: tp.DependencyGraph) -> None:
             _map_concat(node, *concats[id(node.grad_fn)])
         if node.type == tp.ops.OPTYPE.SPLIT and id(node.grad_fn) in marked:
             fn = node.grad_fn
-            width, size = fn._saved_self_sym_sizes[fn._saved_dim], fn._saved_split_size
-            sizes = [min(size, width - start) for start in range(0, width, size)]
+            sizes = list(getattr(fn, "_saved_split_sizes", ()))  # a split into given sizes, else into chunks
+            if not sizes:
+                width, size = fn._saved_self_sym_sizes[fn._saved_dim], fn._saved_split_size
+                sizes = [min(size, width - start) for start in range(0, width, size)]
             node.module.split_sizes = sizes
             node.module.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+            node.outputs.sort(key=partial(_part_read, fn))  # Torch-Pruning pairs them with the parts by position
             node.enable_index_mapping = True
             index_mapping.update_split_index_mapping(graph, node)
+
+
+def _part_read(split, node) -> int:
+    """Which part of a ``split`` (its autograd node) the graph node reads: the output number
+    its own autograd node takes from the split's."""
+    return next((nr for fn, nr in node.grad_fn.next_functions if fn is split), 0)
 
 
 def _map_concat(node, parts: list, widths: list[int]) -> None:

@@ -1,6 +1,7 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
-XCiT, DaViT, VOLO, GC ViT) and FocalNet's modulation, registered with ``_arch``'s registries as timm's
-own ``Attention`` and Swin's are.
+XCiT, DaViT, VOLO, GC ViT, MetaFormer), FocalNet's modulation, and the blocks of InceptionNeXt and
+MambaOut that split their channels at the widths they were built with, registered with
+``_arch``'s registries as timm's own ``Attention`` and Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -14,14 +15,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.models import cait, convit, davit, focalnet, gcvit, pvt_v2, tnt, twins, volo, xcit
+from timm.models import cait, convit, davit, focalnet, gcvit, inception_next, mambaout, metaformer, pvt_v2, tnt, twins, volo, xcit
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
 
 from ._arch import (
     AttentionSpec, Layout, attend, concat_channels, fix_rel_pos, fix_window_attention, patch_merging_forward, project, register_attention,
-    register_mlp, register_pruned, register_trace_forward, rel_pos_head_params, split_heads, value_heads,
+    register_mlp, register_pruned, register_resize, register_trace_forward, rel_pos_head_params, split_channels, split_heads, value_heads,
 )
 from ._cut import cut_module
 
@@ -527,6 +528,94 @@ class PrunedVoloClassAttention(volo.ClassAttention):
     forward = volo_class_attention_forward
 
 
+# MetaFormer (PoolFormer, ConvFormer, CAFormer): a scale per channel viewed at the width it was
+# built with; CAFormer's attention reshapes its output to the input's width
+
+
+def resize_scale(module: nn.Module) -> None:
+    """MetaFormer's ``Scale`` views its parameter as ``shape``: its width, then ones for NCHW maps."""
+    module.shape = (module.scale.shape[0], *module.shape[1:])
+
+
+def fix_metaformer_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``num_heads``, ``head_dim`` and ``attention_dim``; ``scale`` stays as built."""
+    module.num_heads, module.head_dim = len(heads), len(dims)
+    module.attention_dim = len(heads) * len(dims)
+
+
+class PrunedMetaFormerAttention(metaformer.Attention):
+    forward = qkv_attention_forward
+
+
+# InceptionNeXt and MambaOut: channels split at fixed sizes, which a pruned block reads from its layers
+
+
+def _inception_dwconv(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """InceptionNeXt's ``InceptionDWConv2d`` at any widths: the channels each depthwise branch
+    keeps go through it, the rest (the first) pass unchanged. For the tracer, the split and the
+    concatenation are marked as ones of channels, with their widths."""
+    branches = (self.dwconv_hw, self.dwconv_w, self.dwconv_h)
+    widths = [conv.in_channels for conv in branches]
+    sizes = (x.shape[1] - sum(widths), *widths)
+    kept, *parts = split_channels(x, sizes) if trace else x.split(sizes, dim=1)
+    out = [kept, *(conv(part) for conv, part in zip(branches, parts))]
+    return concat_channels(out, 1) if trace else torch.cat(out, 1)
+
+
+def inception_dwconv_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return _inception_dwconv(self, x, trace=False)
+
+
+def inception_dwconv_trace(self, x: torch.Tensor) -> torch.Tensor:
+    return _inception_dwconv(self, x, trace=True)
+
+
+def metanext_block_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """InceptionNeXt's ``MetaNeXtBlock`` for the tracer: its layer scale broadcast over the map
+    without the reshape Torch-Pruning reads as one of channels (it coupled one channel to four)."""
+    out = self.mlp(self.norm(self.token_mixer(x)))
+    if self.gamma is not None:
+        out = out * self.gamma[:, None, None]
+    return x + self.drop_path(out)
+
+
+def _gated_conv_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """MambaOut's ``GatedConvBlock`` (``[batch, height, width, channels]``) at any widths: ``fc1``
+    makes the gates and as many values, of which the last go through the depthwise convolution.
+    For the tracer, the map is a sequence of tokens (Torch-Pruning reads the reshape a linear
+    layer makes of a 4-d input as one of channels, and coupled one hidden unit to two), with the
+    channels moved to dim 1 where they are split and concatenated, both marked: a hidden unit is
+    then one gate and the value in the same position (as in a ``GluMlp``)."""
+    hidden, conv = self.fc2.in_features, self.conv.in_channels
+    sizes = (hidden, hidden - conv, conv)
+    if trace:
+        height, width = x.shape[1:3]
+        gates, values, convolved = split_channels(self.fc1(self.norm(x).flatten(1, 2)).transpose(1, 2), sizes)
+        convolved = self.conv(convolved.unflatten(2, (height, width))).flatten(2)
+        out = self.fc2((self.act(gates) * concat_channels([values, convolved], 1)).transpose(1, 2)).unflatten(1, (height, width))
+    else:
+        gates, values, convolved = self.fc1(self.norm(x)).split(sizes, dim=-1)
+        convolved = self.conv(convolved.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        out = self.fc2(self.act(gates) * torch.cat((values, convolved), dim=-1))
+    return x + self.drop_path(self.ls(out))
+
+
+def gated_conv_block_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return _gated_conv_block(self, x, trace=False)
+
+
+def gated_conv_block_trace(self, x: torch.Tensor) -> torch.Tensor:
+    return _gated_conv_block(self, x, trace=True)
+
+
+class PrunedInceptionDWConv2d(inception_next.InceptionDWConv2d):
+    forward = inception_dwconv_forward
+
+
+class PrunedGatedConvBlock(mambaout.GatedConvBlock):
+    forward = gated_conv_block_forward
+
+
 def register() -> None:
     register_attention(
         cait.TalkingHeadAttn,
@@ -577,3 +666,11 @@ def register() -> None:
     register_trace_forward(gcvit.WindowAttentionGlobal, global_context_attention_trace)
     register_trace_forward(focalnet.FocalModulation, focal_modulation_trace)
     register_pruned(focalnet.FocalModulation, PrunedFocalModulation)
+    register_resize(metaformer.Scale, resize_scale)
+    register_trace_forward(inception_next.InceptionDWConv2d, inception_dwconv_trace)
+    register_trace_forward(inception_next.MetaNeXtBlock, metanext_block_trace)
+    register_pruned(inception_next.InceptionDWConv2d, PrunedInceptionDWConv2d)
+    register_mlp(mambaout.GatedConvBlock, gated="fc1")
+    register_trace_forward(mambaout.GatedConvBlock, gated_conv_block_trace)
+    register_pruned(mambaout.GatedConvBlock, PrunedGatedConvBlock)
+    register_attention(metaformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_metaformer_attention, pruned=PrunedMetaFormerAttention))

@@ -49,6 +49,10 @@ SMALL = {
     "maxxvit_rmlp_micro": ("maxxvit_rmlp_nano_rw_256", dict(_MAXXVIT, transformer_window_size=(4, 4), transformer_grid_size=(4, 4),
                                                             transformer_rel_pos_dim=16)),
     "coatnet_micro": ("coatnet_pico_rw_224", dict(_MAXXVIT, embed_dim=(16, 16, 32, 32), depths=(1, 1, 1, 1))),
+    # blocks that split their channels at fixed sizes: InceptionNeXt's depthwise branches (an
+    # eighth of the channels each, the rest unchanged), MambaOut's gates, values and convolution
+    "inception_next_micro": ("inception_next_tiny", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
 

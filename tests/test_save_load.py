@@ -18,6 +18,8 @@ FAMILIES = [
     ("swin_micro", 0.4, {"layers.2.blocks": 1}),
     ("beit_micro", 0.4, {}),
     ("maxvit_tf_micro", 0.4, {}),
+    ("inception_next_micro", 0.4, {}),
+    ("mambaout_micro", 0.4, {"stages.2.blocks": 1}),
 ]
 
 

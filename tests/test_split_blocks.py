@@ -1,0 +1,71 @@
+"""Blocks that split their channels at the sizes they were built with: InceptionNeXt's token mixer
+(a depthwise branch on each of three slices, the first slice unchanged) and MambaOut's gated
+convolution block (``fc1`` makes gates and as many values, the last of which go through a
+depthwise convolution)."""
+import timm
+import torch
+from timm.models import inception_next, mambaout
+
+import isoprune
+from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, layernorm_free, lively, make
+from isoprune import _groups, _zoo
+
+
+def test_inception_next_branches_lose_channels_as_zeroing_them_does():
+    model = lively(make("inception_next_micro"))
+    mixers = [m for m in model.modules() if isinstance(m, inception_next.InceptionDWConv2d)]
+    built = [m.split_indexes for m in mixers]
+    assert built[0] == (10, 2, 2, 2)  # uneven: Torch-Pruning's own guess of the widths is wrong here
+    assert _groups.analyse(model).frozen == {}
+    assert_equivalent(model, layernorm_free(model, 0.5), changes=0.1)  # all but the classifier's hidden units
+    assert all(type(m) is _zoo.PrunedInceptionDWConv2d for m in mixers)
+    kept = [[m.dwconv_hw.in_channels, m.dwconv_w.in_channels, m.dwconv_h.in_channels] for m in mixers]
+    assert sum(map(sum, kept)) < sum(sum(s[1:]) for s in built)  # the branches lost channels, not only the slice kept as is
+
+
+def test_inception_next_layer_scale_keeps_its_channels():
+    """InceptionNeXt-Atto as timm builds it: its layer scale (``gamma.reshape(1, -1, 1, 1)``) was
+    coupled one channel to four, in every stage but the first two."""
+    torch.manual_seed(0)
+    model = timm.create_model("inception_next_atto", num_classes=10).eval()
+    assert _groups.analyse(model).frozen == {}
+    isoprune.prune(model, 0.3)
+    blocks = [m for m in model.modules() if isinstance(m, inception_next.MetaNeXtBlock)]
+    assert all(b.gamma.numel() == b.mlp.fc2.out_channels for b in blocks)
+    assert all(b.mlp.fc2.out_channels < width for b, width in zip(blocks, [40] * 2 + [80] * 2 + [160] * 6 + [320] * 2))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 10)
+
+
+def test_inception_next_branch_that_would_lose_every_channel_leaves_its_group_whole():
+    model = make("inception_next_micro")
+    isoprune.prune(model, 0.97)  # every branch of the first stage holds 2 of 16 channels
+    for m in model.modules():
+        if isinstance(m, inception_next.InceptionDWConv2d):
+            assert min(m.dwconv_hw.in_channels, m.dwconv_w.in_channels, m.dwconv_h.in_channels) > 0
+    with torch.no_grad():
+        assert model(inputs_for(model)).shape == (2, 10)
+
+
+def test_mambaout_hidden_unit_is_a_gate_and_its_value_through_the_convolution_or_not():
+    model = lively(make("mambaout_micro"))
+    blocks = [m for m in model.modules() if isinstance(m, mambaout.GatedConvBlock)]
+    assert _groups.analyse(model).frozen == {}
+    plan = assert_equivalent(model, layernorm_free(model, 0.5), changes=0.05)  # the hidden units; the stages' widths span LayerNorms
+    roots = {g.root for g in plan.groups if g.kind == "mlp"}
+    assert roots == {f"{n}.fc1" for n, m in model.named_modules() if m in blocks}
+    for block in blocks:
+        assert type(block) is _zoo.PrunedGatedConvBlock
+        assert block.fc1.out_features == 2 * block.fc2.in_features
+    convolved = [(b.conv.in_channels, b.split_indices[2]) for b in blocks]
+    values = [(b.fc2.in_features - b.conv.in_channels, b.split_indices[1]) for b in blocks]
+    for units in (convolved, values):  # units whose values go through the convolution were removed, and units whose do not
+        assert sum(after for after, _ in units) < sum(before for _, before in units)
+
+
+def test_macs_count_what_timm_runs():
+    for name in ("inception_next_micro", "mambaout_micro"):
+        model = make(name)
+        assert_counts_what_timm_runs(model, 0.3)
+        with torch.no_grad():
+            assert model(inputs_for(model)).shape == (2, 10)
