@@ -202,7 +202,8 @@ def all_groups(graph: tp.DependencyGraph, ignored_layers=(), diverged: dict | No
     removed: set[int] = set()
     groups = []
     preferred = [m for m in first if m in graph.module2node]
-    for m in preferred + [m for m in graph.module2node if not any(m is p for p in preferred)]:
+    early = {id(m) for m in preferred}
+    for m in preferred + [m for m in graph.module2node if id(m) not in early]:
         if not isinstance(m, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)) or id(m) in ignored:
             continue
         pruner = graph.get_pruner_of_module(m)

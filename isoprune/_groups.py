@@ -305,10 +305,11 @@ def _conv_misfit(model: nn.Module) -> str | None:
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear) and not (m.in_features and m.out_features):
             return f"{name}: no channels left"
-        if isinstance(m, nn.modules.conv._ConvNd) and not (m.in_channels and m.out_channels and m.groups):
-            return f"{name}: no channels left"
-        if isinstance(m, nn.modules.conv._ConvNd) and (m.in_channels % m.groups or m.out_channels % m.groups):
-            return f"{name}: {m.in_channels}->{m.out_channels} channels in {m.groups} groups"
+        if isinstance(m, nn.modules.conv._ConvNd):
+            if not (m.in_channels and m.out_channels and m.groups):
+                return f"{name}: no channels left"
+            if m.in_channels % m.groups or m.out_channels % m.groups:
+                return f"{name}: {m.in_channels}->{m.out_channels} channels in {m.groups} groups"
     return None
 
 

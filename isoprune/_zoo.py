@@ -12,6 +12,7 @@ reshapes, or per-head parameters would join its trace, a trace forward tells it 
 from __future__ import annotations
 
 import math
+from functools import partial, partialmethod
 
 import torch
 import torch.nn.functional as F
@@ -504,16 +505,8 @@ def _focal_modulation(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
     return self.proj_drop(self.proj(self.norm(q * self.h(ctx_all))))
 
 
-def focal_modulation_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return _focal_modulation(self, x, trace=False)
-
-
-def focal_modulation_trace(self, x: torch.Tensor) -> torch.Tensor:
-    return _focal_modulation(self, x, trace=True)
-
-
 class PrunedFocalModulation(focalnet.FocalModulation):
-    forward = focal_modulation_forward
+    forward = partialmethod(_focal_modulation, trace=False)
 
 
 class PrunedOutlookAttention(volo.OutlookAttention):
@@ -562,14 +555,6 @@ def _inception_dwconv(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
     return concat_channels(out, 1) if trace else torch.cat(out, 1)
 
 
-def inception_dwconv_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return _inception_dwconv(self, x, trace=False)
-
-
-def inception_dwconv_trace(self, x: torch.Tensor) -> torch.Tensor:
-    return _inception_dwconv(self, x, trace=True)
-
-
 def metanext_block_trace(self, x: torch.Tensor) -> torch.Tensor:
     """InceptionNeXt's ``MetaNeXtBlock`` for the tracer: its layer scale broadcast over the map
     without the reshape Torch-Pruning reads as one of channels (it coupled one channel to four)."""
@@ -600,20 +585,12 @@ def _gated_conv_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
     return x + self.drop_path(self.ls(out))
 
 
-def gated_conv_block_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return _gated_conv_block(self, x, trace=False)
-
-
-def gated_conv_block_trace(self, x: torch.Tensor) -> torch.Tensor:
-    return _gated_conv_block(self, x, trace=True)
-
-
 class PrunedInceptionDWConv2d(inception_next.InceptionDWConv2d):
-    forward = inception_dwconv_forward
+    forward = partialmethod(_inception_dwconv, trace=False)
 
 
 class PrunedGatedConvBlock(mambaout.GatedConvBlock):
-    forward = gated_conv_block_forward
+    forward = partialmethod(_gated_conv_block, trace=False)
 
 
 def register() -> None:
@@ -664,13 +641,13 @@ def register() -> None:
                       pruned=PrunedWindowAttentionGlobal),
     )
     register_trace_forward(gcvit.WindowAttentionGlobal, global_context_attention_trace)
-    register_trace_forward(focalnet.FocalModulation, focal_modulation_trace)
+    register_trace_forward(focalnet.FocalModulation, partial(_focal_modulation, trace=True))
     register_pruned(focalnet.FocalModulation, PrunedFocalModulation)
     register_resize(metaformer.Scale, resize_scale)
-    register_trace_forward(inception_next.InceptionDWConv2d, inception_dwconv_trace)
+    register_trace_forward(inception_next.InceptionDWConv2d, partial(_inception_dwconv, trace=True))
     register_trace_forward(inception_next.MetaNeXtBlock, metanext_block_trace)
     register_pruned(inception_next.InceptionDWConv2d, PrunedInceptionDWConv2d)
     register_mlp(mambaout.GatedConvBlock, gated="fc1")
-    register_trace_forward(mambaout.GatedConvBlock, gated_conv_block_trace)
+    register_trace_forward(mambaout.GatedConvBlock, partial(_gated_conv_block, trace=True))
     register_pruned(mambaout.GatedConvBlock, PrunedGatedConvBlock)
     register_attention(metaformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_metaformer_attention, pruned=PrunedMetaFormerAttention))
