@@ -107,7 +107,7 @@ class AttentionSpec:
 
 _ATTENTION: dict[type, AttentionSpec] = {}
 _MLP: set[type] = set()
-_GATED: dict[type, str] = {}
+_GATED: dict[type, str | Callable[[nn.Module], str | None]] = {}
 _TRACE_FORWARD: dict[type, Callable] = {}
 _PRUNED: dict[type, type] = {}
 _RESIZE: dict[type, Callable[[nn.Module], None]] = {}
@@ -117,9 +117,10 @@ def register_attention(cls: type, spec: AttentionSpec) -> None:
     _ATTENTION[cls] = spec
 
 
-def register_mlp(cls: type, gated: str | None = None) -> None:
+def register_mlp(cls: type, gated: str | Callable[[nn.Module], str | None] | None = None) -> None:
     """``gated`` names a layer whose output the MLP splits in two halves, one gating the other
-    (timm ``GluMlp``'s ``fc1``): a hidden unit is then one position in both halves."""
+    (timm ``GluMlp``'s ``fc1``): a hidden unit is then one position in both halves. Given a
+    function, it names the layer for each module, or None where that one is not gated."""
     _MLP.add(cls)
     if gated:
         _GATED[cls] = gated
@@ -160,7 +161,8 @@ def is_mlp(module: nn.Module) -> bool:
 
 
 def gated_layer(module: nn.Module) -> str | None:
-    return _lookup(_GATED, module)
+    gated = _lookup(_GATED, module)
+    return gated(module) if callable(gated) else gated
 
 
 def trace_forward(module: nn.Module) -> Callable | None:
@@ -306,6 +308,22 @@ def concat_channels(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     out = torch.cat(parts, dim)
     channel_concats.append((out.grad_fn, [p.grad_fn for p in parts], [p.shape[dim] for p in parts]))
     return out
+
+
+token_swaps: list = []
+"""``(into, back)``: the autograd nodes of the transposes ``mix_tokens`` makes, for ``build_graph``."""
+
+
+def mix_tokens(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer`` run along the token axis of ``x`` (``[batch, tokens, channels]``) in a trace
+    forward: ``layer(x.transpose(1, 2)).transpose(1, 2)``, the two transposes marked. The tracer
+    maps channels through a transpose as if nothing moved, so it coupled the token-mixing layers of
+    MLP-Mixer, ResMLP and gMLP (whose features are the tokens) to the channels around them;
+    ``build_graph`` cuts the couplings through the marked transposes."""
+    into = x.transpose(1, 2)
+    back = layer(into).transpose(1, 2)
+    token_swaps.append((into.grad_fn, back.grad_fn))
+    return back
 
 
 def glu_mlp_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -580,10 +598,11 @@ def _register_defaults() -> None:
     for cls in (maxxvit.AttentionCl, maxxvit.Attention2d):
         register_attention(cls, maxxvit_spec)
         register_trace_forward(cls, maxxvit_attention_trace)
-    for name in ("Mlp", "SwiGLU", "GatedMlp", "ConvMlp"):
+    for name in ("Mlp", "SwiGLU", "ConvMlp"):
         cls = getattr(timm_mlp, name, None)
         if cls is not None:
             register_mlp(cls)
+    register_mlp(timm_mlp.GatedMlp, gated=lambda mlp: None if isinstance(mlp.gate, nn.Identity) else "fc1")  # gMLP's spatial gate halves fc1
     register_mlp(timm_mlp.GluMlp, gated="fc1")
     register_trace_forward(timm_mlp.GluMlp, glu_mlp_trace)
 

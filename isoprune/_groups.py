@@ -100,6 +100,8 @@ def _label(graph, node, direction: str, labels: str) -> str:
             text += ":" + re.sub(r"\d+$", "", str(module._grad_fn))
     else:
         text = type(module).__name__
+        if labels != "type" and module in graph.token_layers:  # it mixes tokens (MLP-Mixer's token MLP)
+            text += ":tokens"
         if labels != "type" and isinstance(module, nn.modules.conv._ConvNd):
             text += f":k{'x'.join(map(str, module.kernel_size))}"
             if module.groups > 1:
@@ -370,7 +372,7 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves:
     for attempt in range(2):
         with _trace.counting(skeleton, inputs) as tally:
             graph = _trace.build_graph(skeleton, inputs, ignored_params)
-        ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph) + _arch.head_layers(skeleton)
+        ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph) + _arch.head_layers(skeleton) + graph.token_layers
         diverged: dict[str, str] = {}
         # a gated layer roots the group of its hidden units: both halves, whatever other layers
         # (MambaOut's convolution) hold a part of one

@@ -99,8 +99,8 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
     ``img_size=32`` accepts nothing else, whatever its pretrained config says), else the image
     size the model keeps (MaxViT, CoAtNet: their position biases are sized for it) with the
     channels of timm's pretrained config, else that config, else ImageNet's 3x224x224. (TNT
-    calls its patch embedding ``pixel_embed``.)"""
-    embed = getattr(model, "patch_embed", None) or getattr(model, "pixel_embed", None)
+    calls its patch embedding ``pixel_embed``, MLP-Mixer ``stem``.)"""
+    embed = next((getattr(model, name) for name in ("patch_embed", "pixel_embed", "stem") if hasattr(model, name)), None)
     img, proj = getattr(embed, "img_size", None), getattr(embed, "proj", None)
     if img is not None and isinstance(getattr(proj, "in_channels", None), int):
         return (proj.in_channels, int(img[0]), int(img[1]))
@@ -173,6 +173,38 @@ def _map_marked(graph: tp.DependencyGraph) -> None:
             index_mapping.update_split_index_mapping(graph, node)
 
 
+def _cut_token_swaps(graph: tp.DependencyGraph) -> list[nn.Module]:
+    """Uncouple the channels on either side of the transposes ``_arch.mix_tokens`` marked (the
+    graph keeps its edges; only the couplings through them go), and return the layers whose
+    outputs are tokens: those that feed a transpose back to channels, which no group may cut."""
+    into = {id(fn) for fn, _ in _arch.token_swaps}
+    back = {id(fn) for _, fn in _arch.token_swaps}
+    swaps = [node for node in graph.module2node.values() if id(node.grad_fn) in into | back]
+    token_layers = []
+    for node in swaps:
+        node.dependencies = []
+        for near in node.inputs + node.outputs:
+            near.dependencies = [dep for dep in near.dependencies if dep.target is not node]
+        if id(node.grad_fn) in back:
+            token_layers += _layers_before(node)
+    return token_layers
+
+
+def _layers_before(node) -> list[nn.Module]:
+    """The convolutions and linear layers nearest before ``node``, through any other ops."""
+    found, seen, stack = [], set(), list(node.inputs)
+    while stack:
+        near = stack.pop()
+        if near in seen:
+            continue
+        seen.add(near)
+        if isinstance(near.module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
+            found.append(near.module)
+        else:
+            stack += near.inputs
+    return found
+
+
 def _part_read(split, node) -> int:
     """Which part of a ``split`` (its autograd node) the graph node reads: the output number
     its own autograd node takes from the split's."""
@@ -217,6 +249,7 @@ def trace_forwards(model: nn.Module):
             del m.forward
         _arch.channel_splits.clear()
         _arch.channel_concats.clear()
+        _arch.token_swaps.clear()
 
 
 def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.DependencyGraph:
@@ -231,6 +264,7 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
             example = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
             graph = tp.DependencyGraph().build_dependency(skeleton, example, ignored_params=list(ignored_params), verbose=False)
             _map_marked(graph)  # while the marks are held
+            graph.token_layers = _cut_token_swaps(graph)
         _unmap_foreign_expands(graph)
         return graph
     except IsopruneError:

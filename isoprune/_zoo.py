@@ -16,13 +16,13 @@ from functools import partial, partialmethod
 
 import torch
 import torch.nn.functional as F
-from timm.models import cait, convit, davit, focalnet, gcvit, inception_next, mambaout, metaformer, pvt_v2, tnt, twins, volo, xcit
+from timm.models import cait, convit, davit, focalnet, gcvit, inception_next, mambaout, metaformer, mlp_mixer, pvt_v2, tnt, twins, volo, xcit
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
 
 from ._arch import (
-    AttentionSpec, Layout, attend, concat_channels, fix_rel_pos, fix_window_attention, patch_merging_forward, project, register_attention,
+    AttentionSpec, Layout, attend, concat_channels, fix_rel_pos, fix_window_attention, mix_tokens, patch_merging_forward, project, register_attention,
     register_mlp, register_pruned, register_resize, register_trace_forward, rel_pos_head_params, split_channels, split_heads, value_heads,
 )
 from ._cut import cut_module
@@ -593,6 +593,25 @@ class PrunedGatedConvBlock(mambaout.GatedConvBlock):
     forward = partialmethod(_gated_conv_block, trace=False)
 
 
+# MLP-Mixer, ResMLP, gMLP: layers that mix tokens, run on the transposed map
+
+
+def mixer_block_trace(self, x: torch.Tensor) -> torch.Tensor:
+    x = x + self.drop_path(mix_tokens(self.mlp_tokens, self.norm1(x)))
+    return x + self.drop_path(self.mlp_channels(self.norm2(x)))
+
+
+def res_block_trace(self, x: torch.Tensor) -> torch.Tensor:
+    x = x + self.drop_path(self.ls1 * mix_tokens(self.linear_tokens, self.norm1(x)))
+    return x + self.drop_path(self.ls2 * self.mlp_channels(self.norm2(x)))
+
+
+def spatial_gating_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """gMLP's gate: its halves split as channels, the gating half mixed over the tokens."""
+    u, v = split_channels(x.transpose(1, 2), 2)
+    return u.transpose(1, 2) * mix_tokens(self.proj, self.norm(v.transpose(1, 2)))
+
+
 def register() -> None:
     register_attention(
         cait.TalkingHeadAttn,
@@ -650,4 +669,7 @@ def register() -> None:
     register_mlp(mambaout.GatedConvBlock, gated="fc1")
     register_trace_forward(mambaout.GatedConvBlock, partial(_gated_conv_block, trace=True))
     register_pruned(mambaout.GatedConvBlock, PrunedGatedConvBlock)
+    register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)
+    register_trace_forward(mlp_mixer.ResBlock, res_block_trace)
+    register_trace_forward(mlp_mixer.SpatialGatingUnit, spatial_gating_trace)
     register_attention(metaformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_metaformer_attention, pruned=PrunedMetaFormerAttention))
