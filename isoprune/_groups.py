@@ -199,7 +199,7 @@ def _member_runs(item, runs: dict[int, int]) -> int:
     layer = item.dep.target.module
     if id(layer) in runs and item.dep.handler.__name__ == "prune_out_channels":
         return runs[id(layer)]
-    if isinstance(layer, nn.modules.conv._ConvNd) and not layer.groups == layer.in_channels == layer.out_channels:
+    if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups != layer.in_channels:  # depthwise, or with a multiplier: whole groups go
         return layer.groups
     return 1
 
@@ -285,14 +285,21 @@ def run_ops(model: nn.Module, ops: list[Op]) -> None:
 def _misfits(graph: tp.DependencyGraph, skeleton: nn.Module, tp_groups: list) -> tuple[list, set[int]]:
     """Groups coupling a member to channels it does not have, and the parameters among those
     members. The tracer does this through indexing and broadcasting ops: BEiT's relative position
-    table (one column per head) joined to the embedding, LayerScale's gamma to a reshape."""
+    table (one column per head) joined to the embedding, LayerScale's gamma to a reshape. A
+    parameter the tracer cuts along its last dim, where only another is as wide as the channels
+    it is coupled to (PiT's position embedding, ``[1, channels, height, width]``), is cut there."""
     params, bad = {}, set()
     for i, tp_group in enumerate(tp_groups):
         for item in tp_group:
             member = item_member(graph, item)
             if member is None or not len(item.channels):
                 continue
-            if any(item.channels.max() >= t.shape[dim] for t, dim in member_tensors(skeleton, **member)):
+            tensors = member_tensors(skeleton, **member)
+            if any(item.channels.max() >= t.shape[dim] for t, dim in tensors):
+                wide = [d for d, size in enumerate(tensors[0][0].shape) if size == item.channels.max() + 1]
+                if member["param"] and len(wide) == 1:
+                    item.dep.target.pruning_dim = wide[0]
+                    continue
                 bad.add(i)
                 if member["param"]:
                     param = skeleton.get_parameter(member["name"])
@@ -376,7 +383,8 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves:
         diverged: dict[str, str] = {}
         # a gated layer roots the group of its hidden units: both halves, whatever other layers
         # (MambaOut's convolution) hold a part of one
-        tp_groups = _coupling.all_groups(graph, ignored, diverged, first=[skeleton.get_submodule(n) for n in sorted(halves)])
+        first = [skeleton.get_submodule(n) for n in sorted(halves)] + graph.multiplied
+        tp_groups = _coupling.all_groups(graph, ignored, diverged, first=first)
         misfit_params, misfit = _misfits(graph, skeleton, tp_groups)
         if not misfit_params or attempt:
             break

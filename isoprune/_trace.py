@@ -190,6 +190,31 @@ def _cut_token_swaps(graph: tp.DependencyGraph) -> list[nn.Module]:
     return token_layers
 
 
+def _couple_multipliers(graph: tp.DependencyGraph) -> list[nn.Module]:
+    """Couple each input channel of a convolution with as many groups as inputs and ``m`` outputs
+    per group (FastViT's and PiT's downsampling, a depthwise convolution with a channel multiplier)
+    to its group's outputs, ``m * i`` to ``m * i + m - 1``: one cannot go without the others, so
+    the widths before and after it are one group. Returns the layers nearest before such
+    convolutions, narrowest first: rooted there, that group has a unit per channel before."""
+    from torch_pruning.dependency.dependency import Dependency
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    before = []
+    for node in list(graph.module2node.values()):
+        conv = node.module
+        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed or not 1 < conv.groups == conv.in_channels < conv.out_channels:
+            continue
+        pruner = graph.get_pruner_of_module(conv)
+        spread = conv.out_channels // conv.in_channels
+        for trigger, handler, reverse in ((pruner.prune_in_channels, pruner.prune_out_channels, False),
+                                          (pruner.prune_out_channels, pruner.prune_in_channels, True)):
+            dep = Dependency(trigger, handler, source=node, target=node)
+            dep.index_mapping[0] = _FlattenIndexMapping(stride=spread, reverse=reverse)
+            node.dependencies.append(dep)
+        before += _layers_before(node)
+    return sorted(before, key=lambda layer: _arch._out_width(layer))
+
+
 def _layers_before(node) -> list[nn.Module]:
     """The convolutions and linear layers nearest before ``node``, through any other ops."""
     found, seen, stack = [], set(), list(node.inputs)
@@ -265,6 +290,7 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
             graph = tp.DependencyGraph().build_dependency(skeleton, example, ignored_params=list(ignored_params), verbose=False)
             _map_marked(graph)  # while the marks are held
             graph.token_layers = _cut_token_swaps(graph)
+        graph.multiplied = _couple_multipliers(graph)
         _unmap_foreign_expands(graph)
         return graph
     except IsopruneError:

@@ -52,6 +52,9 @@ SMALL = {
     # blocks that split their channels at fixed sizes: InceptionNeXt's depthwise branches (an
     # eighth of the channels each, the rest unchanged), MambaOut's gates, values and convolution
     "inception_next_micro": ("inception_next_tiny", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "pit_micro": ("pit_ti_224", dict(img_size=64, base_dims=[8, 8, 8], depth=[1, 1, 1], heads=[1, 2, 4],
+                                     pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "fastvit_micro": ("fastvit_t8", dict(layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""

@@ -20,6 +20,7 @@ FAMILIES = [
     ("maxvit_tf_micro", 0.4, {}),
     ("inception_next_micro", 0.4, {}),
     ("mambaout_micro", 0.4, {"stages.2.blocks": 1}),
+    ("pit_micro", 0.4, {}),
 ]
 
 
