@@ -78,6 +78,7 @@ class Analysis:
     attention: dict[str, _arch.Layout]  # attention module name -> how its projections hold heads
     counts: tuple[int, int]  # (MACs, params) of the unpruned model, counted while tracing
     frozen: dict[str, str] = field(default_factory=dict)  # root of a group left whole -> why
+    parts: dict[int, list[np.ndarray]] = field(default_factory=dict)  # group id -> its units that layers hold only some of (_parts)
 
     def isomorphic(self) -> list[IsomorphicGroup]:
         classes: dict[str, IsomorphicGroup] = {}
@@ -177,6 +178,20 @@ def _units(root: str, channels: int, members, heads_of: dict[str, _Heads], mlps:
     if _parent(root) in mlps and all(n.startswith(_parent(root) + ".") for n, _ in members):
         return [("mlp", channels, None)]  # hidden units; an MLP's output is the stream it adds to
     return [("channels", channels, None)]
+
+
+def _parts(tp_group, blocks: int) -> list[np.ndarray]:
+    """The units of a group that a convolution or linear layer holds only some of, one array per
+    such layer (Res2Net's scales, InceptionNeXt's branches): removing them all would leave it
+    without channels."""
+    per = len(tp_group[0].channels) // blocks
+    parts = {}
+    for item in tp_group:
+        if isinstance(item.dep.target.module, (nn.modules.conv._ConvNd, nn.Linear)):
+            units = np.unique(item.roots[item.roots != _coupling.NO_ROOT] % per)
+            if 0 < len(units) < per:
+                parts[units.tobytes()] = units
+    return list(parts.values())
 
 
 def _blocks(tp_group, runs: dict[int, int]) -> int:
@@ -430,7 +445,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
                 halves.add(prefix(name, _arch.gated_layer(m)))
     trusted = {root: attn.layout.width for root, attn in heads_of.items()}
     graph, traced, blocks, frozen, tally = _traced_groups(skeleton, inputs, trusted, halves)
-    groups, tp_groups, source, attention = [], [], {}, {}
+    groups, tp_groups, source, attention, parts = [], [], {}, {}, {}
     for tp_group, n_blocks in zip(traced, blocks):
         found = [m for m in map(partial(item_member, graph), tp_group) if m is not None]
         members = [(m["name"], "out" if m["out"] else "in") for m in found]
@@ -444,6 +459,8 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
                 attention[owner] = attn.layout
                 fixed = attn.fixed.get(kind)
             source[len(groups)] = len(tp_groups)
+            if kind not in ("heads", "head_dim"):
+                parts[len(groups)] = _parts(tp_group, n_blocks)
             groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks, fixed))
         tp_groups.append(tp_group)
-    return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention, (tally.macs, tally.params), frozen)
+    return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention, (tally.macs, tally.params), frozen, parts)

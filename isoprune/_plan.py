@@ -197,9 +197,10 @@ def _pools(groups: list[Group], ratios: Ratios, scope: str) -> dict[tuple, list[
     return pools
 
 
-def _select(pool: list[Group], scores: dict[int, torch.Tensor], ratio: float, round_to: int | None) -> dict[int, list[int]]:
+def _select(pool: list[Group], scores: dict[int, torch.Tensor], ratio: float, round_to: int | None, parts=None) -> dict[int, list[int]]:
     """Remove the lowest-scored ``ratio`` share of the pool's units; every group keeps at least
-    one unit (``round_to`` of them when set) and, with ``round_to``, a multiple of it."""
+    one unit (``round_to`` of them when set) and, with ``round_to``, a multiple of it, and one of
+    each of its ``parts`` (group id -> arrays of units a layer holds only some of)."""
     steps = np.array([round_to if round_to and g.kind != "heads" else 1 for g in pool])
     channels = np.array([g.channels for g in pool])
     n_remove = int(math.floor(ratio * channels.sum() + 1e-9))
@@ -214,12 +215,21 @@ def _select(pool: list[Group], scores: dict[int, torch.Tensor], ratio: float, ro
     by_group = np.split(taken[np.argsort(owner[taken], kind="stable")], np.cumsum(counts)[:-1])  # each in score order
     keep = {}
     for i, g in enumerate(pool):
-        drop = unit[by_group[i]]
+        drop = _keep_one_of_each(unit[by_group[i]], (parts or {}).get(g.id, ()))
         excess = (g.channels - len(drop)) % steps[i]
         if excess:  # round the kept count up to a multiple of step: restore the best removed
             drop = drop[: max(0, len(drop) - (steps[i] - excess))]
         keep[g.id] = np.delete(np.arange(g.channels), drop).tolist()
     return keep
+
+
+def _keep_one_of_each(drop: np.ndarray, parts) -> np.ndarray:
+    """``drop`` (units in score order) less the best-scored unit of each part it would empty."""
+    for part in parts:
+        inside = np.isin(drop, part)
+        if inside.sum() == len(part):
+            drop = np.delete(drop, np.flatnonzero(inside)[-1])
+    return drop
 
 
 def _lowest_within(order: np.ndarray, owner: np.ndarray, spare: np.ndarray, n_remove: int) -> np.ndarray:
@@ -255,7 +265,7 @@ def choose(analysis: Analysis, scores: dict[int, torch.Tensor], ratios: Ratios, 
     keep = {g.id: list(range(g.channels)) for g in analysis.groups if g.id in exclude}
     ranked = [g for g in analysis.groups if g.id not in exclude]
     for key, pool in _pools(ranked, ratios, scope).items():
-        keep.update(_select(pool, scores, key[2], round_to))
+        keep.update(_select(pool, scores, key[2], round_to, analysis.parts))
     return keep
 
 

@@ -16,7 +16,7 @@ from functools import partial, partialmethod
 
 import torch
 import torch.nn.functional as F
-from timm.models import cait, convit, davit, focalnet, gcvit, inception_next, mambaout, metaformer, mlp_mixer, pvt_v2, tnt, twins, volo, xcit
+from timm.models import cait, convit, davit, focalnet, gcvit, inception_next, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, tnt, twins, volo, xcit
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
@@ -593,6 +593,37 @@ class PrunedGatedConvBlock(mambaout.GatedConvBlock):
     forward = partialmethod(_gated_conv_block, trace=False)
 
 
+def _res2net_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """Res2Net's bottleneck, its hidden channels split at the widths of the layers each part feeds
+    (timm splits at the width it was built with): a part goes through its convolution, after the
+    previous one's output is added (except in a stage's first block), and the last part as it is."""
+    shortcut = x
+    out = self.relu(self.bn1(self.conv1(x)))
+    sizes = [conv.in_channels for conv in self.convs]
+    if self.scale > 1:
+        sizes.append(out.shape[1] - sum(sizes))
+    parts = split_channels(out, sizes) if trace else out.split(sizes, 1)
+    spo = []
+    for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+        sp = parts[i] if i == 0 or self.is_first else sp + parts[i]
+        sp = self.relu(bn(conv(sp)))
+        spo.append(sp)
+    if self.scale > 1:
+        spo.append(parts[-1] if self.pool is None else self.pool(parts[-1]))
+    out = self.bn3(self.conv3(self.drop_block(concat_channels(spo, 1) if trace else torch.cat(spo, 1))))
+    if self.se is not None:
+        out = self.se(out)
+    if self.drop_path is not None:
+        out = self.drop_path(out)
+    if self.downsample is not None:
+        shortcut = self.downsample(x)
+    return self.relu(out + shortcut)
+
+
+class PrunedBottle2neck(res2net.Bottle2neck):
+    forward = partialmethod(_res2net_block, trace=False)
+
+
 # MLP-Mixer, ResMLP, gMLP: layers that mix tokens, run on the transposed map
 
 
@@ -669,6 +700,8 @@ def register() -> None:
     register_mlp(mambaout.GatedConvBlock, gated="fc1")
     register_trace_forward(mambaout.GatedConvBlock, partial(_gated_conv_block, trace=True))
     register_pruned(mambaout.GatedConvBlock, PrunedGatedConvBlock)
+    register_trace_forward(res2net.Bottle2neck, partial(_res2net_block, trace=True))
+    register_pruned(res2net.Bottle2neck, PrunedBottle2neck)
     register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)
     register_trace_forward(mlp_mixer.ResBlock, res_block_trace)
     register_trace_forward(mlp_mixer.SpatialGatingUnit, spatial_gating_trace)

@@ -55,6 +55,7 @@ SMALL = {
     "pit_micro": ("pit_ti_224", dict(img_size=64, base_dims=[8, 8, 8], depth=[1, 1, 1], heads=[1, 2, 4],
                                      pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "fastvit_micro": ("fastvit_t8", dict(layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "res2net_micro": ("res2net50_14w_8s", dict(layers=[2, 1, 1, 1], pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""

@@ -21,6 +21,7 @@ FAMILIES = [
     ("inception_next_micro", 0.4, {}),
     ("mambaout_micro", 0.4, {"stages.2.blocks": 1}),
     ("pit_micro", 0.4, {}),
+    ("res2net_micro", 0.4, {"layer1": 1}),
 ]
 
 

@@ -1,10 +1,11 @@
 """Blocks that split their channels at the sizes they were built with: InceptionNeXt's token mixer
-(a depthwise branch on each of three slices, the first slice unchanged) and MambaOut's gated
+(a depthwise branch on each of three slices, the first slice unchanged), MambaOut's gated
 convolution block (``fc1`` makes gates and as many values, the last of which go through a
-depthwise convolution)."""
+depthwise convolution) and Res2Net's bottleneck (scales, each convolved after the previous one's
+output is added)."""
 import timm
 import torch
-from timm.models import inception_next, mambaout
+from timm.models import inception_next, mambaout, res2net
 
 import isoprune
 from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, layernorm_free, lively, make
@@ -37,9 +38,10 @@ def test_inception_next_layer_scale_keeps_its_channels():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 10)
 
 
-def test_inception_next_branch_that_would_lose_every_channel_leaves_its_group_whole():
+def test_inception_next_branches_keep_a_channel_each():
     model = make("inception_next_micro")
     isoprune.prune(model, 0.97)  # every branch of the first stage holds 2 of 16 channels
+    assert all(len(g.keep) < g.channels for g in model.isoprune_plan.groups if g.kind == "channels")
     for m in model.modules():
         if isinstance(m, inception_next.InceptionDWConv2d):
             assert min(m.dwconv_hw.in_channels, m.dwconv_w.in_channels, m.dwconv_h.in_channels) > 0
@@ -63,8 +65,34 @@ def test_mambaout_hidden_unit_is_a_gate_and_its_value_through_the_convolution_or
         assert sum(after for after, _ in units) < sum(before for _, before in units)
 
 
+def test_res2net_scales_lose_channels_as_zeroing_them_does():
+    model = lively(make("res2net_micro"))
+    blocks = [m for m in model.modules() if isinstance(m, res2net.Bottle2neck)]
+    assert _groups.analyse(model).frozen == {}
+    assert_equivalent(model, 0.5, changes=0.1)
+    assert all(type(b) is _zoo.PrunedBottle2neck for b in blocks)
+    for b in blocks:
+        scales = [conv.in_channels for conv in b.convs]
+        assert sum(scales) <= b.conv1.out_channels < 8 * b.width  # the last scale, not convolved, may lose every channel
+        if not b.is_first:  # each scale's width is the previous convolution's output, which it is added to
+            assert scales[1:] == [conv.out_channels for conv in b.convs[:-1]]
+    assert any(len(set(conv.in_channels for conv in b.convs)) > 1 for b in blocks)  # the scales were cut apart
+
+
+def test_res2net_scale_keeps_a_channel_however_cheap():
+    """The first scale's channels reach only its convolution, so they score lowest: at 0.9 they
+    would all go, leaving it nothing to convolve. One stays, and the rest of the group is cut."""
+    model = make("res2net_micro")
+    isoprune.prune(model, 0.9)
+    for b in model.modules():
+        if isinstance(b, res2net.Bottle2neck):
+            assert min(conv.in_channels for conv in b.convs) >= 1 and b.conv1.out_channels < 8 * b.width // 2
+    with torch.no_grad():
+        assert model(inputs_for(model)).shape == (2, 10)
+
+
 def test_macs_count_what_timm_runs():
-    for name in ("inception_next_micro", "mambaout_micro"):
+    for name in ("inception_next_micro", "mambaout_micro", "res2net_micro"):
         model = make(name)
         assert_counts_what_timm_runs(model, 0.3)
         with torch.no_grad():
