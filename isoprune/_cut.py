@@ -66,7 +66,7 @@ def _conv_out(conv: nn.modules.conv._ConvNd, idxs: list[int], _dim: int) -> None
 
 def _conv_in(conv: nn.modules.conv._ConvNd, idxs: list[int], _dim: int) -> None:
     keep = _kept(conv.in_channels, idxs)
-    if conv.groups == conv.in_channels:  # a group per input: those groups go (their outputs with them, see _trace._couple_multipliers)
+    if conv.groups == conv.in_channels and not conv.transposed:  # a group per input: those groups go (their outputs with them, see _trace._couple_multipliers)
         conv.in_channels = conv.groups = len(keep)
         return
     conv.in_channels -= len(idxs)

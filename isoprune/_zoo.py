@@ -1,7 +1,8 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
-XCiT, DaViT, VOLO, GC ViT, MetaFormer), FocalNet's modulation, and the blocks of InceptionNeXt and
-MambaOut that split their channels at the widths they were built with, registered with
-``_arch``'s registries as timm's own ``Attention`` and Swin's are.
+XCiT, DaViT, VOLO, GC ViT, MetaFormer), FocalNet's modulation, the blocks of InceptionNeXt,
+MambaOut and Res2Net that split their channels at the widths they were built with, and the
+token-mixing blocks of MLP-Mixer, ResMLP and gMLP, registered with ``_arch``'s registries as timm's
+own ``Attention`` and Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
