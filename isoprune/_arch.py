@@ -59,7 +59,7 @@ def _out_width(layer: nn.Module) -> int:
 class AttentionSpec:
     """How one attention type is laid out: ``qkv`` is a Linear (or 1x1 convolution) holding the
     query, key and value of every head (see ``Layout``; ``heads_first`` names the module's flag for
-    the second order) or, where the module has none, ``separate`` names its query, key and value
+    the second order, or is True where every module of the type has it) or, where the module has none, ``separate`` names its query, key and value
     Linears, each ``[num_heads, head_dim]``; the module keeps ``num_heads``.
     ``head_params`` names parameters that hold one slice per head (``(name, dim)``, e.g. Swin's
     relative position bias table; a dotted name reaches into a submodule), or is a function of the
@@ -72,7 +72,10 @@ class AttentionSpec:
     no group of their own (VOLO's outlook attention weights), and are cut with others at their inputs.
     ``runs(module)`` names layers whose first outputs hold a run per head, cut by a group rooted
     elsewhere (GC ViT's keys, matched channel for channel with the stage's global queries), with how
-    many runs: that group then has as many, and each head keeps as many channels as the others."""
+    many runs: that group then has as many, and each head keeps as many channels as the others.
+    ``query_dim(module)`` is the width of a head's query and key where its values are a whole
+    number of times wider (LeViT): a head dim is then one channel of each of them, and of each
+    query-wide slice of the values, which count as that many copies."""
 
     qkv: str
     fixup: Callable[[nn.Module, list[int], list[int]], None]
@@ -80,9 +83,10 @@ class AttentionSpec:
     separate: tuple[str, str, str] | None = None
     fixed: Callable[[nn.Module, nn.Module], dict[str, str]] | None = None
     pruned: type | None = None
-    heads_first: str | None = None
+    heads_first: str | bool | None = None
     head_layers: tuple[str, ...] = ()
     runs: Callable[[nn.Module], dict[str, int]] | None = None
+    query_dim: Callable[[nn.Module], int] | None = None
 
     def projections(self, module: nn.Module) -> tuple[str, ...]:
         if self.separate and not isinstance(getattr(module, self.qkv, None), (nn.Linear, nn.Conv2d)):
@@ -95,9 +99,13 @@ class AttentionSpec:
         many as they are wider (PVT's ``kv``, ConViT's ``qk``: two)."""
         names = self.projections(module)
         heads = int(module.num_heads)
-        heads_first = bool(self.heads_first and getattr(module, self.heads_first))
+        flag = self.heads_first
+        heads_first = flag if isinstance(flag, bool) else bool(flag and getattr(module, flag))
         widths = {name: _out_width(module.get_submodule(name)) for name in names}
-        head_dim = min(widths.values()) // heads if names == self.separate else widths[names[0]] // (3 * heads)
+        if self.query_dim is not None:
+            head_dim = self.query_dim(module)
+        else:
+            head_dim = min(widths.values()) // heads if names == self.separate else widths[names[0]] // (3 * heads)
         return Layout(heads, head_dim, widths[projection or names[0]] // (heads * head_dim), heads_first)
 
     def per_head(self, module: nn.Module) -> tuple[tuple[str, int], ...]:
@@ -501,14 +509,15 @@ def rope_attention_trace(self, x, rope=None, attn_mask=None, is_causal=False):
     return type(self).forward(self, x, None, attn_mask, is_causal)
 
 
-def value_heads(qkv: torch.Tensor, layout: Layout, axis: int) -> torch.Tensor:
-    """The values of every head, sliced off a fused qkv's output on ``axis`` (where the tracer
+def value_heads(qkv: torch.Tensor, layout: Layout, axis: int, width: int | None = None) -> torch.Tensor:
+    """The values of every head (``width`` channels from the start of its third copy: one head dim,
+    unless given), sliced off a fused qkv's output on ``axis`` (where the tracer
     takes channels: the last of a 3-d tensor, the second of a 4-d one) and concatenated
     (``concat_channels``), as attention hands them to its output projection. That is the whole of
     how channels flow through attention, written without the reshapes the tracer cannot follow;
     queries and keys only weight the tokens, which moves no channel and counts no MACs (the
     counter counts layers)."""
-    starts, dim = layout.channels()[2, :, 0].tolist(), layout.head_dim
+    starts, dim = layout.channels()[2, :, 0].tolist(), width or layout.head_dim
     return concat_channels([qkv[(slice(None),) * axis + (slice(start, start + dim),)] for start in starts], axis)
 
 

@@ -17,7 +17,7 @@ from functools import partial, partialmethod
 
 import torch
 import torch.nn.functional as F
-from timm.models import cait, convit, davit, focalnet, gcvit, inception_next, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, tnt, twins, volo, xcit
+from timm.models import cait, convit, davit, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, tnt, twins, volo, xcit
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
@@ -625,6 +625,61 @@ class PrunedBottle2neck(res2net.Bottle2neck):
     forward = partialmethod(_res2net_block, trace=False)
 
 
+# LeViT: a head's values are a whole number of times as wide as its query and key, and each head
+# is laid out whole ([query, key, values] in the fused qkv; [key, values] in the downsampling kv)
+
+
+def _levit_layout(self, projected: torch.Tensor, axis: int) -> Layout:
+    return Layout(self.num_heads, self.key_dim, projected.shape[axis] // (self.num_heads * self.key_dim), heads_first=True)
+
+
+def levit_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """LeViT's attention for the tracer: each head's values into the output projection."""
+    axis = 1 if self.use_conv else 2
+    qkv = self.qkv(x)
+    return self.proj(value_heads(qkv, _levit_layout(self, qkv, axis), axis, self.val_dim))
+
+
+def levit_downsample_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """LeViT's downsampling attention for the tracer: each head's query added to its key and to
+    each query-wide slice of its values, channel by channel, and those into the output projection
+    (the keys and values of the first token only: the queries are subsampled)."""
+    axis = 1 if self.use_conv else 2
+    q, kv = self.q(x), self.kv(x)
+    kv = kv[:, :, :1, :1] if self.use_conv else kv[:, :1]
+    queries = _levit_layout(self, q, axis).channels()[0, :, 0].tolist()  # where each head's query starts
+    keys_values = _levit_layout(self, kv, axis).channels()[:, :, 0].T.tolist()  # per head: its key's start, its values' slices'
+    pick = lambda t, start: t.narrow(axis, start, self.key_dim)  # noqa: E731
+    pieces = [pick(q, query) + pick(kv, starts[0]) + pick(kv, value) for query, starts in zip(queries, keys_values) for value in starts[1:]]
+    return self.proj(concat_channels(pieces, axis))
+
+
+def levit_subsample_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """LeViT's subsampling of the queries' tokens for the tracer: the kept tokens picked by index
+    (the tracer reads timm's strided slice of the token map as one of channels, and drops every
+    other channel through it)."""
+    if self.pool is not None:
+        return type(self).forward(self, x)
+    rows, cols = self.resolution
+    kept = torch.arange(rows * cols, device=x.device).view(rows, cols)[:: self.stride, :: self.stride].flatten()
+    return x.index_select(1, kept)
+
+
+def fix_levit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """LeViT's attention: the widths its forward reads (the values keep their ratio to the keys),
+    and no attention bias cached at the old head count."""
+    ratio = module.val_dim // module.key_dim
+    module.num_heads, module.key_dim, module.val_dim = len(heads), len(dims), ratio * len(dims)
+    module.key_attn_dim, module.val_attn_dim = module.key_dim * module.num_heads, module.val_dim * module.num_heads
+    module.attention_bias_cache = {}
+
+
+def levit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    if module.val_dim % module.key_dim:
+        return dict.fromkeys(("heads", "head_dim"), "its values are not a whole number of times as wide as its keys")
+    return {}
+
+
 # MLP-Mixer, ResMLP, gMLP: layers that mix tokens, run on the transposed map
 
 
@@ -701,6 +756,13 @@ def register() -> None:
     register_mlp(mambaout.GatedConvBlock, gated="fc1")
     register_trace_forward(mambaout.GatedConvBlock, partial(_gated_conv_block, trace=True))
     register_pruned(mambaout.GatedConvBlock, PrunedGatedConvBlock)
+    levit_spec = dict(fixup=fix_levit_attention, head_params=(("attention_biases", 0),), fixed=levit_fixed, heads_first=True,
+                      query_dim=lambda m: m.key_dim)
+    register_attention(levit.Attention, AttentionSpec(qkv="qkv.linear", **levit_spec))
+    register_trace_forward(levit.Attention, levit_attention_trace)
+    register_attention(levit.AttentionDownsample, AttentionSpec(qkv="qkv", separate=("q.ln.linear", "kv.linear"), **levit_spec))
+    register_trace_forward(levit.AttentionDownsample, levit_downsample_trace)
+    register_trace_forward(levit.Downsample, levit_subsample_trace)
     register_trace_forward(res2net.Bottle2neck, partial(_res2net_block, trace=True))
     register_pruned(res2net.Bottle2neck, PrunedBottle2neck)
     register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)

@@ -22,6 +22,7 @@ FAMILIES = [
     ("mambaout_micro", 0.4, {"stages.2.blocks": 1}),
     ("pit_micro", 0.4, {}),
     ("res2net_micro", 0.4, {"layer1": 1}),
+    ("levit_micro", 0.4, {}),
 ]
 
 
