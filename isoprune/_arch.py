@@ -59,8 +59,9 @@ def _out_width(layer: nn.Module) -> int:
 class AttentionSpec:
     """How one attention type is laid out: ``qkv`` is a Linear (or 1x1 convolution) holding the
     query, key and value of every head (see ``Layout``; ``heads_first`` names the module's flag for
-    the second order, or is True where every module of the type has it) or, where the module has none, ``separate`` names its query, key and value
-    Linears, each ``[num_heads, head_dim]``; the module keeps ``num_heads``.
+    the second order, or is True where every module of the type has it) or, where the module has
+    none, ``separate`` names its query, key and value Linears, each ``[num_heads, head_dim]``; the
+    module keeps ``num_heads``.
     ``head_params`` names parameters that hold one slice per head (``(name, dim)``, e.g. Swin's
     relative position bias table; a dotted name reaches into a submodule), or is a function of the
     module giving them; the tracer leaves them out and they are cut with the heads.

@@ -606,9 +606,8 @@ def _res2net_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
     parts = split_channels(out, sizes) if trace else out.split(sizes, 1)
     spo = []
     for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-        sp = parts[i] if i == 0 or self.is_first else sp + parts[i]
-        sp = self.relu(bn(conv(sp)))
-        spo.append(sp)
+        sp = parts[i] if i == 0 or self.is_first else spo[-1] + parts[i]
+        spo.append(self.relu(bn(conv(sp))))
     if self.scale > 1:
         spo.append(parts[-1] if self.pool is None else self.pool(parts[-1]))
     out = self.bn3(self.conv3(self.drop_block(concat_channels(spo, 1) if trace else torch.cat(spo, 1))))
