@@ -93,6 +93,17 @@ def _map(mapping, idx: np.ndarray, root: np.ndarray) -> tuple[np.ndarray, np.nda
     )
 
 
+def _in_order(mappings: list) -> list:
+    """A dependency's index mappings in the order to apply them. Torch-Pruning keeps a split's in
+    the first slot and a concatenation's in the second, which is the order from a split's part into
+    a concatenation, but not back: there the channels must first be taken out of the
+    concatenation (ReXNet concatenates a part of a split as it is)."""
+    first, second = mappings
+    if isinstance(first, maps._SplitIndexMapping) and isinstance(second, maps._ConcatIndexMapping) and first.reverse:
+        return [second, first]
+    return mappings
+
+
 def _merge(graph: tp.DependencyGraph, found: list) -> Members:
     """One item per (layer, pruning function), in order of discovery, holding each of its channels
     once (with the root channel it was first reached from), and the root channels found coupled to
@@ -169,7 +180,7 @@ def pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn, chan
             if new.trigger != dep.handler:
                 continue
             new_idx, new_root = idx, root
-            for mapping in new.index_mapping:
+            for mapping in _in_order(new.index_mapping):
                 if mapping is not None:
                     new_idx, new_root = _map(mapping, new_idx, new_root)
             if not len(new_idx):

@@ -17,7 +17,9 @@ from functools import partial, partialmethod
 
 import torch
 import torch.nn.functional as F
-from timm.models import cait, convit, davit, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, tnt, twins, volo, xcit
+from timm.models import (
+    cait, convit, davit, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet, tnt, twins, volo, xcit,
+)
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
@@ -679,6 +681,30 @@ def levit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     return {}
 
 
+def rexnet_block_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """ReXNet's block for the tracer: its input added to the first of its wider outputs, written
+    as a marked split and concatenation (Torch-Pruning's mapping of timm's slices never ends)."""
+    shortcut = x
+    if self.conv_exp is not None:
+        x = self.conv_exp(x)
+    x = self.conv_dw(x)
+    if self.se is not None:
+        x = self.se(x)
+    x = self.conv_pwl(self.act_dw(x))
+    if not self.use_shortcut:
+        return x
+    if self.drop_path is not None:
+        x = self.drop_path(x)
+    kept, new = split_channels(x, [shortcut.shape[1], x.shape[1] - shortcut.shape[1]])
+    return concat_channels([kept + shortcut, new], 1)
+
+
+def resize_rexnet_block(module: nn.Module) -> None:
+    """ReXNet's block: the input width its forward adds the shortcut at, and its output width."""
+    module.in_channels = (module.conv_exp or module.conv_dw).conv.in_channels
+    module.out_channels = module.conv_pwl.conv.out_channels
+
+
 # MLP-Mixer, ResMLP, gMLP: layers that mix tokens, run on the transposed map
 
 
@@ -762,6 +788,8 @@ def register() -> None:
     register_attention(levit.AttentionDownsample, AttentionSpec(qkv="qkv", separate=("q.ln.linear", "kv.linear"), **levit_spec))
     register_trace_forward(levit.AttentionDownsample, levit_downsample_trace)
     register_trace_forward(levit.Downsample, levit_subsample_trace)
+    register_trace_forward(rexnet.LinearBottleneck, rexnet_block_trace)
+    register_resize(rexnet.LinearBottleneck, resize_rexnet_block)
     register_trace_forward(res2net.Bottle2neck, partial(_res2net_block, trace=True))
     register_pruned(res2net.Bottle2neck, PrunedBottle2neck)
     register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)

@@ -23,6 +23,7 @@ FAMILIES = [
     ("pit_micro", 0.4, {}),
     ("res2net_micro", 0.4, {"layer1": 1}),
     ("levit_micro", 0.4, {}),
+    ("rexnet_micro", 0.4, {}),
 ]
 
 

@@ -1,11 +1,11 @@
 """Blocks that split their channels at the sizes they were built with: InceptionNeXt's token mixer
 (a depthwise branch on each of three slices, the first slice unchanged), MambaOut's gated
 convolution block (``fc1`` makes gates and as many values, the last of which go through a
-depthwise convolution) and Res2Net's bottleneck (scales, each convolved after the previous one's
-output is added)."""
+depthwise convolution), Res2Net's bottleneck (scales, each convolved after the previous one's
+output is added) and ReXNet's block (its input added to the first of its wider outputs)."""
 import timm
 import torch
-from timm.models import inception_next, mambaout, res2net
+from timm.models import inception_next, mambaout, res2net, rexnet
 
 import isoprune
 from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, layernorm_free, lively, make
@@ -91,8 +91,23 @@ def test_res2net_scale_keeps_a_channel_however_cheap():
         assert model(inputs_for(model)).shape == (2, 10)
 
 
+def test_rexnet_stream_is_one_group_across_its_widening_blocks():
+    """A ReXNet block adds its input to the first of its outputs and passes the others on as they
+    are: the stream's channels are one group across the stage, whose later blocks carry more."""
+    model = make("rexnet_micro")
+    blocks = [m for m in model.modules() if isinstance(m, rexnet.LinearBottleneck)]
+    built = [(b.in_channels, b.out_channels) for b in blocks]
+    plan = isoprune.plan(model, 0.5)
+    assert _groups.analyse(model).frozen == {} and all(len(g.keep) < g.channels for g in plan.groups)  # none left whole
+    assert_equivalent(model, 0.5, changes=0.1)
+    for b, (width_in, width_out) in zip(blocks, built):
+        first = b.conv_exp or b.conv_dw
+        assert (b.in_channels, b.out_channels) == (first.conv.in_channels, b.conv_pwl.conv.out_channels)
+        assert b.in_channels < width_in and b.out_channels < width_out
+
+
 def test_macs_count_what_timm_runs():
-    for name in ("inception_next_micro", "mambaout_micro", "res2net_micro"):
+    for name in ("inception_next_micro", "mambaout_micro", "res2net_micro", "rexnet_micro"):
         model = make(name)
         assert_counts_what_timm_runs(model, 0.3)
         with torch.no_grad():
