@@ -18,7 +18,8 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, davit, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet, tnt, twins, volo, xcit,
+    cait, convit, davit, dpn, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet, tnt, twins, volo,
+    xcit,
 )
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
@@ -705,6 +706,27 @@ def resize_rexnet_block(module: nn.Module) -> None:
     module.out_channels = module.conv_pwl.conv.out_channels
 
 
+def dual_path_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """DPN's block (with separate residual and dense output layers, DPN-b) for the tracer: the
+    residual and dense paths split off its input (or its projection) with a marked split, and
+    the output concatenated with a marked concatenation. timm splits at the residual width it was
+    built with, where a pruned block's ``c1x1_c1`` says it (``resize_dual_path_block``); without
+    those layers the width is in no layer, and the block is traced as timm runs it."""
+    if not self.b:
+        return type(self).forward(self, x)
+    proj = self.c1x1_w_s1 or self.c1x1_w_s2
+    x_s = x if proj is None else proj(x)
+    residual, dense = split_channels(x_s, [self.c1x1_c1.out_channels, x_s.shape[1] - self.c1x1_c1.out_channels])
+    x = self.c1x1_c(self.c3x3_b(self.c1x1_a(x)))
+    return concat_channels([residual + self.c1x1_c1(x), dense, self.c1x1_c2(x)], 1)
+
+
+def resize_dual_path_block(module: nn.Module) -> None:
+    """DPN-b's block: the residual width and the dense increment its forward splits at."""
+    if module.b:
+        module.num_1x1_c, module.inc = module.c1x1_c1.out_channels, module.c1x1_c2.out_channels
+
+
 # MLP-Mixer, ResMLP, gMLP: layers that mix tokens, run on the transposed map
 
 
@@ -788,6 +810,8 @@ def register() -> None:
     register_attention(levit.AttentionDownsample, AttentionSpec(qkv="qkv", separate=("q.ln.linear", "kv.linear"), **levit_spec))
     register_trace_forward(levit.AttentionDownsample, levit_downsample_trace)
     register_trace_forward(levit.Downsample, levit_subsample_trace)
+    register_trace_forward(dpn.DualPathBlock, dual_path_trace)
+    register_resize(dpn.DualPathBlock, resize_dual_path_block)
     register_trace_forward(rexnet.LinearBottleneck, rexnet_block_trace)
     register_resize(rexnet.LinearBottleneck, resize_rexnet_block)
     register_trace_forward(res2net.Bottle2neck, partial(_res2net_block, trace=True))

@@ -61,6 +61,8 @@ SMALL = {
     "levit_conv_micro": ("levit_conv_128s", dict(img_size=64, embed_dim=(16, 24, 32), key_dim=4, num_heads=(2, 3, 4), depth=(2, 1, 1),
                                        pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "rexnet_micro": ("rexnet_100", dict(width_mult=0.25, pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "dpn_micro": ("dpn48b", dict(k_sec=(1, 2, 1, 1), k_r=16, groups=4, inc_sec=(4, 8, 8, 8), num_init_features=8,
+                                 pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""

@@ -24,6 +24,7 @@ FAMILIES = [
     ("res2net_micro", 0.4, {"layer1": 1}),
     ("levit_micro", 0.4, {}),
     ("rexnet_micro", 0.4, {}),
+    ("dpn_micro", 0.4, {}),
 ]
 
 

@@ -2,10 +2,11 @@
 (a depthwise branch on each of three slices, the first slice unchanged), MambaOut's gated
 convolution block (``fc1`` makes gates and as many values, the last of which go through a
 depthwise convolution), Res2Net's bottleneck (scales, each convolved after the previous one's
-output is added) and ReXNet's block (its input added to the first of its wider outputs)."""
+output is added), ReXNet's block (its input added to the first of its wider outputs) and DPN's
+(a residual path and a dense one, split off its input and concatenated again)."""
 import timm
 import torch
-from timm.models import inception_next, mambaout, res2net, rexnet
+from timm.models import dpn, inception_next, mambaout, res2net, rexnet
 
 import isoprune
 from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, layernorm_free, lively, make
@@ -106,8 +107,20 @@ def test_rexnet_stream_is_one_group_across_its_widening_blocks():
         assert b.in_channels < width_in and b.out_channels < width_out
 
 
+def test_dpn_residual_and_dense_paths_lose_channels_as_zeroing_them_does():
+    model = make("dpn_micro")
+    blocks = [m for m in model.modules() if isinstance(m, dpn.DualPathBlock)]
+    built = [(b.num_1x1_c, b.inc) for b in blocks]
+    plan = isoprune.plan(model, 0.5)
+    assert _groups.analyse(model).frozen == {} and all(len(g.keep) < g.channels for g in plan.groups)  # none left whole
+    assert_equivalent(model, 0.5, changes=0.02)  # outputs of about 0.05
+    for b, (residual, dense) in zip(blocks, built):
+        assert (b.num_1x1_c, b.inc) == (b.c1x1_c1.out_channels, b.c1x1_c2.out_channels)
+        assert b.num_1x1_c < residual and b.inc < dense
+
+
 def test_macs_count_what_timm_runs():
-    for name in ("inception_next_micro", "mambaout_micro", "res2net_micro", "rexnet_micro"):
+    for name in ("inception_next_micro", "mambaout_micro", "res2net_micro", "rexnet_micro", "dpn_micro"):
         model = make(name)
         assert_counts_what_timm_runs(model, 0.3)
         with torch.no_grad():
