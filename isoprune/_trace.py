@@ -296,12 +296,21 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
     except IsopruneError:
         raise
     except Exception as exc:  # tracing failures come from deep inside torch/Torch-Pruning
-        raise IsopruneError(
-            f"could not trace {type(skeleton).__name__}: {type(exc).__name__}: {exc}",
-            hint="pass example_inputs shaped like the model's real input",
-        ) from exc
+        raise IsopruneError(f"could not trace {type(skeleton).__name__}: {type(exc).__name__}: {exc}", hint=_trace_hint(skeleton, inputs)) from exc
     finally:
         skeleton.train(was_training)
+
+
+def _trace_hint(skeleton: nn.Module, inputs: Inputs) -> str:
+    """What to do about a failed trace: fix the inputs if the model does not run on them, else
+    it is the tracer that cannot follow this architecture."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            forward(clone(skeleton).eval(), inputs)
+    except Exception:  # noqa: BLE001 - any failure here is the inputs'
+        return "pass example_inputs shaped like the model's real input"
+    return "the model runs on these inputs, but the tracer cannot follow its layers: please report the architecture"
 
 
 def output_modules(graph: tp.DependencyGraph) -> list:

@@ -3,6 +3,7 @@ import copy
 
 import numpy as np
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -207,6 +208,15 @@ def test_bad_ratios_are_user_errors():
         isoprune.plan(model, 0.5, scope="layerwise")
     with pytest.raises(isoprune.IsopruneError, match="unknown importance"):
         isoprune.plan(model, 0.5, importance="l3")
+
+
+def test_a_failed_trace_says_whether_the_inputs_or_the_tracer_are_to_blame():
+    model = make("test_vit")  # built for 3 channels
+    with pytest.raises(isoprune.IsopruneError, match="pass example_inputs shaped like the model's real input"):
+        isoprune.plan(model, 0.3, example_inputs=torch.randn(1, 1, 160, 160))
+    dpn = timm.create_model("dpn68")  # without DPN-b's layers Torch-Pruning cannot infer the widths of its slices
+    with pytest.raises(isoprune.IsopruneError, match="the model runs on these inputs, but the tracer cannot follow its layers"):
+        isoprune.plan(dpn, 0.3)
 
 
 class FixedWidth(nn.Module):
