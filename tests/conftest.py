@@ -110,6 +110,16 @@ def lively(model: nn.Module) -> nn.Module:
     return model
 
 
+def without_norms(model: nn.Module, kinds: tuple[type, ...] = (nn.LayerNorm,)) -> nn.Module:
+    """``model`` with every norm of ``kinds`` (timm's LayerNorm2d is a LayerNorm) an identity, in
+    place: removing a channel is then the same as zeroing it, which a norm over the channels,
+    whose statistics change, is not."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, kinds):
+            model.set_submodule(name, nn.Identity())
+    return model
+
+
 def inputs_for(model: nn.Module, batch: int = 2) -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(batch, *isoprune._trace.input_size(model))

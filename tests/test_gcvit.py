@@ -4,10 +4,9 @@ such block of the stage; those blocks compute keys, matched with the queries, an
 import pytest
 import torch
 from timm.models import gcvit
-from torch import nn
 
 import isoprune
-from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, layernorm_free, lively
+from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, layernorm_free, lively, without_norms
 from isoprune import _groups
 
 
@@ -20,9 +19,7 @@ def micro(seed: int = 0, norms: bool = True) -> gcvit.GlobalContextVit:
                                    num_classes=10)
     model.pretrained_cfg = {"input_size": (3, 64, 64)}
     if not norms:
-        for name, m in list(model.named_modules()):
-            if isinstance(m, nn.LayerNorm):  # timm's LayerNorm2d too
-                model.set_submodule(name, nn.Identity())
+        without_norms(model)
     return lively(model.eval())
 
 

@@ -7,7 +7,7 @@ from timm.models import metaformer
 from torch import nn
 
 import isoprune
-from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively
+from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, without_norms
 from isoprune import _groups, _zoo
 
 
@@ -29,9 +29,7 @@ def micro(kind: str, norms: bool = True) -> metaformer.MetaFormer:
         )
     model.pretrained_cfg = {"input_size": (3, 64, 64)}
     if not norms:
-        for name, m in list(model.named_modules()):
-            if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
-                model.set_submodule(name, nn.Identity())
+        without_norms(model, (nn.LayerNorm, nn.GroupNorm))
     return lively(model.eval())
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import isoprune
-from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, make
+from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, make, without_norms
 from isoprune import _groups
 
 
@@ -22,13 +22,6 @@ class Widening(nn.Module):
 
     def forward(self, x):
         return self.head(self.mix(self.widen(self.stem(x))).mean((2, 3)))
-
-
-def without_layernorms(model: nn.Module) -> nn.Module:
-    for name, m in list(model.named_modules()):
-        if isinstance(m, nn.LayerNorm):
-            model.set_submodule(name, nn.Identity())
-    return lively(model)
 
 
 def test_an_input_goes_with_its_group_of_outputs():
@@ -48,7 +41,7 @@ def test_an_input_goes_with_its_group_of_outputs():
 def test_pit_stages_are_one_embedding():
     """PiT's pooling widens each stage's embedding 2x: all three are one group, with the
     position embedding (``[1, channels, height, width]``) cut along its channels."""
-    model = without_layernorms(make("pit_micro"))
+    model = lively(without_norms(make("pit_micro")))
     analysis = _groups.analyse(model)
     assert analysis.frozen == {}
     (embedding,) = [g for g in analysis.groups if g.kind == "emb"]

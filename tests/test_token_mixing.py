@@ -7,7 +7,7 @@ from timm.layers import GatedMlp
 from timm.models import mlp_mixer
 from torch import nn
 
-from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively
+from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, without_norms
 from isoprune import _groups
 
 TOKENS = 16  # 32 px in patches of 8
@@ -26,15 +26,6 @@ def make(kind: str) -> mlp_mixer.MlpMixer:
     return mlp_mixer.MlpMixer(num_classes=10, img_size=32, patch_size=8, num_blocks=2, embed_dim=32, **KINDS[kind]).eval()
 
 
-def without_layernorms(model: nn.Module) -> nn.Module:
-    """Every LayerNorm an identity: removing a channel is then the same as zeroing it. (ResMLP's
-    per-channel ``Affine`` stays.)"""
-    for name, m in list(model.named_modules()):
-        if isinstance(m, nn.LayerNorm):
-            model.set_submodule(name, nn.Identity())
-    return lively(model)
-
-
 def token_layers(model: nn.Module) -> dict[str, nn.Linear]:
     names = ("mlp_tokens.fc1", "mlp_tokens.fc2", "linear_tokens", "gate.proj")
     return {n: m for n, m in model.named_modules() if n.endswith(names)}
@@ -42,7 +33,7 @@ def token_layers(model: nn.Module) -> dict[str, nn.Linear]:
 
 @pytest.mark.parametrize("name", ["mixer", "resmlp", "gmlp"])
 def test_pruned_equals_zeroed_and_the_tokens_stay(name):
-    model = without_layernorms(make(name))
+    model = lively(without_norms(make(name)))  # ResMLP's per-channel Affine stays
     width = model.stem.proj.out_channels
     analysis = _groups.analyse(model)
     assert analysis.frozen == {}
