@@ -55,6 +55,12 @@ def _per_output(conv: nn.modules.conv._ConvNd, keep: np.ndarray, n: int) -> None
             setattr(conv, name, cut_tensor(p, 0, keep))
 
 
+def one_input_per_group(conv: nn.modules.conv._ConvNd) -> bool:
+    """A convolution with as many groups as inputs (depthwise, or with a channel multiplier: FastViT,
+    PiT): it loses whole groups, an input with its outputs (``_trace._couple_multipliers``)."""
+    return 1 < conv.groups == conv.in_channels
+
+
 def _conv_out(conv: nn.modules.conv._ConvNd, idxs: list[int], _dim: int) -> None:
     keep = _kept(conv.out_channels, idxs)
     _per_output(conv, keep, conv.out_channels)
@@ -66,7 +72,7 @@ def _conv_out(conv: nn.modules.conv._ConvNd, idxs: list[int], _dim: int) -> None
 
 def _conv_in(conv: nn.modules.conv._ConvNd, idxs: list[int], _dim: int) -> None:
     keep = _kept(conv.in_channels, idxs)
-    if conv.groups == conv.in_channels and not conv.transposed:  # a group per input: those groups go (their outputs with them, see _trace._couple_multipliers)
+    if one_input_per_group(conv) and not conv.transposed:  # those groups go, their outputs with them
         conv.in_channels = conv.groups = len(keep)
         return
     conv.in_channels -= len(idxs)

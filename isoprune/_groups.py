@@ -214,7 +214,7 @@ def _member_runs(item, runs: dict[int, int]) -> int:
     layer = item.dep.target.module
     if id(layer) in runs and item.dep.handler.__name__ == "prune_out_channels":
         return runs[id(layer)]
-    if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups != layer.in_channels:  # depthwise, or with a multiplier: whole groups go
+    if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1 and not _cut.one_input_per_group(layer):
         return layer.groups
     return 1
 

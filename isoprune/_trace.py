@@ -19,6 +19,7 @@ import torch_pruning as tp
 from torch import nn
 
 from . import _arch, _shapes
+from ._cut import one_input_per_group
 from ._errors import IsopruneError
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
@@ -177,9 +178,9 @@ def _cut_token_swaps(graph: tp.DependencyGraph) -> list[nn.Module]:
     """Uncouple the channels on either side of the transposes ``_arch.mix_tokens`` marked (the
     graph keeps its edges; only the couplings through them go), and return the layers whose
     outputs are tokens: those that feed a transpose back to channels, which no group may cut."""
-    into = {id(fn) for fn, _ in _arch.token_swaps}
     back = {id(fn) for _, fn in _arch.token_swaps}
-    swaps = [node for node in graph.module2node.values() if id(node.grad_fn) in into | back]
+    marked = back | {id(fn) for fn, _ in _arch.token_swaps}
+    swaps = [node for node in graph.module2node.values() if id(node.grad_fn) in marked]
     token_layers = []
     for node in swaps:
         node.dependencies = []
@@ -202,7 +203,7 @@ def _couple_multipliers(graph: tp.DependencyGraph) -> list[nn.Module]:
     before = []
     for node in list(graph.module2node.values()):
         conv = node.module
-        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed or not 1 < conv.groups == conv.in_channels < conv.out_channels:
+        if not isinstance(conv, nn.modules.conv._ConvNd) or conv.transposed or not one_input_per_group(conv) or conv.out_channels <= conv.in_channels:
             continue
         pruner = graph.get_pruner_of_module(conv)
         spread = conv.out_channels // conv.in_channels

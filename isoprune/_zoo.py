@@ -1,7 +1,7 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
-XCiT, DaViT, VOLO, GC ViT, MetaFormer), FocalNet's modulation, the blocks of InceptionNeXt,
-MambaOut and Res2Net that split their channels at the widths they were built with, and the
-token-mixing blocks of MLP-Mixer, ResMLP and gMLP, registered with ``_arch``'s registries as timm's
+XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT), FocalNet's modulation, the blocks of InceptionNeXt,
+MambaOut, Res2Net, ReXNet and DPN-b that split their channels at the widths they were built with,
+and the token-mixing blocks of MLP-Mixer, ResMLP and gMLP, registered with ``_arch``'s registries as timm's
 own ``Attention`` and Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
@@ -427,6 +427,18 @@ def volo_class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     return _query_kv_trace(self, self.q(x[:, :1]), self.kv(x)[:, :1])
 
 
+class PrunedOutlookAttention(volo.OutlookAttention):
+    forward = outlook_attention_forward
+
+
+class PrunedVoloAttention(volo.Attention):
+    forward = map_attention_forward
+
+
+class PrunedVoloClassAttention(volo.ClassAttention):
+    forward = volo_class_attention_forward
+
+
 # GC ViT: window attention with a relative position bias; every other block takes its queries from
 # the stage's global context (the stage's residual stream through its global block, one map an
 # image), shared by those blocks, and computes keys and values only
@@ -511,18 +523,6 @@ def _focal_modulation(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
 
 class PrunedFocalModulation(focalnet.FocalModulation):
     forward = partialmethod(_focal_modulation, trace=False)
-
-
-class PrunedOutlookAttention(volo.OutlookAttention):
-    forward = outlook_attention_forward
-
-
-class PrunedVoloAttention(volo.Attention):
-    forward = map_attention_forward
-
-
-class PrunedVoloClassAttention(volo.ClassAttention):
-    forward = volo_class_attention_forward
 
 
 # MetaFormer (PoolFormer, ConvFormer, CAFormer): a scale per channel viewed at the width it was
