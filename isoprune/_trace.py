@@ -11,7 +11,6 @@ import contextlib
 import gc
 import types
 import warnings
-from functools import partial
 from typing import Sequence
 
 import torch
@@ -154,24 +153,13 @@ def _map_marked(graph: tp.DependencyGraph) -> None:
     Torch-Pruning looks for a split's widths under a name torch no longer uses, and then, as for
     every concatenation, infers each part's width from the layers around it, which fails where
     the parts go through attention before they reach one (it found negative offsets)."""
-    from torch_pruning.dependency import index_mapping
-
     marked = {id(f) for f in _arch.channel_splits}
     concats = {id(out): (parts, widths) for out, parts, widths in _arch.channel_concats}
     for node in graph.module2node.values():
         if node.type == tp.ops.OPTYPE.CONCAT and id(node.grad_fn) in concats:
             _map_concat(node, *concats[id(node.grad_fn)])
         if node.type == tp.ops.OPTYPE.SPLIT and id(node.grad_fn) in marked:
-            fn = node.grad_fn
-            sizes = list(getattr(fn, "_saved_split_sizes", ()))  # a split into given sizes, else into chunks
-            if not sizes:
-                width, size = fn._saved_self_sym_sizes[fn._saved_dim], fn._saved_split_size
-                sizes = [min(size, width - start) for start in range(0, width, size)]
-            node.module.split_sizes = sizes
-            node.module.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-            node.outputs.sort(key=partial(_part_read, fn))  # Torch-Pruning pairs them with the parts by position
-            node.enable_index_mapping = True
-            index_mapping.update_split_index_mapping(graph, node)
+            _map_split(node)
 
 
 def _cut_token_swaps(graph: tp.DependencyGraph) -> list[nn.Module]:
@@ -235,6 +223,31 @@ def _part_read(split, node) -> int:
     """Which part of a ``split`` (its autograd node) the graph node reads: the output number
     its own autograd node takes from the split's."""
     return next((nr for fn, nr in node.grad_fn.next_functions if fn is split), 0)
+
+
+def _map_split(node) -> None:
+    """Map a split's channels onto each node that reads one of its parts; a part can have several
+    readers (a CSPNet block's input goes into its first convolution and its residual sum), where
+    Torch-Pruning pairs the readers with the parts by position. It is then told to leave these
+    mappings as they are (it redoes every mapping before it groups)."""
+    from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+
+    fn = node.grad_fn
+    sizes = list(getattr(fn, "_saved_split_sizes", ()))  # a split into given sizes, else into chunks
+    if not sizes:
+        width, size = fn._saved_self_sym_sizes[fn._saved_dim], fn._saved_split_size
+        sizes = [min(size, width - start) for start in range(0, width, size)]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    node.module.split_sizes, node.module.offsets = sizes, offsets
+    for reader in node.outputs:  # mapping slot 0: where Torch-Pruning keeps a split's mappings
+        i = _part_read(fn, reader)
+        for dep in node.dependencies:
+            if dep.target is reader:
+                dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[i : i + 2], reverse=False)
+        for dep in reader.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[i : i + 2], reverse=True)
+    node.enable_index_mapping = False
 
 
 def _map_concat(node, parts: list, widths: list[int]) -> None:

@@ -1,6 +1,6 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
 XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT), FocalNet's modulation, the blocks of InceptionNeXt,
-MambaOut, Res2Net, ReXNet and DPN-b that split their channels at the widths they were built with,
+MambaOut, Res2Net, ReXNet, DPN-b and CSPNet that split their channels at the widths they were built with,
 and the token-mixing blocks of MLP-Mixer, ResMLP and gMLP, registered with ``_arch``'s registries as timm's
 own ``Attention`` and Swin's are.
 
@@ -18,8 +18,8 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, davit, dpn, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet, tnt, twins, volo,
-    xcit,
+    cait, convit, cspnet, davit, dpn, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet, tnt, twins,
+    volo, xcit,
 )
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
@@ -727,6 +727,39 @@ def resize_dual_path_block(module: nn.Module) -> None:
         module.num_1x1_c, module.inc = module.c1x1_c1.out_channels, module.c1x1_c2.out_channels
 
 
+# CSPNet: a cross stage splits its expanded channels in halves, one through its blocks and one
+# around them; a pruned stage splits them where its blocks' first layer says
+
+
+def _cross_stage(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """CSPNet's ``CrossStage``: the first part around the blocks, the second through them and
+    their transition, the two concatenated."""
+    x = self.conv_exp(self.conv_down(x))
+    through = self.blocks[0].conv1.conv.in_channels
+    sizes = [x.shape[1] - through, through]
+    around, inner = split_channels(x, sizes) if trace else x.split(sizes, 1)
+    parts = [around, self.conv_transition_b(self.blocks(inner)).contiguous()]
+    return self.conv_transition(concat_channels(parts, 1) if trace else torch.cat(parts, 1))
+
+
+def _cross_stage3(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """CSPNet's ``CrossStage3``: the first part through the blocks, the second around them."""
+    x = self.conv_exp(self.conv_down(x))
+    through = self.blocks[0].conv1.conv.in_channels
+    sizes = [through, x.shape[1] - through]
+    inner, around = split_channels(x, sizes) if trace else x.split(sizes, 1)
+    parts = [self.blocks(inner), around]
+    return self.conv_transition(concat_channels(parts, 1) if trace else torch.cat(parts, 1))
+
+
+class PrunedCrossStage(cspnet.CrossStage):
+    forward = partialmethod(_cross_stage, trace=False)
+
+
+class PrunedCrossStage3(cspnet.CrossStage3):
+    forward = partialmethod(_cross_stage3, trace=False)
+
+
 # MLP-Mixer, ResMLP, gMLP: layers that mix tokens, run on the transposed map
 
 
@@ -816,6 +849,10 @@ def register() -> None:
     register_resize(rexnet.LinearBottleneck, resize_rexnet_block)
     register_trace_forward(res2net.Bottle2neck, partial(_res2net_block, trace=True))
     register_pruned(res2net.Bottle2neck, PrunedBottle2neck)
+    register_trace_forward(cspnet.CrossStage, partial(_cross_stage, trace=True))
+    register_pruned(cspnet.CrossStage, PrunedCrossStage)
+    register_trace_forward(cspnet.CrossStage3, partial(_cross_stage3, trace=True))
+    register_pruned(cspnet.CrossStage3, PrunedCrossStage3)
     register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)
     register_trace_forward(mlp_mixer.ResBlock, res_block_trace)
     register_trace_forward(mlp_mixer.SpatialGatingUnit, spatial_gating_trace)

@@ -2,11 +2,13 @@
 (a depthwise branch on each of three slices, the first slice unchanged), MambaOut's gated
 convolution block (``fc1`` makes gates and as many values, the last of which go through a
 depthwise convolution), Res2Net's bottleneck (scales, each convolved after the previous one's
-output is added), ReXNet's block (its input added to the first of its wider outputs) and DPN's
-(a residual path and a dense one, split off its input and concatenated again)."""
+output is added), ReXNet's block (its input added to the first of its wider outputs), DPN's
+(a residual path and a dense one, split off its input and concatenated again) and CSPNet's cross
+stages (one half through the blocks, the other around them)."""
 import timm
 import torch
-from timm.models import dpn, inception_next, mambaout, res2net, rexnet
+import pytest
+from timm.models import cspnet, dpn, inception_next, mambaout, res2net, rexnet
 
 import isoprune
 from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, layernorm_free, lively, make
@@ -119,8 +121,25 @@ def test_dpn_residual_and_dense_paths_lose_channels_as_zeroing_them_does():
         assert b.num_1x1_c < residual and b.inc < dense
 
 
+@pytest.mark.parametrize("name,pruned", [("cspresnet_micro", _zoo.PrunedCrossStage), ("cs3darknet_micro", _zoo.PrunedCrossStage3)])
+def test_cross_stage_halves_lose_channels_as_zeroing_them_does(name, pruned):
+    """The half through the blocks is also the first block's shortcut: a part of a split read by
+    two layers, which Torch-Pruning's mapping (it pairs readers with parts by position) could not
+    follow, and the trace of CSPDarkNet-3 failed. Each half is now cut on its own."""
+    model = make(name)
+    stages = [m for m in model.modules() if isinstance(m, (cspnet.CrossStage, cspnet.CrossStage3))]
+    built = [s.conv_exp.conv.out_channels for s in stages]
+    assert _groups.analyse(model).frozen == {}
+    assert_equivalent(model, 0.5, changes=0.02)
+    assert all(type(s) is pruned for s in stages)
+    through = [s.blocks[0].conv1.conv.in_channels for s in stages]
+    around = [s.conv_exp.conv.out_channels - t for s, t in zip(stages, through)]
+    assert all(t + a < width for t, a, width in zip(through, around, built))
+    assert through != around  # split where the layers say, not in halves
+
+
 def test_macs_count_what_timm_runs():
-    for name in ("inception_next_micro", "mambaout_micro", "res2net_micro", "rexnet_micro", "dpn_micro"):
+    for name in ("inception_next_micro", "mambaout_micro", "res2net_micro", "rexnet_micro", "dpn_micro", "cspresnet_micro", "cs3darknet_micro"):
         model = make(name)
         assert_counts_what_timm_runs(model, 0.3)
         with torch.no_grad():
