@@ -10,7 +10,7 @@ from torch import nn
 from . import _arch, _trace
 from ._errors import IsopruneError
 from ._depth import DepthPlan, apply_depth, check_depth, inside
-from ._groups import Analysis, Op, analyse, cut_ops, run_ops, unit_channels
+from ._groups import Analysis, Op, analyse, cut_ops, removed_outputs, run_ops, unit_channels
 from ._importance import member_tensors
 from ._plan import PruningPlan, plan
 
@@ -48,8 +48,8 @@ def _attention_kept(pruning: PruningPlan) -> dict[str, dict[str, list[int]]]:
     return attention
 
 
-def _fixup(model: nn.Module, pruning: PruningPlan) -> None:
-    _arch.settle(model)
+def _fixup(model: nn.Module, pruning: PruningPlan, ops: list[Op]) -> None:
+    _arch.settle(model, removed_outputs(ops))
     for owner, keep in _attention_kept(pruning).items():
         module = model.get_submodule(owner)
         spec = _arch.attention_spec(module)
@@ -105,7 +105,7 @@ def skeleton_apply(analysis: Analysis, draft: PruningPlan, depth_plans=()) -> Pr
     skeleton = _trace.clone(analysis.skeleton)
     ops = cut_ops(analysis.graph, analysis.tp_groups, _removed(analysis, draft))
     run_ops(skeleton, ops)
-    _fixup(skeleton, draft)
+    _fixup(skeleton, draft, ops)
     widths_after = _widths(skeleton)
     apply_depth(skeleton, depth_plans)
     macs_after, params_after = _trace.count(skeleton, analysis.inputs)  # a copy of our own: counted in place
@@ -170,7 +170,7 @@ def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> n
     width = _feature_width(model)
     with torch.no_grad():
         run_ops(model, ops)
-    _fixup(model, pruning)
+    _fixup(model, pruning, ops)
     _fix_feature_width(model, width)
     apply_depth(model, depth_plans)
     pruning._source = pruning._ops = None  # the model has changed; the cached ops are stale

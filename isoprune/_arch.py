@@ -119,7 +119,10 @@ _MLP: set[type] = set()
 _GATED: dict[type, str | Callable[[nn.Module], str | None]] = {}
 _TRACE_FORWARD: dict[type, Callable] = {}
 _PRUNED: dict[type, type] = {}
-_RESIZE: dict[type, Callable[[nn.Module], None]] = {}
+Cut = Callable[[str], list[int]]
+"""The output channels a cut removed from a module's submodule, by its name in the module (in
+the numbering they had before)."""
+_RESIZE: dict[type, Callable[[nn.Module, Cut], None]] = {}
 
 
 def register_attention(cls: type, spec: AttentionSpec) -> None:
@@ -147,10 +150,12 @@ def register_pruned(cls: type, pruned: type) -> None:
     _PRUNED[cls] = pruned
 
 
-def register_resize(cls: type, resize: Callable[[nn.Module], None]) -> None:
-    """``resize(module)`` sets what a module of ``cls`` keeps of its widths (and its forward reads)
-    to the widths of its parameters once they are cut: for modules whose parameters are cut by the
-    groups that run through them, not by a spec of their own (MetaFormer's ``Scale``)."""
+def register_resize(cls: type, resize: Callable[[nn.Module, Cut], None]) -> None:
+    """``resize(module, cut)`` sets what a module of ``cls`` keeps of its widths (and its forward
+    reads) to the widths of its parameters once they are cut: for modules whose parameters are cut
+    by the groups that run through them, not by a spec of their own (MetaFormer's ``Scale``). A
+    width no parameter holds (where DPN splits a layer's outputs) is counted from what ``cut``
+    says that layer lost."""
     _RESIZE[cls] = resize
 
 
@@ -204,19 +209,21 @@ def head_runs(model: nn.Module) -> dict[int, int]:
     return found
 
 
-def settle(model: nn.Module) -> None:
+def settle(model: nn.Module, removed: dict[str, list[int]] | None = None) -> None:
     """Make a model whose parameters have been cut run at its new widths: every module whose own
     forward assumes its unpruned widths becomes its ``pruned`` class (an attention's spec names it,
     others ``register_pruned``), which computes the same at any widths, and every module that keeps
-    its widths in attributes is resized (``register_resize``)."""
-    for m in model.modules():
+    its widths in attributes is resized (``register_resize``). ``removed`` holds the output
+    channels the cut removed, by layer name; settle once after each cut."""
+    removed = removed or {}
+    for name, m in model.named_modules():
         spec = attention_spec(m)
         pruned = spec.pruned if spec is not None else _lookup(_PRUNED, m)
         if pruned is not None and type(m) is not pruned:
             m.__class__ = pruned
         resize = _lookup(_RESIZE, m)
         if resize is not None:
-            resize(m)
+            resize(m, lambda layer, prefix=f"{name}.": removed.get(prefix + layer, []))
 
 
 def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:

@@ -297,6 +297,11 @@ def run_ops(model: nn.Module, ops: list[Op]) -> None:
             _cut.cut_module(op.handler, model.get_submodule(op.name), op.idxs, op.dim)
 
 
+def removed_outputs(ops: list[Op]) -> dict[str, list[int]]:
+    """The output channels ``ops`` remove from each layer, by name."""
+    return {op.name: op.idxs for op in ops if op.out and not op.param}
+
+
 def _misfits(graph: tp.DependencyGraph, skeleton: nn.Module, tp_groups: list) -> tuple[list, set[int]]:
     """Groups coupling a member to channels it does not have, and the parameters among those
     members. The tracer does this through indexing and broadcasting ops: BEiT's relative position
@@ -341,8 +346,9 @@ def _breaks(skeleton: nn.Module, inputs, graph, tp_groups: list, cuts: dict[int,
     """Why the skeleton no longer runs with ``cuts`` (root channels per group) made; None if it does."""
     probe = _trace.clone(skeleton).eval()  # train-mode BatchNorm rejects a batch of one 1x1 map
     try:
-        run_ops(probe, cut_ops(graph, tp_groups, cuts))
-        _arch.settle(probe)
+        ops = cut_ops(graph, tp_groups, cuts)
+        run_ops(probe, ops)
+        _arch.settle(probe, removed_outputs(ops))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _trace.forward(probe, inputs)

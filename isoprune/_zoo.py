@@ -529,7 +529,7 @@ class PrunedFocalModulation(focalnet.FocalModulation):
 # built with; CAFormer's attention reshapes its output to the input's width
 
 
-def resize_scale(module: nn.Module) -> None:
+def resize_scale(module: nn.Module, cut) -> None:
     """MetaFormer's ``Scale`` views its parameter as ``shape``: its width, then ones for NCHW maps."""
     module.shape = (module.scale.shape[0], *module.shape[1:])
 
@@ -700,31 +700,37 @@ def rexnet_block_trace(self, x: torch.Tensor) -> torch.Tensor:
     return concat_channels([kept + shortcut, new], 1)
 
 
-def resize_rexnet_block(module: nn.Module) -> None:
+def resize_rexnet_block(module: nn.Module, cut) -> None:
     """ReXNet's block: the input width its forward adds the shortcut at, and its output width."""
     module.in_channels = (module.conv_exp or module.conv_dw).conv.in_channels
     module.out_channels = module.conv_pwl.conv.out_channels
 
 
 def dual_path_trace(self, x: torch.Tensor) -> torch.Tensor:
-    """DPN's block (with separate residual and dense output layers, DPN-b) for the tracer: the
-    residual and dense paths split off its input (or its projection) with a marked split, and
-    the output concatenated with a marked concatenation. timm splits at the residual width it was
-    built with, where a pruned block's ``c1x1_c1`` says it (``resize_dual_path_block``); without
-    those layers the width is in no layer, and the block is traced as timm runs it."""
-    if not self.b:
-        return type(self).forward(self, x)
+    """DPN's block for the tracer: the residual and dense paths split off its input (or its
+    projection) and off its last layer's output (DPN-b has a layer for each) with marked splits,
+    and the output concatenated with a marked concatenation. timm splits at the residual width
+    ``num_1x1_c``, which a pruned block keeps up to date (``resize_dual_path_block``)."""
     proj = self.c1x1_w_s1 or self.c1x1_w_s2
     x_s = x if proj is None else proj(x)
-    residual, dense = split_channels(x_s, [self.c1x1_c1.out_channels, x_s.shape[1] - self.c1x1_c1.out_channels])
+    residual, dense = split_channels(x_s, [self.num_1x1_c, x_s.shape[1] - self.num_1x1_c])
     x = self.c1x1_c(self.c3x3_b(self.c1x1_a(x)))
-    return concat_channels([residual + self.c1x1_c1(x), dense, self.c1x1_c2(x)], 1)
+    if self.b:
+        out_residual, out_dense = self.c1x1_c1(x), self.c1x1_c2(x)
+    else:
+        out_residual, out_dense = split_channels(x, [self.num_1x1_c, x.shape[1] - self.num_1x1_c])
+    return concat_channels([residual + out_residual, dense, out_dense], 1)
 
 
-def resize_dual_path_block(module: nn.Module) -> None:
-    """DPN-b's block: the residual width and the dense increment its forward splits at."""
+def resize_dual_path_block(module: nn.Module, cut) -> None:
+    """DPN's block: the residual width its forward splits at, and the dense increment. DPN-b has
+    a layer for each; otherwise one layer makes both, the residual channels first, and the width
+    is the residual channels it kept."""
     if module.b:
         module.num_1x1_c, module.inc = module.c1x1_c1.out_channels, module.c1x1_c2.out_channels
+    else:
+        module.num_1x1_c -= sum(i < module.num_1x1_c for i in cut("c1x1_c.conv"))
+        module.inc = module.c1x1_c.conv.out_channels - module.num_1x1_c
 
 
 # CSPNet: a cross stage splits its expanded channels in halves, one through its blocks and one

@@ -25,6 +25,7 @@ FAMILIES = [
     ("levit_micro", 0.4, {}),
     ("rexnet_micro", 0.4, {}),
     ("dpn_micro", 0.4, {}),
+    ("dpn68_micro", 0.4, {}),
     ("cs3darknet_micro", 0.4, {"stages.1.blocks": 1}),
 ]
 

@@ -109,16 +109,22 @@ def test_rexnet_stream_is_one_group_across_its_widening_blocks():
         assert b.in_channels < width_in and b.out_channels < width_out
 
 
-def test_dpn_residual_and_dense_paths_lose_channels_as_zeroing_them_does():
-    model = make("dpn_micro")
+@pytest.mark.parametrize("name", ["dpn_micro", "dpn68_micro"])
+def test_dpn_residual_and_dense_paths_lose_channels_as_zeroing_them_does(name):
+    """DPN-b makes its residual and dense outputs with a layer each; DPN-68's blocks split one
+    layer's outputs at the residual width, which no parameter holds: a pruned block counts what
+    that layer kept below it. Before, its trace failed."""
+    model = make(name)
     blocks = [m for m in model.modules() if isinstance(m, dpn.DualPathBlock)]
     built = [(b.num_1x1_c, b.inc) for b in blocks]
     plan = isoprune.plan(model, 0.5)
     assert _groups.analyse(model).frozen == {} and all(len(g.keep) < g.channels for g in plan.groups)  # none left whole
     assert_equivalent(model, 0.5, changes=0.02)  # outputs of about 0.05
     for b, (residual, dense) in zip(blocks, built):
-        assert (b.num_1x1_c, b.inc) == (b.c1x1_c1.out_channels, b.c1x1_c2.out_channels)
-        assert b.num_1x1_c < residual and b.inc < dense
+        if b.b:
+            assert (b.num_1x1_c, b.inc) == (b.c1x1_c1.out_channels, b.c1x1_c2.out_channels)
+        assert b.num_1x1_c < residual and b.inc <= dense
+    assert [b.inc for b in blocks] != [dense for _, dense in built]
 
 
 @pytest.mark.parametrize("name,pruned", [("cspresnet_micro", _zoo.PrunedCrossStage), ("cs3darknet_micro", _zoo.PrunedCrossStage3)])
@@ -139,7 +145,7 @@ def test_cross_stage_halves_lose_channels_as_zeroing_them_does(name, pruned):
 
 
 def test_macs_count_what_timm_runs():
-    for name in ("inception_next_micro", "mambaout_micro", "res2net_micro", "rexnet_micro", "dpn_micro", "cspresnet_micro", "cs3darknet_micro"):
+    for name in ("inception_next_micro", "mambaout_micro", "res2net_micro", "rexnet_micro", "dpn_micro", "dpn68_micro", "cspresnet_micro", "cs3darknet_micro"):
         model = make(name)
         assert_counts_what_timm_runs(model, 0.3)
         with torch.no_grad():
