@@ -1,8 +1,8 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
 XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT), FocalNet's modulation, the blocks of InceptionNeXt,
-MambaOut, Res2Net, ReXNet, DPN-b and CSPNet that split their channels at the widths they were built with,
-and the token-mixing blocks of MLP-Mixer, ResMLP and gMLP, registered with ``_arch``'s registries as timm's
-own ``Attention`` and Swin's are.
+MambaOut, Res2Net, ReXNet, DPN and CSPNet that split their channels at the widths they were
+built with, ResNeSt's split attention, and the token-mixing blocks of MLP-Mixer, ResMLP and gMLP,
+registered with ``_arch``'s registries as timm's own ``Attention`` and Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -21,6 +21,7 @@ from timm.models import (
     cait, convit, cspnet, davit, dpn, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet, tnt, twins,
     volo, xcit,
 )
+from timm.layers import split_attn
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
@@ -766,6 +767,25 @@ class PrunedCrossStage3(cspnet.CrossStage3):
     forward = partialmethod(_cross_stage3, trace=False)
 
 
+# ResNeSt: split attention sums a convolution's radix splits, and weighs each with its own slice
+# of the attention, laid out [cardinality, radix, channels]
+
+
+def split_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """ResNeSt's split attention for the tracer: the radix splits and the attention's slices
+    taken with marked splits (the tracer reads timm's reshapes as ones of channels), each split
+    weighed with its slices' softmax over the radix, written elementwise."""
+    if self.radix == 1:
+        return type(self).forward(self, x)
+    x = self.act0(self.drop(self.bn0(self.conv(x))))
+    splits = split_channels(x, self.radix)
+    gap = sum(splits[1:], splits[0]).mean((2, 3), keepdim=True)
+    pieces = split_channels(self.fc2(self.act1(self.bn1(self.fc1(gap)))), self.rsoftmax.cardinality * self.radix)
+    scores = [concat_channels(list(pieces[r :: self.radix]), 1).exp() for r in range(self.radix)]
+    total = sum(scores[1:], scores[0])
+    return sum(split * score / total for split, score in zip(splits, scores))
+
+
 # MLP-Mixer, ResMLP, gMLP: layers that mix tokens, run on the transposed map
 
 
@@ -859,6 +879,7 @@ def register() -> None:
     register_pruned(cspnet.CrossStage, PrunedCrossStage)
     register_trace_forward(cspnet.CrossStage3, partial(_cross_stage3, trace=True))
     register_pruned(cspnet.CrossStage3, PrunedCrossStage3)
+    register_trace_forward(split_attn.SplitAttn, split_attention_trace)
     register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)
     register_trace_forward(mlp_mixer.ResBlock, res_block_trace)
     register_trace_forward(mlp_mixer.SpatialGatingUnit, spatial_gating_trace)

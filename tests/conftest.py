@@ -67,6 +67,8 @@ SMALL = {
     "cs3darknet_micro": ("cs3darknet_focus_s", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "dpn68_micro": ("dpn68", dict(k_sec=(1, 2, 1, 1), k_r=16, groups=4, inc_sec=(4, 8, 8, 8), num_init_features=8,
                                   pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "resnest_micro": ("resnest14d", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "resnest_4s2x_micro": ("resnest50d_4s2x40d", dict(layers=[1, 1, 1, 1], pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""

@@ -300,7 +300,8 @@ def test_coupled_root_channels_go_by_position_in_equal_runs():
     assert runs(6, []) == 1
     assert runs(6, [(0, 3), (1, 4), (2, 5)]) == 2
     assert runs(6, [(0, 2), (2, 4), (1, 3), (5, 3)]) == 3  # found as chains, in any order
-    assert runs(6, [(0, 3), (1, 4)]) == 1  # channel 2 or 5 alone: no equal runs
+    assert runs(6, [(0, 3), (1, 4)]) == 2  # channels 2 and 5, coupled to none, go together too
+    assert runs(8, [(0, 2), (1, 3), (4, 6), (5, 7)]) == 4  # ResNeSt's attention: [cardinality, radix, channels]
     assert runs(6, [(0, 1), (2, 3), (4, 5)]) == 1  # neighbours, not positions in runs
 
 
