@@ -1,8 +1,9 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
 XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT), FocalNet's modulation, the blocks of InceptionNeXt,
 MambaOut, Res2Net, ReXNet, DPN and CSPNet that split their channels at the widths they were
-built with, ResNeSt's split attention, and the token-mixing blocks of MLP-Mixer, ResMLP and gMLP,
-registered with ``_arch``'s registries as timm's own ``Attention`` and Swin's are.
+built with, ResNeSt's split attention, the token-mixing blocks of MLP-Mixer, ResMLP and gMLP,
+and CrossViT's cross attention, registered with ``_arch``'s registries as timm's own ``Attention``
+and Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -18,8 +19,8 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, cspnet, davit, dpn, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet, tnt, twins,
-    volo, xcit,
+    cait, convit, crossvit, cspnet, davit, dpn, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet,
+    tnt, twins, volo, xcit,
 )
 from timm.layers import split_attn
 from timm.models import swin_transformer_v2_cr as swin_cr
@@ -87,20 +88,22 @@ TALKING_HEADS = tuple((f"{layer}.{param}", dim) for layer in ("proj_l", "proj_w"
 """The per-head parameters of CaiT's ``TalkingHeadAttn``: each talking-heads layer maps heads to heads."""
 
 
-def class_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """A pruned CaiT ``ClassAttn``'s forward: the class token attends to every token."""
-    q, k, v = (split_heads(t, self.num_heads) for t in (self.q(x[:, :1]), self.k(x), self.v(x)))
+def class_attention_forward(self, x: torch.Tensor, names: tuple[str, str, str] = ("q", "k", "v")) -> torch.Tensor:
+    """A pruned CaiT ``ClassAttn``'s forward (and CrossViT's ``CrossAttention``'s, whose query,
+    key and value layers are ``names``): the class token attends to every token."""
+    q, k, v = (self.get_submodule(name) for name in names)
+    q, k, v = (split_heads(t, self.num_heads) for t in (q(x[:, :1]), k(x), v(x)))
     return project(self, attend(self, q, k, v).transpose(1, 2).flatten(2))
 
 
-def class_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
-    """CaiT ``ClassAttn`` for the tracer: the class token's query, every token's key and value,
-    each projection run on what timm runs it on, so that its MACs count. The query and key of a
-    head dim go with its value (a head dim is removed from all three), so the three are added
-    channel by channel into the output projection: the coupling the tracer needs, without the
-    reshapes it cannot follow."""
-    q, k, v = self.q(x[:, 0]), self.k(x)[:, 0], self.v(x)[:, 0]
-    return project(self, (q + k + v).unsqueeze(1))
+def class_attention_trace(self, x: torch.Tensor, names: tuple[str, str, str] = ("q", "k", "v")) -> torch.Tensor:
+    """CaiT ``ClassAttn`` (and CrossViT's ``CrossAttention``) for the tracer: the class token's
+    query, every token's key and value, each projection run on what timm runs it on, so that its
+    MACs count. The query and key of a head dim go with its value (a head dim is removed from all
+    three), so the three are added channel by channel into the output projection: the coupling
+    the tracer needs, without the reshapes it cannot follow."""
+    q, k, v = (self.get_submodule(name) for name in names)
+    return project(self, (q(x[:, 0]) + k(x)[:, 0] + v(x)[:, 0]).unsqueeze(1))
 
 
 class PrunedTalkingHeadAttn(cait.TalkingHeadAttn):
@@ -109,6 +112,14 @@ class PrunedTalkingHeadAttn(cait.TalkingHeadAttn):
 
 class PrunedClassAttn(cait.ClassAttn):
     forward = class_attention_forward
+
+
+CROSS_ATTENTION = ("wq", "wk", "wv")
+"""CrossViT's ``CrossAttention``: CaiT's class attention, across its two branches' tokens."""
+
+
+class PrunedCrossAttention(crossvit.CrossAttention):
+    forward = partialmethod(class_attention_forward, names=CROSS_ATTENTION)
 
 
 # TNT
@@ -813,6 +824,8 @@ def register() -> None:
     register_trace_forward(cait.TalkingHeadAttn, talking_head_attention_trace)
     register_attention(cait.ClassAttn, AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_num_heads, pruned=PrunedClassAttn))
     register_trace_forward(cait.ClassAttn, class_attention_trace)
+    register_attention(crossvit.CrossAttention, AttentionSpec(qkv="qkv", separate=CROSS_ATTENTION, fixup=fix_num_heads, pruned=PrunedCrossAttention))
+    register_trace_forward(crossvit.CrossAttention, partial(class_attention_trace, names=CROSS_ATTENTION))
     register_trace_forward(tnt.Block, tnt_block_trace)
     for cls, pruned in ((pvt_v2.Attention, PrunedPvtAttention), (twins.GlobalSubSampleAttn, PrunedGlobalSubSampleAttn)):
         register_attention(cls, AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_reduction_attention, pruned=pruned))

@@ -27,6 +27,7 @@ FAMILIES = [
     ("dpn_micro", 0.4, {}),
     ("dpn68_micro", 0.4, {}),
     ("cs3darknet_micro", 0.4, {"stages.1.blocks": 1}),
+    ("crossvit_micro", 0.4, {}),
 ]
 
 
