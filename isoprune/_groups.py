@@ -210,12 +210,15 @@ def _blocks(tp_group, runs: dict[int, int]) -> int:
 
 def _member_runs(item, runs: dict[int, int]) -> int:
     """In how many equal runs a group member's channels must stay: a grouped convolution's
-    ``groups`` (a depthwise one may lose any channel), or a layer's outputs' ``runs``; else 1."""
+    ``groups`` (a depthwise one may lose any channel), a GroupNorm's (each keeps as many
+    channels), or a layer's outputs' ``runs``; else 1."""
     layer = item.dep.target.module
     if id(layer) in runs and item.dep.handler.__name__ == "prune_out_channels":
         return runs[id(layer)]
     if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1 and not _cut.one_input_per_group(layer):
         return layer.groups
+    if isinstance(layer, nn.GroupNorm):
+        return layer.num_groups
     return 1
 
 

@@ -281,6 +281,23 @@ def test_grouped_convolutions_lose_the_same_positions_in_every_group():
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
+def test_group_norms_keep_their_groups_equal():
+    """A GroupNorm needs as many channels in each of its groups: BiT (ResNetV2 with 32 groups
+    everywhere) and EfficientNet-GN could not lose one channel, and were left whole."""
+    model = make("bit_micro")
+    norms = {n: m.num_channels for n, m in model.named_modules() if isinstance(m, nn.GroupNorm)}
+    analysis = _groups.analyse(model)
+    assert not analysis.frozen and all(g.blocks % 32 == 0 for g in analysis.groups)
+    pruning = isoprune.plan(model, 0.5)
+    isoprune.apply_plan(model, pruning)
+    for name, width in norms.items():
+        norm = model.get_submodule(name)
+        assert norm.num_groups == 32 and norm.num_channels % 32 == 0 and norm.num_channels < width
+    assert pruning.macs["after"] < 0.4 * pruning.macs["before"] and pruning.macs["after"] == isoprune.count(model)[0]
+    with torch.no_grad():
+        assert model(inputs_for(model)).shape == (2, 10)
+
+
 def test_ghostnet_cuts_each_channel_with_its_cheap_copy():
     # a GhostModule concatenates a conv's outputs with their depthwise copies: a layer fed both
     # halves loses channel i and i + half together, or the halves no longer match
