@@ -1,8 +1,8 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
 XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT), FocalNet's modulation, the blocks of InceptionNeXt,
 MambaOut, Res2Net, ReXNet, DPN and CSPNet that split their channels at the widths they were
-built with, ResNeSt's split attention, the token-mixing blocks of MLP-Mixer, ResMLP and gMLP,
-and CrossViT's cross attention, registered with ``_arch``'s registries as timm's own ``Attention``
+built with, ResNeSt's split attention, ECA's gate, the token-mixing blocks of MLP-Mixer, ResMLP
+and gMLP, and CrossViT's cross attention, registered with ``_arch``'s registries as timm's own ``Attention``
 and Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
@@ -22,7 +22,7 @@ from timm.models import (
     cait, convit, crossvit, cspnet, davit, dpn, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet,
     tnt, twins, volo, xcit,
 )
-from timm.layers import split_attn
+from timm.layers import eca, split_attn
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
@@ -797,6 +797,25 @@ def split_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     return sum(split * score / total for split, score in zip(splits, scores))
 
 
+# ECA: a gate per channel, from a 1-d convolution that slides along the channels' means
+
+
+def channel_conv_gate_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """ECA's and CECA's gate for the tracer, computed as timm does but detached: the tracer reads
+    the views that put the channels on the 1-d convolution's length axis and back as one channel
+    mapped onto all, and left each network's stage widths whole. Each channel passes through the
+    gate as it is, and the gate's layers, whose weights hold no channel, stay as they are. A pruned
+    gate's kernel slides over the kept channels only, so channels that met a removed one have new
+    neighbours: it does not compute what a zeroed one does."""
+    y = x.mean((2, 3))[:, None]
+    if isinstance(self, eca.CecaModule):
+        y = F.pad(y, (self.padding, self.padding), mode="circular")
+    y = self.conv(y)
+    if getattr(self, "conv2", None) is not None:
+        y = self.conv2(self.act(y))
+    return x * self.gate(y).view(x.shape[0], -1, 1, 1).detach()
+
+
 # MLP-Mixer, ResMLP, gMLP: layers that mix tokens, run on the transposed map
 
 
@@ -893,6 +912,8 @@ def register() -> None:
     register_trace_forward(cspnet.CrossStage3, partial(_cross_stage3, trace=True))
     register_pruned(cspnet.CrossStage3, PrunedCrossStage3)
     register_trace_forward(split_attn.SplitAttn, split_attention_trace)
+    register_trace_forward(eca.EcaModule, channel_conv_gate_trace)
+    register_trace_forward(eca.CecaModule, channel_conv_gate_trace)
     register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)
     register_trace_forward(mlp_mixer.ResBlock, res_block_trace)
     register_trace_forward(mlp_mixer.SpatialGatingUnit, spatial_gating_trace)

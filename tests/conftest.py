@@ -72,6 +72,8 @@ SMALL = {
     "crossvit_micro": ("crossvit_tiny_240", dict(img_size=48, img_scale=(1.0, 2 / 3), patch_size=[12, 16], embed_dim=[24, 48],
                                                  depth=[[1, 1, 0], [1, 1, 0]], num_heads=[2, 4], mlp_ratio=[2, 2, 1])),
     "bit_micro": ("resnetv2_50x1_bit", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "ecaresnet_micro": ("ecaresnet26t", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "cecaresnet_micro": ("resnet18", dict(block_args=dict(attn_layer="ceca"), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
