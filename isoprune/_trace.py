@@ -59,9 +59,12 @@ def meta_skeleton(model: nn.Module) -> nn.Module:
 
 def _copies(value, new_of: dict):
     """``value`` with the modules it holds (directly or in a list, tuple or dict) swapped for their
-    copies; a plain container is always copied."""
+    copies, and a method bound to one bound to its copy (FasterNet's partial convolution picks
+    its forward so); a plain container is always copied."""
     if isinstance(value, nn.Module):
         return new_of.get(id(value), value)
+    if isinstance(value, types.MethodType) and id(value.__self__) in new_of:
+        return types.MethodType(value.__func__, new_of[id(value.__self__)])
     if type(value) in (list, tuple):
         return type(value)(_copies(v, new_of) for v in value)
     if isinstance(value, dict):
@@ -89,7 +92,7 @@ def clone(skeleton: nn.Module) -> nn.Module:
         order.append(new)
     for new in order:
         for key, value in new.__dict__.items():
-            if isinstance(value, (nn.Module, list, tuple, dict, set)):
+            if isinstance(value, (nn.Module, list, tuple, dict, set, types.MethodType)):
                 new.__dict__[key] = _copies(value, new_of)
     return new_of[id(skeleton)]
 
@@ -279,13 +282,16 @@ def trace_forwards(model: nn.Module):
     for m in model.modules():
         forward = _arch.trace_forward(m)
         if forward is not None:
+            patched.append((m, m.__dict__.get("forward")))  # a forward the module picked for itself
             m.forward = types.MethodType(forward, m)
-            patched.append(m)
     try:
         yield
     finally:
-        for m in patched:
-            del m.forward
+        for m, own in patched:
+            if own is None:
+                del m.forward
+            else:
+                m.forward = own
         _arch.channel_splits.clear()
         _arch.channel_concats.clear()
         _arch.token_swaps.clear()

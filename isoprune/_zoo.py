@@ -1,6 +1,6 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
 XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT), FocalNet's modulation, the blocks of InceptionNeXt,
-MambaOut, Res2Net, ReXNet, DPN and CSPNet that split their channels at the widths they were
+MambaOut, Res2Net, ReXNet, DPN, FasterNet and CSPNet that split their channels at the widths they were
 built with, ResNeSt's split attention, ECA's gate, the token-mixing blocks of MLP-Mixer, ResMLP
 and gMLP, and CrossViT's cross attention, registered with ``_arch``'s registries as timm's own ``Attention``
 and Swin's are.
@@ -19,7 +19,7 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, crossvit, cspnet, davit, dpn, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet,
+    cait, convit, crossvit, cspnet, davit, dpn, fasternet, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet,
     tnt, twins, volo, xcit,
 )
 from timm.layers import eca, split_attn
@@ -745,6 +745,21 @@ def resize_dual_path_block(module: nn.Module, cut) -> None:
         module.inc = module.c1x1_c.conv.out_channels - module.num_1x1_c
 
 
+def partial_conv_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """FasterNet's partial convolution for the tracer: the channels it convolves split off the
+    others with a marked split, and the two concatenated again."""
+    convolved, kept = split_channels(x, [self.dim_conv3, x.shape[1] - self.dim_conv3])
+    return concat_channels([self.partial_conv3(convolved), kept], 1)
+
+
+def resize_partial_conv_block(module: nn.Module, cut) -> None:
+    """FasterNet's block: its partial convolution splits the block's input at the convolution's
+    width and passes the rest as it is (the block's width, its MLP's output)."""
+    mixing = module.spatial_mixing
+    mixing.dim_conv3 = mixing.partial_conv3.in_channels
+    mixing.dim_untouched = module.mlp[-1].out_channels - mixing.dim_conv3
+
+
 # CSPNet: a cross stage splits its expanded channels in halves, one through its blocks and one
 # around them; a pruned stage splits them where its blocks' first layer says
 
@@ -902,6 +917,8 @@ def register() -> None:
     register_trace_forward(levit.AttentionDownsample, levit_downsample_trace)
     register_trace_forward(levit.Downsample, levit_subsample_trace)
     register_trace_forward(dpn.DualPathBlock, dual_path_trace)
+    register_trace_forward(fasternet.Partial_conv3, partial_conv_trace)
+    register_resize(fasternet.MLPBlock, resize_partial_conv_block)
     register_resize(dpn.DualPathBlock, resize_dual_path_block)
     register_trace_forward(rexnet.LinearBottleneck, rexnet_block_trace)
     register_resize(rexnet.LinearBottleneck, resize_rexnet_block)

@@ -28,6 +28,7 @@ FAMILIES = [
     ("dpn68_micro", 0.4, {}),
     ("cs3darknet_micro", 0.4, {"stages.1.blocks": 1}),
     ("crossvit_micro", 0.4, {}),
+    ("fasternet_micro", 0.4, {}),
 ]
 
 

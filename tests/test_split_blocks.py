@@ -3,12 +3,13 @@
 convolution block (``fc1`` makes gates and as many values, the last of which go through a
 depthwise convolution), Res2Net's bottleneck (scales, each convolved after the previous one's
 output is added), ReXNet's block (its input added to the first of its wider outputs), DPN's
-(a residual path and a dense one, split off its input and concatenated again) and CSPNet's cross
-stages (one half through the blocks, the other around them)."""
+(a residual path and a dense one, split off its input and concatenated again), CSPNet's cross
+stages (one half through the blocks, the other around them) and FasterNet's partial convolution
+(a quarter of the channels convolved, the rest passed on)."""
 import timm
 import torch
 import pytest
-from timm.models import cspnet, dpn, inception_next, mambaout, res2net, rexnet
+from timm.models import cspnet, dpn, fasternet, inception_next, mambaout, res2net, rexnet
 
 import isoprune
 from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, layernorm_free, lively, make
@@ -144,8 +145,38 @@ def test_cross_stage_halves_lose_channels_as_zeroing_them_does(name, pruned):
     assert through != around  # split where the layers say, not in halves
 
 
+def test_partial_convolution_splits_where_its_convolution_says():
+    """The partial convolution picks its forward when it is built (an attribute, not a method):
+    the trace's stand-in and every copy isoprune makes must keep it its own."""
+    model = make("fasternet_micro")
+    mixers = [m for m in model.modules() if isinstance(m, fasternet.Partial_conv3)]
+    assert not _groups.analyse(model).frozen
+    assert all(m.forward.__self__ is m and m.forward.__func__ is fasternet.Partial_conv3.forward_split_cat for m in mixers)
+    assert _counted(model) == isoprune.count(model)[0]
+    plan = assert_equivalent(model, 0.5, changes=0.02)
+    assert plan.macs["after"] == _counted(model) == isoprune.count(model)[0]
+    for m in mixers:
+        assert m.dim_conv3 == m.partial_conv3.in_channels
+    blocks = [b for b in model.modules() if isinstance(b, fasternet.MLPBlock)]
+    for b in blocks:  # the block's width is split; the MLP takes the convolution's outputs and the rest
+        mixing = b.spatial_mixing
+        assert mixing.dim_conv3 + mixing.dim_untouched == b.mlp[-1].out_channels
+        assert mixing.partial_conv3.out_channels + mixing.dim_untouched == b.mlp[0].in_channels
+    assert any(4 * m.dim_conv3 != m.dim_conv3 + m.dim_untouched for m in mixers)  # not the quarter timm built
+
+
+def _counted(model) -> int:
+    """Torch-Pruning's count of timm's FasterNet, which misses its classifier (timm's ``Linear``,
+    a subclass its counter does not know)."""
+    import torch_pruning as tp
+
+    head = model.classifier.in_features * model.classifier.out_features + model.classifier.out_features
+    return tp.utils.count_ops_and_params(model, inputs_for(model, 1))[0] + head
+
+
 def test_macs_count_what_timm_runs():
-    for name in ("inception_next_micro", "mambaout_micro", "res2net_micro", "rexnet_micro", "dpn_micro", "dpn68_micro", "cspresnet_micro", "cs3darknet_micro"):
+    names = ["inception_next_micro", "mambaout_micro", "res2net_micro", "rexnet_micro", "dpn_micro", "dpn68_micro"]
+    for name in names + ["cspresnet_micro", "cs3darknet_micro"]:
         model = make(name)
         assert_counts_what_timm_runs(model, 0.3)
         with torch.no_grad():
