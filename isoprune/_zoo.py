@@ -1,9 +1,9 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
 XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT), FocalNet's modulation, the blocks of InceptionNeXt,
-MambaOut, Res2Net, ReXNet, DPN, FasterNet and CSPNet that split their channels at the widths they were
-built with, ResNeSt's split attention, ECA's gate, the token-mixing blocks of MLP-Mixer, ResMLP
-and gMLP, and CrossViT's cross attention, registered with ``_arch``'s registries as timm's own ``Attention``
-and Swin's are.
+MambaOut, Res2Net, ReXNet, DPN, FasterNet, MixNet and CSPNet that split their channels at the
+widths they were built with, timm's blur pooling, ResNeSt's split attention, ECA's gate, the
+token-mixing blocks of MLP-Mixer, ResMLP and gMLP, and CrossViT's cross attention, registered
+with ``_arch``'s registries as timm's own ``Attention`` and Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -22,7 +22,7 @@ from timm.models import (
     cait, convit, crossvit, cspnet, davit, dpn, fasternet, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet,
     tnt, twins, volo, xcit,
 )
-from timm.layers import eca, split_attn
+from timm.layers import blur_pool, eca, mixed_conv2d, split_attn
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
@@ -760,6 +760,27 @@ def resize_partial_conv_block(module: nn.Module, cut) -> None:
     mixing.dim_untouched = module.mlp[-1].out_channels - mixing.dim_conv3
 
 
+def mixed_conv_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """MixNet's mixed convolution for the tracer: each part of the channels through its own
+    convolution (a kernel size each), split and concatenated with marks."""
+    parts = split_channels(x, self.splits)
+    return concat_channels([conv(part) for conv, part in zip(self.values(), parts)], 1)
+
+
+def resize_mixed_conv(module: nn.Module, cut) -> None:
+    """MixNet's mixed convolution: the parts it splits its input in, its convolutions' widths."""
+    convs = list(module.values())
+    module.splits = [conv.in_channels for conv in convs]
+    module.in_channels, module.out_channels = sum(module.splits), sum(conv.out_channels for conv in convs)
+
+
+def resize_blur_pool(module: nn.Module, cut) -> None:
+    """timm's ``BlurPool2d`` holds one copy of its filter per channel it was built for; every
+    copy is the same, so a pruned one keeps a single copy and spreads it over its input's channels."""
+    if module.channels is not None:
+        module.channels, module.filt = None, module.filt[:1]
+
+
 # CSPNet: a cross stage splits its expanded channels in halves, one through its blocks and one
 # around them; a pruned stage splits them where its blocks' first layer says
 
@@ -918,6 +939,9 @@ def register() -> None:
     register_trace_forward(levit.Downsample, levit_subsample_trace)
     register_trace_forward(dpn.DualPathBlock, dual_path_trace)
     register_trace_forward(fasternet.Partial_conv3, partial_conv_trace)
+    register_trace_forward(mixed_conv2d.MixedConv2d, mixed_conv_trace)
+    register_resize(mixed_conv2d.MixedConv2d, resize_mixed_conv)
+    register_resize(blur_pool.BlurPool2d, resize_blur_pool)
     register_resize(fasternet.MLPBlock, resize_partial_conv_block)
     register_resize(dpn.DualPathBlock, resize_dual_path_block)
     register_trace_forward(rexnet.LinearBottleneck, rexnet_block_trace)

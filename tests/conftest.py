@@ -75,6 +75,8 @@ SMALL = {
     "ecaresnet_micro": ("ecaresnet26t", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "cecaresnet_micro": ("resnet18", dict(block_args=dict(attn_layer="ceca"), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "fasternet_micro": ("fasternet_t0", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "mixnet_micro": ("mixnet_s", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "resnetblur_micro": ("resnetblur18", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from timm.layers import BlurPool2d
 from timm.models import dpn
 from torch import nn
 
@@ -296,6 +297,17 @@ def test_group_norms_keep_their_groups_equal():
     assert pruning.macs["after"] < 0.4 * pruning.macs["before"] and pruning.macs["after"] == isoprune.count(model)[0]
     with torch.no_grad():
         assert model(inputs_for(model)).shape == (2, 10)
+
+
+def test_blur_pool_follows_its_input_width():
+    """timm's ``BlurPool2d`` keeps a copy of its filter per channel it was built for: ResNet-Blur,
+    EfficientNet-Blur and MobileNetV4-Blur were left with their blurred widths whole."""
+    model = make("resnetblur_micro")
+    blurs = [m for m in model.modules() if isinstance(m, BlurPool2d)]
+    assert blurs and not _groups.analyse(model).frozen
+    pruning = assert_equivalent(model, 0.5, changes=0.02)
+    assert all(b.channels is None and b.filt.shape[0] == 1 for b in blurs)
+    assert pruning.macs["after"] < 0.4 * pruning.macs["before"]
 
 
 def test_ghostnet_cuts_each_channel_with_its_cheap_copy():

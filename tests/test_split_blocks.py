@@ -4,11 +4,13 @@ convolution block (``fc1`` makes gates and as many values, the last of which go 
 depthwise convolution), Res2Net's bottleneck (scales, each convolved after the previous one's
 output is added), ReXNet's block (its input added to the first of its wider outputs), DPN's
 (a residual path and a dense one, split off its input and concatenated again), CSPNet's cross
-stages (one half through the blocks, the other around them) and FasterNet's partial convolution
-(a quarter of the channels convolved, the rest passed on)."""
+stages (one half through the blocks, the other around them), FasterNet's partial convolution
+(a quarter of the channels convolved, the rest passed on) and MixNet's mixed convolution (a part
+of the channels per kernel size)."""
+import pytest
 import timm
 import torch
-import pytest
+from timm.layers import mixed_conv2d
 from timm.models import cspnet, dpn, fasternet, inception_next, mambaout, res2net, rexnet
 
 import isoprune
@@ -165,6 +167,18 @@ def test_partial_convolution_splits_where_its_convolution_says():
     assert any(4 * m.dim_conv3 != m.dim_conv3 + m.dim_untouched for m in mixers)  # not the quarter timm built
 
 
+def test_mixed_convolution_parts_lose_channels_as_zeroing_them_does():
+    model = make("mixnet_micro")
+    mixed = [m for m in model.modules() if isinstance(m, mixed_conv2d.MixedConv2d)]
+    built = [list(m.splits) for m in mixed]
+    assert len(mixed) > 10 and not _groups.analyse(model).frozen  # before, 23 groups were left whole
+    assert_equivalent(model, 0.5, changes=0.02)
+    for m, splits in zip(mixed, built):
+        assert m.splits == [conv.in_channels for conv in m.values()] and m.in_channels == sum(m.splits)
+        assert m.out_channels == sum(conv.out_channels for conv in m.values())
+    assert any(len(set(m.splits)) > 1 and len(set(splits)) == 1 for m, splits in zip(mixed, built))  # parts cut apart
+
+
 def _counted(model) -> int:
     """Torch-Pruning's count of timm's FasterNet, which misses its classifier (timm's ``Linear``,
     a subclass its counter does not know)."""
@@ -176,7 +190,7 @@ def _counted(model) -> int:
 
 def test_macs_count_what_timm_runs():
     names = ["inception_next_micro", "mambaout_micro", "res2net_micro", "rexnet_micro", "dpn_micro", "dpn68_micro"]
-    for name in names + ["cspresnet_micro", "cs3darknet_micro"]:
+    for name in names + ["cspresnet_micro", "cs3darknet_micro", "mixnet_micro"]:
         model = make(name)
         assert_counts_what_timm_runs(model, 0.3)
         with torch.no_grad():
