@@ -2,8 +2,9 @@
 XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT), FocalNet's modulation, the blocks of InceptionNeXt,
 MambaOut, Res2Net, ReXNet, DPN, FasterNet, MixNet and CSPNet that split their channels at the
 widths they were built with, timm's blur pooling, ResNeSt's split attention, ECA's gate, the
-token-mixing blocks of MLP-Mixer, ResMLP and gMLP, and CrossViT's cross attention, registered
-with ``_arch``'s registries as timm's own ``Attention`` and Swin's are.
+token-mixing blocks of MLP-Mixer, ResMLP and gMLP, CrossViT's cross attention and timm's attention
+pooling (SigLIP's head), registered with ``_arch``'s registries as timm's own ``Attention`` and
+Swin's are.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -22,7 +23,7 @@ from timm.models import (
     cait, convit, crossvit, cspnet, davit, dpn, fasternet, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet,
     tnt, twins, volo, xcit,
 )
-from timm.layers import blur_pool, eca, mixed_conv2d, split_attn
+from timm.layers import attention_pool, blur_pool, eca, mixed_conv2d, split_attn
 from timm.models import swin_transformer_v2_cr as swin_cr
 from torch import nn
 from torch_pruning.pruner import function
@@ -232,6 +233,42 @@ class PrunedGlobalSubSampleAttn(twins.GlobalSubSampleAttn):
 
 class PrunedLocallyGroupedAttn(twins.LocallyGroupedAttn):
     forward = locally_grouped_attention_forward
+
+
+# timm's attention pooling (SigLIP's and PE's MAP head): a learnt latent query attends to the tokens
+
+
+def latent_attention_pool_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A pruned timm ``AttentionPoolLatent``'s forward (timm reshapes the attention's output to its
+    input's width). The tracer follows timm's own."""
+    if self.pos_embed is not None:
+        x = x + self.pos_embed.unsqueeze(0).to(x.dtype)
+    k, v = split_heads(self.kv(x), self.num_heads, 2)
+    q, k = self.q_norm(split_heads(self.q(self.latent.expand(x.shape[0], -1, -1)), self.num_heads)), self.k_norm(k)
+    x = project(self, attend(self, q, k, v, attn_mask).transpose(1, 2).flatten(2))
+    if self.mlp is not None:
+        x = x + self.mlp(self.norm(x))
+    if self.pool == "token":
+        return x[:, 0]
+    return x.mean(1) if self.pool == "avg" else x
+
+
+class PrunedAttentionPoolLatent(attention_pool.AttentionPoolLatent):
+    forward = latent_attention_pool_forward
+
+
+def fix_latent_pool(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``num_heads`` and ``head_dim``; ``scale`` stays as built (the pruned forward applies it)."""
+    module.num_heads, module.head_dim = len(heads), len(dims)
+
+
+def latent_pool_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    fixed = {}
+    if not isinstance(module.q, nn.Linear):
+        fixed = dict.fromkeys(("heads", "head_dim"), "its latent is its query, with no query layer")
+    elif not isinstance(module.q_norm, nn.Identity):
+        fixed["head_dim"] = "qk-norm normalises over head dims"
+    return fixed
 
 
 # ConViT: gated positional self-attention, then plain multi-head self-attention
@@ -879,6 +916,10 @@ def register() -> None:
     register_trace_forward(cait.TalkingHeadAttn, talking_head_attention_trace)
     register_attention(cait.ClassAttn, AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_num_heads, pruned=PrunedClassAttn))
     register_trace_forward(cait.ClassAttn, class_attention_trace)
+    register_attention(
+        attention_pool.AttentionPoolLatent,
+        AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_latent_pool, fixed=latent_pool_fixed, pruned=PrunedAttentionPoolLatent),
+    )
     register_attention(crossvit.CrossAttention, AttentionSpec(qkv="qkv", separate=CROSS_ATTENTION, fixup=fix_num_heads, pruned=PrunedCrossAttention))
     register_trace_forward(crossvit.CrossAttention, partial(class_attention_trace, names=CROSS_ATTENTION))
     register_trace_forward(tnt.Block, tnt_block_trace)

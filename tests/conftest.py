@@ -77,6 +77,7 @@ SMALL = {
     "fasternet_micro": ("fasternet_t0", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mixnet_micro": ("mixnet_s", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "resnetblur_micro": ("resnetblur18", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "siglip_micro": ("vit_base_patch16_siglip_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
