@@ -286,15 +286,25 @@ def fix_rope_attention(module: nn.Module, heads: list[int], dims: list[int]) -> 
     module.kv_dim = module.attn_dim
 
 
-def patch_merging_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """timm Swin ``PatchMerging`` as a concatenation of the four 2x2 neighbours, in the order its
-    reshape-permute-flatten lays them out (``[w, h, C]``, channels innermost), so the tracer maps
-    channel ``c`` of the input to ``c, C+c, 2C+c, 3C+c`` of the norm and the reduction. The tracer
-    takes dim 1 of a 4-d tensor for channels, so the slicing and concatenation run channels-first."""
+def _merged_neighbours(x: torch.Tensor) -> torch.Tensor:
+    """Swin's patch merging input ``[batch, h, w, C]`` as a concatenation of the four 2x2
+    neighbours, in the order timm's reshape-permute-flatten lays them out (``[w, h, C]``, channels
+    innermost), so the tracer maps channel ``c`` to ``c, C+c, 2C+c, 3C+c``. The tracer takes dim 1
+    of a 4-d tensor for channels, so the slicing and concatenation run channels-first."""
     _, height, width, _ = x.shape
     x = nn.functional.pad(x, (0, 0, 0, width % 2, 0, height % 2)).permute(0, 3, 1, 2)
     x = torch.cat([x[:, :, 0::2, 0::2], x[:, :, 1::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 1::2]], dim=1)
-    return self.reduction(self.norm(x.permute(0, 2, 3, 1)))
+    return x.permute(0, 2, 3, 1)
+
+
+def patch_merging_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """timm Swin ``PatchMerging`` for the tracer: the merged neighbours, normalised and reduced."""
+    return self.reduction(self.norm(_merged_neighbours(x)))
+
+
+def post_norm_patch_merging_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """timm Swin V2 ``PatchMerging`` for the tracer: the merged neighbours, reduced and normalised."""
+    return self.norm(self.reduction(_merged_neighbours(x)))
 
 
 channel_splits: list = []
@@ -371,7 +381,7 @@ def project(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj_drop(x) if hasattr(self, "proj_drop") else x
 
 
-def _fused_qkv(self, x: torch.Tensor, trace: bool) -> tuple[torch.Tensor, ...]:
+def fused_qkv(self, x: torch.Tensor, trace: bool) -> tuple[torch.Tensor, ...]:
     """Queries, keys and values ``[batch, heads, tokens, head_dim]`` from a fused qkv whose
     biases the module keeps apart (``q_bias``, ``k_bias``, ``v_bias``; EVA, BEiT). The qkv is
     called as a module, so the tracer and the MACs counter see it (timm calls ``F.linear`` on its
@@ -388,7 +398,7 @@ def _eva_attention(self, x: torch.Tensor, rope, attn_mask, is_causal: bool, trac
     Always through ``scaled_dot_product_attention``, at the module's ``scale``."""
     gate = self.gate(x).sigmoid() if self.gate is not None else None
     if self.qkv is not None:
-        q, k, v = _fused_qkv(self, x, trace)
+        q, k, v = fused_qkv(self, x, trace)
     else:
         q, k, v = (split_heads(p(x), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
     q, k = self.q_norm(q), self.k_norm(k)
@@ -424,7 +434,7 @@ class PrunedEvaAttention(EvaAttention):
     forward = eva_attention_forward
 
 
-def _cut_qkv_biases(module: nn.Module, heads: list[int], dims: list[int], head_dim: int) -> None:
+def cut_qkv_biases(module: nn.Module, heads: list[int], dims: list[int], head_dim: int) -> None:
     """The separate q/k/v biases of a fused qkv (EVA, BEiT), laid out ``[heads, head_dim]``, cut
     like the projection's rows (the k bias is a buffer of zeros, and stays one)."""
     kept = (np.asarray(heads)[:, None] * head_dim + np.asarray(dims)).ravel()
@@ -437,7 +447,7 @@ def _cut_qkv_biases(module: nn.Module, heads: list[int], dims: list[int], head_d
 def fix_eva_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """timm ``EvaAttention``: ``num_heads``, ``head_dim``, and the separate q/k/v biases of its
     fused qkv (``head_dim`` is read before it is changed)."""
-    _cut_qkv_biases(module, heads, dims, module.head_dim)
+    cut_qkv_biases(module, heads, dims, module.head_dim)
     module.num_heads = len(heads)
     module.head_dim = len(dims)
 
@@ -445,8 +455,8 @@ def fix_eva_attention(module: nn.Module, heads: list[int], dims: list[int]) -> N
 def _beit_attention(self, x: torch.Tensor, shared_rel_pos_bias, trace: bool) -> torch.Tensor:
     """timm BEiT ``Attention``'s computation with its output as wide as its heads (timm reshapes
     it to the input's width), at the module's ``scale``. Traced (``trace``) without the q/v biases
-    (see ``_fused_qkv``) or the relative position bias, whose per-head parts are cut with the heads."""
-    q, k, v = _fused_qkv(self, x, trace)
+    (see ``fused_qkv``) or the relative position bias, whose per-head parts are cut with the heads."""
+    q, k, v = fused_qkv(self, x, trace)
     bias = None
     if not trace:
         if self.relative_position_bias_table is not None:
@@ -470,7 +480,7 @@ def fix_beit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> 
     """timm BEiT ``Attention``: ``num_heads`` and its q/k/v biases; ``scale`` stays, passed to
     the pruned forward's attention as it is."""
     if module.q_bias is not None:
-        _cut_qkv_biases(module, heads, dims, module.q_bias.shape[0] // module.num_heads)
+        cut_qkv_biases(module, heads, dims, module.q_bias.shape[0] // module.num_heads)
     module.num_heads = len(heads)
 
 

@@ -1,5 +1,5 @@
 """Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
-XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT), FocalNet's modulation, the blocks of InceptionNeXt,
+XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT, ViT with a relative position bias, Swin V2), FocalNet's modulation, the blocks of InceptionNeXt,
 MambaOut, Res2Net, ReXNet, DPN, FasterNet, MixNet and CSPNet that split their channels at the
 widths they were built with, timm's blur pooling, ResNeSt's split attention, ECA's gate, the
 token-mixing blocks of MLP-Mixer, ResMLP and gMLP, CrossViT's cross attention and timm's attention
@@ -24,13 +24,16 @@ from timm.models import (
     tnt, twins, volo, xcit,
 )
 from timm.layers import attention_pool, blur_pool, eca, mixed_conv2d, split_attn
+from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
+from timm.models import vision_transformer_relpos
 from torch import nn
 from torch_pruning.pruner import function
 
 from ._arch import (
-    AttentionSpec, Layout, attend, concat_channels, fix_rel_pos, fix_window_attention, mix_tokens, patch_merging_forward, project, register_attention,
-    register_mlp, register_pruned, register_resize, register_trace_forward, rel_pos_head_params, split_channels, split_heads, value_heads,
+    AttentionSpec, Layout, attend, concat_channels, cut_qkv_biases, fix_rel_pos, fix_timm_attention, fix_window_attention, fused_qkv, mix_tokens,
+    patch_merging_forward, post_norm_patch_merging_forward, project, register_attention, register_mlp, register_pruned, register_resize,
+    register_trace_forward, rel_pos_head_params, split_channels, split_heads, value_heads,
 )
 from ._cut import cut_module
 
@@ -235,6 +238,44 @@ class PrunedLocallyGroupedAttn(twins.LocallyGroupedAttn):
     forward = locally_grouped_attention_forward
 
 
+# ViT with a relative position bias (vit_relpos): timm's attention, plus a bias per head from
+# its own table or MLP, or one the model shares across blocks (vit_srelpos)
+
+
+def rel_pos_attention_forward(self, x: torch.Tensor, shared_rel_pos: torch.Tensor | None = None) -> torch.Tensor:
+    """A pruned ``RelPosAttention``'s forward."""
+    q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
+    bias = self.rel_pos.get_bias() if self.rel_pos is not None else shared_rel_pos
+    return project(self, attend(self, self.q_norm(q), self.k_norm(k), v, bias).transpose(1, 2).flatten(2))
+
+
+def rel_pos_attention_trace(self, x: torch.Tensor, shared_rel_pos: torch.Tensor | None = None) -> torch.Tensor:
+    """``RelPosAttention`` for the tracer (``qkv_values_trace``): the bias is computed, so that
+    its MLP's MACs count, but not traced; its per-head parameters are cut with the heads."""
+    if self.rel_pos is not None:
+        self.rel_pos.get_bias()
+    return qkv_values_trace(self, x)
+
+
+def fix_rel_pos_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    fix_timm_attention(module, heads, dims)
+    if module.rel_pos is not None:
+        fix_rel_pos(module.rel_pos, len(heads))
+
+
+def rel_pos_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    fixed = {}
+    if module.rel_pos is None and getattr(model, "shared_rel_pos", None) is not None:
+        fixed["heads"] = "the model shares one relative position bias per head across its blocks"
+    if not isinstance(module.q_norm, nn.Identity):
+        fixed["head_dim"] = "qk-norm normalises over head dims"
+    return fixed
+
+
+class PrunedRelPosAttention(vision_transformer_relpos.RelPosAttention):
+    forward = rel_pos_attention_forward
+
+
 # timm's attention pooling (SigLIP's and PE's MAP head): a learnt latent query attends to the tokens
 
 
@@ -332,20 +373,24 @@ class PrunedMHSA(convit.MHSA):
 # SwinV2-CR: cosine attention within windows, position bias from an MLP with an output per head
 
 
-def cosine_window_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """A pruned SwinV2-CR ``WindowMultiHeadAttention``'s forward: cosine similarity of queries
-    and keys, scaled per head, plus the position bias, within windows (shifted ones masked)."""
-    windows, tokens, _ = x.shape
-    q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
+def _cosine_attention(self, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Swin V2's attention within windows: cosine similarity of queries and keys, scaled per
+    head, plus the position ``bias``, shifted windows masked; into the output projection."""
+    windows, _, tokens, _ = q.shape
     attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-    attn = attn * torch.clamp(self.logit_scale.reshape(1, -1, 1, 1), max=math.log(1.0 / 0.01)).exp()
-    attn = attn + self._relative_positional_encodings()
+    attn = attn * torch.clamp(self.logit_scale.reshape(1, -1, 1, 1), max=math.log(1.0 / 0.01)).exp() + bias
     if mask is not None:
         per_image = mask.shape[0]
         attn = attn.view(windows // per_image, per_image, self.num_heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)
         attn = attn.view(-1, self.num_heads, tokens, tokens)
     attn = self.attn_drop(attn.softmax(dim=-1))
     return project(self, (attn @ v).transpose(1, 2).flatten(2))
+
+
+def cosine_window_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A pruned SwinV2-CR ``WindowMultiHeadAttention``'s forward."""
+    q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
+    return _cosine_attention(self, q, k, v, self._relative_positional_encodings(), mask)
 
 
 def cosine_window_attention_trace(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -372,6 +417,47 @@ COSINE_HEADS = (("logit_scale", 0), ("meta_mlp.fc2.weight", 0), ("meta_mlp.fc2.b
 
 class PrunedWindowMultiHeadAttention(swin_cr.WindowMultiHeadAttention):
     forward = cosine_window_attention_forward
+
+
+# Swin V2 (timm's ``swin_transformer_v2``): the same attention, its q and v biases apart from
+# its qkv, its position bias from an MLP (``cpb_mlp``) over a table of coordinates
+
+
+def _swinv2_position_bias(self) -> torch.Tensor:
+    """``[heads, tokens, tokens]``, as timm computes it."""
+    table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+    tokens = self.window_size[0] * self.window_size[1]
+    return 16 * torch.sigmoid(table[self.relative_position_index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1))
+
+
+def swinv2_window_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A pruned Swin V2 ``WindowAttention``'s forward."""
+    q, k, v = fused_qkv(self, x, trace=False)
+    return _cosine_attention(self, q, k, v, _swinv2_position_bias(self), mask)
+
+
+def swinv2_window_attention_trace(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Swin V2 ``WindowAttention`` for the tracer (``qkv_values_trace``, its qkv called as a
+    module: timm's ``F.linear`` on its weight hides it); the position bias MLP runs, so that its
+    MACs count, and its outputs are cut with the heads, as are the q and v biases."""
+    _swinv2_position_bias(self)
+    return qkv_values_trace(self, x)
+
+
+def fix_swinv2_window_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """Swin V2 ``WindowAttention``: its q/k/v biases, ``num_heads`` and the bias MLP's width."""
+    if module.q_bias is not None:
+        cut_qkv_biases(module, heads, dims, module.q_bias.shape[0] // module.num_heads)
+    fix_num_heads(module, heads, dims)
+    module.cpb_mlp[-1].out_features = len(heads)
+
+
+SWINV2_HEADS = (("logit_scale", 0), ("cpb_mlp.2.weight", 0))
+"""The per-head parameters of Swin V2's attention: a logit scale and a bias MLP output per head."""
+
+
+class PrunedSwinV2WindowAttention(swinv2.WindowAttention):
+    forward = swinv2_window_attention_forward
 
 
 # XCiT: attention across the head dims of each head (its class attention is CaiT's)
@@ -920,6 +1006,12 @@ def register() -> None:
         attention_pool.AttentionPoolLatent,
         AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_latent_pool, fixed=latent_pool_fixed, pruned=PrunedAttentionPoolLatent),
     )
+    register_attention(
+        vision_transformer_relpos.RelPosAttention,
+        AttentionSpec(qkv="qkv", fixup=fix_rel_pos_attention, head_params=rel_pos_head_params, fixed=rel_pos_attention_fixed,
+                      pruned=PrunedRelPosAttention),
+    )
+    register_trace_forward(vision_transformer_relpos.RelPosAttention, rel_pos_attention_trace)
     register_attention(crossvit.CrossAttention, AttentionSpec(qkv="qkv", separate=CROSS_ATTENTION, fixup=fix_num_heads, pruned=PrunedCrossAttention))
     register_trace_forward(crossvit.CrossAttention, partial(class_attention_trace, names=CROSS_ATTENTION))
     register_trace_forward(tnt.Block, tnt_block_trace)
@@ -940,6 +1032,13 @@ def register() -> None:
                       pruned=PrunedWindowMultiHeadAttention),
     )
     register_trace_forward(swin_cr.WindowMultiHeadAttention, cosine_window_attention_trace)
+    register_attention(
+        swinv2.WindowAttention,
+        AttentionSpec(qkv="qkv", fixup=fix_swinv2_window_attention, head_params=SWINV2_HEADS, fixed=cosine_fixed,
+                      pruned=PrunedSwinV2WindowAttention),
+    )
+    register_trace_forward(swinv2.WindowAttention, swinv2_window_attention_trace)
+    register_trace_forward(swinv2.PatchMerging, post_norm_patch_merging_forward)
     register_trace_forward(swin_cr.PatchMerging, patch_merging_forward)  # Swin's, as timm writes it again
     register_attention(xcit.XCA, AttentionSpec(qkv="qkv", fixup=fix_num_heads, head_params=(("temperature", 0),), pruned=PrunedXCA))
     register_trace_forward(xcit.XCA, qkv_values_trace)
