@@ -102,11 +102,13 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
     ``img_size=32`` accepts nothing else, whatever its pretrained config says), else the image
     size the model keeps (MaxViT, CoAtNet: their position biases are sized for it) with the
     channels of timm's pretrained config, else that config, else ImageNet's 3x224x224. (TNT
-    calls its patch embedding ``pixel_embed``, MLP-Mixer ``stem``.)"""
+    calls its patch embedding ``pixel_embed``, MLP-Mixer ``stem``; a hybrid ViT's embedding
+    takes the image into its CNN backbone, whose first convolution says the channels.)"""
     embed = next((getattr(model, name) for name in ("patch_embed", "pixel_embed", "stem") if hasattr(model, name)), None)
-    img, proj = getattr(embed, "img_size", None), getattr(embed, "proj", None)
-    if img is not None and isinstance(getattr(proj, "in_channels", None), int):
-        return (proj.in_channels, int(img[0]), int(img[1]))
+    img = getattr(embed, "img_size", None)
+    first = next((m for m in embed.modules() if isinstance(m, nn.modules.conv._ConvNd)), None) if img is not None else None
+    if first is not None:
+        return (first.in_channels, int(img[0]), int(img[1]))
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = tuple(int(s) for s in cfg.get("input_size", (3, 224, 224)))
     img = model.__dict__.get("img_size")

@@ -282,6 +282,18 @@ def test_grouped_convolutions_lose_the_same_positions_in_every_group():
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
+def test_hybrid_vit_takes_images_into_its_backbone():
+    """A hybrid ViT's patch embedding is a CNN and a 1x1 projection of its features: the image's
+    channels are the CNN's (the trace was fed the projection's 1024, and failed)."""
+    model = make("vit_hybrid_micro")
+    assert isoprune._trace.input_size(model) == (3, 64, 64)
+    plan = isoprune.plan(model, 0.5)
+    isoprune.apply_plan(model, plan)
+    assert plan.macs["after"] == isoprune.count(model)[0] < 0.5 * plan.macs["before"]
+    with torch.no_grad():
+        assert model(inputs_for(model)).shape == (2, 10)
+
+
 def test_group_norms_keep_their_groups_equal():
     """A GroupNorm needs as many channels in each of its groups: BiT (ResNetV2 with 32 groups
     everywhere) and EfficientNet-GN could not lose one channel, and were left whole."""
