@@ -191,8 +191,9 @@ def zero_out(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.
                 tensor.index_fill_(dim, torch.as_tensor(op.idxs, dtype=torch.long, device=tensor.device), 0.0)
         for owner, keep in _attention_kept(pruning).items():  # and the slices of removed heads
             module = model.get_submodule(owner)
-            gone = sorted(set(range(module.num_heads)) - set(keep["heads"]))
-            for name, dim in _arch.attention_spec(module).per_head(module) if gone else ():
+            spec = _arch.attention_spec(module)
+            gone = sorted(set(range(spec.heads(module))) - set(keep["heads"]))
+            for name, dim in spec.per_head(module) if gone else ():
                 param = module.get_parameter(name)
                 param.index_fill_(dim, torch.as_tensor(gone, device=param.device), 0.0)
     return model

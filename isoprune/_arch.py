@@ -76,7 +76,8 @@ class AttentionSpec:
     many runs: that group then has as many, and each head keeps as many channels as the others.
     ``query_dim(module)`` is the width of a head's query and key where its values are a whole
     number of times wider (LeViT): a head dim is then one channel of each of them, and of each
-    query-wide slice of the values, which count as that many copies."""
+    query-wide slice of the values, which count as that many copies. ``heads_attr`` names the
+    module's attribute that holds its head count (Hiera's is ``heads``)."""
 
     qkv: str
     fixup: Callable[[nn.Module, list[int], list[int]], None]
@@ -88,6 +89,10 @@ class AttentionSpec:
     head_layers: tuple[str, ...] = ()
     runs: Callable[[nn.Module], dict[str, int]] | None = None
     query_dim: Callable[[nn.Module], int] | None = None
+    heads_attr: str = "num_heads"
+
+    def heads(self, module: nn.Module) -> int:
+        return int(getattr(module, self.heads_attr))
 
     def projections(self, module: nn.Module) -> tuple[str, ...]:
         if self.separate and not isinstance(getattr(module, self.qkv, None), (nn.Linear, nn.Conv2d)):
@@ -99,7 +104,7 @@ class AttentionSpec:
         holds three copies; of separate projections the narrowest holds one, and the others as
         many as they are wider (PVT's ``kv``, ConViT's ``qk``: two)."""
         names = self.projections(module)
-        heads = int(module.num_heads)
+        heads = self.heads(module)
         flag = self.heads_first
         heads_first = flag if isinstance(flag, bool) else bool(flag and getattr(module, flag))
         widths = {name: _out_width(module.get_submodule(name)) for name in names}
@@ -236,7 +241,7 @@ def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:
         setattr(module.get_submodule(owner), attr, cut_tensor(param, dim, np.asarray(heads, dtype=np.int64)))
 
 
-def _rescale_queries(module: nn.Module, old_scale: float, head_dim: int, heads_first: bool = False) -> None:
+def rescale_queries(module: nn.Module, old_scale: float, head_dim: int, heads_first: bool = False) -> None:
     """The fused path (``F.scaled_dot_product_attention``) always scales by ``1/sqrt(head_dim)``, so
     after removing head dims we set ``scale`` to the new value and fold the ratio to the old one
     into the query rows: fused and unfused paths then compute exactly what the unpruned model did."""
@@ -268,14 +273,14 @@ def fix_timm_attention(module: nn.Module, heads: list[int], dims: list[int]) -> 
     module.num_heads = len(heads)
     module.head_dim = len(dims)
     module.attn_dim = len(heads) * len(dims)
-    _rescale_queries(module, old_scale, len(dims))
+    rescale_queries(module, old_scale, len(dims))
 
 
 def fix_window_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """timm Swin ``WindowAttention``: ``num_heads`` and ``scale``; the head dim is read from qkv."""
     old_scale = float(module.scale)
     module.num_heads = len(heads)
-    _rescale_queries(module, old_scale, len(dims))
+    rescale_queries(module, old_scale, len(dims))
 
 
 def fix_rope_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -575,7 +580,7 @@ def fix_maxxvit_attention(module: nn.Module, heads: list[int], dims: list[int]) 
     old_scale = float(module.scale)
     module.num_heads = len(heads)
     module.dim_head = len(dims)
-    _rescale_queries(module, old_scale, len(dims), heads_first=module.head_first)
+    rescale_queries(module, old_scale, len(dims), heads_first=module.head_first)
     if module.rel_pos is not None:
         fix_rel_pos(module.rel_pos, len(heads))
 

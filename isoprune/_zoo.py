@@ -1,10 +1,12 @@
-"""Attention and blocks of further timm families (CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR,
-XCiT, DaViT, VOLO, GC ViT, MetaFormer, LeViT, ViT with a relative position bias, Swin V2), FocalNet's modulation, the blocks of InceptionNeXt,
-MambaOut, Res2Net, ReXNet, DPN, FasterNet, MixNet and CSPNet that split their channels at the
-widths they were built with, timm's blur pooling, ResNeSt's split attention, ECA's gate, the
-token-mixing blocks of MLP-Mixer, ResMLP and gMLP, CrossViT's cross attention and timm's attention
-pooling (SigLIP's head), registered with ``_arch``'s registries as timm's own ``Attention`` and
-Swin's are.
+"""Attention and blocks of further timm families, registered with ``_arch``'s registries as
+timm's own ``Attention`` and Swin's are:
+
+- attention: CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR, Swin V2, XCiT, DaViT, VOLO, GC ViT,
+  MetaFormer, LeViT, Hiera, ViT with a relative position bias, CrossViT's cross attention,
+  timm's attention pooling (SigLIP's head), ResNeSt's split attention; FocalNet's modulation;
+- blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
+  Res2Net, ReXNet, DPN, FasterNet, MixNet, CSPNet;
+- timm's blur pooling, ECA's gate, and the token-mixing blocks of MLP-Mixer, ResMLP and gMLP.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -20,8 +22,8 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, crossvit, cspnet, davit, dpn, fasternet, focalnet, gcvit, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, res2net, rexnet,
-    tnt, twins, volo, xcit,
+    cait, convit, crossvit, cspnet, davit, dpn, fasternet, focalnet, gcvit, hiera, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2,
+    res2net, rexnet, tnt, twins, volo, xcit,
 )
 from timm.layers import attention_pool, blur_pool, eca, mixed_conv2d, split_attn
 from timm.models import swin_transformer_v2 as swinv2
@@ -33,7 +35,7 @@ from torch_pruning.pruner import function
 from ._arch import (
     AttentionSpec, Layout, attend, concat_channels, cut_qkv_biases, fix_rel_pos, fix_timm_attention, fix_window_attention, fused_qkv, mix_tokens,
     patch_merging_forward, post_norm_patch_merging_forward, project, register_attention, register_mlp, register_pruned, register_resize,
-    register_trace_forward, rel_pos_head_params, split_channels, split_heads, value_heads,
+    register_trace_forward, rel_pos_head_params, rescale_queries, split_channels, split_heads, value_heads,
 )
 from ._cut import cut_module
 
@@ -274,6 +276,18 @@ def rel_pos_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, st
 
 class PrunedRelPosAttention(vision_transformer_relpos.RelPosAttention):
     forward = rel_pos_attention_forward
+
+
+# Hiera: attention within mask units (or global), its queries max-pooled over ``q_stride`` tokens;
+# its head count is ``heads``; the tracer follows timm's forward, which reshapes to ``dim_out``
+
+
+def fix_mask_unit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """Hiera ``MaskUnitAttention``: ``heads``, ``head_dim`` and ``dim_out``, which its forward
+    reshapes to, and ``scale`` (``rescale_queries``)."""
+    old_scale = float(module.scale)
+    module.heads, module.head_dim, module.dim_out = len(heads), len(dims), len(heads) * len(dims)
+    rescale_queries(module, old_scale, len(dims))
 
 
 # timm's attention pooling (SigLIP's and PE's MAP head): a learnt latent query attends to the tokens
@@ -1012,6 +1026,7 @@ def register() -> None:
                       pruned=PrunedRelPosAttention),
     )
     register_trace_forward(vision_transformer_relpos.RelPosAttention, rel_pos_attention_trace)
+    register_attention(hiera.MaskUnitAttention, AttentionSpec(qkv="qkv", fixup=fix_mask_unit_attention, heads_attr="heads"))
     register_attention(crossvit.CrossAttention, AttentionSpec(qkv="qkv", separate=CROSS_ATTENTION, fixup=fix_num_heads, pruned=PrunedCrossAttention))
     register_trace_forward(crossvit.CrossAttention, partial(class_attention_trace, names=CROSS_ATTENTION))
     register_trace_forward(tnt.Block, tnt_block_trace)
