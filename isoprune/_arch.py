@@ -341,6 +341,17 @@ def concat_channels(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     return out
 
 
+first_roots: list = []
+"""Layers trace forwards name to root the group of their outputs before other layers do."""
+
+
+def root_first(layer: nn.Module) -> None:
+    """Mark ``layer``, in a trace forward, to root the group of its outputs: the group's channels
+    are numbered as the layer has them, where they fall in runs that a layer rooting it later would
+    number otherwise (SKNet's grouped path convolutions, not its attention's ``[paths, channels]``)."""
+    first_roots.append(layer)
+
+
 token_swaps: list = []
 """``(into, back)``: the autograd nodes of the transposes ``mix_tokens`` makes, for ``build_graph``."""
 

@@ -410,7 +410,7 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves:
         diverged: dict[str, str] = {}
         # a gated layer roots the group of its hidden units: both halves, whatever other layers
         # (MambaOut's convolution) hold a part of one
-        first = [skeleton.get_submodule(n) for n in sorted(halves)] + graph.multiplied
+        first = [skeleton.get_submodule(n) for n in sorted(halves)] + graph.first_roots
         tp_groups = _coupling.all_groups(graph, ignored, diverged, first=first)
         misfit_params, misfit = _misfits(graph, skeleton, tp_groups)
         if not misfit_params or attempt:

@@ -297,6 +297,7 @@ def trace_forwards(model: nn.Module):
         _arch.channel_splits.clear()
         _arch.channel_concats.clear()
         _arch.token_swaps.clear()
+        _arch.first_roots.clear()
 
 
 def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.DependencyGraph:
@@ -312,7 +313,8 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
             graph = tp.DependencyGraph().build_dependency(skeleton, example, ignored_params=list(ignored_params), verbose=False)
             _map_marked(graph)  # while the marks are held
             graph.token_layers = _cut_token_swaps(graph)
-        graph.multiplied = _couple_multipliers(graph)
+            marked_first = list(_arch.first_roots)
+        graph.first_roots = _couple_multipliers(graph) + [m for m in marked_first if m in graph.module2node]
         _unmap_foreign_expands(graph)
         return graph
     except IsopruneError:

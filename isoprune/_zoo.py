@@ -3,7 +3,8 @@ timm's own ``Attention`` and Swin's are:
 
 - attention: CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR, Swin V2, XCiT, DaViT, VOLO, GC ViT,
   MetaFormer, LeViT, Hiera, ViT with a relative position bias, CrossViT's cross attention,
-  timm's attention pooling (SigLIP's head), ResNeSt's split attention; FocalNet's modulation;
+  timm's attention pooling (SigLIP's head), ResNeSt's split attention, SKNet's selective kernel;
+  FocalNet's modulation;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net, ReXNet, DPN, FasterNet, MixNet, CSPNet;
 - timm's blur pooling, ECA's gate, and the token-mixing blocks of MLP-Mixer, ResMLP and gMLP.
@@ -25,7 +26,7 @@ from timm.models import (
     cait, convit, crossvit, cspnet, davit, dpn, fasternet, focalnet, gcvit, hiera, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2,
     res2net, rexnet, tnt, twins, volo, xcit,
 )
-from timm.layers import attention_pool, blur_pool, eca, mixed_conv2d, split_attn
+from timm.layers import attention_pool, blur_pool, eca, mixed_conv2d, selective_kernel, split_attn
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
 from timm.models import vision_transformer_relpos
@@ -35,7 +36,7 @@ from torch_pruning.pruner import function
 from ._arch import (
     AttentionSpec, Layout, attend, concat_channels, cut_qkv_biases, fix_rel_pos, fix_timm_attention, fix_window_attention, fused_qkv, mix_tokens,
     patch_merging_forward, post_norm_patch_merging_forward, project, register_attention, register_mlp, register_pruned, register_resize,
-    register_trace_forward, rel_pos_head_params, rescale_queries, split_channels, split_heads, value_heads,
+    register_trace_forward, rel_pos_head_params, rescale_queries, root_first, split_channels, split_heads, value_heads,
 )
 from ._cut import cut_module
 
@@ -970,6 +971,36 @@ def split_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     return sum(split * score / total for split, score in zip(splits, scores))
 
 
+# SKNet: a selective kernel runs its paths (kernel sizes) on its input (or each on a part of
+# it) and weighs them per channel with a softmax over the paths, laid out [paths, channels]
+
+
+def _selective_kernel(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """timm ``SelectiveKernel``, its input split where its paths' widths say (timm splits it in
+    equal parts); for the tracer the split and the attention's slices are marked, and the softmax
+    over the paths is written elementwise."""
+    if trace:
+        root_first(self.paths[0].conv)
+    if self.split_input:
+        sizes = [path.conv.in_channels for path in self.paths]
+        parts = split_channels(x, sizes) if trace else x.split(sizes, 1)
+        paths = [path(part) for path, part in zip(self.paths, parts)]
+    else:
+        paths = [path(x) for path in self.paths]
+    if not trace:
+        stacked = torch.stack(paths, dim=1)
+        return torch.sum(stacked * self.attn(stacked), dim=1)
+    attn = self.attn
+    gap = sum(paths[1:], paths[0]).mean((2, 3), keepdim=True)
+    scores = [s.exp() for s in split_channels(attn.fc_select(attn.act(attn.bn(attn.fc_reduce(gap)))), self.num_paths)]
+    total = sum(scores[1:], scores[0])
+    return sum(path * score / total for path, score in zip(paths, scores))
+
+
+class PrunedSelectiveKernel(selective_kernel.SelectiveKernel):
+    forward = partialmethod(_selective_kernel, trace=False)
+
+
 # ECA: a gate per channel, from a 1-d convolution that slides along the channels' means
 
 
@@ -1108,6 +1139,8 @@ def register() -> None:
     register_trace_forward(cspnet.CrossStage3, partial(_cross_stage3, trace=True))
     register_pruned(cspnet.CrossStage3, PrunedCrossStage3)
     register_trace_forward(split_attn.SplitAttn, split_attention_trace)
+    register_trace_forward(selective_kernel.SelectiveKernel, partial(_selective_kernel, trace=True))
+    register_pruned(selective_kernel.SelectiveKernel, PrunedSelectiveKernel)
     register_trace_forward(eca.EcaModule, channel_conv_gate_trace)
     register_trace_forward(eca.CecaModule, channel_conv_gate_trace)
     register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)

@@ -85,6 +85,8 @@ SMALL = {
     "vit_hybrid_micro": ("vit_small_r26_s32_224", dict(img_size=64, embed_dim=32, depth=2, num_heads=2)),
     "hiera_micro": ("hiera_tiny_224", dict(img_size=(64, 64), embed_dim=16, num_heads=1, stages=(1, 2, 2, 1),
                                            pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "skresnet_micro": ("skresnet18", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "skresnext_micro": ("skresnext50_32x4d", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
