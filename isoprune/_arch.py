@@ -399,7 +399,7 @@ def project(self, x: torch.Tensor) -> torch.Tensor:
 
 def fused_qkv(self, x: torch.Tensor, trace: bool) -> tuple[torch.Tensor, ...]:
     """Queries, keys and values ``[batch, heads, tokens, head_dim]`` from a fused qkv whose
-    biases the module keeps apart (``q_bias``, ``k_bias``, ``v_bias``; EVA, BEiT). The qkv is
+    biases the module keeps apart (``q_bias``, ``k_bias``, ``v_bias``; EVA, BEiT, Swin V2). The qkv is
     called as a module, so the tracer and the MACs counter see it (timm calls ``F.linear`` on its
     weight); the biases, which we cut with the heads, are left out of a trace."""
     qkv = self.qkv(x)
@@ -451,7 +451,7 @@ class PrunedEvaAttention(EvaAttention):
 
 
 def cut_qkv_biases(module: nn.Module, heads: list[int], dims: list[int], head_dim: int) -> None:
-    """The separate q/k/v biases of a fused qkv (EVA, BEiT), laid out ``[heads, head_dim]``, cut
+    """The separate q/k/v biases of a fused qkv (EVA, BEiT, Swin V2), laid out ``[heads, head_dim]``, cut
     like the projection's rows (the k bias is a buffer of zeros, and stays one)."""
     kept = (np.asarray(heads)[:, None] * head_dim + np.asarray(dims)).ravel()
     for name in ("q_bias", "k_bias", "v_bias"):

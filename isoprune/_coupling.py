@@ -31,7 +31,8 @@ class Diverged(Exception):
     read timm MaxViT's qkv ``view`` as a flatten and mapped channels through it again and again:
     24 GB in 50 s), or it keeps reaching layers with channel sets it has not seen (FocalNet's gates
     as timm's forward uses them, one channel broadcast over many, coupled to them through slices:
-    9 GB in 78 s)."""
+    9 GB in 78 s); or one that cannot go on, through a mapping the tracer set up that does not fit
+    the channels it is given (a split paired with more readers than it has parts)."""
 
 
 @dataclass
@@ -182,7 +183,11 @@ def pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn, chan
             new_idx, new_root = idx, root
             for mapping in _in_order(new.index_mapping):
                 if mapping is not None:
-                    new_idx, new_root = _map(mapping, new_idx, new_root)
+                    try:
+                        new_idx, new_root = _map(mapping, new_idx, new_root)
+                    except (IndexError, ValueError) as exc:  # a mapping that does not fit the channels it is given
+                        where = type(new.target.module).__name__.strip("_")
+                        raise Diverged(f"the tracer's {type(mapping).__name__.strip('_')} at {where} does not fit its channels ({exc})") from exc
             if not len(new_idx):
                 continue
             if limit is not None and len(new_idx) > limit:

@@ -294,6 +294,16 @@ def test_hybrid_vit_takes_images_into_its_backbone():
         assert model(inputs_for(model)).shape == (2, 10)
 
 
+def test_a_mapping_that_does_not_fit_leaves_its_group_whole():
+    """Torch-Pruning pairs a split's readers with its parts by position; where they do not pair up
+    (BAT-ResNeXt's bilinear attention, here), a walk meets a mapping it cannot apply. That group is
+    left whole, with why, and the others are cut: before, the whole analysis failed with a bare
+    IndexError."""
+    analysis = _groups.analyse(timm.create_model("bat_resnext26ts", device="meta"))
+    whole = [why for why in analysis.frozen.values() if "does not fit its channels" in why]
+    assert whole and len(analysis.groups) > len(analysis.frozen)
+
+
 def test_group_norms_keep_their_groups_equal():
     """A GroupNorm needs as many channels in each of its groups: BiT (ResNetV2 with 32 groups
     everywhere) and EfficientNet-GN could not lose one channel, and were left whole."""
