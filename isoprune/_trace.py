@@ -246,13 +246,20 @@ def _map_split(node) -> None:
     node.module.split_sizes, node.module.offsets = sizes, offsets
     for reader in node.outputs:  # mapping slot 0: where Torch-Pruning keeps a split's mappings
         i = _part_read(fn, reader)
-        for dep in node.dependencies:
-            if dep.target is reader:
-                dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[i : i + 2], reverse=False)
-        for dep in reader.dependencies:
-            if dep.target is node:
-                dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[i : i + 2], reverse=True)
+        part = offsets[i : i + 2]
+        _map_part(node, reader, 0, _SplitIndexMapping(offset=part, reverse=False), _SplitIndexMapping(offset=part, reverse=True))
     node.enable_index_mapping = False
+
+
+def _map_part(node, other, slot: int, out, back) -> None:
+    """Set the index mappings (in ``slot``) of the dependencies from a split or concatenation
+    ``node`` to ``other``, which reads or makes one of its parts (``out``), and back (``back``)."""
+    for dep in node.dependencies:
+        if dep.target is other:
+            dep.index_mapping[slot] = out
+    for dep in other.dependencies:
+        if dep.target is node:
+            dep.index_mapping[slot] = back
 
 
 def _map_concat(node, parts: list, widths: list[int]) -> None:
@@ -267,12 +274,8 @@ def _map_concat(node, parts: list, widths: list[int]) -> None:
     node.inputs.sort(key=lambda source: part_of[id(source)])
     for source in node.inputs:  # mapping slot 1: where Torch-Pruning keeps a concatenation's mappings
         i = part_of[id(source)]
-        for dep in node.dependencies:
-            if dep.target is source:
-                dep.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i : i + 2], reverse=True)
-        for dep in source.dependencies:
-            if dep.target is node:
-                dep.index_mapping[1] = _ConcatIndexMapping(offset=offsets[i : i + 2], reverse=False)
+        part = offsets[i : i + 2]
+        _map_part(node, source, 1, _ConcatIndexMapping(offset=part, reverse=True), _ConcatIndexMapping(offset=part, reverse=False))
 
 
 @contextlib.contextmanager
