@@ -450,20 +450,23 @@ class PrunedEvaAttention(EvaAttention):
     forward = eva_attention_forward
 
 
-def cut_qkv_biases(module: nn.Module, heads: list[int], dims: list[int], head_dim: int) -> None:
-    """The separate q/k/v biases of a fused qkv (EVA, BEiT, Swin V2), laid out ``[heads, head_dim]``, cut
-    like the projection's rows (the k bias is a buffer of zeros, and stays one)."""
-    kept = (np.asarray(heads)[:, None] * head_dim + np.asarray(dims)).ravel()
+def cut_qkv_biases(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """The separate q/k/v biases of a fused qkv (EVA, BEiT, Swin V2), laid out ``[heads, head_dim]``,
+    cut like the projection's rows (the k bias is a buffer of zeros, and stays one). Called before
+    ``num_heads`` changes: a bias's head dim is its width over the heads."""
     for name in ("q_bias", "k_bias", "v_bias"):
         tensor = getattr(module, name, None)
-        if tensor is not None and tensor.shape[0] != len(kept):
+        if tensor is None:
+            continue
+        kept = (np.asarray(heads)[:, None] * (tensor.shape[0] // module.num_heads) + np.asarray(dims)).ravel()
+        if tensor.shape[0] != len(kept):
             setattr(module, name, cut_tensor(tensor, 0, kept))
 
 
 def fix_eva_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """timm ``EvaAttention``: ``num_heads``, ``head_dim``, and the separate q/k/v biases of its
     fused qkv (``head_dim`` is read before it is changed)."""
-    cut_qkv_biases(module, heads, dims, module.head_dim)
+    cut_qkv_biases(module, heads, dims)
     module.num_heads = len(heads)
     module.head_dim = len(dims)
 
@@ -495,8 +498,7 @@ def beit_attention_trace(self, x, shared_rel_pos_bias=None):
 def fix_beit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """timm BEiT ``Attention``: ``num_heads`` and its q/k/v biases; ``scale`` stays, passed to
     the pruned forward's attention as it is."""
-    if module.q_bias is not None:
-        cut_qkv_biases(module, heads, dims, module.q_bias.shape[0] // module.num_heads)
+    cut_qkv_biases(module, heads, dims)
     module.num_heads = len(heads)
 
 
@@ -518,6 +520,11 @@ class PrunedBeitAttention(BeitAttention):
     forward = beit_attention_forward
 
 
+def qk_norm_fixed(module: nn.Module) -> dict[str, str]:
+    """Head dims stay whole in an attention that normalises its queries and keys over them."""
+    return {} if isinstance(getattr(module, "q_norm", nn.Identity()), nn.Identity) else {"head_dim": "qk-norm normalises over head dims"}
+
+
 def rotary_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     """What an attention of timm's rotary models (EVA, ``AttentionRope``) keeps whole: head dims
     where the model turns them in pairs with a rotary position embedding or normalises them
@@ -525,11 +532,7 @@ def rotary_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     (``rope_type="mixed"``), and both under grouped-query attention."""
     # the modules' own dicts: nn.Module's getattr raises and catches on every module without one
     rotary = [m for m in model.modules() if m._modules.get("rope") is not None]
-    fixed = {}
-    if rotary:
-        fixed["head_dim"] = "the rotary position embedding turns head dims in pairs"
-    elif not isinstance(module.q_norm, nn.Identity):
-        fixed["head_dim"] = "qk-norm normalises over head dims"
+    fixed = {"head_dim": "the rotary position embedding turns head dims in pairs"} if rotary else qk_norm_fixed(module)
     if any(m.__dict__.get("rope_mixed", False) for m in rotary):
         fixed["heads"] = "the rotary position embedding has frequencies per head"
     if getattr(module, "num_kv_groups", 1) > 1:

@@ -35,8 +35,8 @@ from torch_pruning.pruner import function
 
 from ._arch import (
     AttentionSpec, Layout, attend, concat_channels, cut_qkv_biases, fix_rel_pos, fix_timm_attention, fix_window_attention, fused_qkv, mix_tokens,
-    patch_merging_forward, post_norm_patch_merging_forward, project, register_attention, register_mlp, register_pruned, register_resize,
-    register_trace_forward, rel_pos_head_params, rescale_queries, root_first, split_channels, split_heads, value_heads,
+    patch_merging_forward, post_norm_patch_merging_forward, project, qk_norm_fixed, register_attention, register_mlp, register_pruned,
+    register_resize, register_trace_forward, rel_pos_head_params, rescale_queries, root_first, split_channels, split_heads, value_heads,
 )
 from ._cut import cut_module
 
@@ -267,11 +267,9 @@ def fix_rel_pos_attention(module: nn.Module, heads: list[int], dims: list[int]) 
 
 
 def rel_pos_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
-    fixed = {}
+    fixed = qk_norm_fixed(module)
     if module.rel_pos is None and getattr(model, "shared_rel_pos", None) is not None:
         fixed["heads"] = "the model shares one relative position bias per head across its blocks"
-    if not isinstance(module.q_norm, nn.Identity):
-        fixed["head_dim"] = "qk-norm normalises over head dims"
     return fixed
 
 
@@ -319,12 +317,9 @@ def fix_latent_pool(module: nn.Module, heads: list[int], dims: list[int]) -> Non
 
 
 def latent_pool_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
-    fixed = {}
     if not isinstance(module.q, nn.Linear):
-        fixed = dict.fromkeys(("heads", "head_dim"), "its latent is its query, with no query layer")
-    elif not isinstance(module.q_norm, nn.Identity):
-        fixed["head_dim"] = "qk-norm normalises over head dims"
-    return fixed
+        return dict.fromkeys(("heads", "head_dim"), "its latent is its query, with no query layer")
+    return qk_norm_fixed(module)
 
 
 # ConViT: gated positional self-attention, then plain multi-head self-attention
@@ -461,8 +456,7 @@ def swinv2_window_attention_trace(self, x: torch.Tensor, mask: torch.Tensor | No
 
 def fix_swinv2_window_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """Swin V2 ``WindowAttention``: its q/k/v biases, ``num_heads`` and the bias MLP's width."""
-    if module.q_bias is not None:
-        cut_qkv_biases(module, heads, dims, module.q_bias.shape[0] // module.num_heads)
+    cut_qkv_biases(module, heads, dims)
     fix_num_heads(module, heads, dims)
     module.cpb_mlp[-1].out_features = len(heads)
 
@@ -956,6 +950,14 @@ class PrunedCrossStage3(cspnet.CrossStage3):
 # of the attention, laid out [cardinality, radix, channels]
 
 
+def _softmax_weighed(parts: list[torch.Tensor], logits: list[torch.Tensor]) -> torch.Tensor:
+    """``sum_i parts[i] * softmax(logits)[i]``, the softmax across the parts written elementwise:
+    the tracer reads timm's reshape to ``[..., parts, channels]`` as one of channels."""
+    scores = [logit.exp() for logit in logits]
+    total = sum(scores[1:], scores[0])
+    return sum(part * score / total for part, score in zip(parts, scores))
+
+
 def split_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     """ResNeSt's split attention for the tracer: the radix splits and the attention's slices
     taken with marked splits (the tracer reads timm's reshapes as ones of channels), each split
@@ -966,9 +968,7 @@ def split_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     splits = split_channels(x, self.radix)
     gap = sum(splits[1:], splits[0]).mean((2, 3), keepdim=True)
     pieces = split_channels(self.fc2(self.act1(self.bn1(self.fc1(gap)))), self.rsoftmax.cardinality * self.radix)
-    scores = [concat_channels(list(pieces[r :: self.radix]), 1).exp() for r in range(self.radix)]
-    total = sum(scores[1:], scores[0])
-    return sum(split * score / total for split, score in zip(splits, scores))
+    return _softmax_weighed(splits, [concat_channels(list(pieces[r :: self.radix]), 1) for r in range(self.radix)])
 
 
 # SKNet: a selective kernel runs its paths (kernel sizes) on its input (or each on a part of
@@ -992,9 +992,7 @@ def _selective_kernel(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
         return torch.sum(stacked * self.attn(stacked), dim=1)
     attn = self.attn
     gap = sum(paths[1:], paths[0]).mean((2, 3), keepdim=True)
-    scores = [s.exp() for s in split_channels(attn.fc_select(attn.act(attn.bn(attn.fc_reduce(gap)))), self.num_paths)]
-    total = sum(scores[1:], scores[0])
-    return sum(path * score / total for path, score in zip(paths, scores))
+    return _softmax_weighed(paths, split_channels(attn.fc_select(attn.act(attn.bn(attn.fc_reduce(gap)))), self.num_paths))
 
 
 class PrunedSelectiveKernel(selective_kernel.SelectiveKernel):
