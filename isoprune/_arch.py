@@ -276,6 +276,19 @@ def fix_timm_attention(module: nn.Module, heads: list[int], dims: list[int]) -> 
     rescale_queries(module, old_scale, len(dims))
 
 
+def timm_attention_trace(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    """timm ``Attention`` for the tracer: its own forward, but where it normalises queries and
+    keys over their head dims (qk-norm), whose weights the tracer couples to the qkv's channels
+    through timm's reshape, onto channels they do not have (every such attention was left whole):
+    then the values go to the output projection as ``value_heads`` has them."""
+    if isinstance(self.q_norm, nn.Identity):
+        return type(self).forward(self, x, attn_mask, is_causal)
+    out = self.norm(value_heads(self.qkv(x), Layout(self.num_heads, self.head_dim, 3), 2))
+    if getattr(self, "gate", None) is not None:
+        out = out * self.gate(x).sigmoid()
+    return self.proj_drop(self.proj(out))
+
+
 def fix_window_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """timm Swin ``WindowAttention``: ``num_heads`` and ``scale``; the head dim is read from qkv."""
     old_scale = float(module.scale)
@@ -525,6 +538,15 @@ def qk_norm_fixed(module: nn.Module) -> dict[str, str]:
     return {} if isinstance(getattr(module, "q_norm", nn.Identity()), nn.Identity) else {"head_dim": "qk-norm normalises over head dims"}
 
 
+def resize_norm(norm: nn.Module, cut: Cut) -> None:
+    """A norm that is not a ``LayerNorm`` but keeps its ``normalized_shape`` (torch's ``RMSNorm``,
+    timm's ``RmsNorm`` and ``SimpleNorm``, which hand it to ``F.rms_norm``): as wide as its weight,
+    which the group cut. One without a weight is not in any group's trace and keeps its width (a
+    group it normalises cannot lose a channel, and is left whole, named)."""
+    if getattr(norm, "weight", None) is not None:
+        norm.normalized_shape = (*norm.normalized_shape[:-1], norm.weight.shape[-1])
+
+
 def rotary_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     """What an attention of timm's rotary models (EVA, ``AttentionRope``) keeps whole: head dims
     where the model turns them in pairs with a rotary position embedding or normalises them
@@ -622,7 +644,8 @@ def _register_defaults() -> None:
 
     from timm.models import maxxvit, swin_transformer
 
-    register_attention(timm_attention.Attention, AttentionSpec(qkv="qkv", fixup=fix_timm_attention))
+    register_attention(timm_attention.Attention, AttentionSpec(qkv="qkv", fixup=fix_timm_attention, fixed=lambda model, m: qk_norm_fixed(m)))
+    register_trace_forward(timm_attention.Attention, timm_attention_trace)
     register_attention(
         swin_transformer.WindowAttention,
         AttentionSpec(qkv="qkv", fixup=fix_window_attention, head_params=(("relative_position_bias_table", 1),)),
@@ -644,7 +667,15 @@ def _register_defaults() -> None:
     for cls in (maxxvit.AttentionCl, maxxvit.Attention2d):
         register_attention(cls, maxxvit_spec)
         register_trace_forward(cls, maxxvit_attention_trace)
-    for name in ("Mlp", "SwiGLU", "ConvMlp"):
+    from timm.layers import norm as timm_norm
+
+    for name in ("RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d"):
+        for cls in (getattr(timm_norm, name, None), getattr(timm_norm, name + "Fp32", None)):
+            if cls is not None:
+                register_resize(cls, resize_norm)
+    if hasattr(nn, "RMSNorm"):
+        register_resize(nn.RMSNorm, resize_norm)
+    for name in ("Mlp", "SwiGLU", "ConvMlp", "GlobalResponseNormMlp"):
         cls = getattr(timm_mlp, name, None)
         if cls is not None:
             register_mlp(cls)

@@ -2,9 +2,9 @@
 timm's own ``Attention`` and Swin's are:
 
 - attention: CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR, Swin V2, XCiT, DaViT, VOLO, GC ViT,
-  MetaFormer, LeViT, Hiera, ViT with a relative position bias, CrossViT's cross attention,
-  timm's attention pooling (SigLIP's head), ResNeSt's split attention, SKNet's selective kernel;
-  FocalNet's modulation;
+  MetaFormer, LeViT, EfficientFormer, TinyViT, Hiera, ViT with a relative position bias, CrossViT's
+  cross attention, differential attention, timm's attention pooling (SigLIP's head), ResNeSt's
+  split attention, SKNet's selective kernel; FocalNet's modulation;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net, ReXNet, DPN, FasterNet, MixNet, CSPNet;
 - timm's blur pooling, ECA's gate, and the token-mixing blocks of MLP-Mixer, ResMLP and gMLP.
@@ -23,10 +23,10 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, crossvit, cspnet, davit, dpn, fasternet, focalnet, gcvit, hiera, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2,
-    res2net, rexnet, tnt, twins, volo, xcit,
+    cait, convit, crossvit, cspnet, davit, dpn, efficientformer, fasternet, focalnet, gcvit, hiera, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2,
+    res2net, rexnet, tiny_vit, tnt, twins, volo, xcit,
 )
-from timm.layers import attention_pool, blur_pool, eca, mixed_conv2d, selective_kernel, split_attn
+from timm.layers import attention_pool, blur_pool, diff_attention, eca, mixed_conv2d, selective_kernel, split_attn
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
 from timm.models import vision_transformer_relpos
@@ -239,6 +239,50 @@ class PrunedGlobalSubSampleAttn(twins.GlobalSubSampleAttn):
 
 class PrunedLocallyGroupedAttn(twins.LocallyGroupedAttn):
     forward = locally_grouped_attention_forward
+
+
+# Differential attention (timm's ``DiffAttention``, ViT ``attn_layer='diff'``): each head's query and
+# key are two half-width sub-heads, whose attention maps are subtracted (weighed by a learnt lambda)
+# before they weigh the head's values, which are as wide as both halves
+
+
+def _differential(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask, is_causal: bool) -> torch.Tensor:
+    """Differential attention ``[batch, heads, tokens, 2 * head_dim]`` from queries and keys
+    ``[batch, 2 * heads, tokens, head_dim]`` (a head's two sub-heads side by side) and values
+    ``[batch, heads, tokens, 2 * head_dim]``, as timm computes it (the fused path)."""
+    q, k = self.q_norm(q), self.k_norm(k)
+    batch, _, tokens, dim = q.shape
+    q, k = (t.reshape(batch, -1, 2, tokens, dim).unbind(2) for t in (q, k))
+    dropout = self.attn_drop_p if self.training else 0.0
+    first, second = (F.scaled_dot_product_attention(q[i], k[i], v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal) for i in (0, 1))
+    return self.sub_norm(first - self._compute_lambda().type_as(first) * second) * (1 - self.lambda_init)
+
+
+def diff_attention_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    """A pruned ``DiffAttention``'s forward: timm's, with its output as wide as its heads (timm
+    reshapes it to the input's width)."""
+    batch, tokens, _ = x.shape
+    q, k, v = self.qkv(x).chunk(3, dim=2)
+    q, k = (t.reshape(batch, tokens, 2 * self.num_heads, -1).transpose(1, 2) for t in (q, k))
+    v = v.reshape(batch, tokens, self.num_heads, -1).transpose(1, 2)
+    x = _differential(self, q, k, v, attn_mask, is_causal).transpose(1, 2).flatten(2)
+    return project(self, self.norm(x))
+
+
+def diff_attention_trace(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``DiffAttention`` for the tracer: a head's values (as wide as its two sub-heads) go to the
+    output projection through its optional norm, as ``value_heads`` has them; its sub-norm and
+    lambdas are over head dims, which stay (``diff_attention_fixed``)."""
+    qkv = self.qkv(x)
+    return project(self, self.norm(value_heads(qkv, Layout(self.num_heads, qkv.shape[-1] // (3 * self.num_heads), 3), 2)))
+
+
+def diff_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    return {"head_dim": "differential attention normalises each head over its head dims and weighs its sub-heads with lambdas over them"}
+
+
+class PrunedDiffAttention(diff_attention.DiffAttention):
+    forward = diff_attention_forward
 
 
 # ViT with a relative position bias (vit_relpos): timm's attention, plus a bias per head from
@@ -771,8 +815,9 @@ class PrunedBottle2neck(res2net.Bottle2neck):
     forward = partialmethod(_res2net_block, trace=False)
 
 
-# LeViT: a head's values are a whole number of times as wide as its query and key, and each head
-# is laid out whole ([query, key, values] in the fused qkv; [key, values] in the downsampling kv)
+# LeViT (and EfficientFormer, laid out alike): a head's values are a whole number of times as wide
+# as its query and key, and each head is laid out whole ([query, key, values] in the fused qkv;
+# [key, values] in the downsampling kv)
 
 
 def _levit_layout(self, projected: torch.Tensor, axis: int) -> Layout:
@@ -780,8 +825,9 @@ def _levit_layout(self, projected: torch.Tensor, axis: int) -> Layout:
 
 
 def levit_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
-    """LeViT's attention for the tracer: each head's values into the output projection."""
-    axis = 1 if self.use_conv else 2
+    """LeViT's attention (and EfficientFormer's, laid out alike) for the tracer: each head's values
+    into the output projection."""
+    axis = 1 if getattr(self, "use_conv", False) else 2
     qkv = self.qkv(x)
     return self.proj(value_heads(qkv, _levit_layout(self, qkv, axis), axis, self.val_dim))
 
@@ -823,6 +869,34 @@ def fix_levit_attention(module: nn.Module, heads: list[int], dims: list[int]) ->
 def levit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     if module.val_dim % module.key_dim:
         return dict.fromkeys(("heads", "head_dim"), "its values are not a whole number of times as wide as its keys")
+    return {}
+
+
+# TinyViT: window attention, pre-normed inside, laid out a head at a time ([query, key, value] in
+# the fused qkv), with an attention bias per head
+
+
+def tiny_vit_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """TinyViT's attention for the tracer: each head's values into the output projection (the
+    tracer maps channels through timm's view and split as if nothing moved)."""
+    qkv = self.qkv(self.norm(x))
+    return self.proj(value_heads(qkv, Layout(self.num_heads, self.key_dim, 3, heads_first=True), 2))
+
+
+def fix_tiny_vit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """The widths TinyViT's attention reads, no attention bias cached at the old head count, and
+    ``scale`` (``rescale_queries``: timm's fused path scales by the head dim)."""
+    old_scale = float(module.scale)
+    module.num_heads, module.key_dim = len(heads), len(dims)
+    module.val_dim = module.key_dim
+    module.out_dim = module.val_dim * module.num_heads
+    module.attention_bias_cache = {}
+    rescale_queries(module, old_scale, len(dims), heads_first=True)
+
+
+def tiny_vit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    if module.val_dim != module.key_dim:
+        return dict.fromkeys(("heads", "head_dim"), "its values are not as wide as its keys")
     return {}
 
 
@@ -1055,6 +1129,17 @@ def register() -> None:
                       pruned=PrunedRelPosAttention),
     )
     register_trace_forward(vision_transformer_relpos.RelPosAttention, rel_pos_attention_trace)
+    register_attention(
+        diff_attention.DiffAttention,
+        AttentionSpec(qkv="qkv", fixup=fix_num_heads, fixed=diff_attention_fixed, pruned=PrunedDiffAttention),
+    )
+    register_trace_forward(diff_attention.DiffAttention, diff_attention_trace)
+    register_attention(
+        tiny_vit.Attention,
+        AttentionSpec(qkv="qkv", fixup=fix_tiny_vit_attention, head_params=(("attention_biases", 0),), fixed=tiny_vit_fixed, heads_first=True),
+    )
+    register_trace_forward(tiny_vit.Attention, tiny_vit_attention_trace)
+    register_mlp(tiny_vit.NormMlp)
     register_attention(hiera.MaskUnitAttention, AttentionSpec(qkv="qkv", fixup=fix_mask_unit_attention, heads_attr="heads"))
     register_attention(crossvit.CrossAttention, AttentionSpec(qkv="qkv", separate=CROSS_ATTENTION, fixup=fix_num_heads, pruned=PrunedCrossAttention))
     register_trace_forward(crossvit.CrossAttention, partial(class_attention_trace, names=CROSS_ATTENTION))
@@ -1117,6 +1202,8 @@ def register() -> None:
     levit_spec = dict(fixup=fix_levit_attention, head_params=(("attention_biases", 0),), fixed=levit_fixed, heads_first=True,
                       query_dim=lambda m: m.key_dim)
     register_attention(levit.Attention, AttentionSpec(qkv="qkv.linear", **levit_spec))
+    register_attention(efficientformer.Attention, AttentionSpec(qkv="qkv", **levit_spec))
+    register_trace_forward(efficientformer.Attention, levit_attention_trace)
     register_trace_forward(levit.Attention, levit_attention_trace)
     register_attention(levit.AttentionDownsample, AttentionSpec(qkv="qkv", separate=("q.ln.linear", "kv.linear"), **levit_spec))
     register_trace_forward(levit.AttentionDownsample, levit_downsample_trace)
