@@ -2,7 +2,7 @@
 timm's own ``Attention`` and Swin's are:
 
 - attention: CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR, Swin V2, XCiT, DaViT, VOLO, GC ViT,
-  MetaFormer, LeViT, EfficientFormer, TinyViT, Hiera, ViT with a relative position bias, CrossViT's
+  MetaFormer, LeViT, EfficientFormer, TinyViT, Visformer, Hiera, ViT with a relative position bias, CrossViT's
   cross attention, differential attention, timm's attention pooling (SigLIP's head), ResNeSt's
   split attention, SKNet's selective kernel; FocalNet's modulation;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from timm.models import (
     cait, convit, crossvit, cspnet, davit, dpn, efficientformer, fasternet, focalnet, gcvit, hiera, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2,
-    res2net, rexnet, tiny_vit, tnt, twins, volo, xcit,
+    qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import attention_pool, blur_pool, diff_attention, eca, mixed_conv2d, selective_kernel, split_attn
 from timm.models import swin_transformer_v2 as swinv2
@@ -872,6 +872,38 @@ def levit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     return {}
 
 
+# Qwen3-VL's vision encoder: its projector ('merger') concatenates each k x k block of tokens'
+# channels, row by row, and maps them to the language model's width
+
+
+def qwen_merger_trace(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    """``Qwen3VitPatchMerger`` for the tracer: the block's tokens concatenated channels-first as
+    ``[(0, 0), (0, 1), ..., (k-1, k-1)]`` (what timm's reshape-permute lays out, channels
+    innermost), so that channel ``c`` of the embedding maps to ``c, C+c, ...``."""
+    k = self.merge_size
+    x = self.norm(x).permute(0, 3, 1, 2)
+    x = concat_channels([x[:, :, i::k, j::k] for i in range(k) for j in range(k)], 1).flatten(2).transpose(1, 2)
+    x = self.act(self.fc1(x))
+    return x if pre_logits else self.fc2(x)
+
+
+# Visformer: attention on the feature map, its qkv and output projection 1x1 convolutions
+
+
+def visformer_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """Visformer's attention for the tracer: each head's values into the output projection, on
+    the map (the tracer maps channels through timm's reshape onto ones the projection lacks)."""
+    return project(self, value_heads(self.qkv(x), Layout(self.num_heads, self.head_dim, 3), 1))
+
+
+def fix_visformer_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``num_heads`` and ``head_dim``, which its forward reshapes to, and ``scale``
+    (``rescale_queries``: timm's fused path scales by the head dim)."""
+    old_scale = float(module.scale)
+    module.num_heads, module.head_dim = len(heads), len(dims)
+    rescale_queries(module, old_scale, len(dims))
+
+
 # TinyViT: window attention, pre-normed inside, laid out a head at a time ([query, key, value] in
 # the fused qkv), with an attention bias per head
 
@@ -1140,6 +1172,10 @@ def register() -> None:
     )
     register_trace_forward(tiny_vit.Attention, tiny_vit_attention_trace)
     register_mlp(tiny_vit.NormMlp)
+    register_trace_forward(qwen3_vit.Qwen3VitPatchMerger, qwen_merger_trace)
+    register_attention(visformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_visformer_attention))
+    register_mlp(visformer.SpatialMlp)
+    register_trace_forward(visformer.Attention, visformer_attention_trace)
     register_attention(hiera.MaskUnitAttention, AttentionSpec(qkv="qkv", fixup=fix_mask_unit_attention, heads_attr="heads"))
     register_attention(crossvit.CrossAttention, AttentionSpec(qkv="qkv", separate=CROSS_ATTENTION, fixup=fix_num_heads, pruned=PrunedCrossAttention))
     register_trace_forward(crossvit.CrossAttention, partial(class_attention_trace, names=CROSS_ATTENTION))

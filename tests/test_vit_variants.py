@@ -1,5 +1,6 @@
 """timm ViT variants: RMS norms (``norm_layer='rmsnorm'``, ``test_vit4``), qk-norm in timm's own
-attention, and differential attention (``attn_layer='diff'``: ``vit_dwee``, ``vit_dlittle``)."""
+attention, differential attention (``attn_layer='diff'``: ``vit_dwee``, ``vit_dlittle``), and
+Qwen3-VL's encoder with its projector, which merges 2x2 tokens into one."""
 import pytest
 import timm
 import torch
@@ -60,6 +61,17 @@ def test_differential_attention_cut_by_head():
         assert attn.qkv.out_features == 3 * 2 * attn.head_dim and attn.proj.in_features == 2 * attn.head_dim
 
 
-@pytest.mark.parametrize("name", ["vit_diff_micro", "vit_qk_norm_micro"])
+def test_qwen_merger_takes_every_neighbours_channels():
+    """The projector concatenates each 2x2 block of tokens' channels: an embedding channel is four
+    of its inputs. The tracer mapped it to one, and the embedding was left whole."""
+    model = without_norms(lively(make("qwen3_vit_micro")))
+    assert _groups.analyse(model).frozen == {}
+    plan = assert_equivalent(model, RATIOS, changes=0.05)
+    assert {"emb", "heads", "mlp"} <= {g.kind for g in plan.groups if len(g.keep) < g.channels}
+    merger = model.encoder.merger
+    assert merger.fc1.in_features == 4 * model.encoder.patch_embed.proj.out_channels == 4 * 16
+
+
+@pytest.mark.parametrize("name", ["vit_diff_micro", "vit_qk_norm_micro", "qwen3_vit_micro"])
 def test_macs_count_what_timm_runs(name):
     assert_counts_what_timm_runs(make(name), RATIOS)
