@@ -26,7 +26,7 @@ from timm.models import (
     cait, convit, crossvit, cspnet, davit, dpn, efficientformer, fasternet, focalnet, gcvit, hiera, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2,
     qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
-from timm.layers import attention_pool, blur_pool, diff_attention, eca, mixed_conv2d, selective_kernel, split_attn
+from timm.layers import attention_pool, blur_pool, diff_attention, eca, global_context, mixed_conv2d, selective_kernel, split_attn
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
 from timm.models import vision_transformer_relpos
@@ -872,6 +872,31 @@ def levit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     return {}
 
 
+# Global context blocks (GCNet; timm's gcresnet, gcresnext, gc_efficientnetv2): attention pooling
+# of the map (a 1x1 convolution to one channel, a softmax over positions), then channel MLPs that
+# scale or shift every position
+
+
+def global_context_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """timm ``GlobalContext`` for the tracer. Its attention is one channel, weighing every
+    channel at each position; multiplied in, the tracer coupled that channel to all of them (the
+    walk through timm's reshapes did not end). Here the weights are detached where they pool the
+    map, and the attention layer's output joins the context as one more channel, split off again
+    unused: its inputs are cut with the map's channels, its one output stays."""
+    if self.conv_attn is not None:
+        weights = self.conv_attn(x).flatten(2).softmax(dim=-1)
+        context = (x.flatten(2) * weights.detach()).sum(-1, keepdim=True)
+        context, _ = split_channels(concat_channels([context, weights.sum(-1, keepdim=True)], 1), [x.shape[1], 1])
+        context = context.unsqueeze(-1)
+    else:
+        context = x.mean(dim=(2, 3), keepdim=True)
+    if self.mlp_scale is not None:
+        x = x * self.gate(self.mlp_scale(context))
+    if self.mlp_add is not None:
+        x = x + self.mlp_add(context)
+    return x
+
+
 # Qwen3-VL's vision encoder: its projector ('merger') concatenates each k x k block of tokens'
 # channels, row by row, and maps them to the language model's width
 
@@ -1173,6 +1198,7 @@ def register() -> None:
     register_trace_forward(tiny_vit.Attention, tiny_vit_attention_trace)
     register_mlp(tiny_vit.NormMlp)
     register_trace_forward(qwen3_vit.Qwen3VitPatchMerger, qwen_merger_trace)
+    register_trace_forward(global_context.GlobalContext, global_context_trace)
     register_attention(visformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_visformer_attention))
     register_mlp(visformer.SpatialMlp)
     register_trace_forward(visformer.Attention, visformer_attention_trace)
