@@ -2,7 +2,7 @@
 timm's own ``Attention`` and Swin's are:
 
 - attention: CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR, Swin V2, XCiT, DaViT, VOLO, GC ViT,
-  MetaFormer, LeViT, EfficientFormer, TinyViT, Visformer, Hiera, ViT with a relative position bias, CrossViT's
+  MetaFormer, LeViT, EfficientFormer, TinyViT, Visformer, FastViT, Hiera, ViT with a relative position bias, CrossViT's
   cross attention, differential attention, timm's attention pooling (SigLIP's head), ResNeSt's
   split attention, SKNet's selective kernel; FocalNet's modulation;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
@@ -23,10 +23,12 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, crossvit, cspnet, davit, dpn, efficientformer, fasternet, focalnet, gcvit, hiera, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2,
-    qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
+    cait, convit, crossvit, cspnet, davit, dpn, efficientformer, fasternet, fastvit, focalnet, gcvit, hiera, inception_next, levit,
+    mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
-from timm.layers import attention_pool, blur_pool, diff_attention, eca, global_context, mixed_conv2d, selective_kernel, split_attn
+from timm.layers import (
+    attention_pool, blur_pool, bottleneck_attn, diff_attention, eca, global_context, halo_attn, mixed_conv2d, selective_kernel, split_attn,
+)
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
 from timm.models import vision_transformer_relpos
@@ -61,6 +63,11 @@ def _values(self, qkv: torch.Tensor) -> torch.Tensor:
 def fix_num_heads(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """``num_heads``: all the module keeps of its widths (its forward reads the rest from its layers)."""
     module.num_heads = len(heads)
+
+
+def fix_head_dims(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``num_heads`` and ``head_dim``; ``scale`` stays as built (the pruned forward applies it)."""
+    module.num_heads, module.head_dim = len(heads), len(dims)
 
 
 # CaiT: talking heads in the self-attention blocks, class attention in the last ones
@@ -353,11 +360,6 @@ def latent_attention_pool_forward(self, x: torch.Tensor, attn_mask: torch.Tensor
 
 class PrunedAttentionPoolLatent(attention_pool.AttentionPoolLatent):
     forward = latent_attention_pool_forward
-
-
-def fix_latent_pool(module: nn.Module, heads: list[int], dims: list[int]) -> None:
-    """``num_heads`` and ``head_dim``; ``scale`` stays as built (the pruned forward applies it)."""
-    module.num_heads, module.head_dim = len(heads), len(dims)
 
 
 def latent_pool_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
@@ -912,6 +914,67 @@ def qwen_merger_trace(self, x: torch.Tensor, pre_logits: bool = False) -> torch.
     return x if pre_logits else self.fc2(x)
 
 
+# FastViT's attention (its SA/MA models' last stages, MobileCLIP's MCi): a ViT attention run on the
+# feature map, flattened to tokens and back
+
+
+def fastvit_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned FastViT ``Attention``'s forward (timm reshapes its output to its input's width)."""
+    batch, _, height, width = x.shape
+    x = qkv_attention_forward(self, x.flatten(2).transpose(1, 2))
+    return x.transpose(1, 2).reshape(batch, -1, height, width)
+
+
+def fastvit_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """FastViT's ``Attention`` for the tracer (``qkv_values_trace`` on the flattened map)."""
+    batch, _, height, width = x.shape
+    return qkv_values_trace(self, x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(batch, -1, height, width)
+
+
+class PrunedFastVitAttention(fastvit.Attention):
+    forward = fastvit_attention_forward
+
+
+# Bottleneck and halo attention (timm's BoTNet and HaloNet blocks): attention on the feature map
+# with a relative position embedding over head dims (which stay), the values' heads reshaped into
+# the output; halo attention's queries come from their own layer, its keys and values from a layer
+# that lays them out a head at a time
+
+
+def bottleneck_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """timm ``BottleneckAttn`` for the tracer: its values (the last part of its qkv, a head at a
+    time) are its output."""
+    _, values = split_channels(self.qkv(x), [2 * self.dim_out_qk, self.dim_out_v])
+    return self.pool(values)
+
+
+def halo_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """timm ``HaloAttn`` for the tracer: each head's values, with its queries and keys added
+    channel by channel (see ``class_attention_trace``) at the queries' positions, as its output
+    (onto as many of its values where the widths differ: then nothing is cut by head)."""
+    q, kv = self.q(x), self.kv(x)[:, :, :: self.block_stride, :: self.block_stride]
+    qk, v = self.dim_head_qk, self.dim_head_v
+    pieces, paired = [], min(qk, v)
+    for h in range(self.num_heads):
+        start = h * (qk + v)
+        pieces.append(q.narrow(1, h * qk, paired) + kv.narrow(1, start, paired) + kv.narrow(1, start + qk, paired))
+        if v > paired:
+            pieces.append(kv.narrow(1, start + qk + paired, v - paired))
+    return self.pool(concat_channels(pieces, 1))
+
+
+def fix_map_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``BottleneckAttn``, ``HaloAttn``: the head count and the widths their forwards reshape to."""
+    module.num_heads = len(heads)
+    module.dim_out_qk, module.dim_out_v = len(heads) * module.dim_head_qk, len(heads) * module.dim_head_v
+
+
+def map_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    if module.dim_head_qk != module.dim_head_v:
+        return dict.fromkeys(("heads", "head_dim"), "its values' heads are not as wide as its queries'")
+    return {"head_dim": "its relative position embedding is over head dims"}
+
+
 # Visformer: attention on the feature map, its qkv and output projection 1x1 convolutions
 
 
@@ -1178,7 +1241,7 @@ def register() -> None:
     register_trace_forward(cait.ClassAttn, class_attention_trace)
     register_attention(
         attention_pool.AttentionPoolLatent,
-        AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_latent_pool, fixed=latent_pool_fixed, pruned=PrunedAttentionPoolLatent),
+        AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_head_dims, fixed=latent_pool_fixed, pruned=PrunedAttentionPoolLatent),
     )
     register_attention(
         vision_transformer_relpos.RelPosAttention,
@@ -1199,6 +1262,15 @@ def register() -> None:
     register_mlp(tiny_vit.NormMlp)
     register_trace_forward(qwen3_vit.Qwen3VitPatchMerger, qwen_merger_trace)
     register_trace_forward(global_context.GlobalContext, global_context_trace)
+    register_attention(fastvit.Attention, AttentionSpec(qkv="qkv", fixup=fix_head_dims, pruned=PrunedFastVitAttention))
+    register_mlp(fastvit.ConvMlp)
+    register_attention(bottleneck_attn.BottleneckAttn, AttentionSpec(qkv="qkv", fixup=fix_map_attention, fixed=map_attention_fixed))
+    register_trace_forward(bottleneck_attn.BottleneckAttn, bottleneck_attention_trace)
+    register_attention(
+        halo_attn.HaloAttn, AttentionSpec(qkv="qkv", separate=("q", "kv"), heads_first=True, fixup=fix_map_attention, fixed=map_attention_fixed)
+    )
+    register_trace_forward(halo_attn.HaloAttn, halo_attention_trace)
+    register_trace_forward(fastvit.Attention, fastvit_attention_trace)
     register_attention(visformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_visformer_attention))
     register_mlp(visformer.SpatialMlp)
     register_trace_forward(visformer.Attention, visformer_attention_trace)
