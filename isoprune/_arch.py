@@ -276,13 +276,13 @@ def fix_timm_attention(module: nn.Module, heads: list[int], dims: list[int]) -> 
     rescale_queries(module, old_scale, len(dims))
 
 
-def timm_attention_trace(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+def timm_attention_trace(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """timm ``Attention`` for the tracer: its own forward, but where it normalises queries and
     keys over their head dims (qk-norm), whose weights the tracer couples to the qkv's channels
     through timm's reshape, onto channels they do not have (every such attention was left whole):
     then the values go to the output projection as ``value_heads`` has them."""
-    if isinstance(self.q_norm, nn.Identity):
-        return type(self).forward(self, x, attn_mask, is_causal)
+    if not qk_norm_fixed(self):
+        return type(self).forward(self, x, *args, **kwargs)
     out = self.norm(value_heads(self.qkv(x), Layout(self.num_heads, self.head_dim, 3), 2))
     if getattr(self, "gate", None) is not None:
         out = out * self.gate(x).sigmoid()

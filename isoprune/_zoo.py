@@ -2,12 +2,14 @@
 timm's own ``Attention`` and Swin's are:
 
 - attention: CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR, Swin V2, XCiT, DaViT, VOLO, GC ViT,
-  MetaFormer, LeViT, EfficientFormer, TinyViT, Visformer, FastViT, Hiera, ViT with a relative position bias, CrossViT's
-  cross attention, differential attention, timm's attention pooling (SigLIP's head), ResNeSt's
-  split attention, SKNet's selective kernel; FocalNet's modulation;
+  MetaFormer, LeViT, EfficientFormer, TinyViT, Visformer, FastViT, Hiera, BoTNet, HaloNet, ViT
+  with a relative position bias, CrossViT's cross attention, differential attention, timm's
+  attention pooling (SigLIP's head), ResNeSt's split attention, SKNet's selective kernel, global
+  context blocks; FocalNet's modulation;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net, ReXNet, DPN, FasterNet, MixNet, CSPNet;
-- timm's blur pooling, ECA's gate, and the token-mixing blocks of MLP-Mixer, ResMLP and gMLP.
+- timm's blur pooling, ECA's gate, Qwen3-VL's projector, and the token-mixing blocks of
+  MLP-Mixer, ResMLP and gMLP.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -1263,6 +1265,7 @@ def register() -> None:
     register_trace_forward(qwen3_vit.Qwen3VitPatchMerger, qwen_merger_trace)
     register_trace_forward(global_context.GlobalContext, global_context_trace)
     register_attention(fastvit.Attention, AttentionSpec(qkv="qkv", fixup=fix_head_dims, pruned=PrunedFastVitAttention))
+    register_trace_forward(fastvit.Attention, fastvit_attention_trace)
     register_mlp(fastvit.ConvMlp)
     register_attention(bottleneck_attn.BottleneckAttn, AttentionSpec(qkv="qkv", fixup=fix_map_attention, fixed=map_attention_fixed))
     register_trace_forward(bottleneck_attn.BottleneckAttn, bottleneck_attention_trace)
@@ -1270,7 +1273,6 @@ def register() -> None:
         halo_attn.HaloAttn, AttentionSpec(qkv="qkv", separate=("q", "kv"), heads_first=True, fixup=fix_map_attention, fixed=map_attention_fixed)
     )
     register_trace_forward(halo_attn.HaloAttn, halo_attention_trace)
-    register_trace_forward(fastvit.Attention, fastvit_attention_trace)
     register_attention(visformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_visformer_attention))
     register_mlp(visformer.SpatialMlp)
     register_trace_forward(visformer.Attention, visformer_attention_trace)

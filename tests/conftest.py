@@ -142,6 +142,22 @@ def lively(model: nn.Module) -> nn.Module:
     return model
 
 
+def with_attention_biases(model: nn.Module, kinds: tuple[type, ...]) -> nn.Module:
+    """``model`` (``lively``) with batch norms near identity (where every layer is followed by one,
+    ``lively``'s small norm weights would leave an output that hardly depends on the input) and a
+    bias per head and token pair that matters (``attention_biases`` of the attentions of ``kinds``:
+    LeViT's, EfficientFormer's, TinyViT's)."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.normal_(1, 0.2)
+                m.bias.normal_(0, 0.1)
+            elif isinstance(m, kinds):
+                m.attention_biases.normal_(0, 1)
+    return model
+
+
 def without_norms(model: nn.Module, kinds: tuple[type, ...] = (nn.LayerNorm,)) -> nn.Module:
     """``model`` with every norm of ``kinds`` (timm's LayerNorm2d is a LayerNorm) an identity, in
     place: removing a channel is then the same as zeroing it, which a norm over the channels,

@@ -2,7 +2,6 @@
 ViT attention run on the feature map, flattened to tokens and reshaped back to its input's width,
 which the tracer could not follow (every such attention, and the stage's embedding, was left
 whole); its convolutional MLPs' hidden units count as MLP units."""
-import torch
 from timm.models import fastvit
 
 import isoprune
@@ -25,7 +24,3 @@ def test_pruned_attention_equals_zeroed():
 
 def test_macs_count_what_timm_runs():
     assert_counts_what_timm_runs(make("fastvit_sa_micro"), RATIOS)
-    model = make("fastvit_sa_micro")
-    isoprune.prune(model, RATIOS)
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)

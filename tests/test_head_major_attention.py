@@ -4,30 +4,19 @@ wide as keys, as LeViT's) and TinyViT's (pre-normed inside, window attention). T
 qkv channels straight into the output projection through timm's view and split, onto channels
 the projection does not have, so every such attention was left whole."""
 import pytest
-import torch
 from timm.models import efficientformer, tiny_vit
 from torch import nn
 
 import isoprune
-from conftest import assert_counts_what_timm_runs, assert_equivalent, lively, make, without_norms
+from conftest import assert_counts_what_timm_runs, assert_equivalent, lively, make, with_attention_biases, without_norms
 from isoprune import _groups
 
 ATTENTION = (efficientformer.Attention, tiny_vit.Attention)
 
 
 def lively_model(name: str) -> nn.Module:
-    """``lively`` weights without LayerNorms, batch norms near identity, and a bias per head and
-    token pair that matters."""
-    model = without_norms(lively(make(name)))
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.normal_(1, 0.2)
-                m.bias.normal_(0, 0.1)
-            elif isinstance(m, ATTENTION):
-                m.attention_biases.normal_(0, 1)
-    return model
+    """``lively`` weights without LayerNorms (``with_attention_biases``)."""
+    return without_norms(with_attention_biases(lively(make(name)), ATTENTION))
 
 
 @pytest.mark.parametrize("name, ratio", [("efficientformer_micro", 4), ("tiny_vit_micro", 1)])

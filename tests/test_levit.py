@@ -8,24 +8,12 @@ from timm.models import levit
 from torch import nn
 
 import isoprune
-from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, make
+from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, make, with_attention_biases
 from isoprune import _groups
 
 
 def lively_levit(name: str) -> nn.Module:
-    """``lively`` weights, with batch norms near identity (every layer is followed by one, so
-    ``lively``'s small norm weights would leave an output that hardly depends on the input) and a
-    bias per head and token pair that matters."""
-    model = lively(make(name))
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.normal_(1, 0.2)
-                m.bias.normal_(0, 0.1)
-        for a in attentions(model):
-            a.attention_biases.normal_(0, 1)
-    return model
+    return with_attention_biases(lively(make(name)), (levit.Attention, levit.AttentionDownsample))
 
 
 def attentions(model):

@@ -2,7 +2,6 @@
 which the tracer mapped through timm's reshape onto channels the projection does not have, so
 every attention was left whole; its convolutional MLPs; batch norms throughout."""
 import pytest
-import torch
 from timm.models import visformer
 
 import isoprune
@@ -30,8 +29,3 @@ def test_pruned_equals_zeroed_with_heads_and_head_dims_cut(fused):
 
 def test_macs_count_what_timm_runs():
     assert_counts_what_timm_runs(make("visformer_micro"), RATIOS)
-    # and the pruned model still runs at its input size
-    model = make("visformer_micro")
-    isoprune.prune(model, RATIOS)
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
