@@ -25,8 +25,8 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, crossvit, cspnet, davit, dpn, efficientformer, fasternet, fastvit, focalnet, gcvit, hiera, inception_next, levit,
-    mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
+    cait, convit, crossvit, cspnet, davit, dpn, edgenext, efficientformer, fasternet, fastvit, focalnet, gcvit, hiera, inception_next,
+    levit, mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
     attention_pool, blur_pool, bottleneck_attn, diff_attention, eca, global_context, halo_attn, mixed_conv2d, selective_kernel, split_attn,
@@ -517,7 +517,8 @@ class PrunedSwinV2WindowAttention(swinv2.WindowAttention):
     forward = swinv2_window_attention_forward
 
 
-# XCiT: attention across the head dims of each head (its class attention is CaiT's)
+# XCiT (and EdgeNeXt, whose cross-covariance attention is XCiT's): attention across the head dims
+# of each head (XCiT's class attention is CaiT's)
 
 
 def cross_covariance_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -531,6 +532,10 @@ def cross_covariance_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 class PrunedXCA(xcit.XCA):
+    forward = cross_covariance_attention_forward
+
+
+class PrunedCrossCovarianceAttn(edgenext.CrossCovarianceAttn):
     forward = cross_covariance_attention_forward
 
 
@@ -1305,8 +1310,9 @@ def register() -> None:
     register_trace_forward(swinv2.WindowAttention, swinv2_window_attention_trace)
     register_trace_forward(swinv2.PatchMerging, post_norm_patch_merging_forward)
     register_trace_forward(swin_cr.PatchMerging, patch_merging_forward)  # Swin's, as timm writes it again
-    register_attention(xcit.XCA, AttentionSpec(qkv="qkv", fixup=fix_num_heads, head_params=(("temperature", 0),), pruned=PrunedXCA))
-    register_trace_forward(xcit.XCA, qkv_values_trace)
+    for cls, pruned in ((xcit.XCA, PrunedXCA), (edgenext.CrossCovarianceAttn, PrunedCrossCovarianceAttn)):
+        register_attention(cls, AttentionSpec(qkv="qkv", fixup=fix_num_heads, head_params=(("temperature", 0),), pruned=pruned))
+        register_trace_forward(cls, qkv_values_trace)
     for cls, pruned in ((davit.ChannelAttention, PrunedChannelAttention), (davit.WindowAttention, PrunedDavitWindowAttention)):
         register_attention(cls, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=pruned))  # traced as timm's Attention
     register_attention(

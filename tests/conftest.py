@@ -90,6 +90,8 @@ SMALL = {
     "tiny_vit_micro": ("tiny_vit_5m_224", dict(embed_dims=(16, 32, 32, 64), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_sizes=(4, 4, 4, 2),
                                                 pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "efficientformer_micro": ("efficientformer_l1", dict(img_size=64, depths=(1, 1, 1, 2), embed_dims=(16, 32, 48, 64), num_vit=1)),
+    "edgenext_micro": ("edgenext_xx_small", dict(dims=(16, 24, 36, 48), depths=(1, 2, 2, 2), heads=(2, 2, 2, 2),
+                                                  pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "fastvit_sa_micro": ("fastvit_sa12", dict(layers=(1, 1, 1, 2), embed_dims=(8, 16, 32, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "visformer_micro": ("visformer_tiny", dict(img_size=64, init_channels=8, embed_dim=48, depth=(1, 1, 1), num_heads=2)),
     "qwen3_vit_micro": ("qwen3_vit_88m_merge", dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, pos_embed_grid_size=8)),

@@ -1,12 +1,13 @@
 """Attention across the head dims of each head: XCiT's cross-covariance attention (a temperature
-per head; its class attention is CaiT's, which XCiT imports) and DaViT's channel attention
-(beside its attention within windows). Removed heads compute what zeroed ones do; removed head
+per head; its class attention is CaiT's, which XCiT imports), EdgeNeXt's (XCiT's, in its split
+blocks) and DaViT's channel attention (beside its attention within windows). Removed heads compute what zeroed ones do; removed head
 dims do not (the softmax runs across head dims), so those are checked to run and count."""
 import pytest
 import torch_pruning as tp
+from timm.models import edgenext
 
 import isoprune
-from conftest import assert_equivalent, inputs_for, lively, make
+from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, make
 from isoprune import _groups, _zoo
 
 # the attention classes each model's blocks become, and two of its attention modules that must lose heads
@@ -41,3 +42,19 @@ def test_every_kind_prunes_and_macs_count_what_timm_runs(name, ratios):
     isoprune.prune(model, ratios)
     assert model(x).shape == (1, 10)
     assert isoprune.count(model)[0] == tp.utils.count_ops_and_params(model, x)[0] < 0.9 * before
+
+
+def test_edgenext_attention_loses_heads():
+    """EdgeNeXt's split blocks chain the embedding's chunks through depthwise convolutions, which
+    the tracer maps onto channels the blocks' layers lack: those embedding groups stay whole,
+    named (one a stage). Its cross-covariance attention reshaped to its input's width, and was
+    left whole too; now it loses heads as XCiT's does."""
+    model = lively(make("edgenext_micro"))
+    frozen = _groups.analyse(model).frozen
+    assert sorted(frozen) == [f"stages.{i}.blocks.1.mlp.fc2" for i in (1, 2, 3)]
+    assert_equivalent(model, isoprune.Ratios(heads=0.5, mlp=0.5), changes=0.01)
+    attentions = [m for m in model.modules() if isinstance(m, edgenext.CrossCovarianceAttn)]
+    assert len(attentions) == 3
+    for attn in attentions:
+        assert type(attn) is _zoo.PrunedCrossCovarianceAttn and attn.num_heads == 1 and attn.temperature.shape == (1, 1, 1)
+    assert_counts_what_timm_runs(make("edgenext_micro"), 0.5)
