@@ -155,8 +155,10 @@ def _root(graph: tp.DependencyGraph, tp_group) -> str:
     return graph._module2name[tp_group[0].dep.target.module]
 
 
-def _parent(name: str) -> str:
-    return name.rsplit(".", 1)[0] if "." in name else ""
+def _ancestors(name: str) -> list[str]:
+    """The modules that hold ``name``, innermost first."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
 
 
 class _Heads(NamedTuple):
@@ -175,7 +177,8 @@ def _units(root: str, channels: int, members, heads_of: dict[str, _Heads], mlps:
         return [("heads", attn.layout.heads, attn.owner), ("head_dim", attn.layout.head_dim, attn.owner)]
     if any(d == "in" and n in heads_of for n, d in members):
         return [("emb", channels, None)]
-    if _parent(root) in mlps and all(n.startswith(_parent(root) + ".") for n, _ in members):
+    mlp = next((m for m in _ancestors(root) if m in mlps), None)  # the layer may sit in a wrapper (conv + norm)
+    if mlp is not None and all(n.startswith(mlp + ".") for n, _ in members):
         return [("mlp", channels, None)]  # hidden units; an MLP's output is the stream it adds to
     return [("channels", channels, None)]
 

@@ -2,7 +2,7 @@
 timm's own ``Attention`` and Swin's are:
 
 - attention: CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR, Swin V2, XCiT, DaViT, VOLO, GC ViT,
-  MetaFormer, LeViT, EfficientFormer, TinyViT, Visformer, FastViT, Hiera, BoTNet, HaloNet, ViT
+  MetaFormer, LeViT, EfficientFormer(-V2), TinyViT, Visformer, FastViT, Hiera, BoTNet, HaloNet, ViT
   with a relative position bias, CrossViT's cross attention, differential attention, timm's
   attention pooling (SigLIP's head), ResNeSt's split attention, SKNet's selective kernel, global
   context blocks; FocalNet's modulation;
@@ -25,8 +25,8 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, crossvit, cspnet, davit, dpn, edgenext, efficientformer, fasternet, fastvit, focalnet, gcvit, hiera, inception_next,
-    levit, mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
+    cait, convit, crossvit, cspnet, davit, dpn, edgenext, efficientformer, efficientformer_v2, fasternet, fastvit, focalnet, gcvit, hiera,
+    inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
     attention_pool, blur_pool, bottleneck_attn, diff_attention, eca, global_context, halo_attn, mixed_conv2d, selective_kernel, split_attn,
@@ -982,6 +982,54 @@ def map_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     return {"head_dim": "its relative position embedding is over head dims"}
 
 
+# EfficientFormer-V2: attention on the feature map with separate query, key and value layers (the
+# values a whole number of times as wide, LeViT's way), a bias per head, talking heads, and a
+# depthwise convolution of the values added to the output
+
+
+def efficientformerv2_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """EfficientFormer-V2's ``Attention2d`` for the tracer: each head's query and key added to each
+    query-wide slice of its values, channel by channel (see ``levit_downsample_trace``), plus the
+    values' depthwise convolution; the talking heads run on a stand-in map, so that their MACs
+    count, and are cut with the heads. The queries root the group (the depthwise convolution,
+    met first, would root it otherwise, and a group is cut by head from an attention's projection)."""
+    if self.stride_conv is not None:
+        x = self.stride_conv(x)
+    q, k, v = self.q(x), self.k(x), self.v(x)
+    root_first(self.q.conv)
+    batch, _, height, width = q.shape
+    self.talking_head2(self.talking_head1(q.new_zeros(batch, self.num_heads, self.N, self.N)))
+    pick = lambda t, start: t.narrow(1, start, self.key_dim)  # noqa: E731
+    pieces = [pick(q, h * self.key_dim) + pick(k, h * self.key_dim) + pick(v, h * self.d + s) for h in range(self.num_heads)
+              for s in range(0, self.d, self.key_dim)]
+    x = concat_channels(pieces, 1) + self.v_local(v)
+    if self.upsample is not None:
+        x = self.upsample(x)
+    return self.proj(self.act(x))
+
+
+def fix_efficientformerv2_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """The widths ``Attention2d`` reads (the values keep their ratio to the keys), its talking
+    heads' widths, and no attention bias cached at the old head count."""
+    ratio = module.d // module.key_dim
+    module.num_heads, module.key_dim = len(heads), len(dims)
+    module.d = ratio * module.key_dim
+    module.dh = module.d * module.num_heads
+    for layer in (module.talking_head1, module.talking_head2):
+        layer.in_channels = layer.out_channels = len(heads)
+    module.attention_bias_cache = {}
+
+
+def efficientformerv2_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    if module.d % module.key_dim:
+        return dict.fromkeys(("heads", "head_dim"), "its values are not a whole number of times as wide as its keys")
+    return {}
+
+
+TALKING_HEADS_2D = tuple((f"{layer}.{param}", dim) for layer in ("talking_head1", "talking_head2") for param, dim in (("weight", 0), ("weight", 1), ("bias", 0)))
+"""EfficientFormer-V2's talking heads: 1x1 convolutions that map heads to heads."""
+
+
 # Visformer: attention on the feature map, its qkv and output projection 1x1 convolutions
 
 
@@ -1278,6 +1326,14 @@ def register() -> None:
         halo_attn.HaloAttn, AttentionSpec(qkv="qkv", separate=("q", "kv"), heads_first=True, fixup=fix_map_attention, fixed=map_attention_fixed)
     )
     register_trace_forward(halo_attn.HaloAttn, halo_attention_trace)
+    register_attention(
+        efficientformer_v2.Attention2d,
+        AttentionSpec(qkv="qkv", separate=("q.conv", "k.conv", "v.conv"), heads_first=True, query_dim=lambda m: m.key_dim,
+                      head_params=(("attention_biases", 0), *TALKING_HEADS_2D), fixup=fix_efficientformerv2_attention,
+                      fixed=efficientformerv2_fixed),
+    )
+    register_trace_forward(efficientformer_v2.Attention2d, efficientformerv2_attention_trace)
+    register_mlp(efficientformer_v2.ConvMlpWithNorm)
     register_attention(visformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_visformer_attention))
     register_mlp(visformer.SpatialMlp)
     register_trace_forward(visformer.Attention, visformer_attention_trace)

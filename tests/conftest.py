@@ -89,6 +89,8 @@ SMALL = {
     "skresnext_micro": ("skresnext50_32x4d", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "tiny_vit_micro": ("tiny_vit_5m_224", dict(embed_dims=(16, 32, 32, 64), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_sizes=(4, 4, 4, 2),
                                                 pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "efficientformerv2_micro": ("efficientformerv2_s0", dict(img_size=64, depths=(1, 1, 2, 2), embed_dims=(16, 24, 32, 48), num_vit=2,
+                                                              pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "efficientformer_micro": ("efficientformer_l1", dict(img_size=64, depths=(1, 1, 1, 2), embed_dims=(16, 32, 48, 64), num_vit=1)),
     "edgenext_micro": ("edgenext_xx_small", dict(dims=(16, 24, 36, 48), depths=(1, 2, 2, 2), heads=(2, 2, 2, 2),
                                                   pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
