@@ -997,8 +997,7 @@ def efficientformerv2_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stride_conv(x)
     q, k, v = self.q(x), self.k(x), self.v(x)
     root_first(self.q.conv)
-    batch, _, height, width = q.shape
-    self.talking_head2(self.talking_head1(q.new_zeros(batch, self.num_heads, self.N, self.N)))
+    self.talking_head2(self.talking_head1(q.new_zeros(q.shape[0], self.num_heads, self.N, self.N)))
     pick = lambda t, start: t.narrow(1, start, self.key_dim)  # noqa: E731
     pieces = [pick(q, h * self.key_dim) + pick(k, h * self.key_dim) + pick(v, h * self.d + s) for h in range(self.num_heads)
               for s in range(0, self.d, self.key_dim)]

@@ -1,7 +1,8 @@
 """Attention across the head dims of each head: XCiT's cross-covariance attention (a temperature
 per head; its class attention is CaiT's, which XCiT imports), EdgeNeXt's (XCiT's, in its split
-blocks) and DaViT's channel attention (beside its attention within windows). Removed heads compute what zeroed ones do; removed head
-dims do not (the softmax runs across head dims), so those are checked to run and count."""
+blocks) and DaViT's channel attention (beside its attention within windows). Removed heads
+compute what zeroed ones do; removed head dims do not (the softmax runs across head dims), so
+those are checked to run and count."""
 import pytest
 import torch_pruning as tp
 from timm.models import edgenext
