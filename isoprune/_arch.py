@@ -241,10 +241,12 @@ def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:
         setattr(module.get_submodule(owner), attr, cut_tensor(param, dim, np.asarray(heads, dtype=np.int64)))
 
 
-def rescale_queries(module: nn.Module, old_scale: float, head_dim: int, heads_first: bool = False) -> None:
+def rescale_queries(module: nn.Module, head_dim: int, heads_first: bool = False) -> None:
     """The fused path (``F.scaled_dot_product_attention``) always scales by ``1/sqrt(head_dim)``, so
     after removing head dims we set ``scale`` to the new value and fold the ratio to the old one
-    into the query rows: fused and unfused paths then compute exactly what the unpruned model did."""
+    (the module's ``scale`` until now) into the query rows: fused and unfused paths then compute
+    exactly what the unpruned model did."""
+    old_scale = float(module.scale)
     module.scale = head_dim ** -0.5
     factor = old_scale / module.scale
     if math.isclose(factor, 1.0):
@@ -269,11 +271,10 @@ def rescale_queries(module: nn.Module, old_scale: float, head_dim: int, heads_fi
 
 def fix_timm_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """timm ``Attention`` keeps ``num_heads``, ``head_dim``, ``attn_dim`` and ``scale`` in step."""
-    old_scale = float(module.scale)
     module.num_heads = len(heads)
     module.head_dim = len(dims)
     module.attn_dim = len(heads) * len(dims)
-    rescale_queries(module, old_scale, len(dims))
+    rescale_queries(module, len(dims))
 
 
 def timm_attention_trace(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -291,9 +292,8 @@ def timm_attention_trace(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor
 
 def fix_window_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """timm Swin ``WindowAttention``: ``num_heads`` and ``scale``; the head dim is read from qkv."""
-    old_scale = float(module.scale)
     module.num_heads = len(heads)
-    rescale_queries(module, old_scale, len(dims))
+    rescale_queries(module, len(dims))
 
 
 def fix_rope_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -613,10 +613,9 @@ def rel_pos_head_params(module: nn.Module) -> tuple[tuple[str, int], ...]:
 def fix_maxxvit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """timm ``AttentionCl``/``Attention2d``: ``num_heads``, ``dim_head`` and ``scale``, and the
     head count its relative position bias reshapes to (and its MLP's output width)."""
-    old_scale = float(module.scale)
     module.num_heads = len(heads)
     module.dim_head = len(dims)
-    rescale_queries(module, old_scale, len(dims), heads_first=module.head_first)
+    rescale_queries(module, len(dims), heads_first=module.head_first)
     if module.rel_pos is not None:
         fix_rel_pos(module.rel_pos, len(heads))
 

@@ -337,9 +337,8 @@ class PrunedRelPosAttention(vision_transformer_relpos.RelPosAttention):
 def fix_mask_unit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """Hiera ``MaskUnitAttention``: ``heads``, ``head_dim`` and ``dim_out``, which its forward
     reshapes to, and ``scale`` (``rescale_queries``)."""
-    old_scale = float(module.scale)
     module.heads, module.head_dim, module.dim_out = len(heads), len(dims), len(heads) * len(dims)
-    rescale_queries(module, old_scale, len(dims))
+    rescale_queries(module, len(dims))
 
 
 # timm's attention pooling (SigLIP's and PE's MAP head): a learnt latent query attends to the tokens
@@ -1041,9 +1040,8 @@ def visformer_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
 def fix_visformer_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """``num_heads`` and ``head_dim``, which its forward reshapes to, and ``scale``
     (``rescale_queries``: timm's fused path scales by the head dim)."""
-    old_scale = float(module.scale)
     module.num_heads, module.head_dim = len(heads), len(dims)
-    rescale_queries(module, old_scale, len(dims))
+    rescale_queries(module, len(dims))
 
 
 # TinyViT: window attention, pre-normed inside, laid out a head at a time ([query, key, value] in
@@ -1060,12 +1058,11 @@ def tiny_vit_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
 def fix_tiny_vit_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """The widths TinyViT's attention reads, no attention bias cached at the old head count, and
     ``scale`` (``rescale_queries``: timm's fused path scales by the head dim)."""
-    old_scale = float(module.scale)
     module.num_heads, module.key_dim = len(heads), len(dims)
     module.val_dim = module.key_dim
     module.out_dim = module.val_dim * module.num_heads
     module.attention_bias_cache = {}
-    rescale_queries(module, old_scale, len(dims), heads_first=True)
+    rescale_queries(module, len(dims), heads_first=True)
 
 
 def tiny_vit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
