@@ -128,6 +128,7 @@ Cut = Callable[[str], list[int]]
 """The output channels a cut removed from a module's submodule, by its name in the module (in
 the numbering they had before)."""
 _RESIZE: dict[type, Callable[[nn.Module, Cut], None]] = {}
+_RUNS: dict[type, Callable[[nn.Module], dict[str, int]]] = {}
 
 
 def register_attention(cls: type, spec: AttentionSpec) -> None:
@@ -162,6 +163,13 @@ def register_resize(cls: type, resize: Callable[[nn.Module, Cut], None]) -> None
     width no parameter holds (where DPN splits a layer's outputs) is counted from what ``cut``
     says that layer lost."""
     _RESIZE[cls] = resize
+
+
+def register_runs(cls: type, runs: Callable[[nn.Module], dict[str, int]]) -> None:
+    """``runs(module)`` names parameters of a module of ``cls`` that hold its channels in equal
+    runs it keeps equal, with how many (EvoNorm's groups, each normalised on its own): the group
+    that cuts them then removes the same positions from every run, as from a GroupNorm's."""
+    _RUNS[cls] = runs
 
 
 def _lookup(registry, module: nn.Module):
@@ -203,14 +211,17 @@ def head_layers(model: nn.Module) -> list[nn.Module]:
     return [m.get_submodule(name) for m in model.modules() if (spec := attention_spec(m)) is not None for name in spec.head_layers]
 
 
-def head_runs(model: nn.Module) -> dict[int, int]:
+def channel_runs(model: nn.Module) -> dict[int, int]:
     """How many runs a registered attention splits a layer's outputs in (``AttentionSpec.runs``),
-    by the layer's ``id``."""
+    by the layer's ``id``, and a registered module its parameters (``register_runs``), by theirs."""
     found = {}
     for m in model.modules():
         spec = attention_spec(m)
         if spec is not None and spec.runs is not None:
             found |= {id(m.get_submodule(name)): runs for name, runs in spec.runs(m).items()}
+        runs = _lookup(_RUNS, m)
+        if runs is not None:
+            found |= {id(m.get_parameter(name)): n for name, n in runs(m).items()}
     return found
 
 

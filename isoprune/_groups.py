@@ -200,7 +200,8 @@ def _parts(tp_group, blocks: int) -> list[np.ndarray]:
 def _blocks(tp_group, runs: dict[int, int]) -> int:
     """How many equal runs a group's channels split into: the least common multiple of the
     ``groups`` of the grouped (not depthwise) convolutions it feeds or leaves one to one, and of
-    the ``runs`` (by layer ``id``) of layers whose first outputs it leaves so (``_arch.head_runs``).
+    the ``runs`` (by ``id``) of layers whose first outputs, or parameters whose channels, it leaves
+    so (``_arch.channel_runs``).
     Removing the same positions from every run keeps each of those groups, or heads, equal in width."""
     n = len(tp_group[0].channels)
     blocks = 1
@@ -214,7 +215,7 @@ def _blocks(tp_group, runs: dict[int, int]) -> int:
 def _member_runs(item, runs: dict[int, int]) -> int:
     """In how many equal runs a group member's channels must stay: a grouped convolution's
     ``groups`` (a depthwise one may lose any channel), a GroupNorm's (each keeps as many
-    channels), or a layer's outputs' ``runs``; else 1."""
+    channels), or a layer's outputs' or a parameter's ``runs``; else 1."""
     layer = item.dep.target.module
     if id(layer) in runs and item.dep.handler.__name__ == "prune_out_channels":
         return runs[id(layer)]
@@ -422,7 +423,7 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves:
     frozen = diverged | {_root(graph, tp_groups[i]): "traced onto channels a member does not have" for i in sorted(misfit)}
     tp_groups = [g for i, g in enumerate(tp_groups) if i not in misfit]
     roots = [_root(graph, g) for g in tp_groups]
-    runs = _arch.head_runs(skeleton)
+    runs = _arch.channel_runs(skeleton)
     by_head = [trusted.get(root) == len(g[0].channels) for g, root in zip(tp_groups, roots)]
     blocks = [_group_blocks(g, root in halves, head, runs) for g, root, head in zip(tp_groups, roots, by_head)]
     candidates = {

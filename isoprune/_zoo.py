@@ -8,8 +8,8 @@ timm's own ``Attention`` and Swin's are:
   context blocks; FocalNet's modulation;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net, ReXNet, DPN, FasterNet, MixNet, CSPNet;
-- timm's blur pooling, ECA's gate, Qwen3-VL's projector, and the token-mixing blocks of
-  MLP-Mixer, ResMLP and gMLP.
+- timm's blur pooling, ECA's gate, EvoNorm's sample variants, Qwen3-VL's projector, and the
+  token-mixing blocks of MLP-Mixer, ResMLP and gMLP.
 
 Each attention gets a ``Pruned`` subclass that a module becomes once its model is pruned: the
 same module, with a forward that follows its widths (timm's reshapes to the input's width, which
@@ -29,7 +29,7 @@ from timm.models import (
     inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
-    attention_pool, blur_pool, bottleneck_attn, diff_attention, eca, global_context, halo_attn, mixed_conv2d, selective_kernel, split_attn,
+    attention_pool, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d, selective_kernel, split_attn,
 )
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
@@ -40,7 +40,8 @@ from torch_pruning.pruner import function
 from ._arch import (
     AttentionSpec, Layout, attend, concat_channels, cut_qkv_biases, fix_rel_pos, fix_timm_attention, fix_window_attention, fused_qkv, mix_tokens,
     patch_merging_forward, post_norm_patch_merging_forward, project, qk_norm_fixed, register_attention, register_mlp, register_pruned,
-    register_resize, register_trace_forward, rel_pos_head_params, rescale_queries, root_first, split_channels, split_heads, value_heads,
+    register_resize, register_runs, register_trace_forward, rel_pos_head_params, rescale_queries, root_first, split_channels, split_heads,
+    value_heads,
 )
 from ._cut import cut_module
 
@@ -1263,6 +1264,26 @@ def channel_conv_gate_trace(self, x: torch.Tensor) -> torch.Tensor:
     return x * self.gate(y).view(x.shape[0], -1, 1, 1).detach()
 
 
+# EvoNorm's sample variants (S0, S0a, S1, S2 and theirs): a norm that divides each channel by a
+# statistic of its group of channels
+
+
+def evo_norm_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """An EvoNorm S layer for the tracer: its weights, channel by channel, without the statistic
+    it divides by, which the tracer reads through timm's reshape to ``[groups, channels / groups]``
+    as channels mapped onto others (it left every layer before such a norm whole). The statistic
+    holds no weight; the groups it is taken over keep equal widths instead (``evo_norm_runs``)."""
+    shape = (1, -1, 1, 1)
+    if getattr(self, "v", None) is not None:
+        x = x * (x * self.v.view(shape)).sigmoid()
+    return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+def evo_norm_runs(module: nn.Module) -> dict[str, int]:
+    """An EvoNorm S layer's groups: each keeps as many channels as the others, as a GroupNorm's."""
+    return {"weight": module.groups}
+
+
 # MLP-Mixer, ResMLP, gMLP: layers that mix tokens, run on the transposed map
 
 
@@ -1422,6 +1443,9 @@ def register() -> None:
     register_pruned(selective_kernel.SelectiveKernel, PrunedSelectiveKernel)
     register_trace_forward(eca.EcaModule, channel_conv_gate_trace)
     register_trace_forward(eca.CecaModule, channel_conv_gate_trace)
+    for cls in (evo_norm.EvoNorm2dS0, evo_norm.EvoNorm2dS1, evo_norm.EvoNorm2dS2):  # and their "a" subclasses
+        register_trace_forward(cls, evo_norm_trace)
+        register_runs(cls, evo_norm_runs)
     register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)
     register_trace_forward(mlp_mixer.ResBlock, res_block_trace)
     register_trace_forward(mlp_mixer.SpatialGatingUnit, spatial_gating_trace)

@@ -99,6 +99,8 @@ SMALL = {
     "qwen3_vit_micro": ("qwen3_vit_88m_merge", dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, pos_embed_grid_size=8)),
     "vit_diff_micro": ("vit_dwee_patch16_reg1_gap_256", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)),
     "vit_qk_norm_micro": ("vit_small_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, qk_norm=True)),
+    "resnetv2_evos_micro": ("resnetv2_50d_evos", dict(layers=[1, 1, 1, 1], pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "regnetz_evos_micro": ("regnetz_b16_evos", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
