@@ -71,10 +71,18 @@ def _feature_width(model: nn.Module) -> int | None:
 def _fix_feature_width(model: nn.Module, before: int | None) -> None:
     """timm models remember their feature width (``num_features``, ``embed_dim``...), and
     ``reset_classifier`` and the DINO head build on it: set it to the pruned width."""
+    head = getattr(model, "head", None)  # timm's classifier heads keep their own widths
+    spec = _arch.attention_spec(head) if isinstance(head, nn.Module) else None
+    if spec is not None:  # an attention pool as the head (CLIP's ResNets): it takes the features in, its fixup set its own width
+        features = head.get_submodule(spec.projections(head)[0]).in_features
+        for owner, attr, width in ((model, "num_features", features), (head, "in_features", features),
+                                   (model, "head_hidden_size", getattr(head, "embed_dim", None))):
+            if width is not None and hasattr(owner, attr):
+                setattr(owner, attr, width)
+        return
     after = _feature_width(model)
     if before is None or after is None or after == before:
         return
-    head = getattr(model, "head", None)  # timm's classifier heads keep their own widths
     owners = [model] + ([head] if isinstance(head, nn.Module) and not isinstance(head, (nn.Linear, nn.modules.conv._ConvNd)) else [])
     for owner in owners:
         for attr in ("num_features", "head_hidden_size", "embed_dim", "in_features"):

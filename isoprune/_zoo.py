@@ -4,7 +4,7 @@ timm's own ``Attention`` and Swin's are:
 - attention: CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR, Swin V2, XCiT, DaViT, VOLO, GC ViT,
   MetaFormer, LeViT, EfficientFormer(-V2), TinyViT, Visformer, FastViT, Hiera, BoTNet, HaloNet, ViT
   with a relative position bias, CrossViT's cross attention, differential attention, timm's
-  attention pooling (SigLIP's head), ResNeSt's split attention, SKNet's selective kernel, global
+  attention pooling (SigLIP's head, CLIP's ResNets'), ResNeSt's split attention, SKNet's selective kernel, global
   context blocks; FocalNet's modulation;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net, ReXNet, DPN, FasterNet, MixNet, CSPNet;
@@ -29,7 +29,8 @@ from timm.models import (
     inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
-    attention_pool, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d, selective_kernel, split_attn,
+    attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
+    resample_abs_pos_embed, selective_kernel, split_attn,
 )
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
@@ -368,6 +369,35 @@ def latent_pool_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     if not isinstance(module.q, nn.Linear):
         return dict.fromkeys(("heads", "head_dim"), "its latent is its query, with no query layer")
     return qk_norm_fixed(module)
+
+
+def attention_pool_2d_forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    """A pruned timm ``AttentionPool2d``'s forward (CLIP's ResNets pool their map with it; timm
+    reshapes its projections to the head dim it was built with). The tracer follows timm's own."""
+    batch, _, height, width = x.shape
+    x = x.flatten(2).transpose(1, 2)
+    first = x.mean(1, keepdim=True) if self.cls_token is None else self.cls_token.expand(batch, -1, -1)
+    pos_embed = resample_abs_pos_embed(self.pos_embed.unsqueeze(0), (height, width), old_size=self.feat_size, num_prefix_tokens=1)
+    x = torch.cat([first, x], dim=1) + pos_embed
+    if self.qkv is None:
+        q, k, v = (split_heads(layer(x), self.num_heads) for layer in (self.q, self.k, self.v))
+    else:
+        q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
+    x = self.drop(attend(self, q, k, v).transpose(1, 2).flatten(2))
+    return self._pool(x if pre_logits else self.proj(x), height, width)
+
+
+class PrunedAttentionPool2d(attention_pool2d.AttentionPool2d):
+    forward = attention_pool_2d_forward
+
+
+def fix_attention_pool_2d(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``fix_head_dims``, and the width of the attention's output, which ``reset`` builds a new
+    classifier for (and which is the pool's output where it has no projection)."""
+    fix_head_dims(module, heads, dims)
+    module.embed_dim = len(heads) * len(dims)
+    if isinstance(module.proj, nn.Identity):
+        module.out_features = module.embed_dim
 
 
 # ConViT: gated positional self-attention, then plain multi-head self-attention
@@ -1314,6 +1344,10 @@ def register() -> None:
     register_attention(
         attention_pool.AttentionPoolLatent,
         AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_head_dims, fixed=latent_pool_fixed, pruned=PrunedAttentionPoolLatent),
+    )
+    register_attention(
+        attention_pool2d.AttentionPool2d,
+        AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_attention_pool_2d, pruned=PrunedAttentionPool2d),
     )
     register_attention(
         vision_transformer_relpos.RelPosAttention,

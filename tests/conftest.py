@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from timm.models.byobnet import ByoBlockCfg
 from torch import nn
 
 import isoprune
@@ -101,6 +102,8 @@ SMALL = {
     "vit_qk_norm_micro": ("vit_small_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, qk_norm=True)),
     "resnetv2_evos_micro": ("resnetv2_50d_evos", dict(layers=[1, 1, 1, 1], pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "regnetz_evos_micro": ("regnetz_b16_evos", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "resnet_clip_micro": ("resnet50_clip", dict(blocks=tuple(ByoBlockCfg(type="bottle", d=1, c=c, s=s, br=0.25) for c, s in ((32, 1), (64, 2), (128, 2), (256, 2))),
+                                                 img_size=64, pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
