@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from timm.models import (
     cait, convit, crossvit, cspnet, davit, dpn, edgenext, efficientformer, efficientformer_v2, fasternet, fastvit, focalnet, gcvit, hiera,
-    inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
+    hieradet_sam2, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer,
+    volo, xcit,
 )
 from timm.layers import (
     attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
@@ -34,15 +35,15 @@ from timm.layers import (
 )
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
-from timm.models import vision_transformer_relpos
+from timm.models import vision_transformer_relpos, vision_transformer_sam
 from torch import nn
 from torch_pruning.pruner import function
 
 from ._arch import (
     AttentionSpec, Layout, attend, concat_channels, cut_qkv_biases, fix_rel_pos, fix_timm_attention, fix_window_attention, fused_qkv, mix_tokens,
     patch_merging_forward, post_norm_patch_merging_forward, project, qk_norm_fixed, register_attention, register_mlp, register_pruned,
-    register_resize, register_runs, register_trace_forward, rel_pos_head_params, rescale_queries, root_first, split_channels, split_heads,
-    value_heads,
+    register_resize, register_runs, register_trace_forward, rel_pos_head_params, rescale_queries, root_first, rotary_fixed, split_channels,
+    split_heads, value_heads,
 )
 from ._cut import cut_module
 
@@ -330,6 +331,54 @@ def rel_pos_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, st
 
 class PrunedRelPosAttention(vision_transformer_relpos.RelPosAttention):
     forward = rel_pos_attention_forward
+
+
+# SAM's ViT and SAM 2's Hiera: attention on a map ``[batch, height, width, channels]`` (SAM's with
+# relative position tables over head dims); timm's forwards read their widths from their layers,
+# but ``num_heads`` and the scale
+
+
+def sam_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """SAM ViT's ``Attention`` for the tracer: its values, as ``value_heads`` has them. Its relative
+    position tables (``[positions, head_dim]``) join the queries through timm's einsum, and would
+    join the qkv's group."""
+    batch, height, width, _ = x.shape
+    out = value_heads(self.qkv(x.reshape(batch, height * width, -1)), Layout(self.num_heads, self.head_dim, 3), 2)
+    return self.proj_drop(self.proj(out)).view(batch, height, width, -1)
+
+
+def fix_sam_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``num_heads``, and ``head_dim`` with ``scale`` (``rescale_queries``: timm's fused path scales
+    by the head dim it finds)."""
+    module.num_heads, module.head_dim = len(heads), len(dims)
+    rescale_queries(module, len(dims))
+
+
+def sam_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    if module.use_rel_pos:
+        return {"head_dim": "the relative position tables hold head dims"}
+    return rotary_fixed(model, module)
+
+
+def multiscale_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """SAM 2's Hiera (``MultiScaleAttention``) for the tracer: its values (``value_heads``), max-pooled
+    on the map where it pools its queries (the tokens it answers), each channel on its own. The
+    tracer does not follow timm's reshapes of the heads on the map, and left every qkv whole."""
+    batch, height, width, _ = x.shape
+    heads = self.num_heads
+    v = value_heads(self.qkv(x.reshape(batch, height * width, -1)), Layout(heads, self.qkv.out_features // (3 * heads), 3), 2)
+    if self.q_pool is not None:
+        v = self.q_pool(v.transpose(1, 2).reshape(batch, -1, height, width))
+        height, width = v.shape[2:]
+        v = v.flatten(2).transpose(1, 2)
+    return self.proj(v).view(batch, height, width, -1)
+
+
+def fix_multiscale_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``num_heads``, ``dim_out`` and ``scale`` (``rescale_queries``); timm's forward reads the rest
+    from its layers."""
+    module.num_heads, module.dim_out = len(heads), len(heads) * len(dims)
+    rescale_queries(module, len(dims))
 
 
 # Hiera: attention within mask units (or global), its queries max-pooled over ``q_stride`` tokens;
@@ -1345,6 +1394,10 @@ def register() -> None:
         attention_pool.AttentionPoolLatent,
         AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_head_dims, fixed=latent_pool_fixed, pruned=PrunedAttentionPoolLatent),
     )
+    register_attention(vision_transformer_sam.Attention, AttentionSpec(qkv="qkv", fixup=fix_sam_attention, fixed=sam_attention_fixed))
+    register_trace_forward(vision_transformer_sam.Attention, sam_attention_trace)
+    register_attention(hieradet_sam2.MultiScaleAttention, AttentionSpec(qkv="qkv", fixup=fix_multiscale_attention))
+    register_trace_forward(hieradet_sam2.MultiScaleAttention, multiscale_attention_trace)
     register_attention(
         attention_pool2d.AttentionPool2d,
         AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_attention_pool_2d, pruned=PrunedAttentionPool2d),

@@ -104,6 +104,16 @@ SMALL = {
     "regnetz_evos_micro": ("regnetz_b16_evos", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "resnet_clip_micro": ("resnet50_clip", dict(blocks=tuple(ByoBlockCfg(type="bottle", d=1, c=c, s=s, br=0.25) for c, s in ((32, 1), (64, 2), (128, 2), (256, 2))),
                                                  img_size=64, pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "samvit_micro": ("samvit_base_patch16", dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1], window_size=4,
+                                              neck_chans=16)),
+    "samvit_abs_micro": ("samvit_base_patch16_224", dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1],
+                                                          window_size=4, use_rel_pos=False, use_abs_pos=True)),
+    "samvit_rope_micro": ("samvit_base_patch16_224", dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=[1],
+                                                           window_size=4, use_rel_pos=False, use_rope=True)),
+    "sam2_hiera_micro": ("sam2_hiera_tiny", dict(embed_dim=16, stages=(1, 2, 2, 1), global_att_blocks=(4,), window_spec=(4, 2, 2, 2),
+                                                  pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "hieradet_micro": ("hieradet_small", dict(embed_dim=16, stages=(1, 2, 2, 1), global_att_blocks=(4,), window_spec=(4, 2, 2, 2),
+                                              pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""
