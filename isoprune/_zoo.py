@@ -633,6 +633,25 @@ class PrunedChannelAttention(davit.ChannelAttention):
     forward = channel_attention_forward
 
 
+def channel_attention_v2_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned DaViT ``ChannelAttentionV2``'s forward (the ``_fl`` models): queries against keys
+    across the head dims of each of its ``groups`` (its heads), applied to the values; scaled by
+    the token count, or (without ``dynamic_scale``) by the head dim it was built with."""
+    q, k, v = split_heads(self.qkv(x), self.groups, 3)
+    q = q * (x.shape[1] if self.dynamic_scale else self.head_dim) ** -0.5
+    attn = (q.transpose(-1, -2) @ k).softmax(dim=-1)
+    return self.proj((attn @ v.transpose(-1, -2)).permute(0, 3, 1, 2).flatten(2))
+
+
+class PrunedChannelAttentionV2(davit.ChannelAttentionV2):
+    forward = channel_attention_v2_forward
+
+
+def fix_channel_attention_v2(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``groups``, its head count; ``head_dim`` stays as built (the scale, without ``dynamic_scale``)."""
+    module.groups = len(heads)
+
+
 class PrunedDavitWindowAttention(davit.WindowAttention):
     forward = qkv_attention_forward
 
@@ -1473,6 +1492,10 @@ def register() -> None:
     for cls, pruned in ((xcit.XCA, PrunedXCA), (edgenext.CrossCovarianceAttn, PrunedCrossCovarianceAttn)):
         register_attention(cls, AttentionSpec(qkv="qkv", fixup=fix_num_heads, head_params=(("temperature", 0),), pruned=pruned))
         register_trace_forward(cls, qkv_values_trace)
+    register_attention(
+        davit.ChannelAttentionV2,
+        AttentionSpec(qkv="qkv", fixup=fix_channel_attention_v2, heads_attr="groups", pruned=PrunedChannelAttentionV2),
+    )  # traced as timm's Attention
     for cls, pruned in ((davit.ChannelAttention, PrunedChannelAttention), (davit.WindowAttention, PrunedDavitWindowAttention)):
         register_attention(cls, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=pruned))  # traced as timm's Attention
     register_attention(

@@ -28,6 +28,7 @@ SMALL = {
     "convit_micro": ("convit_tiny", dict(img_size=32, patch_size=8, embed_dim=8, num_heads=4, depth=3, local_up_to_layer=2)),
     "swinv2_cr_micro": ("swinv2_cr_tiny_224", dict(embed_dim=16, depths=(2, 2, 1, 1), num_heads=(1, 2, 2, 4), img_size=64, window_size=4)),
     "davit_micro": ("davit_tiny", dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))),
+    "davit_fl_micro": ("davit_base_fl", dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))),
     "xcit_micro": ("xcit_nano_12_p8_224", dict(img_size=32, embed_dim=32, depth=2, num_heads=4, cls_attn_layers=2)),
     "tnt_micro": ("tnt_s_legacy_patch16_224", dict(img_size=32, patch_size=8, embed_dim=48, inner_dim=12, depth=7, num_heads_inner=2,
                                                    num_heads_outer=4)),

@@ -1,6 +1,7 @@
 """Attention across the head dims of each head: XCiT's cross-covariance attention (a temperature
 per head; its class attention is CaiT's, which XCiT imports), EdgeNeXt's (XCiT's, in its split
-blocks) and DaViT's channel attention (beside its attention within windows). Removed heads
+blocks) and DaViT's channel attention (beside its attention within windows; the ``_fl`` models'
+second version, queries against keys, was not registered and every block's was left whole). Removed heads
 compute what zeroed ones do; removed head dims do not (the softmax runs across head dims), so
 those are checked to run and count."""
 import pytest
@@ -15,6 +16,8 @@ from isoprune import _groups, _zoo
 CASES = {
     "xcit_micro": ({_zoo.PrunedXCA, _zoo.PrunedClassAttn}, {"blocks.0.attn", "cls_attn_blocks.0.attn"}),
     "davit_micro": ({_zoo.PrunedChannelAttention, _zoo.PrunedDavitWindowAttention}, {"stages.0.blocks.0.0.attn", "stages.0.blocks.0.1.attn"}),
+    "davit_fl_micro": ({_zoo.PrunedChannelAttentionV2, _zoo.PrunedDavitWindowAttention},
+                       {"stages.0.blocks.0.spatial_block.attn", "stages.0.blocks.0.channel_block.attn"}),
 }
 
 
@@ -28,7 +31,7 @@ def test_pruned_heads_compute_what_the_zeroed_ones_do(name):
     pruned = [m for m in model.modules() if type(m) in classes]
     assert {type(m) for m in pruned} == classes
     for attn in pruned:
-        assert attn.proj.in_features % attn.num_heads == 0
+        assert attn.proj.in_features % (attn.groups if isinstance(attn, _zoo.PrunedChannelAttentionV2) else attn.num_heads) == 0
         if isinstance(attn, _zoo.PrunedXCA):
             assert attn.temperature.shape == (attn.num_heads, 1, 1) and attn.qkv.out_features == 3 * attn.proj.in_features
 
