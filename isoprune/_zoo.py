@@ -144,21 +144,56 @@ class PrunedCrossAttention(crossvit.CrossAttention):
 # TNT
 
 
+def _tnt_patches(pixel_embed: torch.Tensor, batch: int, patches: int) -> torch.Tensor:
+    """TNT's pixel embedding ``[batch * patches, pixels, channels]`` as ``[batch, patches, pixels *
+    channels]``, pixel-major as timm's reshape lays it, written as a concatenation of channels: the
+    tracer mapped a pixel channel through the reshape onto one of the patch projection's inputs,
+    not one a pixel, and left the pixel embedding whole."""
+    return concat_channels([pixel_embed[:, i] for i in range(pixel_embed.shape[1])], -1).reshape(batch, patches, -1)
+
+
+def tnt_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """timm ``TNT`` for the tracer: its own forward, the patches projected from ``_tnt_patches``."""
+    batch = x.shape[0]
+    pixel_embed = self.pixel_embed(x, self.pixel_pos)
+    patch_embed = self.norm2_proj(self.proj(self.norm1_proj(_tnt_patches(pixel_embed, batch, self.num_patches))))
+    patch_embed = self.pos_drop(torch.cat((self.cls_token.expand(batch, -1, -1), patch_embed), dim=1) + self.patch_pos)
+    for block in self.blocks:
+        pixel_embed, patch_embed = block(pixel_embed, patch_embed)
+    return self.forward_head(self.norm(patch_embed))
+
+
 def tnt_block_trace(self, pixel_embed: torch.Tensor, patch_embed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """timm TNT ``Block`` for the tracer: its own computation, with the pixel embedding's
     projection added to every patch token but the class token by padding it with a zero token in
     front, where timm concatenates the class token and the sum along the tokens (the tracer reads
-    a concatenation on the second axis as one of channels, and cannot tell their widths)."""
+    a concatenation on the second axis as one of channels, and cannot tell their widths). The
+    patches are projected from ``_tnt_patches``."""
     pixel_embed = pixel_embed + self.attn_in(self.norm_in(pixel_embed))
     pixel_embed = pixel_embed + self.mlp_in(self.norm_mlp_in(pixel_embed))
     batch, tokens, _ = patch_embed.shape
     if self.norm2_proj is None:
-        inner = self.proj(self.norm1_proj(pixel_embed).reshape(batch, tokens - 1, -1))
+        inner = self.proj(_tnt_patches(self.norm1_proj(pixel_embed), batch, tokens - 1))
     else:
-        inner = self.norm2_proj(self.proj(self.norm1_proj(pixel_embed.reshape(batch, tokens - 1, -1))))
+        inner = self.norm2_proj(self.proj(self.norm1_proj(_tnt_patches(pixel_embed, batch, tokens - 1))))
     patch_embed = patch_embed + F.pad(inner, (0, 0, 1, 0))
     patch_embed = patch_embed + self.attn_out(self.norm_out(patch_embed))
     return pixel_embed, patch_embed + self.mlp(self.norm_mlp(patch_embed))
+
+
+def tnt_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """timm TNT ``Attention`` (inner and outer) for the tracer: as ConViT's ``GPSA`` (``gpsa_trace``),
+    queries and keys (``qk``) added channel by channel to the values into the output projection.
+    timm's forward reads its head dim from ``head_dim`` and its scale from ``scale``, which stay
+    in step with its layers once ``fix_head_dims`` has set them."""
+    qk, v = self.qk(x), self.v(x)
+    width = v.shape[-1]
+    return project(self, qk[..., :width] + qk[..., width:] + v)
+
+
+def resize_pixel_embed(module: nn.Module, cut) -> None:
+    """TNT's ``PixelEmbed`` reshapes to the pixel embedding's width (``in_dim``): its convolution's."""
+    module.in_dim = module.proj.out_channels
 
 
 # PVT-v2 and Twins: keys and values from a spatially reduced map; Twins' attention within windows
@@ -1464,6 +1499,10 @@ def register() -> None:
     register_attention(crossvit.CrossAttention, AttentionSpec(qkv="qkv", separate=CROSS_ATTENTION, fixup=fix_num_heads, pruned=PrunedCrossAttention))
     register_trace_forward(crossvit.CrossAttention, partial(class_attention_trace, names=CROSS_ATTENTION))
     register_trace_forward(tnt.Block, tnt_block_trace)
+    register_trace_forward(tnt.TNT, tnt_trace)
+    register_attention(tnt.Attention, AttentionSpec(qkv="qkv", separate=("qk", "v"), fixup=fix_head_dims))
+    register_trace_forward(tnt.Attention, tnt_attention_trace)
+    register_resize(tnt.PixelEmbed, resize_pixel_embed)
     for cls, pruned in ((pvt_v2.Attention, PrunedPvtAttention), (twins.GlobalSubSampleAttn, PrunedGlobalSubSampleAttn)):
         register_attention(cls, AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_reduction_attention, pruned=pruned))
         register_trace_forward(cls, reduction_attention_trace)

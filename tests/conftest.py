@@ -32,6 +32,7 @@ SMALL = {
     "xcit_micro": ("xcit_nano_12_p8_224", dict(img_size=32, embed_dim=32, depth=2, num_heads=4, cls_attn_layers=2)),
     "tnt_micro": ("tnt_s_legacy_patch16_224", dict(img_size=32, patch_size=8, embed_dim=48, inner_dim=12, depth=7, num_heads_inner=2,
                                                    num_heads_outer=4)),
+    "tnt_v2_micro": ("tnt_s_patch16_224", dict(img_size=32, patch_size=8, embed_dim=48, inner_dim=12, depth=2, num_heads_inner=2, num_heads_outer=4)),
     "twins_micro": ("twins_svt_small", dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1),
                                             mlp_ratios=(2, 2, 2, 2))),
     # two blocks a stage: attention within windows, then over the spatially reduced map

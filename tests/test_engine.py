@@ -52,7 +52,7 @@ def test_tnt_adds_its_pixel_embedding_along_tokens_not_channels():
     assert isoprune.count(model)[0] == tp.utils.count_ops_and_params(model, x[:1])[0]
     kinds = {g.root: g.kind for g in _groups.analyse(model).groups}
     assert kinds["blocks.6.mlp.fc1"] == kinds["blocks.0.mlp_in.fc1"] == "mlp"
-    assert kinds["blocks.6.mlp.fc2"] == "channels"  # the patch embedding, not an MLP's hidden units
+    assert kinds["blocks.6.mlp.fc2"] == kinds["blocks.6.mlp_in.fc2"] == "emb"  # the patch and pixel embeddings, not MLPs' hidden units
     assert_equivalent(model, layernorm_free(model, 0.4))
     macs = isoprune.count(make("tnt_micro"))[0]
     isoprune.prune(model, 0.3)
