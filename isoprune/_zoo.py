@@ -25,9 +25,9 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, crossvit, cspnet, davit, dpn, edgenext, efficientformer, efficientformer_v2, fasternet, fastvit, focalnet, gcvit, hiera,
-    hieradet_sam2, inception_next, levit, mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer,
-    volo, xcit,
+    cait, convit, cpubone, crossvit, cspnet, davit, dpn, edgenext, efficientformer, efficientformer_v2, fasternet, fastvit, focalnet, gcvit,
+    hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt,
+    twins, visformer, volo, xcit,
 )
 from timm.layers import (
     attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
@@ -1115,6 +1115,40 @@ def map_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     return {"head_dim": "its relative position embedding is over head dims"}
 
 
+# LowFormer and CPUBone: attention on a strided depthwise convolution of the map, a 1x1
+# convolution laying out its heads a head at a time (``[heads, (q, k, v), head_dim]``), upsampled back
+
+
+def _conv_attention(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """LowFormer's and CPUBone's ``ConvAttention`` at any widths (timm reshapes to the ones it was
+    built with), at the scale it was built with; for the tracer, its values (``value_heads``)."""
+    height, width = x.shape[-2:]
+    if getattr(self, "small_kernels", False) and self.att_stride > 1 and (height % self.att_stride or width % self.att_stride):
+        x = F.pad(x, (0, -width % self.att_stride, 0, -height % self.att_stride))  # CPUBone's reduced projection rounds down
+    qkv = self.pwise(self.conv_proj(x))
+    batch, _, rows, cols = qkv.shape
+    if trace:
+        values = value_heads(qkv, Layout(self.num_heads, self.head_dim, 3, True), 1)
+    else:
+        q, k, v = qkv.reshape(batch, self.num_heads, -1, rows * cols).transpose(-1, -2).chunk(3, dim=-1)
+        values = F.scaled_dot_product_attention(q, k, v, scale=self.scale).transpose(-1, -2).reshape(batch, -1, rows, cols)
+    return self.upsampling(self.o_proj(values))[..., :height, :width]
+
+
+class PrunedLowFormerAttention(lowformer.ConvAttention):
+    forward = partialmethod(_conv_attention, trace=False)
+
+
+class PrunedCPUBoneAttention(cpubone.ConvAttention):
+    forward = partialmethod(_conv_attention, trace=False)
+
+
+def fix_conv_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``fix_head_dims``, and the width of the attention's output."""
+    fix_head_dims(module, heads, dims)
+    module.o_proj_inpdim = len(heads) * len(dims)
+
+
 # EfficientFormer-V2: attention on the feature map with separate query, key and value layers (the
 # values a whole number of times as wide, LeViT's way), a bias per head, talking heads, and a
 # depthwise convolution of the values added to the output
@@ -1493,6 +1527,9 @@ def register() -> None:
     register_trace_forward(efficientformer_v2.Attention2d, efficientformerv2_attention_trace)
     register_mlp(efficientformer_v2.ConvMlpWithNorm)
     register_attention(visformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_visformer_attention))
+    for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
+        register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))
+        register_trace_forward(cls, partial(_conv_attention, trace=True))
     register_mlp(visformer.SpatialMlp)
     register_trace_forward(visformer.Attention, visformer_attention_trace)
     register_attention(hiera.MaskUnitAttention, AttentionSpec(qkv="qkv", fixup=fix_mask_unit_attention, heads_attr="heads"))
