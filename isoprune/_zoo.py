@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from timm.models import (
     cait, convit, cpubone, crossvit, cspnet, davit, dpn, edgenext, efficientformer, efficientformer_v2, fasternet, fastvit, focalnet, gcvit,
-    hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt,
-    twins, visformer, volo, xcit,
+    hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nextvit, pvt_v2, qwen3_vit, res2net, rexnet,
+    tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
     attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
@@ -1149,6 +1149,24 @@ def fix_conv_attention(module: nn.Module, heads: list[int], dims: list[int]) -> 
     module.o_proj_inpdim = len(heads) * len(dims)
 
 
+# Next-ViT: attention with separate query, key and value layers, its keys and values from tokens
+# average-pooled ``sr_ratio``^2 at a time
+
+
+def efficient_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned Next-ViT ``EfficientAttention``'s forward (timm reshapes to the head dim it was
+    built with, and its output to its input's width). The tracer follows timm's own."""
+    q = split_heads(self.q(x), self.num_heads)
+    if self.sr is not None:
+        x = self.norm(self.sr(x.transpose(1, 2))).transpose(1, 2)
+    k, v = split_heads(self.k(x), self.num_heads), split_heads(self.v(x), self.num_heads)
+    return project(self, attend(self, q, k, v).transpose(1, 2).flatten(2))
+
+
+class PrunedEfficientAttention(nextvit.EfficientAttention):
+    forward = efficient_attention_forward
+
+
 # EfficientFormer-V2: attention on the feature map with separate query, key and value layers (the
 # values a whole number of times as wide, LeViT's way), a bias per head, talking heads, and a
 # depthwise convolution of the values added to the output
@@ -1527,6 +1545,9 @@ def register() -> None:
     register_trace_forward(efficientformer_v2.Attention2d, efficientformerv2_attention_trace)
     register_mlp(efficientformer_v2.ConvMlpWithNorm)
     register_attention(visformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_visformer_attention))
+    register_attention(
+        nextvit.EfficientAttention, AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_head_dims, pruned=PrunedEfficientAttention)
+    )
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
         register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))
         register_trace_forward(cls, partial(_conv_attention, trace=True))

@@ -24,6 +24,7 @@ def test_pruned_attention_computes_what_the_zeroed_one_does(name):
     model = lively(make(name))
     assert not _groups.analyse(model).frozen
     plan = assert_equivalent(model, isoprune.Ratios(heads=0.5, head_dim=0.5), changes=0.01)
+    assert {g.kind for g in plan.groups if g.owner and len(g.keep) < g.channels} == {"heads", "head_dim"}
     attention = _attention(model)
     for attn in attention:
         assert type(attn) in (_zoo.PrunedLowFormerAttention, _zoo.PrunedCPUBoneAttention)
