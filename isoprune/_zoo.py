@@ -373,13 +373,20 @@ class PrunedRelPosAttention(vision_transformer_relpos.RelPosAttention):
 # but ``num_heads`` and the scale
 
 
-def sam_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
-    """SAM ViT's ``Attention`` for the tracer: its values, as ``value_heads`` has them. Its relative
-    position tables (``[positions, head_dim]``) join the queries through timm's einsum, and would
-    join the qkv's group."""
+def map_attention_values_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """SAM ViT's ``Attention`` and SAM 2's ``MultiScaleAttention`` for the tracer: their values
+    (``value_heads``), max-pooled on the map where SAM 2 pools its queries (the tokens it answers),
+    each channel on its own. The tracer does not follow SAM 2's reshapes of the heads on the map,
+    and left every qkv whole; SAM's relative position tables (``[positions, head_dim]``) join the
+    queries through timm's einsum, and would join the qkv's group."""
     batch, height, width, _ = x.shape
-    out = value_heads(self.qkv(x.reshape(batch, height * width, -1)), Layout(self.num_heads, self.head_dim, 3), 2)
-    return self.proj_drop(self.proj(out)).view(batch, height, width, -1)
+    heads = self.num_heads
+    v = value_heads(self.qkv(x.reshape(batch, height * width, -1)), Layout(heads, self.qkv.out_features // (3 * heads), 3), 2)
+    if getattr(self, "q_pool", None) is not None:
+        v = self.q_pool(v.transpose(1, 2).reshape(batch, -1, height, width))
+        height, width = v.shape[2:]
+        v = v.flatten(2).transpose(1, 2)
+    return project(self, v).view(batch, height, width, -1)
 
 
 def fix_sam_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -393,20 +400,6 @@ def sam_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     if module.use_rel_pos:
         return {"head_dim": "the relative position tables hold head dims"}
     return rotary_fixed(model, module)
-
-
-def multiscale_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
-    """SAM 2's Hiera (``MultiScaleAttention``) for the tracer: its values (``value_heads``), max-pooled
-    on the map where it pools its queries (the tokens it answers), each channel on its own. The
-    tracer does not follow timm's reshapes of the heads on the map, and left every qkv whole."""
-    batch, height, width, _ = x.shape
-    heads = self.num_heads
-    v = value_heads(self.qkv(x.reshape(batch, height * width, -1)), Layout(heads, self.qkv.out_features // (3 * heads), 3), 2)
-    if self.q_pool is not None:
-        v = self.q_pool(v.transpose(1, 2).reshape(batch, -1, height, width))
-        height, width = v.shape[2:]
-        v = v.flatten(2).transpose(1, 2)
-    return self.proj(v).view(batch, height, width, -1)
 
 
 def fix_multiscale_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -1501,9 +1494,9 @@ def register() -> None:
         AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_head_dims, fixed=latent_pool_fixed, pruned=PrunedAttentionPoolLatent),
     )
     register_attention(vision_transformer_sam.Attention, AttentionSpec(qkv="qkv", fixup=fix_sam_attention, fixed=sam_attention_fixed))
-    register_trace_forward(vision_transformer_sam.Attention, sam_attention_trace)
     register_attention(hieradet_sam2.MultiScaleAttention, AttentionSpec(qkv="qkv", fixup=fix_multiscale_attention))
-    register_trace_forward(hieradet_sam2.MultiScaleAttention, multiscale_attention_trace)
+    for cls in (vision_transformer_sam.Attention, hieradet_sam2.MultiScaleAttention):
+        register_trace_forward(cls, map_attention_values_trace)
     register_attention(
         attention_pool2d.AttentionPool2d,
         AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_attention_pool_2d, pruned=PrunedAttentionPool2d),

@@ -42,7 +42,7 @@ def test_trace_forward_keeps_the_output_shape(name):
     attn = _attention(make(name))[0]
     x = torch.randn(2, 4, 4, 32)
     with torch.no_grad():
-        assert _zoo.sam_attention_trace(attn, x).shape == attn(x).shape == x.shape
+        assert _zoo.map_attention_values_trace(attn, x).shape == attn(x).shape == x.shape
 
 
 @pytest.mark.parametrize("name", HIERA)
@@ -63,7 +63,7 @@ def test_hiera_trace_forward_keeps_the_output_shape(name):
     for attn in _multiscale(make(name))[:2]:  # the second pools its queries
         x = torch.randn(2, 4, 4, attn.qkv.in_features)
         with torch.no_grad():
-            assert _zoo.multiscale_attention_trace(attn, x).shape == attn(x).shape
+            assert _zoo.map_attention_values_trace(attn, x).shape == attn(x).shape
 
 
 @pytest.mark.parametrize("name", ["samvit_micro", "sam2_hiera_micro"])
