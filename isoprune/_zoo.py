@@ -75,6 +75,13 @@ def fix_head_dims(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     module.num_heads, module.head_dim = len(heads), len(dims)
 
 
+def fix_scaled_head_dims(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``num_heads`` and ``head_dim``, which timm's forward reshapes to (Visformer, SAM's ViT), and
+    ``scale`` (``rescale_queries``: timm's fused path scales by the head dim it finds)."""
+    fix_head_dims(module, heads, dims)
+    rescale_queries(module, len(dims))
+
+
 # CaiT: talking heads in the self-attention blocks, class attention in the last ones
 
 
@@ -387,13 +394,6 @@ def map_attention_values_trace(self, x: torch.Tensor) -> torch.Tensor:
         height, width = v.shape[2:]
         v = v.flatten(2).transpose(1, 2)
     return project(self, v).view(batch, height, width, -1)
-
-
-def fix_sam_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
-    """``num_heads``, and ``head_dim`` with ``scale`` (``rescale_queries``: timm's fused path scales
-    by the head dim it finds)."""
-    module.num_heads, module.head_dim = len(heads), len(dims)
-    rescale_queries(module, len(dims))
 
 
 def sam_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
@@ -1216,13 +1216,6 @@ def visformer_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     return project(self, value_heads(self.qkv(x), Layout(self.num_heads, self.head_dim, 3), 1))
 
 
-def fix_visformer_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
-    """``num_heads`` and ``head_dim``, which its forward reshapes to, and ``scale``
-    (``rescale_queries``: timm's fused path scales by the head dim)."""
-    module.num_heads, module.head_dim = len(heads), len(dims)
-    rescale_queries(module, len(dims))
-
-
 # TinyViT: window attention, pre-normed inside, laid out a head at a time ([query, key, value] in
 # the fused qkv), with an attention bias per head
 
@@ -1493,7 +1486,7 @@ def register() -> None:
         attention_pool.AttentionPoolLatent,
         AttentionSpec(qkv="qkv", separate=("q", "kv"), fixup=fix_head_dims, fixed=latent_pool_fixed, pruned=PrunedAttentionPoolLatent),
     )
-    register_attention(vision_transformer_sam.Attention, AttentionSpec(qkv="qkv", fixup=fix_sam_attention, fixed=sam_attention_fixed))
+    register_attention(vision_transformer_sam.Attention, AttentionSpec(qkv="qkv", fixup=fix_scaled_head_dims, fixed=sam_attention_fixed))
     register_attention(hieradet_sam2.MultiScaleAttention, AttentionSpec(qkv="qkv", fixup=fix_multiscale_attention))
     for cls in (vision_transformer_sam.Attention, hieradet_sam2.MultiScaleAttention):
         register_trace_forward(cls, map_attention_values_trace)
@@ -1537,15 +1530,15 @@ def register() -> None:
     )
     register_trace_forward(efficientformer_v2.Attention2d, efficientformerv2_attention_trace)
     register_mlp(efficientformer_v2.ConvMlpWithNorm)
-    register_attention(visformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_visformer_attention))
+    register_attention(visformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_scaled_head_dims))
+    register_mlp(visformer.SpatialMlp)
+    register_trace_forward(visformer.Attention, visformer_attention_trace)
     register_attention(
         nextvit.EfficientAttention, AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_head_dims, pruned=PrunedEfficientAttention)
     )
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
         register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))
         register_trace_forward(cls, partial(_conv_attention, trace=True))
-    register_mlp(visformer.SpatialMlp)
-    register_trace_forward(visformer.Attention, visformer_attention_trace)
     register_attention(hiera.MaskUnitAttention, AttentionSpec(qkv="qkv", fixup=fix_mask_unit_attention, heads_attr="heads"))
     register_attention(crossvit.CrossAttention, AttentionSpec(qkv="qkv", separate=CROSS_ATTENTION, fixup=fix_num_heads, pruned=PrunedCrossAttention))
     register_trace_forward(crossvit.CrossAttention, partial(class_attention_trace, names=CROSS_ATTENTION))
