@@ -198,18 +198,49 @@ def _parts(tp_group, blocks: int) -> list[np.ndarray]:
 
 
 def _blocks(tp_group, runs: dict[int, int]) -> int:
-    """How many equal runs a group's channels split into: the least common multiple of the
-    ``groups`` of the grouped (not depthwise) convolutions it feeds or leaves one to one, and of
-    the ``runs`` (by ``id``) of layers whose first outputs, or parameters whose channels, it leaves
-    so (``_arch.channel_runs``).
+    """How many equal runs a group's channels split into: the least common multiple, over the
+    members that keep their channels in runs (``_member_runs``: grouped, not depthwise,
+    convolutions; GroupNorms; the ``runs`` by ``id`` of layers' first outputs or of parameters,
+    ``_arch.channel_runs``), of the runs of root channels that keep theirs equal (``_root_runs``).
     Removing the same positions from every run keeps each of those groups, or heads, equal in width."""
     n = len(tp_group[0].channels)
     blocks = 1
     for item in tp_group:
         split = _member_runs(item, runs)
-        if split > 1 and len(item.channels) == n and (item.channels == np.arange(n)).all() and (item.roots == item.channels).all():
-            blocks = math.lcm(blocks, split)
+        if split > 1:
+            blocks = math.lcm(blocks, _root_runs(item, split, n))
     return blocks if n % blocks == 0 else 1
+
+
+def _root_runs(item, split: int, n: int) -> int:
+    """In how many runs of a group's ``n`` root channels the same positions must go for a member
+    in ``split`` equal runs to keep them equal: ``split`` where the member holds the root channels
+    in their order; where it holds a part of them, or all of them in another order (Res2NeXt's
+    scales, each a grouped convolution on a slice of the layer before), ``n`` over its run's
+    length, if each of its runs holds every position of such a run of roots. 1 where neither:
+    then no unit keeps its runs equal, and the probe leaves the group whole."""
+    channels, roots = item.channels, item.roots
+    if len(channels) == n and (channels == np.arange(n)).all() and (roots == channels).all():
+        return split
+    width = _member_width(item)
+    if width is None or width % split or len(channels) != width or (roots == _coupling.NO_ROOT).any():
+        return 1
+    run = width // split
+    if n % run or not (np.sort(channels) == np.arange(width)).all() or not (channels % run == roots % run).all():
+        return 1
+    return n // run
+
+
+def _member_width(item) -> int | None:
+    """How many channels a group member has in the direction it is cut (None: not a layer that says)."""
+    layer, out = item.dep.target.module, item.dep.handler.__name__ == "prune_out_channels"
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return layer.out_channels if out else layer.in_channels
+    if isinstance(layer, nn.Linear):
+        return layer.out_features if out else layer.in_features
+    if isinstance(layer, nn.GroupNorm):
+        return layer.num_channels
+    return None
 
 
 def _member_runs(item, runs: dict[int, int]) -> int:

@@ -7,7 +7,7 @@ timm's own ``Attention`` and Swin's are:
   attention pooling (SigLIP's head, CLIP's ResNets'), ResNeSt's split attention, SKNet's selective kernel, global
   context blocks; FocalNet's modulation;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
-  Res2Net, ReXNet, DPN, FasterNet, MixNet, CSPNet;
+  Res2Net (and DLA's), ReXNet, DPN, FasterNet, MixNet, CSPNet;
 - timm's blur pooling, ECA's gate, EvoNorm's sample variants, Qwen3-VL's projector, and the
   token-mixing blocks of MLP-Mixer, ResMLP and gMLP.
 
@@ -25,7 +25,7 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, cpubone, crossvit, cspnet, davit, dpn, edgenext, efficientformer, efficientformer_v2, fasternet, fastvit, focalnet, gcvit,
+    cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, fasternet, fastvit, focalnet, gcvit,
     hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nextvit, pvt_v2, qwen3_vit, res2net, rexnet,
     tiny_vit, tnt, twins, visformer, volo, xcit,
 )
@@ -920,11 +920,11 @@ class PrunedGatedConvBlock(mambaout.GatedConvBlock):
     forward = partialmethod(_gated_conv_block, trace=False)
 
 
-def _res2net_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
-    """Res2Net's bottleneck, its hidden channels split at the widths of the layers each part feeds
-    (timm splits at the width it was built with): a part goes through its convolution, after the
-    previous one's output is added (except in a stage's first block), and the last part as it is."""
-    shortcut = x
+def _res2net_scales(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """Res2Net's hidden channels (its bottleneck's and DLA's), split at the widths of the layers
+    each part feeds (timm splits at the width it was built with): a part goes through its
+    convolution, after the previous one's output is added (except in a stage's first block), and
+    the last part as it is."""
     out = self.relu(self.bn1(self.conv1(x)))
     sizes = [conv.in_channels for conv in self.convs]
     if self.scale > 1:
@@ -936,7 +936,13 @@ def _res2net_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
         spo.append(self.relu(bn(conv(sp))))
     if self.scale > 1:
         spo.append(parts[-1] if self.pool is None else self.pool(parts[-1]))
-    out = self.bn3(self.conv3(self.drop_block(concat_channels(spo, 1) if trace else torch.cat(spo, 1))))
+    return concat_channels(spo, 1) if trace else torch.cat(spo, 1)
+
+
+def _res2net_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """Res2Net's bottleneck (``_res2net_scales``)."""
+    shortcut = x
+    out = self.bn3(self.conv3(self.drop_block(_res2net_scales(self, x, trace))))
     if self.se is not None:
         out = self.se(out)
     if self.drop_path is not None:
@@ -948,6 +954,16 @@ def _res2net_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
 
 class PrunedBottle2neck(res2net.Bottle2neck):
     forward = partialmethod(_res2net_block, trace=False)
+
+
+def _dla_res2net_block(self, x: torch.Tensor, shortcut: torch.Tensor | None = None, children=None, *, trace: bool) -> torch.Tensor:
+    """DLA's Res2Net bottleneck (``_res2net_scales``), its shortcut given by the tree it sits in."""
+    out = self.bn3(self.conv3(_res2net_scales(self, x, trace)))
+    return self.relu(out + (x if shortcut is None else shortcut))
+
+
+class PrunedDlaBottle2neck(dla.DlaBottle2neck):
+    forward = partialmethod(_dla_res2net_block, trace=False)
 
 
 # LeViT (and EfficientFormer, laid out alike): a head's values are a whole number of times as wide
@@ -1627,6 +1643,8 @@ def register() -> None:
     register_resize(rexnet.LinearBottleneck, resize_rexnet_block)
     register_trace_forward(res2net.Bottle2neck, partial(_res2net_block, trace=True))
     register_pruned(res2net.Bottle2neck, PrunedBottle2neck)
+    register_trace_forward(dla.DlaBottle2neck, partial(_dla_res2net_block, trace=True))
+    register_pruned(dla.DlaBottle2neck, PrunedDlaBottle2neck)
     register_trace_forward(cspnet.CrossStage, partial(_cross_stage, trace=True))
     register_pruned(cspnet.CrossStage, PrunedCrossStage)
     register_trace_forward(cspnet.CrossStage3, partial(_cross_stage3, trace=True))

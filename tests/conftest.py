@@ -59,6 +59,12 @@ SMALL = {
                                      pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "fastvit_micro": ("fastvit_t8", dict(layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "res2net_micro": ("res2net50_14w_8s", dict(layers=[2, 1, 1, 1], pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    # Res2NeXt's scales are grouped convolutions (cardinality 8), each on a slice of its block's first layer
+    "res2next_micro": ("res2next50", dict(layers=[1, 1, 1, 1], pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "dla_res2net_micro": ("dla60_res2net", dict(levels=(1, 1, 1, 1, 2, 1), channels=(16, 32, 64, 64, 128, 128),
+                                                 pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "dla_res2next_micro": ("dla60_res2next", dict(levels=(1, 1, 1, 1, 2, 1), channels=(16, 32, 64, 64, 128, 128),
+                                                   pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "levit_micro": ("levit_128s", dict(img_size=64, embed_dim=(16, 24, 32), key_dim=4, num_heads=(2, 3, 4), depth=(2, 1, 1),
                                        pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "levit_conv_micro": ("levit_conv_128s", dict(img_size=64, embed_dim=(16, 24, 32), key_dim=4, num_heads=(2, 3, 4), depth=(2, 1, 1),

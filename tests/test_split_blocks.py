@@ -2,7 +2,7 @@
 (a depthwise branch on each of three slices, the first slice unchanged), MambaOut's gated
 convolution block (``fc1`` makes gates and as many values, the last of which go through a
 depthwise convolution), Res2Net's bottleneck (scales, each convolved after the previous one's
-output is added), ReXNet's block (its input added to the first of its wider outputs), DPN's
+output is added; Res2NeXt's and DLA's alike), ReXNet's block (its input added to the first of its wider outputs), DPN's
 (a residual path and a dense one, split off its input and concatenated again), CSPNet's cross
 stages (one half through the blocks, the other around them), FasterNet's partial convolution
 (a quarter of the channels convolved, the rest passed on) and MixNet's mixed convolution (a part
@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 from timm.layers import mixed_conv2d
-from timm.models import cspnet, dpn, fasternet, inception_next, mambaout, res2net, rexnet
+from timm.models import cspnet, dla, dpn, fasternet, inception_next, mambaout, res2net, rexnet
 
 import isoprune
 from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, layernorm_free, lively, make
@@ -85,7 +85,26 @@ def test_res2net_scales_lose_channels_as_zeroing_them_does():
     assert any(len(set(conv.in_channels for conv in b.convs)) > 1 for b in blocks)  # the scales were cut apart
 
 
-def test_res2net_scale_keeps_a_channel_however_cheap():
+@pytest.mark.parametrize("name, block, pruned", [("dla_res2net_micro", dla.DlaBottle2neck, _zoo.PrunedDlaBottle2neck),
+                                                  ("dla_res2next_micro", dla.DlaBottle2neck, _zoo.PrunedDlaBottle2neck),
+                                                  ("res2next_micro", res2net.Bottle2neck, _zoo.PrunedBottle2neck)])
+def test_grouped_scales_keep_their_groups_equal(name, block, pruned):
+    """Res2NeXt's scales are grouped convolutions, each on a slice of the first layer's outputs:
+    the group of those outputs holds each convolution's channels as a part, not from its first.
+    Each scale loses the same positions from each of its convolution's groups (DLA's blocks, as
+    Res2Net's, split at their built widths: traced by the same forward)."""
+    model = lively(make(name))
+    assert _groups.analyse(model).frozen == {}
+    plan = assert_equivalent(model, 0.5, changes=0.05)
+    hidden = {g.root: g for g in plan.groups if g.root.endswith(".conv1")}
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, block)}
+    assert set(hidden) == {f"{n}.conv1" for n in blocks} and all(len(g.keep) < g.channels for g in hidden.values())
+    for b in blocks.values():
+        assert type(b) is pruned
+        assert all(conv.in_channels % conv.groups == 0 == conv.out_channels % conv.groups for conv in b.convs)
+        assert sum(conv.in_channels for conv in b.convs) < len(b.convs) * b.width
+    assert {conv.groups for b in blocks.values() for conv in b.convs} == ({1} if name == "dla_res2net_micro" else {8})
+
     """The first scale's channels reach only its convolution, so they score lowest: at 0.9 they
     would all go, leaving it nothing to convolve. One stays, and the rest of the group is cut."""
     model = make("res2net_micro")
