@@ -5,7 +5,7 @@ timm's own ``Attention`` and Swin's are:
   MetaFormer, LeViT, EfficientFormer(-V2), TinyViT, Visformer, FastViT, Hiera, BoTNet, HaloNet, ViT
   with a relative position bias, CrossViT's cross attention, differential attention, timm's
   attention pooling (SigLIP's head, CLIP's ResNets'), ResNeSt's split attention, SKNet's selective kernel, global
-  context blocks; FocalNet's modulation;
+  context blocks; FocalNet's modulation; multi-query attention (MobileNetV4's and V5's);
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net (and DLA's), ReXNet, DPN, FasterNet, MixNet, CSPNet;
 - timm's blur pooling, ECA's gate, EvoNorm's sample variants, Qwen3-VL's projector, and the
@@ -30,7 +30,7 @@ from timm.models import (
     tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
-    attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
+    attention2d, attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
     resample_abs_pos_embed, selective_kernel, split_attn,
 )
 from timm.models import swin_transformer_v2 as swinv2
@@ -646,6 +646,35 @@ class PrunedCrossCovarianceAttn(edgenext.CrossCovarianceAttn):
     forward = cross_covariance_attention_forward
 
 
+def _split_transpose_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """EdgeNeXt's ``SplitTransposeBlock``: its channels split into scales as Res2Net's (each
+    convolved after the previous one's output is added, the last as it is) at the widths of its
+    convolutions (timm chunks into equal parts), then cross-covariance attention and an MLP on the
+    tokens. For the tracer, the split and concatenation are marked: it mapped timm's chunk onto
+    channels the layers do not have, and left each stage's stream whole."""
+    shortcut = x
+    sizes = [conv.in_channels for conv in self.convs]
+    sizes.append(x.shape[1] - sum(sizes))
+    parts = split_channels(x, sizes) if trace else x.split(sizes, 1)
+    spo = []
+    for i, conv in enumerate(self.convs):
+        spo.append(conv(parts[i] if i == 0 else spo[-1] + parts[i]))
+    x = concat_channels([*spo, parts[-1]], 1) if trace else torch.cat([*spo, parts[-1]], 1)
+    batch, channels, height, width = x.shape
+    x = x.flatten(2).transpose(1, 2)
+    if self.pos_embd is not None:
+        x = x + self.pos_embd((batch, height, width)).flatten(2).transpose(1, 2)
+    x = x + self.drop_path(self.gamma_xca * self.xca(self.norm_xca(x)))
+    x = self.mlp(self.norm(x.reshape(batch, height, width, channels)))
+    if self.gamma is not None:
+        x = self.gamma * x
+    return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
+
+
+class PrunedSplitTransposeBlock(edgenext.SplitTransposeBlock):
+    forward = partialmethod(_split_transpose_block, trace=False)
+
+
 # DaViT: attention across the head dims of each head (channel attention), and within windows
 
 
@@ -1176,40 +1205,93 @@ class PrunedEfficientAttention(nextvit.EfficientAttention):
     forward = efficient_attention_forward
 
 
+# MobileNetV4's and V5's multi-query attention: every head's query (queries possibly pooled) against
+# one key and one value shared by all heads (possibly from a strided map), on the feature map
+
+
+def multi_query_attention_trace(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """timm's ``MultiQueryAttention2d`` for the tracer: each head's query added to the key and the
+    value (of the first token: they may come from a strided map), channel by channel, and those
+    into the output. A unit is then one head dim: a channel of every head's query, of the key, of
+    the value and of the output's every head (the heads, all answered by one key and value, stay).
+    The tracer mapped channels through timm's reshapes onto tokens, and left every one whole.
+    Where the values are not as wide as the keys, timm's own forward (they stay whole)."""
+    if self.key_dim != self.value_dim:
+        return type(self).forward(self, x, attn_mask)
+    root_first(self.query.proj)
+    q, k, v = self.query(x), self.key(x)[:, :, :1, :1], self.value(x)[:, :, :1, :1]
+    pieces = [q.narrow(1, h * self.key_dim, self.key_dim) + k + v for h in range(self.num_heads)]
+    return self.output(concat_channels(pieces, 1))
+
+
+def resize_multi_query_attention(module: nn.Module, cut) -> None:
+    """``key_dim`` and ``value_dim``, which timm's forward reshapes to, and ``scale``: timm's fused
+    path scales by the key width it finds, so the ratio to the built scale is folded into the
+    queries (as ``rescale_queries`` does)."""
+    module.key_dim, module.value_dim = module.key.proj.out_channels, module.value.proj.out_channels
+    factor = module.scale * math.sqrt(module.key_dim)
+    module.scale = module.key_dim**-0.5
+    if not math.isclose(factor, 1.0):
+        with torch.no_grad():
+            module.query.proj.weight *= factor
+            if module.query.proj.bias is not None:
+                module.query.proj.bias *= factor
+
+
 # EfficientFormer-V2: attention on the feature map with separate query, key and value layers (the
 # values a whole number of times as wide, LeViT's way), a bias per head, talking heads, and a
-# depthwise convolution of the values added to the output
+# depthwise convolution of the values added to the output; its downsampling attention alike, its
+# queries (and the values' convolution) strided, without talking heads
+
+
+def _efficientformerv2_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Each head's query and key added to each query-wide slice of its values, channel by channel
+    (see ``levit_downsample_trace``)."""
+    pick = lambda t, start: t.narrow(1, start, self.key_dim)  # noqa: E731
+    pieces = [pick(q, h * self.key_dim) + pick(k, h * self.key_dim) + pick(v, h * self.d + s) for h in range(self.num_heads)
+              for s in range(0, self.d, self.key_dim)]
+    return concat_channels(pieces, 1)
 
 
 def efficientformerv2_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
-    """EfficientFormer-V2's ``Attention2d`` for the tracer: each head's query and key added to each
-    query-wide slice of its values, channel by channel (see ``levit_downsample_trace``), plus the
-    values' depthwise convolution; the talking heads run on a stand-in map, so that their MACs
-    count, and are cut with the heads. The queries root the group (the depthwise convolution,
-    met first, would root it otherwise, and a group is cut by head from an attention's projection)."""
+    """EfficientFormer-V2's ``Attention2d`` for the tracer (``_efficientformerv2_heads``, plus the
+    values' depthwise convolution); the talking heads run on a stand-in map, so that their MACs count, and are cut with the heads. The
+    queries root the group (the depthwise convolution, met first, would root it otherwise, and a
+    group is cut by head from an attention's projection)."""
     if self.stride_conv is not None:
         x = self.stride_conv(x)
     q, k, v = self.q(x), self.k(x), self.v(x)
     root_first(self.q.conv)
     self.talking_head2(self.talking_head1(q.new_zeros(q.shape[0], self.num_heads, self.N, self.N)))
-    pick = lambda t, start: t.narrow(1, start, self.key_dim)  # noqa: E731
-    pieces = [pick(q, h * self.key_dim) + pick(k, h * self.key_dim) + pick(v, h * self.d + s) for h in range(self.num_heads)
-              for s in range(0, self.d, self.key_dim)]
-    x = concat_channels(pieces, 1) + self.v_local(v)
+    x = _efficientformerv2_heads(self, q, k, v) + self.v_local(v)
     if self.upsample is not None:
         x = self.upsample(x)
     return self.proj(self.act(x))
 
 
+def efficientformerv2_downsample_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """EfficientFormer-V2's ``Attention2dDownsample`` for the tracer (``_efficientformerv2_heads`` on
+    the keys and values of the first token only: the queries are strided, plus the values' strided
+    depthwise convolution). The
+    tracer mapped channels through timm's reshapes onto tokens, and left the stage's last
+    downsampling whole."""
+    q, k, v = self.q(x), self.k(x), self.v(x)
+    root_first(self.q.proj.conv)
+    corner = lambda t: t[:, :, :1, :1]  # noqa: E731
+    x = _efficientformerv2_heads(self, q, corner(k), corner(v)) + self.v_local(v)
+    return self.proj(self.act(x))
+
+
 def fix_efficientformerv2_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
-    """The widths ``Attention2d`` reads (the values keep their ratio to the keys), its talking
-    heads' widths, and no attention bias cached at the old head count."""
+    """The widths ``Attention2d`` and ``Attention2dDownsample`` read (the values keep their ratio
+    to the keys), the talking heads' widths, and no attention bias cached at the old head count."""
     ratio = module.d // module.key_dim
     module.num_heads, module.key_dim = len(heads), len(dims)
     module.d = ratio * module.key_dim
     module.dh = module.d * module.num_heads
-    for layer in (module.talking_head1, module.talking_head2):
-        layer.in_channels = layer.out_channels = len(heads)
+    for layer in (getattr(module, "talking_head1", None), getattr(module, "talking_head2", None)):
+        if layer is not None:
+            layer.in_channels = layer.out_channels = len(heads)
     module.attention_bias_cache = {}
 
 
@@ -1545,6 +1627,12 @@ def register() -> None:
                       fixed=efficientformerv2_fixed),
     )
     register_trace_forward(efficientformer_v2.Attention2d, efficientformerv2_attention_trace)
+    register_attention(
+        efficientformer_v2.Attention2dDownsample,
+        AttentionSpec(qkv="qkv", separate=("q.proj.conv", "k.conv", "v.conv"), heads_first=True, query_dim=lambda m: m.key_dim,
+                      head_params=(("attention_biases", 0),), fixup=fix_efficientformerv2_attention, fixed=efficientformerv2_fixed),
+    )
+    register_trace_forward(efficientformer_v2.Attention2dDownsample, efficientformerv2_downsample_trace)
     register_mlp(efficientformer_v2.ConvMlpWithNorm)
     register_attention(visformer.Attention, AttentionSpec(qkv="qkv", fixup=fix_scaled_head_dims))
     register_mlp(visformer.SpatialMlp)
@@ -1552,6 +1640,8 @@ def register() -> None:
     register_attention(
         nextvit.EfficientAttention, AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_head_dims, pruned=PrunedEfficientAttention)
     )
+    register_trace_forward(attention2d.MultiQueryAttention2d, multi_query_attention_trace)
+    register_resize(attention2d.MultiQueryAttention2d, resize_multi_query_attention)
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
         register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))
         register_trace_forward(cls, partial(_conv_attention, trace=True))
@@ -1588,6 +1678,8 @@ def register() -> None:
     register_trace_forward(swinv2.WindowAttention, swinv2_window_attention_trace)
     register_trace_forward(swinv2.PatchMerging, post_norm_patch_merging_forward)
     register_trace_forward(swin_cr.PatchMerging, patch_merging_forward)  # Swin's, as timm writes it again
+    register_trace_forward(edgenext.SplitTransposeBlock, partial(_split_transpose_block, trace=True))
+    register_pruned(edgenext.SplitTransposeBlock, PrunedSplitTransposeBlock)
     for cls, pruned in ((xcit.XCA, PrunedXCA), (edgenext.CrossCovarianceAttn, PrunedCrossCovarianceAttn)):
         register_attention(cls, AttentionSpec(qkv="qkv", fixup=fix_num_heads, head_params=(("temperature", 0),), pruned=pruned))
         register_trace_forward(cls, qkv_values_trace)

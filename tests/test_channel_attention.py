@@ -9,7 +9,7 @@ import torch_pruning as tp
 from timm.models import edgenext
 
 import isoprune
-from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, make
+from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, make, without_norms
 from isoprune import _groups, _zoo
 
 # the attention classes each model's blocks become, and two of its attention modules that must lose heads
@@ -49,16 +49,33 @@ def test_every_kind_prunes_and_macs_count_what_timm_runs(name, ratios):
 
 
 def test_edgenext_attention_loses_heads():
-    """EdgeNeXt's split blocks chain the embedding's chunks through depthwise convolutions, which
-    the tracer maps onto channels the blocks' layers lack: those embedding groups stay whole,
-    named (one a stage). Its cross-covariance attention reshaped to its input's width, and was
-    left whole too; now it loses heads as XCiT's does."""
+    """EdgeNeXt's cross-covariance attention reshaped to its input's width, and was left whole;
+    now it loses heads as XCiT's does."""
     model = lively(make("edgenext_micro"))
-    frozen = _groups.analyse(model).frozen
-    assert sorted(frozen) == [f"stages.{i}.blocks.1.mlp.fc2" for i in (1, 2, 3)]
+    assert _groups.analyse(model).frozen == {}
     assert_equivalent(model, isoprune.Ratios(heads=0.5, mlp=0.5), changes=0.01)
     attentions = [m for m in model.modules() if isinstance(m, edgenext.CrossCovarianceAttn)]
     assert len(attentions) == 3
     for attn in attentions:
         assert type(attn) is _zoo.PrunedCrossCovarianceAttn and attn.num_heads == 1 and attn.temperature.shape == (1, 1, 1)
     assert_counts_what_timm_runs(make("edgenext_micro"), 0.5)
+
+
+def test_edgenext_split_blocks_cut_the_stream():
+    """EdgeNeXt's split blocks chain chunks of the stream through depthwise convolutions, as
+    Res2Net's scales (each added to the previous one's output): the tracer mapped timm's chunk onto
+    channels the blocks' layers lack, and left each stage's stream whole, named. Traced with a
+    marked split, the stream is cut; where the scales are added together, each keeps as many
+    channels (a position is one channel of every scale), and the pruned block splits at its
+    convolutions' widths. LayerNorms off: removing channels under one is not zeroing them; nor is
+    removing head dims (above)."""
+    model = without_norms(lively(make("edgenext_micro")))
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, edgenext.SplitTransposeBlock)}
+    built = {n: b.convs[0].in_channels * (len(b.convs) + 1) for n, b in blocks.items()}
+    assert [len(b.convs) for b in blocks.values()] == [1, 2, 3]
+    assert_equivalent(model, isoprune.Ratios(emb=0.5, heads=0.5, mlp=0.5), changes=0.01)
+    for name, b in blocks.items():
+        assert type(b) is _zoo.PrunedSplitTransposeBlock and b.mlp.fc1.in_features < built[name]
+        widths = {conv.in_channels for conv in b.convs}
+        assert len(widths) == 1 or len(b.convs) == 1  # scales added together keep as many channels
+    assert_counts_what_timm_runs(make("edgenext_micro"), 0.3)

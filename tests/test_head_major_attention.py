@@ -4,7 +4,7 @@ wide as keys, as LeViT's) and TinyViT's (pre-normed inside, window attention). T
 qkv channels straight into the output projection through timm's view and split, onto channels
 the projection does not have, so every such attention was left whole. EfficientFormer-V2's, on
 the feature map, has separate query, key and value layers, talking heads and a depthwise
-convolution of its values."""
+convolution of its values; its downsampling attention (queries strided) has no talking heads."""
 import pytest
 from timm.models import efficientformer, efficientformer_v2, tiny_vit
 from torch import nn
@@ -13,7 +13,7 @@ import isoprune
 from conftest import assert_counts_what_timm_runs, assert_equivalent, lively, make, with_attention_biases, without_norms
 from isoprune import _groups
 
-ATTENTION = (efficientformer.Attention, tiny_vit.Attention, efficientformer_v2.Attention2d)
+ATTENTION = (efficientformer.Attention, tiny_vit.Attention, efficientformer_v2.Attention2d, efficientformer_v2.Attention2dDownsample)
 
 
 def lively_model(name: str) -> nn.Module:
@@ -57,15 +57,19 @@ def test_macs_count_what_timm_runs(name):
 
 
 def test_efficientformerv2_attention_on_the_map():
-    """Its downsampling attention (queries pooled from the map) is not registered and stays whole,
-    named; every other attention loses heads and head dims, with its talking heads and biases."""
+    """Every attention loses heads and head dims, with its talking heads and biases; so does the
+    last stage's downsampling attention (its queries strided), left whole before."""
     model = lively_model("efficientformerv2_micro")
     attentions = [m for m in model.modules() if type(m) is efficientformer_v2.Attention2d]
-    assert all(name.startswith("stages.3.downsample.attn.") for name in _groups.analyse(model).frozen)
+    downsample = model.stages[3].downsample.attn
+    assert type(downsample) is efficientformer_v2.Attention2dDownsample and _groups.analyse(model).frozen == {}
     plan = assert_equivalent(model, isoprune.Ratios(emb=0.3, heads=0.5, head_dim=0.5, mlp=0.3, default=0.3), changes=0.05)
     assert {"heads", "head_dim", "mlp"} <= {g.kind for g in plan.groups if len(g.keep) < g.channels}
     for a in attentions:
         assert a.num_heads < 8 and a.d == 4 * a.key_dim and a.dh == a.num_heads * a.d == a.proj.conv.in_channels
         assert a.q.conv.out_channels == a.num_heads * a.key_dim and a.talking_head1.weight.shape[:2] == (a.num_heads, a.num_heads)
         assert a.attention_biases.shape[0] == a.num_heads
+    a = downsample
+    assert a.num_heads < 8 and a.d == 4 * a.key_dim and a.dh == a.num_heads * a.d == a.proj.conv.in_channels == a.v_local.conv.out_channels
+    assert a.q.proj.conv.out_channels == a.k.conv.out_channels == a.num_heads * a.key_dim == a.attention_biases.shape[0] * a.key_dim
     assert_counts_what_timm_runs(make("efficientformerv2_micro"), 0.3)
