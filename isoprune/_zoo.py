@@ -5,7 +5,8 @@ timm's own ``Attention`` and Swin's are:
   MetaFormer, LeViT, EfficientFormer(-V2), TinyViT, Visformer, FastViT, Hiera, BoTNet, HaloNet, ViT
   with a relative position bias, CrossViT's cross attention, differential attention, timm's
   attention pooling (SigLIP's head, CLIP's ResNets'), ResNeSt's split attention, SKNet's selective kernel, global
-  context blocks; FocalNet's modulation; multi-query attention (MobileNetV4's and V5's);
+  context blocks; FocalNet's modulation; multi-query attention (MobileNetV4's and V5's); EfficientViT's
+  (MIT) multi-scale linear attention;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net (and DLA's), ReXNet, DPN, FasterNet, MixNet, CSPNet;
 - timm's blur pooling, ECA's gate, EvoNorm's sample variants, Qwen3-VL's projector, and the
@@ -25,7 +26,7 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, fasternet, fastvit, focalnet, gcvit,
+    cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, fasternet, fastvit, focalnet, gcvit,
     hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nextvit, pvt_v2, qwen3_vit, res2net, rexnet,
     tiny_vit, tnt, twins, visformer, volo, xcit,
 )
@@ -673,6 +674,56 @@ def _split_transpose_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
 
 class PrunedSplitTransposeBlock(edgenext.SplitTransposeBlock):
     forward = partialmethod(_split_transpose_block, trace=False)
+
+
+# EfficientViT's (MIT) lightweight multi-scale linear attention: a fused qkv laid out a head at a
+# time ([query, key, value] each ``dim`` wide), aggregated by a depthwise and a grouped 1x1
+# convolution (a group a head's query, key or value), ReLU linear attention on each
+
+
+def _lite_mla_scales(self, qkv: torch.Tensor) -> list[torch.Tensor]:
+    return [qkv, *(op(qkv) for op in self.aggreg)]
+
+
+def lite_mla_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """EfficientViT's ``LiteMLA`` for the tracer: on the qkv and on each aggregation of it, each
+    head's query, key and value added channel by channel, into the output projection. A head dim
+    is then one channel of every head's query, key and value, and of each grouped convolution's
+    every group (the tracer mapped timm's reshape onto channels the projection lacks, and left
+    each qkv whole). Heads stay: the grouped convolutions hold as many groups. Without an
+    aggregation (which holds the head count once pruned), timm's own forward."""
+    if not self.aggreg:
+        return type(self).forward(self, x)
+    heads = self.aggreg[0][1].groups // 3
+    pieces = []
+    for t in _lite_mla_scales(self, self.qkv(x)):
+        dim = t.shape[1] // (3 * heads)  # [heads, 3, dim]: a head's query, key and value side by side
+        for h in range(heads):
+            q, k, v = (t.narrow(1, (3 * h + i) * dim, dim) for i in range(3))
+            pieces.append(self.kernel_func(q) + self.kernel_func(k) + v)
+    return self.proj(concat_channels(pieces, 1))
+
+
+def lite_mla_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned ``LiteMLA``'s forward: timm's, with each scale's head dim read from its width
+    (timm reshapes every scale to the ``dim`` it was built with)."""
+    batch, _, height, width = x.shape
+    heads = self.aggreg[0][1].groups // 3
+    outs = []
+    for t in _lite_mla_scales(self, self.qkv(x)):
+        q, k, v = t.reshape(batch, heads, -1, height * width).transpose(-1, -2).chunk(3, dim=-1)
+        q, k, v = self.kernel_func(q), self.kernel_func(k), F.pad(v, (0, 1), mode="constant", value=1.0)
+        if v.device.type != "meta":
+            with torch.autocast(device_type=v.device.type, enabled=False):
+                out = self._attn(q, k, v)
+        else:
+            out = self._attn(q, k, v)
+        outs.append(out.transpose(-1, -2).reshape(batch, -1, height, width))
+    return self.proj(torch.cat(outs, 1))
+
+
+class PrunedLiteMLA(efficientvit_mit.LiteMLA):
+    forward = lite_mla_forward
 
 
 # DaViT: attention across the head dims of each head (channel attention), and within windows
@@ -1679,6 +1730,8 @@ def register() -> None:
     register_trace_forward(swinv2.PatchMerging, post_norm_patch_merging_forward)
     register_trace_forward(swin_cr.PatchMerging, patch_merging_forward)  # Swin's, as timm writes it again
     register_trace_forward(edgenext.SplitTransposeBlock, partial(_split_transpose_block, trace=True))
+    register_trace_forward(efficientvit_mit.LiteMLA, lite_mla_trace)
+    register_pruned(efficientvit_mit.LiteMLA, PrunedLiteMLA)
     register_pruned(edgenext.SplitTransposeBlock, PrunedSplitTransposeBlock)
     for cls, pruned in ((xcit.XCA, PrunedXCA), (edgenext.CrossCovarianceAttn, PrunedCrossCovarianceAttn)):
         register_attention(cls, AttentionSpec(qkv="qkv", fixup=fix_num_heads, head_params=(("temperature", 0),), pruned=pruned))

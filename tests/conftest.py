@@ -124,6 +124,7 @@ SMALL = {
                                               pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "lowformer_micro": ("lowformer_b0", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "cpubone_micro": ("cpubone_b0_bfrobust", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "efficientvit_micro": ("efficientvit_b0", dict(depths=(1, 1, 1, 2, 2), head_widths=(64, 80), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mobilenetv4_hybrid_micro": ("mobilenetv4_hybrid_medium", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "nextvit_micro": ("nextvit_small", dict(depths=(1, 1, 5, 1), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
