@@ -2,7 +2,7 @@
 timm's own ``Attention`` and Swin's are:
 
 - attention: CaiT, TNT, PVT-v2, Twins, ConViT, SwinV2-CR, Swin V2, XCiT, DaViT, VOLO, GC ViT,
-  MetaFormer, LeViT, EfficientFormer(-V2), TinyViT, Visformer, FastViT, Hiera, BoTNet, HaloNet, ViT
+  MetaFormer, LeViT, EfficientFormer(-V2), TinyViT, Visformer, FastViT, Hiera, NesT, BoTNet, HaloNet, ViT
   with a relative position bias, CrossViT's cross attention, differential attention, timm's
   attention pooling (SigLIP's head, CLIP's ResNets'), ResNeSt's split attention, SKNet's selective kernel, global
   context blocks; FocalNet's modulation; multi-query attention (MobileNetV4's and V5's); EfficientViT's
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from timm.models import (
     cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, fasternet, fastvit, focalnet, gcvit,
-    hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nextvit, pvt_v2, qwen3_vit, res2net, rexnet,
+    hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet,
     tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
@@ -1256,6 +1256,34 @@ class PrunedEfficientAttention(nextvit.EfficientAttention):
     forward = efficient_attention_forward
 
 
+# NesT: attention within image blocks (``[batch, blocks, tokens, channels]``), its output laid out
+# head dim first (``[head_dim, heads]``) where its values are heads first
+
+
+def nest_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """NesT's ``Attention`` for the tracer: the blocks' tokens flattened, each value channel to the
+    output projection where timm's transpose puts it (head dim first). The tracer could not follow
+    timm's reshapes, and left every qkv whole."""
+    qkv = self.qkv(x.flatten(1, 2))
+    heads, head_dim = self.num_heads, qkv.shape[-1] // (3 * self.num_heads)
+    starts = Layout(heads, head_dim, 3).channels()[2, :, 0].tolist()
+    values = concat_channels([qkv[:, :, start + d : start + d + 1] for d in range(head_dim) for start in starts], 2)
+    return self.proj_drop(self.proj(values)).reshape(*x.shape[:-1], -1)
+
+
+def nest_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned NesT ``Attention``'s forward: timm's, its head dim read from the qkv's width (timm
+    takes it from the input's) and its scale as built."""
+    batch, blocks, tokens, _ = x.shape
+    q, k, v = self.qkv(x).reshape(batch, blocks, tokens, 3, self.num_heads, -1).permute(3, 0, 4, 1, 2, 5)  # [batch, heads, blocks, tokens, head_dim]
+    x = attend(self, q, k, v)
+    return self.proj_drop(self.proj(x.permute(0, 2, 3, 4, 1).flatten(3)))
+
+
+class PrunedNestAttention(nest.Attention):
+    forward = nest_attention_forward
+
+
 # MobileNetV4's and V5's multi-query attention: every head's query (queries possibly pooled) against
 # one key and one value shared by all heads (possibly from a strided map), on the feature map
 
@@ -1691,6 +1719,8 @@ def register() -> None:
     register_attention(
         nextvit.EfficientAttention, AttentionSpec(qkv="qkv", separate=("q", "k", "v"), fixup=fix_head_dims, pruned=PrunedEfficientAttention)
     )
+    register_attention(nest.Attention, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedNestAttention))
+    register_trace_forward(nest.Attention, nest_attention_trace)
     register_trace_forward(attention2d.MultiQueryAttention2d, multi_query_attention_trace)
     register_resize(attention2d.MultiQueryAttention2d, resize_multi_query_attention)
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
