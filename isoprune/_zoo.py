@@ -6,7 +6,7 @@ timm's own ``Attention`` and Swin's are:
   with a relative position bias, CrossViT's cross attention, differential attention, timm's
   attention pooling (SigLIP's head, CLIP's ResNets'), ResNeSt's split attention, SKNet's selective kernel, global
   context blocks; FocalNet's modulation; multi-query attention (MobileNetV4's and V5's); EfficientViT's
-  (MIT) multi-scale linear attention;
+  attention (MIT's multi-scale linear attention, MSRA's cascaded group attention);
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net (and DLA's), ReXNet, DPN, FasterNet, MixNet, CSPNet;
 - timm's blur pooling, ECA's gate, EvoNorm's sample variants, Qwen3-VL's projector, and the
@@ -26,7 +26,7 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, fasternet, fastvit, focalnet, gcvit,
+    cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra, fasternet, fastvit, focalnet, gcvit,
     hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet,
     tiny_vit, tnt, twins, visformer, volo, xcit,
 )
@@ -724,6 +724,72 @@ def lite_mla_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 class PrunedLiteMLA(efficientvit_mit.LiteMLA):
     forward = lite_mla_forward
+
+
+# EfficientViT's (MSRA) cascaded group attention: the map's channels split a part a head, each head
+# with its own qkv layer on its part plus the previous head's output; queries through a depthwise
+# convolution; values a whole number of times as wide as queries and keys; within windows
+
+
+def _cascaded_heads(self, x: torch.Tensor, trace: bool) -> tuple[list, torch.Tensor]:
+    """Each head's input part (the parts split at its qkv layer's width; timm chunks into equal
+    parts) and its query, key and value layers' widths, read from its layers."""
+    sizes = [qkv.conv.in_channels for qkv in self.qkvs]
+    parts = split_channels(x, sizes) if trace else x.split(sizes, 1)
+    widths = [(dws.conv.out_channels, qkv.conv.out_channels - 2 * dws.conv.out_channels) for qkv, dws in zip(self.qkvs, self.dws)]
+    return parts, widths
+
+
+def cascaded_group_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """EfficientViT's ``CascadedGroupAttention`` for the tracer: each head's query (through its
+    depthwise convolution) and key added to its first values, channel by channel, the next head's
+    input part added to its values, and every head's values into the output projection. A query
+    and key channel go together, with a value channel (any would do), and the other value
+    channels go one by one: each head keeps its own widths. The tracer mapped channels through
+    timm's reshapes onto tokens, and left every attention whole. Where the values are narrower
+    than the keys, timm's own forward (they stay whole)."""
+    if any(v < k for k, v in _cascaded_heads(self, x, trace=False)[1]):
+        return type(self).forward(self, x)
+    parts, widths = _cascaded_heads(self, x, trace=True)
+    out, pieces = None, []  # the output projection takes every head's pieces (the tracer maps no concatenation of concatenations)
+    for i, (qkv, dws, (key, value)) in enumerate(zip(self.qkvs, self.dws, widths)):
+        feat = parts[i] if i == 0 else out + parts[i]
+        projected = qkv(feat)
+        q, k = dws(projected.narrow(1, 0, key)), projected.narrow(1, key, key)
+        head = [projected.narrow(1, 2 * key, key) + q + k] + ([projected.narrow(1, 3 * key, value - key)] if value > key else [])
+        out = concat_channels(head, 1) if len(head) > 1 else head[0]
+        pieces += head
+    return self.proj(concat_channels(pieces, 1))
+
+
+def cascaded_group_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned ``CascadedGroupAttention``'s forward: timm's, each head's widths read from its
+    layers (timm splits at the widths it was built with), its scale as built."""
+    batch, _, height, width = x.shape
+    parts, widths = _cascaded_heads(self, x, trace=False)
+    bias = self.get_attention_biases(x.device)
+    outs = []
+    for i, (qkv, dws, (key, value)) in enumerate(zip(self.qkvs, self.dws, widths)):
+        feat = parts[i] if i == 0 else outs[-1] + parts[i]
+        q, k, v = qkv(feat).split([key, key, value], 1)
+        q, k, v = (dws(q) * self.scale).flatten(2), k.flatten(2), v.flatten(2)
+        attn = (q.transpose(-2, -1) @ k + bias[i]).softmax(dim=-1)
+        outs.append((v @ attn.transpose(-2, -1)).view(batch, value, height, width))
+    return self.proj(torch.cat(outs, 1))
+
+
+class PrunedCascadedGroupAttention(efficientvit_msra.CascadedGroupAttention):
+    forward = cascaded_group_attention_forward
+
+
+def local_window_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """EfficientViT's ``LocalWindowAttention`` for the tracer: the map padded to whole windows, as
+    timm pads it, and attended as one (the tracer does not follow timm's window partition; each
+    layer inside counts the same MACs on the padded map as on its windows), then cropped."""
+    height, width = x.shape[2:]
+    size = self.attn.resolution
+    x = F.pad(x, (0, (size - width % size) % size, 0, (size - height % size) % size))
+    return self.attn(x)[:, :, :height, :width]
 
 
 # DaViT: attention across the head dims of each head (channel attention), and within windows
@@ -1762,6 +1828,9 @@ def register() -> None:
     register_trace_forward(edgenext.SplitTransposeBlock, partial(_split_transpose_block, trace=True))
     register_trace_forward(efficientvit_mit.LiteMLA, lite_mla_trace)
     register_pruned(efficientvit_mit.LiteMLA, PrunedLiteMLA)
+    register_trace_forward(efficientvit_msra.CascadedGroupAttention, cascaded_group_attention_trace)
+    register_pruned(efficientvit_msra.CascadedGroupAttention, PrunedCascadedGroupAttention)
+    register_trace_forward(efficientvit_msra.LocalWindowAttention, local_window_attention_trace)
     register_pruned(edgenext.SplitTransposeBlock, PrunedSplitTransposeBlock)
     for cls, pruned in ((xcit.XCA, PrunedXCA), (edgenext.CrossCovarianceAttn, PrunedCrossCovarianceAttn)):
         register_attention(cls, AttentionSpec(qkv="qkv", fixup=fix_num_heads, head_params=(("temperature", 0),), pruned=pruned))

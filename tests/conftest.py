@@ -125,6 +125,9 @@ SMALL = {
     "lowformer_micro": ("lowformer_b0", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "cpubone_micro": ("cpubone_b0_bfrobust", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "efficientvit_micro": ("efficientvit_b0", dict(depths=(1, 1, 1, 2, 2), head_widths=(64, 80), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    # windows of 3 on a 4x4 map (padded, as timm pads them) and 2x2 (one window); values 2 and 4 times as wide as keys
+    "efficientvit_msra_micro": ("efficientvit_m0", dict(img_size=64, embed_dim=(32, 48, 64), key_dim=(8, 8, 8), depth=(1, 1, 1), num_heads=(2, 3, 2),
+                                                        window_size=(3, 3, 3), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mobilenetv4_hybrid_micro": ("mobilenetv4_hybrid_medium", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "nextvit_micro": ("nextvit_small", dict(depths=(1, 1, 5, 1), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
