@@ -26,9 +26,9 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra, fasternet, fastvit, focalnet, gcvit,
-    hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet,
-    tiny_vit, tnt, twins, visformer, volo, xcit,
+    cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra,
+    fasternet, fastvit, focalnet, gcvit, hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit,
+    pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
     attention2d, attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
@@ -731,13 +731,16 @@ class PrunedLiteMLA(efficientvit_mit.LiteMLA):
 # convolution; values a whole number of times as wide as queries and keys; within windows
 
 
-def _cascaded_heads(self, x: torch.Tensor, trace: bool) -> tuple[list, torch.Tensor]:
-    """Each head's input part (the parts split at its qkv layer's width; timm chunks into equal
-    parts) and its query, key and value layers' widths, read from its layers."""
+def _cascaded_heads(self, x: torch.Tensor, trace: bool) -> tuple[tuple[torch.Tensor, ...], list[tuple[int, int]]]:
+    """Each head's input part (the map split at its qkv layer's width; timm chunks it into equal
+    parts) and its key and value widths, read from its layers."""
     sizes = [qkv.conv.in_channels for qkv in self.qkvs]
     parts = split_channels(x, sizes) if trace else x.split(sizes, 1)
-    widths = [(dws.conv.out_channels, qkv.conv.out_channels - 2 * dws.conv.out_channels) for qkv, dws in zip(self.qkvs, self.dws)]
-    return parts, widths
+    return parts, _cascaded_widths(self)
+
+
+def _cascaded_widths(self) -> list[tuple[int, int]]:
+    return [(dws.conv.out_channels, qkv.conv.out_channels - 2 * dws.conv.out_channels) for qkv, dws in zip(self.qkvs, self.dws)]
 
 
 def cascaded_group_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -748,7 +751,7 @@ def cascaded_group_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     channels go one by one: each head keeps its own widths. The tracer mapped channels through
     timm's reshapes onto tokens, and left every attention whole. Where the values are narrower
     than the keys, timm's own forward (they stay whole)."""
-    if any(v < k for k, v in _cascaded_heads(self, x, trace=False)[1]):
+    if any(value < key for key, value in _cascaded_widths(self)):
         return type(self).forward(self, x)
     parts, widths = _cascaded_heads(self, x, trace=True)
     out, pieces = None, []  # the output projection takes every head's pieces (the tracer maps no concatenation of concatenations)
@@ -1400,9 +1403,9 @@ def _efficientformerv2_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Te
 
 def efficientformerv2_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     """EfficientFormer-V2's ``Attention2d`` for the tracer (``_efficientformerv2_heads``, plus the
-    values' depthwise convolution); the talking heads run on a stand-in map, so that their MACs count, and are cut with the heads. The
-    queries root the group (the depthwise convolution, met first, would root it otherwise, and a
-    group is cut by head from an attention's projection)."""
+    values' depthwise convolution); the talking heads run on a stand-in map, so that their MACs
+    count, and are cut with the heads. The queries root the group (the depthwise convolution, met
+    first, would root it otherwise, and a group is cut by head from an attention's projection)."""
     if self.stride_conv is not None:
         x = self.stride_conv(x)
     q, k, v = self.q(x), self.k(x), self.v(x)
@@ -1417,9 +1420,8 @@ def efficientformerv2_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
 def efficientformerv2_downsample_trace(self, x: torch.Tensor) -> torch.Tensor:
     """EfficientFormer-V2's ``Attention2dDownsample`` for the tracer (``_efficientformerv2_heads`` on
     the keys and values of the first token only: the queries are strided, plus the values' strided
-    depthwise convolution). The
-    tracer mapped channels through timm's reshapes onto tokens, and left the stage's last
-    downsampling whole."""
+    depthwise convolution). The tracer mapped channels through timm's reshapes onto tokens, and
+    left the stage's last downsampling whole."""
     q, k, v = self.q(x), self.k(x), self.v(x)
     root_first(self.q.proj.conv)
     corner = lambda t: t[:, :, :1, :1]  # noqa: E731
@@ -1826,12 +1828,12 @@ def register() -> None:
     register_trace_forward(swinv2.PatchMerging, post_norm_patch_merging_forward)
     register_trace_forward(swin_cr.PatchMerging, patch_merging_forward)  # Swin's, as timm writes it again
     register_trace_forward(edgenext.SplitTransposeBlock, partial(_split_transpose_block, trace=True))
+    register_pruned(edgenext.SplitTransposeBlock, PrunedSplitTransposeBlock)
     register_trace_forward(efficientvit_mit.LiteMLA, lite_mla_trace)
     register_pruned(efficientvit_mit.LiteMLA, PrunedLiteMLA)
     register_trace_forward(efficientvit_msra.CascadedGroupAttention, cascaded_group_attention_trace)
     register_pruned(efficientvit_msra.CascadedGroupAttention, PrunedCascadedGroupAttention)
     register_trace_forward(efficientvit_msra.LocalWindowAttention, local_window_attention_trace)
-    register_pruned(edgenext.SplitTransposeBlock, PrunedSplitTransposeBlock)
     for cls, pruned in ((xcit.XCA, PrunedXCA), (edgenext.CrossCovarianceAttn, PrunedCrossCovarianceAttn)):
         register_attention(cls, AttentionSpec(qkv="qkv", fixup=fix_num_heads, head_params=(("temperature", 0),), pruned=pruned))
         register_trace_forward(cls, qkv_values_trace)

@@ -219,11 +219,13 @@ def layernorm_free(model: nn.Module, ratio: float) -> isoprune.Ratios:
     return isoprune.Ratios(emb=ratio, heads=ratio, head_dim=ratio, mlp=ratio, default=ratio, overrides=overrides)
 
 
-def assert_equivalent(model: nn.Module, ratios, atol: float = 1e-5, changes: float | None = None, **kw) -> isoprune.PruningPlan:
-    """Zero what the plan removes in a copy; prune the model; both must compute the same. Given
-    ``changes``, the output must also move by more than that somewhere: the cut mattered."""
-    x = inputs_for(model)
-    plan = isoprune.plan(model, ratios, **kw)
+def assert_equivalent(model: nn.Module, ratios, atol: float = 1e-5, changes: float | None = None, inputs: torch.Tensor | None = None,
+                      **kw) -> isoprune.PruningPlan:
+    """Zero what the plan removes in a copy; prune the model; both must compute the same on
+    ``inputs`` (traced on them too; else ``inputs_for``'s). Given ``changes``, the output must also
+    move by more than that somewhere: the cut mattered."""
+    x = inputs_for(model) if inputs is None else inputs
+    plan = isoprune.plan(model, ratios, example_inputs=inputs, **kw)
     zeroed = isoprune.zero_out(copy.deepcopy(model), plan)
     with torch.no_grad():
         before = model(x) if changes is not None else None

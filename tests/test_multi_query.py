@@ -4,7 +4,6 @@ queries possibly pooled and the key and value possibly from a strided map. The t
 channels through timm's reshapes onto tokens, and left every one whole. Now a head dim is cut: a
 channel of every head's query, of the key, of the value and of every head's output (``_zoo.
 multi_query_attention_trace``); the heads, all answered by one key and value, stay."""
-import copy
 
 import pytest
 import torch
@@ -40,17 +39,9 @@ def test_pruned_equals_zeroed_with_head_dims_cut(strides, fused):
         _unfused(model)
     x = torch.randn(2, 3, 8, 8)
     assert _groups.analyse(model, x).frozen == {}
-    plan = isoprune.plan(model, 0.5, example_inputs=x)
-    zeroed = isoprune.zero_out(copy.deepcopy(model), plan)
-    with torch.no_grad():
-        before = model(x)
-    isoprune.apply_plan(model, plan)
+    assert_equivalent(model, 0.5, changes=0.05, inputs=x)
     assert attn.num_heads == 4 and attn.key_dim == attn.value_dim == 4 == attn.key.proj.out_channels == attn.value.proj.out_channels
     assert attn.query.proj.out_channels == 16 == attn.output.proj.in_channels and attn.scale == 4**-0.5
-    with torch.no_grad():
-        got = model(x)
-        torch.testing.assert_close(got, zeroed(x), atol=1e-5, rtol=0)
-    assert (got - before).abs().max() > 0.05
 
 
 def test_values_wider_than_keys_stay_whole():
