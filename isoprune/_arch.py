@@ -252,11 +252,12 @@ def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:
         setattr(module.get_submodule(owner), attr, cut_tensor(param, dim, np.asarray(heads, dtype=np.int64)))
 
 
-def rescale_queries(module: nn.Module, head_dim: int, heads_first: bool = False) -> None:
+def rescale_queries(module: nn.Module, head_dim: int, heads_first: bool = False, query: nn.Module | None = None) -> None:
     """The fused path (``F.scaled_dot_product_attention``) always scales by ``1/sqrt(head_dim)``, so
     after removing head dims we set ``scale`` to the new value and fold the ratio to the old one
-    (the module's ``scale`` until now) into the query rows: fused and unfused paths then compute
-    exactly what the unpruned model did."""
+    (the module's ``scale`` until now) into the query rows (of the fused qkv, of ``q_proj``, or of
+    the layer ``query`` given): fused and unfused paths then compute exactly what the unpruned
+    model did."""
     old_scale = float(module.scale)
     module.scale = head_dim ** -0.5
     factor = old_scale / module.scale
@@ -269,8 +270,8 @@ def rescale_queries(module: nn.Module, head_dim: int, heads_first: bool = False)
             hint="set head_dim ratio to 0 for this model",
         )
     qkv = getattr(module, "qkv", None)
-    if qkv is None:  # separate projections
-        query, rows = module.q_proj, slice(None)
+    if query is not None or qkv is None:  # separate projections
+        query, rows = query if query is not None else module.q_proj, slice(None)
     else:  # the first copy of every head
         heads = _out_width(qkv) // (3 * head_dim)
         query, rows = qkv, Layout(heads, head_dim, 3, heads_first).channels()[0].flatten()

@@ -648,19 +648,12 @@ class PrunedCrossCovarianceAttn(edgenext.CrossCovarianceAttn):
 
 
 def _split_transpose_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
-    """EdgeNeXt's ``SplitTransposeBlock``: its channels split into scales as Res2Net's (each
-    convolved after the previous one's output is added, the last as it is) at the widths of its
-    convolutions (timm chunks into equal parts), then cross-covariance attention and an MLP on the
-    tokens. For the tracer, the split and concatenation are marked: it mapped timm's chunk onto
-    channels the layers do not have, and left each stage's stream whole."""
+    """EdgeNeXt's ``SplitTransposeBlock``: its channels split into scales as Res2Net's
+    (``chained_scales``; timm chunks into equal parts), then cross-covariance attention and an MLP
+    on the tokens. The tracer mapped timm's chunk onto channels the layers do not have, and left
+    each stage's stream whole."""
     shortcut = x
-    sizes = [conv.in_channels for conv in self.convs]
-    sizes.append(x.shape[1] - sum(sizes))
-    parts = split_channels(x, sizes) if trace else x.split(sizes, 1)
-    spo = []
-    for i, conv in enumerate(self.convs):
-        spo.append(conv(parts[i] if i == 0 else spo[-1] + parts[i]))
-    x = concat_channels([*spo, parts[-1]], 1) if trace else torch.cat([*spo, parts[-1]], 1)
+    x = chained_scales(x, self.convs, trace)
     batch, channels, height, width = x.shape
     x = x.flatten(2).transpose(1, 2)
     if self.pos_embd is not None:
@@ -1069,23 +1062,30 @@ class PrunedGatedConvBlock(mambaout.GatedConvBlock):
     forward = partialmethod(_gated_conv_block, trace=False)
 
 
+def chained_scales(x: torch.Tensor, convs, trace: bool, *, chained: bool = True, rest: bool = True, after=None, last=None) -> torch.Tensor:
+    """Res2Net's scales (its bottleneck's, DLA's, EdgeNeXt's split blocks'): ``x`` split at the
+    input widths of ``convs`` (timm splits at the widths it was built with), each part through its
+    convolution (then ``after(i, output)``), after the previous one's output is added where
+    ``chained``; the channels left over (where ``rest``) as they are, or through ``last``; all
+    concatenated. For the tracer, the split and the concatenation are marked."""
+    sizes = [conv.in_channels for conv in convs]
+    if rest:
+        sizes.append(x.shape[1] - sum(sizes))
+    parts = split_channels(x, sizes) if trace else x.split(sizes, 1)
+    outs = []
+    for i, conv in enumerate(convs):
+        out = conv(parts[i] if i == 0 or not chained else outs[-1] + parts[i])
+        outs.append(out if after is None else after(i, out))
+    if rest:
+        outs.append(parts[-1] if last is None else last(parts[-1]))
+    return concat_channels(outs, 1) if trace else torch.cat(outs, 1)
+
+
 def _res2net_scales(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
-    """Res2Net's hidden channels (its bottleneck's and DLA's), split at the widths of the layers
-    each part feeds (timm splits at the width it was built with): a part goes through its
-    convolution, after the previous one's output is added (except in a stage's first block), and
-    the last part as it is."""
-    out = self.relu(self.bn1(self.conv1(x)))
-    sizes = [conv.in_channels for conv in self.convs]
-    if self.scale > 1:
-        sizes.append(out.shape[1] - sum(sizes))
-    parts = split_channels(out, sizes) if trace else out.split(sizes, 1)
-    spo = []
-    for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-        sp = parts[i] if i == 0 or self.is_first else spo[-1] + parts[i]
-        spo.append(self.relu(bn(conv(sp))))
-    if self.scale > 1:
-        spo.append(parts[-1] if self.pool is None else self.pool(parts[-1]))
-    return concat_channels(spo, 1) if trace else torch.cat(spo, 1)
+    """Res2Net's hidden channels (its bottleneck's and DLA's) in scales (``chained_scales``), each
+    normalised after its convolution, not chained in a stage's first block, the last pooled there."""
+    return chained_scales(self.relu(self.bn1(self.conv1(x))), self.convs, trace, chained=not self.is_first, rest=self.scale > 1,
+                          after=lambda i, out: self.relu(self.bns[i](out)), last=self.pool)
 
 
 def _res2net_block(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
@@ -1373,17 +1373,10 @@ def multi_query_attention_trace(self, x: torch.Tensor, attn_mask: torch.Tensor |
 
 
 def resize_multi_query_attention(module: nn.Module, cut) -> None:
-    """``key_dim`` and ``value_dim``, which timm's forward reshapes to, and ``scale``: timm's fused
-    path scales by the key width it finds, so the ratio to the built scale is folded into the
-    queries (as ``rescale_queries`` does)."""
+    """``key_dim`` and ``value_dim``, which timm's forward reshapes to, and ``scale``
+    (``rescale_queries``: timm's fused path scales by the key width it finds)."""
     module.key_dim, module.value_dim = module.key.proj.out_channels, module.value.proj.out_channels
-    factor = module.scale * math.sqrt(module.key_dim)
-    module.scale = module.key_dim**-0.5
-    if not math.isclose(factor, 1.0):
-        with torch.no_grad():
-            module.query.proj.weight *= factor
-            if module.query.proj.bias is not None:
-                module.query.proj.bias *= factor
+    rescale_queries(module, module.key_dim, query=module.query.proj)
 
 
 # EfficientFormer-V2: attention on the feature map with separate query, key and value layers (the

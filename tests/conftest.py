@@ -203,6 +203,14 @@ def without_norms(model: nn.Module, kinds: tuple[type, ...] = (nn.LayerNorm,)) -
     return model
 
 
+def around(layer: nn.Module, width: int, out: int) -> nn.Module:
+    """A convolution into ``layer`` (``width`` channels), one out of it (``out``), and a head; in
+    eval mode with ``lively`` weights: a model to prune a single timm layer in."""
+    model = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), layer, nn.ReLU(), nn.Conv2d(out, 16, 3),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    return lively(model).eval()
+
+
 def inputs_for(model: nn.Module, batch: int = 2) -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(batch, *isoprune._trace.input_size(model))

@@ -13,21 +13,19 @@ from timm.layers.halo_attn import HaloAttn
 from torch import nn
 
 import isoprune
-from conftest import lively
+from conftest import around
 from isoprune import _groups
 
 RATIOS = isoprune.Ratios(emb=0.3, heads=0.5, head_dim=0.5, default=0.3)
 
 
-def attention_model(attn: nn.Module, width: int = 32) -> nn.Module:
-    """Convolution, the attention, convolution, head; ``lively`` weights and position embeddings."""
-    model = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), attn, nn.ReLU(), nn.Conv2d(attn.dim_out_v, 16, 3),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    lively(model)
+def attention_model(attn: nn.Module) -> nn.Module:
+    """The attention ``around`` convolutions; ``lively`` position embeddings too."""
+    model = around(attn, 32, attn.dim_out_v)
     with torch.no_grad():
         attn.pos_embed.height_rel.normal_(0, 0.5)
         attn.pos_embed.width_rel.normal_(0, 0.5)
-    return model.eval()
+    return model
 
 
 CASES = {

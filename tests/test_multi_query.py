@@ -11,15 +11,8 @@ from timm.layers.attention2d import MultiQueryAttention2d
 from torch import nn
 
 import isoprune
-from conftest import assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, make
+from conftest import around, assert_counts_what_timm_runs, assert_equivalent, inputs_for, lively, make
 from isoprune import _groups
-
-
-def attention_model(attn: nn.Module) -> nn.Module:
-    """Convolution, the attention, convolution, head; ``lively`` weights."""
-    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), attn, nn.ReLU(), nn.Conv2d(32, 16, 3),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    return lively(model).eval()
 
 
 def _unfused(model: nn.Module) -> nn.Module:
@@ -34,7 +27,7 @@ def _unfused(model: nn.Module) -> nn.Module:
 def test_pruned_equals_zeroed_with_head_dims_cut(strides, fused):
     query_strides, kv_stride = strides
     attn = MultiQueryAttention2d(32, num_heads=4, key_dim=8, value_dim=8, query_strides=query_strides, kv_stride=kv_stride)
-    model = attention_model(attn)
+    model = around(attn, 32, 32)
     if not fused:
         _unfused(model)
     x = torch.randn(2, 3, 8, 8)
@@ -46,7 +39,7 @@ def test_pruned_equals_zeroed_with_head_dims_cut(strides, fused):
 
 def test_values_wider_than_keys_stay_whole():
     attn = MultiQueryAttention2d(32, num_heads=4, key_dim=8, value_dim=16)
-    model = attention_model(attn)
+    model = around(attn, 32, 32)
     x = torch.randn(2, 3, 8, 8)
     assert set(_groups.analyse(model, x).frozen) == {"2.query.proj", "2.key.proj", "2.value.proj"}
     isoprune.prune(model, 0.5, example_inputs=x)
