@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from timm.models import (
     cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra,
-    fasternet, fastvit, focalnet, gcvit, hiera, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit,
+    fasternet, fastvit, focalnet, gcvit, hiera, iformer, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit,
     pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
@@ -1422,6 +1422,39 @@ def efficientformerv2_downsample_trace(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj(self.act(x))
 
 
+# iFormer: single-head attention on the feature map, its query and key layers (1x1 convolutions with
+# a BN) narrower than its values, which a gate of their width multiplies (the values and the gate
+# are the two halves of one layer's sigmoid)
+
+
+def single_head_modulation_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """iFormer's ``SHMA`` for the tracer: the query and key added, channel by channel, to the first
+    of the values (those pair one with each query channel; the rest go on their own), gated, into
+    the output projection. The map is padded to whole windows where timm partitions it (each 1x1
+    layer counts the same MACs on the padded map as on its windows). The tracer mapped channels
+    through timm's flatten onto tokens, and left every attention whole. Where the query is wider
+    than the values (no timm config builds one), timm's own forward: the attention stays whole."""
+    height, width = x.shape[2:]
+    if self.q.c.out_channels > self.v_gate.c.out_channels // 2:
+        return type(self).forward(self, x)
+    if self.window_size:
+        x = F.pad(x, (0, -width % self.window_size, 0, -height % self.window_size))
+    v, gate = split_channels(self.gate_act(self.v_gate(x)), 2)
+    q, k = self.q(x), self.k(x)
+    if v.shape[1] > q.shape[1]:
+        first, rest = split_channels(v, [q.shape[1], v.shape[1] - q.shape[1]])
+        v = concat_channels([first + q + k, rest], 1)
+    else:
+        v = v + q + k
+    return self.proj(v * gate)[:, :, :height, :width]
+
+
+def resize_single_head_modulation(module: nn.Module, cut) -> None:
+    """``scale`` (``rescale_queries``, folded into the query's BN: timm's fused path scales by the
+    query width it finds)."""
+    rescale_queries(module, module.q.c.out_channels, query=module.q.bn)
+
+
 def fix_efficientformerv2_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """The widths ``Attention2d`` and ``Attention2dDownsample`` read (the values keep their ratio
     to the keys), the talking heads' widths, and no attention bias cached at the old head count."""
@@ -1783,6 +1816,8 @@ def register() -> None:
     register_attention(nest.Attention, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedNestAttention))
     register_trace_forward(nest.Attention, nest_attention_trace)
     register_trace_forward(attention2d.MultiQueryAttention2d, multi_query_attention_trace)
+    register_trace_forward(iformer.SHMA, single_head_modulation_trace)
+    register_resize(iformer.SHMA, resize_single_head_modulation)
     register_resize(attention2d.MultiQueryAttention2d, resize_multi_query_attention)
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
         register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))

@@ -128,6 +128,9 @@ SMALL = {
     # windows of 3 on a 4x4 map (padded, as timm pads them) and 2x2 (one window); values 2 and 4 times as wide as keys
     "efficientvit_msra_micro": ("efficientvit_m0", dict(img_size=64, embed_dim=(32, 48, 64), key_dim=(8, 8, 8), depth=(1, 1, 1), num_heads=(2, 3, 2),
                                                         window_size=(3, 3, 3), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    # one single-head attention in each of the last two stages, queries half and a quarter as wide as the values
+    "iformer_micro": ("iformer_t", dict(dims=(16, 32, 48, 64), depths=(1, 1, 4, 3), attn_groups=(0, 0, 1, 1),
+                                        pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mobilenetv4_hybrid_micro": ("mobilenetv4_hybrid_medium", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "nextvit_micro": ("nextvit_small", dict(depths=(1, 1, 5, 1), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
@@ -141,15 +144,16 @@ def base_of(name: str, num_classes: int = 10) -> dict:
     return {"library": "timm", "name": timm_name, "kwargs": {**kwargs, "num_classes": num_classes}}
 
 
-def make(name: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
+def make(name: str, num_classes: int = 10, seed: int = 0, **overrides) -> nn.Module:
     """A randomly initialised model in eval mode, with non-trivial BatchNorm statistics so that
-    pruning mistakes show up in the outputs. ``tv:NAME`` is a torchvision model."""
+    pruning mistakes show up in the outputs. ``tv:NAME`` is a torchvision model; ``overrides``
+    replace keyword arguments of a timm one."""
     torch.manual_seed(seed)
     if name.startswith("tv:"):
         model = getattr(torchvision.models, name[3:])(num_classes=num_classes)
     else:
         base = base_of(name, num_classes)
-        model = timm.create_model(base["name"], **base["kwargs"])
+        model = timm.create_model(base["name"], **base["kwargs"], **overrides)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
