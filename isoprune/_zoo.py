@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from timm.models import (
     cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra,
-    fasternet, fastvit, focalnet, gcvit, hiera, iformer, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit,
+    fasternet, fastvit, focalnet, gcvit, hiera, iformer, mvitv2, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit,
     pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
@@ -408,6 +408,31 @@ def fix_multiscale_attention(module: nn.Module, heads: list[int], dims: list[int
     from its layers."""
     module.num_heads, module.dim_out = len(heads), len(heads) * len(dims)
     rescale_queries(module, len(dims))
+
+
+# MViTv2: attention whose queries, keys and values are pooled (a depthwise convolution, shared by
+# every head, then a norm, over head dims) before they attend, with a relative position table over
+# head dims; its output has as many tokens as its pooled queries
+
+
+def multiscale_vit_attention_trace(self, x: torch.Tensor, feat_size) -> torch.Tensor:
+    """MViTv2's ``MultiScaleAttention`` for the tracer: each head's values (``value_heads``) into
+    the output projection, at as many tokens as the pooled queries. The pooling layers, which hold
+    head dims and no head, run on stand-ins of what timm hands them (every head's ``[head_dim,
+    height, width]`` map), so that their MACs count and no group holds them (nor their norms). The
+    tracer mapped channels through timm's reshapes onto ones the pooling lacks, and left every
+    attention whole. Unshared pooling (over all channels: no timm config builds it): timm's own."""
+    if self.unshared:
+        return type(self).forward(self, x, feat_size)
+    batch, heads, head_dim = x.shape[0], self.num_heads, self.head_dim
+    stand_in = x.new_zeros(batch * heads, head_dim, *feat_size)
+    sizes = [list(feat_size if pool is None else pool(stand_in).shape[2:]) for pool in (self.pool_q, self.pool_k, self.pool_v)]
+    values = value_heads(self.qkv(x), Layout(heads, head_dim, 3), 2)
+    return self.proj(values[:, : self.has_cls_token + sizes[0][0] * sizes[0][1]]), sizes[0]
+
+
+def mvit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    return {"head_dim": "its pooling convolutions, norms and relative position tables are over head dims, shared by every head"}
 
 
 # Hiera: attention within mask units (or global), its queries max-pooled over ``q_stride`` tokens;
@@ -1759,6 +1784,8 @@ def register() -> None:
     )
     register_attention(vision_transformer_sam.Attention, AttentionSpec(qkv="qkv", fixup=fix_scaled_head_dims, fixed=sam_attention_fixed))
     register_attention(hieradet_sam2.MultiScaleAttention, AttentionSpec(qkv="qkv", fixup=fix_multiscale_attention))
+    register_attention(mvitv2.MultiScaleAttention, AttentionSpec(qkv="qkv", fixup=fix_multiscale_attention, fixed=mvit_fixed))
+    register_trace_forward(mvitv2.MultiScaleAttention, multiscale_vit_attention_trace)
     for cls in (vision_transformer_sam.Attention, hieradet_sam2.MultiScaleAttention):
         register_trace_forward(cls, map_attention_values_trace)
     register_attention(
