@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.models import (
     cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra,
     fasternet, fastvit, focalnet, gcvit, hiera, iformer, mvitv2, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit,
-    pvt_v2, qwen3_vit, res2net, rexnet, tiny_vit, tnt, twins, visformer, volo, xcit,
+    pvt_v2, qwen3_vit, res2net, rexnet, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
     attention2d, attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
@@ -1480,6 +1480,34 @@ def resize_single_head_modulation(module: nn.Module, cut) -> None:
     rescale_queries(module, module.q.c.out_channels, query=module.q.bn)
 
 
+# SHViT: single-head attention on the first channels of the map (the rest pass by it), its query
+# and key narrower than its values, its output concatenated with the channels that passed by
+
+
+def _single_head_self_attention(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
+    """SHViT's ``SHSA`` at any widths (timm splits the map, the qkv and the values at the ones it
+    was built with), read from its layers. For the tracer, the query and key added, channel by
+    channel, to the first of the values (the rest go on their own), with marked splits and
+    concatenation; the tracer could not follow timm's reshape, and no SHViT traced."""
+    split, cat = (split_channels, concat_channels) if trace else (lambda t, sizes: t.split(sizes, 1), torch.cat)
+    x1, x2 = split(x, [self.qkv.c.in_channels, x.shape[1] - self.qkv.c.in_channels])
+    qkv = self.qkv(self.pre_norm(x1))
+    values = self.proj[1].c.in_channels - x2.shape[1]
+    paired = (qkv.shape[1] - values) // 2
+    q, k, v = split(qkv, [paired, paired, values])
+    if trace:
+        first, rest = split(v, [paired, values - paired]) if values > paired else (v, None)
+        x1 = first + q + k if rest is None else cat([first + q + k, rest], 1)
+    else:
+        attn = ((q.flatten(2).transpose(-2, -1) @ k.flatten(2)) * self.scale).softmax(dim=-1)
+        x1 = (v.flatten(2) @ attn.transpose(-2, -1)).reshape(v.shape)
+    return self.proj(cat([x1, x2], 1))
+
+
+class PrunedSHSA(shvit.SHSA):
+    forward = partialmethod(_single_head_self_attention, trace=False)
+
+
 def fix_efficientformerv2_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """The widths ``Attention2d`` and ``Attention2dDownsample`` read (the values keep their ratio
     to the keys), the talking heads' widths, and no attention bias cached at the old head count."""
@@ -1845,6 +1873,8 @@ def register() -> None:
     register_trace_forward(attention2d.MultiQueryAttention2d, multi_query_attention_trace)
     register_trace_forward(iformer.SHMA, single_head_modulation_trace)
     register_resize(iformer.SHMA, resize_single_head_modulation)
+    register_trace_forward(shvit.SHSA, partial(_single_head_self_attention, trace=True))
+    register_pruned(shvit.SHSA, PrunedSHSA)
     register_resize(attention2d.MultiQueryAttention2d, resize_multi_query_attention)
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
         register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))

@@ -131,6 +131,9 @@ SMALL = {
     # one single-head attention in each of the last two stages, queries half and a quarter as wide as the values
     "iformer_micro": ("iformer_t", dict(dims=(16, 32, 48, 64), depths=(1, 1, 4, 3), attn_groups=(0, 0, 1, 1),
                                         pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    # SHViT's single-head attention in the last two stages: on 16 and 24 of 48 and 64 channels, queries 8 wide (values 16 wide: 8 on their own, and 24 / 8)
+    "shvit_micro": ("shvit_s1", dict(embed_dim=(32, 48, 64), depth=(1, 2, 1), partial_dim=(8, 16, 24), qk_dim=(8, 8, 8),
+                                     pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mobilenetv4_hybrid_micro": ("mobilenetv4_hybrid_medium", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "nextvit_micro": ("nextvit_small", dict(depths=(1, 1, 5, 1), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
