@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from timm.models import (
     cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra,
-    fasternet, fastvit, focalnet, gcvit, hiera, iformer, mvitv2, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit,
+    fasternet, fastvit, focalnet, gcvit, gemma4_vit, hiera, iformer, mvitv2, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit,
     pvt_v2, qwen3_vit, res2net, rexnet, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
@@ -433,6 +433,35 @@ def multiscale_vit_attention_trace(self, x: torch.Tensor, feat_size) -> torch.Te
 
 def mvit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     return {"head_dim": "its pooling convolutions, norms and relative position tables are over head dims, shared by every head"}
+
+
+# Gemma-4's vision tower: attention with separate query, key and value layers (each in a wrapper
+# that may clamp), queries and keys normalised over head dims and rotated by a 2-d RoPE
+
+
+def gemma4_attention_trace(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Gemma-4's attention for the tracer: each query and key channel added to its value channel,
+    into the output projection (the RoPE and norms move no channel between heads). The tracer
+    could not follow the RoPE's split halves, and no Gemma-4 model traced. Where keys and values
+    are shared by several queries' heads (no timm config does that): timm's own forward."""
+    if self.num_kv_heads != self.num_heads:
+        return type(self).forward(self, x, rope_cos, rope_sin, attn_mask)
+    return self.proj_drop(self.o_proj(self.q_proj(x) + self.k_proj(x) + self.v_proj(x)))
+
+
+def fix_gemma4_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``num_heads`` and ``head_dim``, which timm's forward reshapes to, and ``num_kv_heads`` where
+    each head has its own keys and values."""
+    if module.num_kv_heads == module.num_heads:
+        module.num_kv_heads = len(heads)
+    fix_head_dims(module, heads, dims)
+
+
+def gemma4_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
+    fixed = {"head_dim": "its queries and keys are rotated and normalised over head dims"}
+    if module.num_kv_heads != module.num_heads:
+        fixed["heads"] = "its keys and values are shared by several queries' heads"
+    return fixed
 
 
 # Hiera: attention within mask units (or global), its queries max-pooled over ``q_stride`` tokens;
@@ -1814,6 +1843,12 @@ def register() -> None:
     register_attention(hieradet_sam2.MultiScaleAttention, AttentionSpec(qkv="qkv", fixup=fix_multiscale_attention))
     register_attention(mvitv2.MultiScaleAttention, AttentionSpec(qkv="qkv", fixup=fix_multiscale_attention, fixed=mvit_fixed))
     register_trace_forward(mvitv2.MultiScaleAttention, multiscale_vit_attention_trace)
+    register_attention(
+        gemma4_vit.Gemma4Attention,
+        AttentionSpec(qkv="qkv", separate=("q_proj.linear", "k_proj.linear", "v_proj.linear"), fixup=fix_gemma4_attention, fixed=gemma4_attention_fixed),
+    )
+    register_trace_forward(gemma4_vit.Gemma4Attention, gemma4_attention_trace)
+    register_mlp(gemma4_vit.Gemma4GatedMlp)
     for cls in (vision_transformer_sam.Attention, hieradet_sam2.MultiScaleAttention):
         register_trace_forward(cls, map_attention_values_trace)
     register_attention(
