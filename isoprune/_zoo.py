@@ -6,7 +6,8 @@ timm's own ``Attention`` and Swin's are:
   with a relative position bias, CrossViT's cross attention, differential attention, timm's
   attention pooling (SigLIP's head, CLIP's ResNets'), ResNeSt's split attention, SKNet's selective kernel, global
   context blocks; FocalNet's modulation; multi-query attention (MobileNetV4's and V5's); EfficientViT's
-  attention (MIT's multi-scale linear attention, MSRA's cascaded group attention);
+  attention (MIT's multi-scale linear attention, MSRA's cascaded group attention); MViTv2's pooling
+  attention; Gemma-4's vision tower; iFormer's and SHViT's single-head attention;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net (and DLA's), ReXNet, DPN, FasterNet, MixNet, CSPNet;
 - timm's blur pooling, ECA's gate, EvoNorm's sample variants, Qwen3-VL's projector, and the
@@ -27,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from timm.models import (
     cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra,
-    fasternet, fastvit, focalnet, gcvit, gemma4_vit, hiera, iformer, mvitv2, hieradet_sam2, inception_next, levit, lowformer, mambaout, metaformer, mlp_mixer, nest, nextvit,
-    pvt_v2, qwen3_vit, res2net, rexnet, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
+    fasternet, fastvit, focalnet, gcvit, gemma4_vit, hiera, hieradet_sam2, iformer, inception_next, levit, lowformer, mambaout, metaformer,
+    mlp_mixer, mvitv2, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
     attention2d, attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
@@ -1906,11 +1907,11 @@ def register() -> None:
     register_attention(nest.Attention, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedNestAttention))
     register_trace_forward(nest.Attention, nest_attention_trace)
     register_trace_forward(attention2d.MultiQueryAttention2d, multi_query_attention_trace)
+    register_resize(attention2d.MultiQueryAttention2d, resize_multi_query_attention)
     register_trace_forward(iformer.SHMA, single_head_modulation_trace)
     register_resize(iformer.SHMA, resize_single_head_modulation)
     register_trace_forward(shvit.SHSA, partial(_single_head_self_attention, trace=True))
     register_pruned(shvit.SHSA, PrunedSHSA)
-    register_resize(attention2d.MultiQueryAttention2d, resize_multi_query_attention)
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
         register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))
         register_trace_forward(cls, partial(_conv_attention, trace=True))

@@ -131,7 +131,7 @@ SMALL = {
     # one single-head attention in each of the last two stages, queries half and a quarter as wide as the values
     "iformer_micro": ("iformer_t", dict(dims=(16, 32, 48, 64), depths=(1, 1, 4, 3), attn_groups=(0, 0, 1, 1),
                                         pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
-    # SHViT's single-head attention in the last two stages: on 16 and 24 of 48 and 64 channels, queries 8 wide (values 16 wide: 8 on their own, and 24 / 8)
+    # single-head attention in the last two stages, on the first 16 and 24 of their 48 and 64 channels, queries and keys 8 wide
     "shvit_micro": ("shvit_s1", dict(embed_dim=(32, 48, 64), depth=(1, 2, 1), partial_dim=(8, 16, 24), qk_dim=(8, 8, 8),
                                      pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mobilenetv4_hybrid_micro": ("mobilenetv4_hybrid_medium", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
@@ -156,7 +156,7 @@ def make(name: str, num_classes: int = 10, seed: int = 0, **overrides) -> nn.Mod
         model = getattr(torchvision.models, name[3:])(num_classes=num_classes)
     else:
         base = base_of(name, num_classes)
-        model = timm.create_model(base["name"], **base["kwargs"], **overrides)
+        model = timm.create_model(base["name"], **{**base["kwargs"], **overrides})
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
