@@ -774,6 +774,13 @@ class PrunedLiteMLA(efficientvit_mit.LiteMLA):
     forward = lite_mla_forward
 
 
+def _padded_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A map ``[..., height, width]`` padded on the right and at the bottom to whole multiples of
+    ``size``, as timm pads a map it cuts into windows (the map itself where it has them)."""
+    height, width = x.shape[-2:]
+    return F.pad(x, (0, -width % size, 0, -height % size)) if height % size or width % size else x
+
+
 # EfficientViT's (MSRA) cascaded group attention: the map's channels split a part a head, each head
 # with its own qkv layer on its part plus the previous head's output; queries through a depthwise
 # convolution; values a whole number of times as wide as queries and keys; within windows
@@ -838,9 +845,7 @@ def local_window_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     timm pads it, and attended as one (the tracer does not follow timm's window partition; each
     layer inside counts the same MACs on the padded map as on its windows), then cropped."""
     height, width = x.shape[2:]
-    size = self.attn.resolution
-    x = F.pad(x, (0, (size - width % size) % size, 0, (size - height % size) % size))
-    return self.attn(x)[:, :, :height, :width]
+    return self.attn(_padded_to(x, self.attn.resolution))[:, :, :height, :width]
 
 
 # DaViT: attention across the head dims of each head (channel attention), and within windows
@@ -1336,8 +1341,8 @@ def _conv_attention(self, x: torch.Tensor, trace: bool) -> torch.Tensor:
     """LowFormer's and CPUBone's ``ConvAttention`` at any widths (timm reshapes to the ones it was
     built with), at the scale it was built with; for the tracer, its values (``value_heads``)."""
     height, width = x.shape[-2:]
-    if getattr(self, "small_kernels", False) and self.att_stride > 1 and (height % self.att_stride or width % self.att_stride):
-        x = F.pad(x, (0, -width % self.att_stride, 0, -height % self.att_stride))  # CPUBone's reduced projection rounds down
+    if getattr(self, "small_kernels", False) and self.att_stride > 1:
+        x = _padded_to(x, self.att_stride)  # CPUBone's reduced projection rounds down
     qkv = self.pwise(self.conv_proj(x))
     batch, _, rows, cols = qkv.shape
     if trace:
@@ -1477,6 +1482,18 @@ def efficientformerv2_downsample_trace(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj(self.act(x))
 
 
+def _paired_values(values: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> list[torch.Tensor]:
+    """For the tracer, the values of an attention whose queries and keys are narrower: the first of
+    them with each query and key channel added, channel by channel (a value channel goes with
+    them; any would do), and the rest on their own, as pieces to concatenate (iFormer, SHViT: their
+    values a part of a marked split)."""
+    paired, width = q.shape[1], values.shape[1]
+    if width == paired:
+        return [values + q + k]
+    first, rest = split_channels(values, [paired, width - paired])
+    return [first + q + k, rest]
+
+
 # iFormer: single-head attention on the feature map, its query and key layers (1x1 convolutions with
 # a BN) narrower than its values, which a gate of their width multiplies (the values and the gate
 # are the two halves of one layer's sigmoid)
@@ -1493,14 +1510,10 @@ def single_head_modulation_trace(self, x: torch.Tensor) -> torch.Tensor:
     if self.q.c.out_channels > self.v_gate.c.out_channels // 2:
         return type(self).forward(self, x)
     if self.window_size:
-        x = F.pad(x, (0, -width % self.window_size, 0, -height % self.window_size))
+        x = _padded_to(x, self.window_size)
     v, gate = split_channels(self.gate_act(self.v_gate(x)), 2)
-    q, k = self.q(x), self.k(x)
-    if v.shape[1] > q.shape[1]:
-        first, rest = split_channels(v, [q.shape[1], v.shape[1] - q.shape[1]])
-        v = concat_channels([first + q + k, rest], 1)
-    else:
-        v = v + q + k
+    pieces = _paired_values(v, self.q(x), self.k(x))
+    v = concat_channels(pieces, 1) if len(pieces) > 1 else pieces[0]
     return self.proj(v * gate)[:, :, :height, :width]
 
 
@@ -1526,11 +1539,9 @@ def _single_head_self_attention(self, x: torch.Tensor, trace: bool) -> torch.Ten
     paired = (qkv.shape[1] - values) // 2
     q, k, v = split(qkv, [paired, paired, values])
     if trace:
-        first, rest = split(v, [paired, values - paired]) if values > paired else (v, None)
-        x1 = first + q + k if rest is None else cat([first + q + k, rest], 1)
-    else:
-        attn = ((q.flatten(2).transpose(-2, -1) @ k.flatten(2)) * self.scale).softmax(dim=-1)
-        x1 = (v.flatten(2) @ attn.transpose(-2, -1)).reshape(v.shape)
+        return self.proj(cat([*_paired_values(v, q, k), x2], 1))
+    attn = ((q.flatten(2).transpose(-2, -1) @ k.flatten(2)) * self.scale).softmax(dim=-1)
+    x1 = (v.flatten(2) @ attn.transpose(-2, -1)).reshape(v.shape)
     return self.proj(cat([x1, x2], 1))
 
 
