@@ -144,7 +144,7 @@ def _check_fits(analysis: Analysis, pruning: PruningPlan, model: nn.Module) -> N
 
 def _fitted(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> Analysis:
     if example_inputs is None and pruning.input_size:
-        example_inputs = torch.empty((1, *pruning.input_size), device="meta")
+        example_inputs = _trace.meta_inputs(model, size=pruning.input_size)
     analysis = analyse(model, example_inputs, pruning.labels)
     _check_fits(analysis, pruning, model)
     return analysis

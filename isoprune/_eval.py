@@ -62,8 +62,7 @@ def run(source: str | Path, data: str | Path | None = None, *, weights: str = "p
         _data.check_classes(dataset, model, str(root))
         loader = _data.seeded_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers)
         result.update(evaluate(model.to(where), loader, where))
-    inputs = torch.empty((1, *config["input_size"]), device="meta")
-    result["macs"], result["params"] = _trace.count(_trace.meta_skeleton(model), inputs)
+    result["macs"], result["params"] = _trace.count(_trace.meta_skeleton(model), _trace.meta_inputs(model, size=config["input_size"]))
     result["input_size"] = list(config["input_size"])
     result.update(latency(model, tuple(config["input_size"]), batch_size, where, warmup, iters))
     return result

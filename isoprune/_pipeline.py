@@ -64,10 +64,8 @@ def macs_of(name: str, input_size: int | None = None) -> int:
 
 def meta_example(model: nn.Module, input_size: int | None):
     """A meta-device example input: the model's own size, or ``input_size`` squared."""
-    if input_size is None:
-        return _trace.meta_inputs(model)
-    channels = _trace.input_size(model)[0]
-    return torch.empty((1, channels, input_size, input_size), device="meta")
+    size = None if input_size is None else (_trace.input_size(model)[0], input_size, input_size)
+    return _trace.meta_inputs(model, size=size)
 
 
 def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, seed: int = 0, limit: int | None = None,

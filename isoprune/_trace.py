@@ -118,10 +118,13 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
     return size
 
 
-def meta_inputs(model: nn.Module, example_inputs: Inputs | None = None) -> Inputs:
-    """Example inputs on the meta device, shaped like the user's or like the model's config."""
+def meta_inputs(model: nn.Module, example_inputs: Inputs | None = None, size: Sequence[int] | None = None) -> Inputs:
+    """Example inputs on the meta device, shaped like the user's, else one image of ``size`` or of
+    the model's ``input_size``, in its weights' dtype (a half-precision model takes half-precision
+    images)."""
     if example_inputs is None:
-        return torch.empty((1, *input_size(model)), device="meta")
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+        return torch.empty((1, *(size or input_size(model))), device="meta", dtype=dtype)
     if isinstance(example_inputs, torch.Tensor):
         return torch.empty_like(example_inputs, device="meta")
     return tuple(torch.empty_like(t, device="meta") for t in example_inputs)
@@ -224,10 +227,38 @@ def _layers_before(node) -> list[nn.Module]:
     return found
 
 
+_calls: dict[nn.Module, list] = {}
+"""The autograd nodes each layer made while the graph was built. A layer called more than once
+(CoaT's relative position encoding, one a stage, run by each of its blocks) is one graph node,
+which holds the autograd node of one of its calls only."""
+
+
+@contextlib.contextmanager
+def _recording_calls(model: nn.Module):
+    """Fill ``_calls`` while inside, from every layer (module without children) of ``model``."""
+
+    def record(layer, inputs, out):
+        if isinstance(out, torch.Tensor):
+            _calls.setdefault(layer, []).append(out.grad_fn)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if next(m.children(), None) is None]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        _calls.clear()
+
+
+def _made(node) -> list:
+    """The autograd nodes of a graph node: every call's, for a layer."""
+    return _calls.get(node.module, [node.grad_fn])
+
+
 def _part_read(split, node) -> int:
     """Which part of a ``split`` (its autograd node) the graph node reads: the output number
-    its own autograd node takes from the split's."""
-    return next((nr for fn, nr in node.grad_fn.next_functions if fn is split), 0)
+    its own autograd node (of one of its calls) takes from the split's."""
+    return next((nr for made in _made(node) for fn, nr in made.next_functions if fn is split), 0)
 
 
 def _map_split(node) -> None:
@@ -270,7 +301,7 @@ def _map_concat(node, parts: list, widths: list[int]) -> None:
 
     offsets = [sum(widths[:i]) for i in range(len(widths) + 1)]
     node.module.concat_sizes, node.module.offsets = widths, offsets
-    part_of = {id(source): next(i for i, part in enumerate(parts) if part is source.grad_fn) for source in node.inputs}
+    part_of = {id(source): next(i for i, part in enumerate(parts) if any(part is made for made in _made(source))) for source in node.inputs}
     node.inputs.sort(key=lambda source: part_of[id(source)])
     for source in node.inputs:  # mapping slot 1: where Torch-Pruning keeps a concatenation's mappings
         i = part_of[id(source)]
@@ -308,7 +339,7 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
     with a registered trace forward are traced through it."""
     was_training = skeleton.training
     try:
-        with trace_forwards(skeleton), torch.enable_grad(), warnings.catch_warnings(), _shapes.shapes():
+        with trace_forwards(skeleton), _recording_calls(skeleton), torch.enable_grad(), warnings.catch_warnings(), _shapes.shapes():
             warnings.simplefilter("ignore")
             # a tuple of inputs: given one tensor, Torch-Pruning first calls the model on it unpacked
             # (a batch of one becomes one unbatched image, which some layers accept and count)

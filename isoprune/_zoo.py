@@ -7,7 +7,8 @@ timm's own ``Attention`` and Swin's are:
   attention pooling (SigLIP's head, CLIP's ResNets'), ResNeSt's split attention, SKNet's selective kernel, global
   context blocks; FocalNet's modulation; multi-query attention (MobileNetV4's and V5's); EfficientViT's
   attention (MIT's multi-scale linear attention, MSRA's cascaded group attention); MViTv2's pooling
-  attention; Gemma-4's vision tower; iFormer's and SHViT's single-head attention;
+  attention; Gemma-4's vision tower; iFormer's and SHViT's single-head attention; CoaT's factorized
+  attention, with its position encoding shared by a stage's blocks;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net (and DLA's), ReXNet, DPN, FasterNet, MixNet, CSPNet;
 - timm's blur pooling, ECA's gate, EvoNorm's sample variants, Qwen3-VL's projector, and the
@@ -27,7 +28,7 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra,
+    cait, coat, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra,
     fasternet, fastvit, focalnet, gcvit, gemma4_vit, hiera, hieradet_sam2, iformer, inception_next, levit, lowformer, mambaout, metaformer,
     mlp_mixer, mvitv2, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
@@ -1549,6 +1550,105 @@ class PrunedSHSA(shvit.SHSA):
     forward = partialmethod(_single_head_self_attention, trace=False)
 
 
+# CoaT: factorized attention (each head's keys, softmaxed over the tokens, contracted with its
+# values, then its queries with that) plus a convolutional relative position encoding (the values'
+# image tokens through a depthwise convolution, a window size for each run of heads, times the
+# queries), which is one module a stage, shared by its blocks' attention
+
+
+def _image_of(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The image tokens of ``[batch, 1 + height * width, channels]`` as a map."""
+    return x[:, 1:].transpose(1, 2).reshape(x.shape[0], x.shape[2], *size)
+
+
+def _class_token_joined(x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """For the tracer, ``x``'s class token and the map ``image`` as tokens, joined by padding
+    each to the other's tokens and adding: Torch-Pruning reads timm's concatenation of tokens (dim
+    1 of ``[batch, tokens, channels]``) as one of channels, and failed to find the class token's
+    width (no CoaT with parallel blocks traced)."""
+    image = image.flatten(2).transpose(1, 2)
+    return F.pad(x[:, :1], (0, 0, 0, image.shape[1])) + F.pad(image, (0, 0, 1, 0))
+
+
+def factor_attention_trace(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """CoaT's ``FactorAttnConvRelPosEnc`` for the tracer. A head dim is one channel of the queries,
+    the keys and the values (the queries meet the keys in the factorized attention and the
+    encoded values in the position encoding), so the three are added channel by channel into the
+    output projection, with the values' image tokens through the position encoding's convolutions
+    (marked splits and concatenation). Those convolutions, shared by a stage's blocks, couple their
+    heads and head dims: every block of a stage loses the same ones. Its qkv roots the group
+    (``root_first``), which is then cut by head."""
+    root_first(self.qkv)
+    qkv = self.qkv(x)
+    width = qkv.shape[-1] // 3
+    q, k, v = qkv[..., :width], qkv[..., width : 2 * width], qkv[..., 2 * width :]
+    convs, sizes = zip(*((conv, n) for conv, n in zip(self.crpe.conv_list, self.crpe.channel_splits) if n))  # a window may have lost its heads
+    encoded = concat_channels([conv(part) for conv, part in zip(convs, split_channels(_image_of(v, size), sizes))], 1)
+    return project(self, q + k + v + F.pad(encoded.flatten(2).transpose(1, 2), (0, 0, 1, 0)))
+
+
+def factor_attention_forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A pruned ``FactorAttnConvRelPosEnc``: timm reshapes to the input's width."""
+    batch, tokens, _ = x.shape
+    q, k, v = split_heads(self.qkv(x), self.num_heads, 3)
+    factored = q @ (k.softmax(dim=2).transpose(-1, -2) @ v)
+    x = self.scale * factored + self.crpe(q, v, size=size)
+    return project(self, x.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class PrunedFactorAttnConvRelPosEnc(coat.FactorAttnConvRelPosEnc):
+    forward = factor_attention_forward
+    # the heads the shared position encoding keeps: only the first block of a stage owns the
+    # heads' group and gets its fixup, so the others read their count there
+    num_heads = property(lambda self: sum(self.crpe.head_splits), lambda self, _: None)
+
+
+def conv_rel_pos_enc_forward(self, q: torch.Tensor, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A pruned ``ConvRelPosEnc``: a window whose heads are all gone is passed by (its convolution
+    has no channels left)."""
+    batch, heads, _, head_dim = q.shape
+    image = v[:, :, 1:].transpose(-1, -2).reshape(batch, heads * head_dim, *size)
+    parts = image.split(self.channel_splits, dim=1)
+    encoded = torch.cat([conv(part) if part.shape[1] else part for conv, part in zip(self.conv_list, parts)], dim=1)
+    encoded = encoded.reshape(batch, heads, head_dim, -1).transpose(-1, -2)
+    return F.pad(q[:, :, 1:] * encoded, (0, 0, 1, 0))
+
+
+class PrunedConvRelPosEnc(coat.ConvRelPosEnc):
+    forward = conv_rel_pos_enc_forward
+
+
+def resize_conv_rel_pos_enc(module: nn.Module, cut) -> None:
+    """``head_splits``, ``channel_splits`` and ``window``: the heads each window's convolution
+    keeps (a head is gone where all its channels are), and their channels."""
+    for i, (heads, width) in enumerate(zip(module.head_splits, module.channel_splits)):
+        if heads:
+            gone = torch.isin(torch.arange(width), torch.tensor(cut(f"conv_list.{i}"), dtype=torch.long))
+            module.head_splits[i] = heads - int(gone.view(heads, -1).all(dim=1).sum())
+    module.channel_splits = [conv.out_channels for conv in module.conv_list]
+    module.window = dict(zip(module.window, module.head_splits))
+
+
+def conv_pos_enc_trace(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """CoaT's ``ConvPosEnc`` (a depthwise convolution added to the image tokens) for the tracer."""
+    image = _image_of(x, size)
+    return _class_token_joined(x, self.proj(image) + image)
+
+
+def coat_trace(self, x: torch.Tensor):
+    """CoaT for the tracer. With parallel blocks, its head aggregates the last three scales' class
+    tokens (or mean tokens) with a ``Conv1d`` that takes the scales as its channels, which the
+    tracer coupled to the features' channels. A channel of the three goes with the others, so they
+    are added channel by channel into the classifier; the ``Conv1d`` runs on a stand-in, so that its
+    MACs count."""
+    features = self.forward_features(x)
+    if not isinstance(features, list):  # CoaT-Lite's last scale, or the intermediate features
+        return features if isinstance(features, dict) else self.forward_head(features)
+    pooled = [f[:, 1:].mean(dim=1) if self.global_pool == "avg" else f[:, 0] for f in features]
+    self.aggregate(pooled[0].new_zeros(pooled[0].shape[0], len(pooled), pooled[0].shape[1]))
+    return self.head(self.head_drop(sum(pooled)))
+
+
 def fix_efficientformerv2_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
     """The widths ``Attention2d`` and ``Attention2dDownsample`` read (the values keep their ratio
     to the keys), the talking heads' widths, and no attention bias cached at the old head count."""
@@ -1923,6 +2023,12 @@ def register() -> None:
     register_resize(iformer.SHMA, resize_single_head_modulation)
     register_trace_forward(shvit.SHSA, partial(_single_head_self_attention, trace=True))
     register_pruned(shvit.SHSA, PrunedSHSA)
+    register_attention(coat.FactorAttnConvRelPosEnc, AttentionSpec(qkv="qkv", fixup=fix_num_heads, pruned=PrunedFactorAttnConvRelPosEnc))
+    register_trace_forward(coat.FactorAttnConvRelPosEnc, factor_attention_trace)
+    register_pruned(coat.ConvRelPosEnc, PrunedConvRelPosEnc)
+    register_resize(coat.ConvRelPosEnc, resize_conv_rel_pos_enc)
+    register_trace_forward(coat.ConvPosEnc, conv_pos_enc_trace)
+    register_trace_forward(coat.CoaT, coat_trace)
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
         register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))
         register_trace_forward(cls, partial(_conv_attention, trace=True))

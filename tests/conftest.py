@@ -134,6 +134,12 @@ SMALL = {
     # single-head attention in the last two stages, on the first 16 and 24 of their 48 and 64 channels, queries and keys 8 wide
     "shvit_micro": ("shvit_s1", dict(embed_dim=(32, 48, 64), depth=(1, 2, 1), partial_dim=(8, 16, 24), qk_dim=(8, 8, 8),
                                      pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    # CoaT-Lite (serial blocks only) and CoaT (parallel blocks after them); 8 heads, timm's windows
+    # for the shared position encoding (3x3 for 2 heads, 5x5 and 7x7 for 3 each)
+    "coat_lite_micro": ("coat_lite_tiny", dict(img_size=64, embed_dims=(16, 32, 48, 64), serial_depths=(1, 2, 1, 1), mlp_ratios=(2, 2, 2, 2),
+                                               pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "coat_micro": ("coat_tiny", dict(img_size=64, embed_dims=(16, 32, 32, 32), serial_depths=(1, 1, 1, 1), parallel_depth=6,
+                                     mlp_ratios=(2, 2, 2, 2), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mobilenetv4_hybrid_micro": ("mobilenetv4_hybrid_medium", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "nextvit_micro": ("nextvit_small", dict(depths=(1, 1, 5, 1), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),

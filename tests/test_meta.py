@@ -190,3 +190,14 @@ def test_a_cut_keeps_frozen_layers_frozen_and_cuts_gradients():
     isoprune.prune(model, 0.5)
     assert not stem.weight.requires_grad and fc.weight.requires_grad
     assert stem.out_channels < widths[0] and fc.in_features < widths[1] and fc.weight.grad.shape == fc.weight.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_model_in_another_precision_is_traced_in_it(dtype, tmp_path):
+    """Without example inputs, the image traced on has the model's dtype (it was float32 always,
+    and a half- or double-precision model failed to trace); so has the one a saved plan is fitted on."""
+    model = make("test_vit").to(dtype)  # its patch embedding has a bias, which must match the image
+    plan = isoprune.plan(model, 0.3)
+    assert plan.macs["after"] < plan.macs["before"]
+    isoprune.apply_plan(make("test_vit").to(dtype), isoprune.PruningPlan.load(plan.save(tmp_path / "plan.yaml")))
+    assert isoprune.count(model)[0] == plan.macs["before"]
