@@ -5,10 +5,11 @@ timm's own ``Attention`` and Swin's are:
   MetaFormer, LeViT, EfficientFormer(-V2), TinyViT, Visformer, FastViT, Hiera, NesT, BoTNet, HaloNet, ViT
   with a relative position bias, CrossViT's cross attention, differential attention, timm's
   attention pooling (SigLIP's head, CLIP's ResNets'), ResNeSt's split attention, SKNet's selective kernel, global
-  context blocks; FocalNet's modulation; multi-query attention (MobileNetV4's and V5's); EfficientViT's
-  attention (MIT's multi-scale linear attention, MSRA's cascaded group attention); MViTv2's pooling
-  attention; Gemma-4's vision tower; iFormer's and SHViT's single-head attention; CoaT's factorized
-  attention, with its position encoding shared by a stage's blocks;
+  context blocks, CSATv2's spatial attention; FocalNet's modulation; multi-query attention
+  (MobileNetV4's and V5's); EfficientViT's attention (MIT's multi-scale linear attention, MSRA's
+  cascaded group attention); MViTv2's pooling attention; Gemma-4's vision tower; iFormer's and
+  SHViT's single-head attention; CoaT's factorized attention, with its position encoding shared by
+  a stage's blocks; EfficientViM's hidden-state mixer (its state dims a kind of channel);
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net (and DLA's), ReXNet, DPN, FasterNet, MixNet, CSPNet;
 - timm's blur pooling, ECA's gate, EvoNorm's sample variants, Qwen3-VL's projector, and the
@@ -28,7 +29,8 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, coat, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvit_mit, efficientvit_msra,
+    cait, coat, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvim, efficientvit_mit,
+    efficientvit_msra,
     fasternet, fastvit, focalnet, gcvit, gemma4_vit, hiera, hieradet_sam2, iformer, inception_next, levit, lowformer, mambaout, metaformer,
     mlp_mixer, mvitv2, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
@@ -39,6 +41,7 @@ from timm.layers import (
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
 from timm.models import vision_transformer_relpos, vision_transformer_sam
+from timm.models.csatv2 import SpatialAttention as CsatSpatialAttention  # timm.models.csatv2 is the model's entry point
 from torch import nn
 from torch_pruning.pruner import function
 
@@ -887,6 +890,16 @@ class PrunedDavitWindowAttention(davit.WindowAttention):
     forward = qkv_attention_forward
 
 
+def _joined_unmapped(out: torch.Tensor, side: torch.Tensor, dim: int) -> torch.Tensor:
+    """For the tracer, ``out`` with ``side`` joined to it along ``dim`` as a part of no channels (a
+    marked concatenation). The tracer follows only what reaches the output: the layers making
+    ``side`` are reached, and cut with whatever feeds them, but none of their outputs is coupled
+    to anything."""
+    shape = list(out.shape)
+    shape[dim] = 0
+    return concat_channels([out, side[..., :0].mean(tuple(range(1, side.dim())), keepdim=True).expand(shape)], dim)
+
+
 # VOLO: outlook attention on [batch, height, width, channels], then self-attention, then class attention
 
 
@@ -911,12 +924,10 @@ def outlook_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     """VOLO ``OutlookAttention`` for the tracer: a value channel goes to the output projection's
     input of the same position (unfolding, weighting and folding move tokens, not channels). The
     attention weights are computed as timm computes them, and joined to the output as a part of
-    no channels: the tracer then reaches the layer making them (it follows only what reaches the
-    output), which is cut with the embedding at its input, but couples none of its outputs to
-    anything; ``fix_outlook_attention`` cuts those with the heads."""
+    no channels (``_joined_unmapped``): the layer making them is cut with the embedding at its
+    input; ``fix_outlook_attention`` cuts its outputs with the heads."""
     weights = self.attn(self.pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-    out = project(self, self.v(x))
-    return concat_channels([out, weights[..., :0].mean((1, 2), keepdim=True).expand(*out.shape[:-1], 0)], -1)
+    return _joined_unmapped(project(self, self.v(x)), weights, -1)
 
 
 def fix_outlook_attention(module: nn.Module, heads: list[int], dims: list[int]) -> None:
@@ -1231,6 +1242,48 @@ def levit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     if module.val_dim % module.key_dim:
         return dict.fromkeys(("heads", "head_dim"), "its values are not a whole number of times as wide as its keys")
     return {}
+
+
+# CSATv2's spatial attention: the map's mean and maximum over its channels, pooled to 7x7, through
+# a convolution and a one-channel transformer, upsampled and multiplied into the map
+
+
+def channel_statistics_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """CSATv2's ``SpatialAttention`` for the tracer: its own forward, detached. It weighs each
+    position from statistics over all channels, and none of its layers holds a channel of the map;
+    multiplied in, the tracer coupled its one channel to all the map's and left the stream of every
+    stage with such blocks whole."""
+    return CsatSpatialAttention.forward(self, x).detach()
+
+
+# EfficientViM's hidden-state mixer (HSM-SSD): the tokens contracted into state dims (a state dim is
+# a channel of each of the input-dependent B, C and dt, a depthwise convolution over the three, and
+# of the learned A), the channels mixed on the states by a gated projection, then read back out to
+# the tokens through C
+
+
+def hidden_state_mixer_trace(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """EfficientViM's ``HSMSSD`` for the tracer. The map's channels go through the projections
+    on the states as they do in timm's forward (the states the contraction with the tokens made
+    detached, so that no state dim is coupled to a channel), and the state dims through B, C, dt
+    and A added channel by channel (``split_channels``). That sum joins the output as a part of
+    no channels (``_joined_unmapped``): the layers that make it are cut with the map at their
+    inputs, and their outputs with no other layer's. The tracer read timm's reshape of the
+    tokens into states as channels mapped onto thousands, and left almost every group whole; and
+    it reads the reshapes inside ``@`` as mapping channels where one width is a multiple of the
+    other, so the products are ``bmm``."""
+    batch, _, height, width = x.shape
+    tokens = x.flatten(2)
+    b, c, dt = split_channels(self.dw(self.BCdt_proj(tokens).reshape(batch, -1, height, width)).flatten(2), 3)
+    states = b + c + dt + self.A.view(1, -1, 1)
+    h, z = split_channels(self.hz_proj(torch.bmm(tokens, states.detach().transpose(-2, -1))), 2)
+    h = self.out_proj(h * self.act(z) + h * self.D)
+    return _joined_unmapped(torch.bmm(h, states.detach()), states, 1).reshape(batch, -1, height, width), h
+
+
+def resize_hidden_state_mixer(module: nn.Module, cut) -> None:
+    """``state_dim`` and ``d_inner``, at which timm's forward splits its projections."""
+    module.state_dim, module.d_inner = module.A.shape[0], module.out_proj.conv.in_channels
 
 
 # Global context blocks (GCNet; timm's gcresnet, gcresnext, gc_efficientnetv2): attention pooling
@@ -1986,6 +2039,9 @@ def register() -> None:
     register_mlp(tiny_vit.NormMlp)
     register_trace_forward(qwen3_vit.Qwen3VitPatchMerger, qwen_merger_trace)
     register_trace_forward(global_context.GlobalContext, global_context_trace)
+    register_trace_forward(CsatSpatialAttention, channel_statistics_attention_trace)
+    register_trace_forward(efficientvim.HSMSSD, hidden_state_mixer_trace)
+    register_resize(efficientvim.HSMSSD, resize_hidden_state_mixer)
     register_attention(fastvit.Attention, AttentionSpec(qkv="qkv", fixup=fix_head_dims, pruned=PrunedFastVitAttention))
     register_trace_forward(fastvit.Attention, fastvit_attention_trace)
     register_mlp(fastvit.ConvMlp)

@@ -140,6 +140,14 @@ SMALL = {
                                                pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "coat_micro": ("coat_tiny", dict(img_size=64, embed_dims=(16, 32, 32, 32), serial_depths=(1, 1, 1, 1), parallel_depth=6,
                                      mlp_ratios=(2, 2, 2, 2), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    # CSATv2: a DCT stem, ConvNeXt-V2 blocks with a spatial attention from channel statistics, then
+    # transformer blocks (a downsampling one first) in the last two stages
+    "csatv2_micro": ("csatv2", dict(dims=(16, 24, 32, 48), depths=(1, 1, 2, 2), transformer_depths=(0, 0, 1, 1),
+                                    pretrained_cfg_overlay={"input_size": (3, 128, 128)})),
+    # EfficientViM: state dims half the first stage's width (the tracer read the reshapes inside
+    # ``@`` as mapping one state dim onto two channels)
+    "efficientvim_micro": ("efficientvim_m1", dict(embed_dim=(24, 40, 56), depths=(1, 2, 1), state_dim=(12, 7, 5),
+                                                  pretrained_cfg_overlay={"input_size": (3, 128, 128)})),
     "mobilenetv4_hybrid_micro": ("mobilenetv4_hybrid_medium", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "nextvit_micro": ("nextvit_small", dict(depths=(1, 1, 5, 1), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
