@@ -150,6 +150,12 @@ def _first_of_each(values: np.ndarray) -> np.ndarray:
     return np.sort(order[first])
 
 
+LIMIT = 1 << 20
+"""The most channels a walk may map onto, whatever the widest parameter: CondConv's experts keep
+their kernels flattened in one parameter (millions wide), and walks mapped onto that many ran out
+of memory before they diverged."""
+
+
 def _widest(graph: tp.DependencyGraph) -> int:
     """The largest dimension of any parameter in the graph: no layer has more channels."""
     sizes = [1]
@@ -208,12 +214,12 @@ def all_groups(graph: tp.DependencyGraph, ignored_layers=(), diverged: dict | No
     yields them (the layers in ``first`` before the others): a layer already removed by an
     earlier group roots none of its own, and a group that would remove an ignored layer's
     outputs is left out. A walk that diverges (see ``Diverged``; a legitimate one never maps to
-    more channels than 8 times the widest layer has) is left out too, and recorded in
-    ``diverged`` (root name -> why)."""
+    more channels than 8 times the widest layer has, nor than ``LIMIT``) is left out too, and
+    recorded in ``diverged`` (root name -> why)."""
     with warnings.catch_warnings():  # its width inference's "Maximum recursive depth reached!": nothing a user can act on
         warnings.simplefilter("ignore")
         maps.update_index_mapping(graph)
-    limit = 8 * _widest(graph)
+    limit = min(8 * _widest(graph), LIMIT)
     ignored = {id(m) for m in [*ignored_layers, *graph.IGNORED_LAYERS_IN_TRACING]}
     removed: set[int] = set()
     groups = []

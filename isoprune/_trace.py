@@ -301,7 +301,8 @@ def _map_concat(node, parts: list, widths: list[int]) -> None:
 
     offsets = [sum(widths[:i]) for i in range(len(widths) + 1)]
     node.module.concat_sizes, node.module.offsets = widths, offsets
-    part_of = {id(source): next(i for i, part in enumerate(parts) if any(part is made for made in _made(source))) for source in node.inputs}
+    index = {id(part): i for i, part in enumerate(parts)}
+    part_of = {id(source): next(index[id(made)] for made in _made(source) if id(made) in index) for source in node.inputs}
     node.inputs.sort(key=lambda source: part_of[id(source)])
     for source in node.inputs:  # mapping slot 1: where Torch-Pruning keeps a concatenation's mappings
         i = part_of[id(source)]

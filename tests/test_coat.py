@@ -22,7 +22,7 @@ def _lively(name: str):
 
 
 def _attentions(model, stage: int):
-    return [m for name, m in model.named_modules() if isinstance(m, coat.FactorAttnConvRelPosEnc) and m.crpe is getattr(model, f"crpe{stage}")]
+    return [m for m in model.modules() if isinstance(m, coat.FactorAttnConvRelPosEnc) and m.crpe is getattr(model, f"crpe{stage}")]
 
 
 def test_a_stage_loses_the_same_heads_and_head_dims_in_every_block():

@@ -87,3 +87,31 @@ def test_garbage_collection_is_paused_only_while_pruning():
         assert not gc.isenabled()  # a pause does not turn on what the caller turned off
     finally:
         gc.enable()
+
+
+class CondConvNet(nn.Module):
+    """timm's CondConv: its experts' kernels flattened in one parameter (4 x 128 * 1024 * 9), mixed
+    per image by a routing layer and run as a functional convolution, which the tracer cannot
+    follow: it maps the channels around it onto that parameter's millions."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import CondConv2d
+
+        self.stem = nn.Conv2d(3, 128, 3, padding=1)
+        self.routing = nn.Linear(128, 4)
+        self.cond = CondConv2d(128, 1024, 3, padding=1, num_experts=4)
+        self.head = nn.Linear(1024, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(self.cond(x, torch.sigmoid(self.routing(x.mean((2, 3))))).mean((2, 3)))
+
+
+def test_a_walk_onto_a_flattened_parameter_stops_at_a_million_channels():
+    """The limit was 8 times the widest parameter's largest dim, which a flattened kernel makes
+    millions: the walk went on (65 s and 3.7 GB for this model; timm's ``efficientnet_cc_b0_4e``
+    ran out of memory) and left the stem to be cut against a layer it cannot cut."""
+    frozen = isoprune._groups.analyse(CondConvNet(), torch.randn(1, 3, 8, 8)).frozen
+    assert frozen.keys() == {"stem", "routing"}
+    assert all("channels onto" in why for why in frozen.values())
