@@ -30,7 +30,7 @@ def _removed(analysis: Analysis, pruning: PruningPlan) -> dict[int, list[int]]:
         else:
             (g,) = kinds.values()
             kept = set(g.keep)
-            drop = unit_channels(g.channels * g.blocks, g.blocks, [u for u in range(g.channels) if u not in kept])
+            drop = unit_channels(g.channels, g.blocks, [u for u in range(g.channels) if u not in kept], g.offset)
         if drop:
             removed[src] = drop
     return removed
@@ -49,12 +49,21 @@ def _attention_kept(pruning: PruningPlan) -> dict[str, dict[str, list[int]]]:
 
 
 def _fixup(model: nn.Module, pruning: PruningPlan, ops: list[Op]) -> None:
-    _arch.settle(model, removed_outputs(ops))
-    for owner, keep in _attention_kept(pruning).items():
-        module = model.get_submodule(owner)
-        spec = _arch.attention_spec(module)
-        _arch.cut_heads(module, spec, keep["heads"])
-        spec.fixup(module, keep["heads"], keep["head_dim"])
+    """Settle the cut model and fix up every attention module whose heads it cut. A group of heads
+    has one owner, but several attentions may be in it (CoaT's blocks of a stage, coupled by a
+    position encoding they share): the others lost the same output channels of their first
+    projection as the owner did, and keep what it keeps."""
+    removed = removed_outputs(ops)
+    _arch.settle(model, removed)
+    kept = _attention_kept(pruning)
+    attentions = {name: (m, spec) for name, m in model.named_modules() if (spec := _arch.attention_spec(m)) is not None}
+    cut = {name: tuple(removed.get(f"{name}.{spec.projections(m)[0]}", ())) for name, (m, spec) in attentions.items()}
+    by_cut = {(type(attentions[owner][0]), cut[owner]): keep for owner, keep in kept.items()}
+    for name, (module, spec) in attentions.items():
+        keep = kept.get(name) or (by_cut.get((type(module), cut[name])) if cut[name] else None)
+        if keep is not None:
+            _arch.cut_heads(module, spec, keep["heads"])
+            spec.fixup(module, keep["heads"], keep["head_dim"])
 
 
 def _feature_width(model: nn.Module) -> int | None:
@@ -128,8 +137,8 @@ def skeleton_apply(analysis: Analysis, draft: PruningPlan, depth_plans=()) -> Pr
 
 
 def _check_fits(analysis: Analysis, pruning: PruningPlan, model: nn.Module) -> None:
-    theirs = [(g.root, g.kind, g.channels, g.blocks) for g in pruning.groups]
-    ours = [(g.root, g.kind, g.channels, g.blocks) for g in analysis.groups]
+    theirs = [(g.root, g.kind, g.channels, g.blocks, g.offset) for g in pruning.groups]
+    ours = [(g.root, g.kind, g.channels, g.blocks, g.offset) for g in analysis.groups]
     if theirs != ours:
         diff = next(((a, b) for a, b in zip(theirs, ours) if a != b), (len(theirs), len(ours)))
         raise IsopruneError(

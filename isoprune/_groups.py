@@ -35,7 +35,9 @@ class Group:
     ``channels`` counts prunable units: channels, or for attention heads / head dims. Where the
     channels feed or leave grouped convolutions they split into ``blocks`` equal runs and a unit is
     one position in every run (removed from all of them alike, so each conv group keeps as many).
-    ``fixed`` says why the group keeps every unit whatever the ratios (None: it may be pruned).
+    The runs start ``offset`` channels into the traced group's: the channels before are kept
+    whole (MobileViTv2's one query channel before its keys and values, each key coupled to its
+    value). ``fixed`` says why the group keeps every unit whatever the ratios (None: it may be pruned).
     """
 
     id: int
@@ -47,6 +49,7 @@ class Group:
     owner: str | None = None
     blocks: int = 1
     fixed: str | None = None
+    offset: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,15 +186,16 @@ def _units(root: str, channels: int, members, heads_of: dict[str, _Heads], mlps:
     return [("channels", channels, None)]
 
 
-def _parts(tp_group, blocks: int) -> list[np.ndarray]:
+def _parts(tp_group, blocks: int, offset: int) -> list[np.ndarray]:
     """The units of a group that a convolution or linear layer holds only some of, one array per
     such layer (Res2Net's scales, InceptionNeXt's branches): removing them all would leave it
     without channels."""
-    per = len(tp_group[0].channels) // blocks
+    per = (len(tp_group[0].channels) - offset) // blocks
     parts = {}
     for item in tp_group:
         if isinstance(item.dep.target.module, (nn.modules.conv._ConvNd, nn.Linear)):
-            units = np.unique(item.roots[item.roots != _coupling.NO_ROOT] % per)
+            roots = item.roots[(item.roots != _coupling.NO_ROOT) & (item.roots >= offset)]
+            units = np.unique((roots - offset) % per)
             if 0 < len(units) < per:
                 parts[units.tobytes()] = units
     return list(parts.values())
@@ -257,41 +261,51 @@ def _member_runs(item, runs: dict[int, int]) -> int:
     return 1
 
 
-def _coupled_runs(n: int, aliased: np.ndarray) -> int:
+def _coupled_runs(n: int, aliased: np.ndarray) -> tuple[int, int]:
     """In how many equal runs of ``n`` root channels the same position must go together, given
     the pairs of them found coupled (``_coupling.Members``): the fewest runs in which all the
     channels coupled to each other lie at one position. 2 where GhostNet concatenates a layer's
     outputs with their depthwise copies; 8 where ResNeSt's attention (cardinality 2, radix 4, laid
-    out ``[cardinality, radix, channels]``) weighs each of a channel's 4 radix splits. Coupled
-    channels that line up in no runs but single channels leave 1: then no unit keeps the forward
-    pass whole, and the probe leaves the group whole."""
+    out ``[cardinality, radix, channels]``) weighs each of a channel's 4 radix splits. Where the
+    first channels are coupled to none and the rest line up so (MobileViTv2's query channel before
+    its keys and values), the runs start after them: ``(runs, offset)``, the first ``offset``
+    channels kept whole. Coupled channels that line up in no runs but single channels leave
+    ``(1, 0)``: then no unit keeps the forward pass whole, and the probe leaves the group whole."""
     if not aliased.size:
-        return 1
+        return 1, 0
     coupled = nx.Graph(aliased.T.tolist())
     coupled.add_nodes_from(range(n))
-    label = np.empty(n, dtype=np.int64)
+    label = np.arange(n)
     for channels in nx.connected_components(coupled):
         label[list(channels)] = min(channels)
-    for runs in (d for d in range(2, n // 2 + 1) if n % d == 0):
-        position = np.arange(n) % (n // runs)
-        if (position == position[label]).all():
-            return runs
-    return 1
+    alone = np.bincount(label, minlength=n)[label] == 1
+    for offset in {0, int(np.argmin(alone)) if not alone.all() else 0}:
+        m = n - offset
+        for runs in (d for d in range(2, m // 2 + 1) if m % d == 0):
+            position = np.arange(m) % (m // runs)
+            if (position == position[label[offset:] - offset]).all():
+                return runs, offset
+    return 1, 0
 
 
-def _group_blocks(tp_group, halved: bool, by_head: bool, runs: dict[int, int]) -> int:
-    """The runs of a group's channels (see ``_blocks``, ``_coupled_runs``); gated MLPs' split
-    layers (``halved``) in two at least. Attention cut by head (``by_head``) is not read for
-    coupled runs: the tracer couples query, key and value channels through their products."""
+def _group_blocks(tp_group, halved: bool, by_head: bool, runs: dict[int, int]) -> tuple[int, int]:
+    """The runs of a group's channels and the channels before them (see ``_blocks``,
+    ``_coupled_runs``); gated MLPs' split layers (``halved``) in two at least. Attention cut by head
+    (``by_head``) is not read for coupled runs: the tracer couples query, key and value channels
+    through their products."""
     n = len(tp_group[0].channels)
-    blocks = math.lcm(_blocks(tp_group, runs), 2 if halved else 1, 1 if by_head else _coupled_runs(n, tp_group.aliased))
-    return blocks if n % blocks == 0 else 1
+    blocks = math.lcm(_blocks(tp_group, runs), 2 if halved else 1)
+    coupled, offset = (1, 0) if by_head else _coupled_runs(n, tp_group.aliased)
+    if offset:
+        return (coupled, offset) if blocks == 1 else (1, 0)
+    blocks = math.lcm(blocks, coupled)
+    return (blocks, 0) if n % blocks == 0 else (1, 0)
 
 
-def unit_channels(n: int, blocks: int, units) -> list[int]:
-    """Root channels of the given units of a group of ``n`` channels in ``blocks`` runs."""
-    per = n // blocks
-    return [b * per + u for b in range(blocks) for u in units]
+def unit_channels(channels: int, blocks: int, units, offset: int = 0) -> list[int]:
+    """Root channels of the given units of a group of ``channels`` units in ``blocks`` runs,
+    starting ``offset`` channels in."""
+    return [offset + b * channels + u for b in range(blocks) for u in units]
 
 
 @dataclass
@@ -426,7 +440,7 @@ def breaking(analysis: Analysis, cuts: dict[int, list[int]]) -> dict[int, str]:
     return found
 
 
-def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves: set[str]) -> tuple[tp.DependencyGraph, list, list[int], dict[str, str], _trace.Tally]:
+def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves: set[str]) -> tuple[tp.DependencyGraph, list, list[tuple[int, int]], dict[str, str], _trace.Tally]:
     """The dependency graph and the groups that can be cut, with why others are left whole, and
     the model's MACs and params, counted during the trace.
 
@@ -458,9 +472,9 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves:
     by_head = [trusted.get(root) == len(g[0].channels) for g, root in zip(tp_groups, roots)]
     blocks = [_group_blocks(g, root in halves, head, runs) for g, root, head in zip(tp_groups, roots, by_head)]
     candidates = {
-        i: unit_channels(len(g[0].channels), b, [0])
-        for i, (g, b, head) in enumerate(zip(tp_groups, blocks, by_head))
-        if len(g[0].channels) > b and not head
+        i: unit_channels((len(g[0].channels) - offset) // b, b, [0], offset)
+        for i, (g, (b, offset), head) in enumerate(zip(tp_groups, blocks, by_head))
+        if len(g[0].channels) - offset > b and not head
     }
     unsafe = _unsafe(skeleton, inputs, graph, tp_groups, candidates, {})
     frozen |= {_root(graph, tp_groups[i]): error for i, error in unsafe.items()}
@@ -493,12 +507,12 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
     trusted = {root: attn.layout.width for root, attn in heads_of.items()}
     graph, traced, blocks, frozen, tally = _traced_groups(skeleton, inputs, trusted, halves)
     groups, tp_groups, source, attention, parts = [], [], {}, {}, {}
-    for tp_group, n_blocks in zip(traced, blocks):
+    for tp_group, (n_blocks, offset) in zip(traced, blocks):
         found = [m for m in map(partial(item_member, graph), tp_group) if m is not None]
         members = [(m["name"], "out" if m["out"] else "in") for m in found]
         root = _root(graph, tp_group)
         structure = structure_graph(graph, tp_group, labels)
-        channels = len(tp_group[0].channels) // n_blocks
+        channels = (len(tp_group[0].channels) - offset) // n_blocks
         for kind, n, owner in _units(root, channels, members, heads_of, mlps):
             fixed = None
             if owner:
@@ -507,7 +521,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
                 fixed = attn.fixed.get(kind)
             source[len(groups)] = len(tp_groups)
             if kind not in ("heads", "head_dim"):
-                parts[len(groups)] = _parts(tp_group, n_blocks)
-            groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks, fixed))
+                parts[len(groups)] = _parts(tp_group, n_blocks, offset)
+            groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks, fixed, offset))
         tp_groups.append(tp_group)
     return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention, (tally.macs, tally.params), frozen, parts)

@@ -111,6 +111,7 @@ class GroupPlan:
     keep: list[int]
     owner: str | None = None
     blocks: int = 1
+    offset: int = 0
 
 
 @dataclass
@@ -252,8 +253,8 @@ def _unit_scores(analysis: Analysis, channel: list[torch.Tensor]) -> dict[int, t
         if g.kind in ("heads", "head_dim"):
             units = _importance.attention_unit_scores(s, analysis.attention[g.owner])
             s = units.sum(1) if g.kind == "heads" else units.mean(0)
-        elif g.blocks > 1:  # one unit is a position in every block of a grouped convolution
-            s = s.view(g.blocks, g.channels).sum(0)
+        else:  # one unit is a position in every block of a grouped convolution
+            s = s[g.offset : g.offset + g.blocks * g.channels].view(g.blocks, g.channels).sum(0)
         scores[g.id] = s / s.mean().clamp_min(1e-30)
     return scores
 
@@ -386,7 +387,7 @@ def plan(
             fixed = gone | whole
             keep = choose(analysis, scores, r, scope, round_to, exclude=fixed)
             groups = [
-                GroupPlan(g.id, g.kind, g.signature, g.root, g.channels, 0.0 if g.id in fixed else r.for_group(g)[0], keep[g.id], g.owner, g.blocks)
+                GroupPlan(g.id, g.kind, g.signature, g.root, g.channels, 0.0 if g.id in fixed else r.for_group(g)[0], keep[g.id], g.owner, g.blocks, g.offset)
                 for g in analysis.groups
             ]
             draft = replace(template, ratios=asdict(r), groups=groups)

@@ -32,7 +32,7 @@ from timm.models import (
     cait, coat, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvim, efficientvit_mit,
     efficientvit_msra,
     fasternet, fastvit, focalnet, gcvit, gemma4_vit, hiera, hieradet_sam2, iformer, inception_next, levit, lowformer, mambaout, metaformer,
-    mlp_mixer, mvitv2, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
+    mlp_mixer, mobilevit, mvitv2, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
     attention2d, attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
@@ -1244,6 +1244,26 @@ def levit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     return {}
 
 
+# MobileViTv2's separable self-attention: one query channel scores the tokens, each key channel is
+# pooled by those scores and weighs its value channel
+
+
+def linear_self_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """MobileViTv2's ``LinearSelfAttention`` for the tracer. Its query, one channel, scores every
+    token; the tracer coupled it to all of the keys' channels it multiplies, and from them to the
+    values and on, until the walk diverged. The scores are taken detached: a key's channel is then
+    coupled to its value's (``offset`` of ``Group``: the query channel stays, keys and values go
+    in pairs). timm's models call it on one input (its cross-attention is not traced)."""
+    query, key, value = split_channels(self.qkv_proj(x), [1, self.embed_dim, self.embed_dim])
+    context = (key * F.softmax(query.detach(), dim=-1)).sum(dim=-1, keepdim=True)
+    return self.out_drop(self.out_proj(F.relu(value) * context))
+
+
+def resize_linear_self_attention(module: nn.Module, cut) -> None:
+    """``embed_dim``, which timm's forward splits the queries, keys and values by."""
+    module.embed_dim = module.out_proj.in_channels
+
+
 # CSATv2's spatial attention: the map's mean and maximum over its channels, pooled to 7x7, through
 # a convolution and a one-channel transformer, upsampled and multiplied into the map
 
@@ -1651,9 +1671,6 @@ def factor_attention_forward(self, x: torch.Tensor, size: tuple[int, int]) -> to
 
 class PrunedFactorAttnConvRelPosEnc(coat.FactorAttnConvRelPosEnc):
     forward = factor_attention_forward
-    # the heads the shared position encoding keeps: only the first block of a stage owns the
-    # heads' group and gets its fixup, so the others read their count there
-    num_heads = property(lambda self: sum(self.crpe.head_splits), lambda self, _: None)
 
 
 def conv_rel_pos_enc_forward(self, q: torch.Tensor, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -2085,6 +2102,8 @@ def register() -> None:
     register_resize(coat.ConvRelPosEnc, resize_conv_rel_pos_enc)
     register_trace_forward(coat.ConvPosEnc, conv_pos_enc_trace)
     register_trace_forward(coat.CoaT, coat_trace)
+    register_trace_forward(mobilevit.LinearSelfAttention, linear_self_attention_trace)
+    register_resize(mobilevit.LinearSelfAttention, resize_linear_self_attention)
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
         register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))
         register_trace_forward(cls, partial(_conv_attention, trace=True))

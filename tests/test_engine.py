@@ -348,12 +348,15 @@ def test_ghostnet_cuts_each_channel_with_its_cheap_copy():
 
 def test_coupled_root_channels_go_by_position_in_equal_runs():
     runs = lambda n, pairs: _groups._coupled_runs(n, np.array(pairs, dtype=np.int64).reshape(-1, 2).T)  # noqa: E731
-    assert runs(6, []) == 1
-    assert runs(6, [(0, 3), (1, 4), (2, 5)]) == 2
-    assert runs(6, [(0, 2), (2, 4), (1, 3), (5, 3)]) == 3  # found as chains, in any order
-    assert runs(6, [(0, 3), (1, 4)]) == 2  # channels 2 and 5, coupled to none, go together too
-    assert runs(8, [(0, 2), (1, 3), (4, 6), (5, 7)]) == 4  # ResNeSt's attention: [cardinality, radix, channels]
-    assert runs(6, [(0, 1), (2, 3), (4, 5)]) == 1  # neighbours, not positions in runs
+    assert runs(6, []) == (1, 0)
+    assert runs(6, [(0, 3), (1, 4), (2, 5)]) == (2, 0)
+    assert runs(6, [(0, 2), (2, 4), (1, 3), (5, 3)]) == (3, 0)  # found as chains, in any order
+    assert runs(6, [(0, 3), (1, 4)]) == (2, 0)  # channels 2 and 5, coupled to none, go together too
+    assert runs(8, [(0, 2), (1, 3), (4, 6), (5, 7)]) == (4, 0)  # ResNeSt's attention: [cardinality, radix, channels]
+    assert runs(6, [(0, 1), (2, 3), (4, 5)]) == (1, 0)  # neighbours, not positions in runs
+    # the runs start after channels coupled to none (MobileViTv2: a query channel, then keys and values)
+    assert runs(7, [(1, 4), (2, 5), (3, 6)]) == (2, 1)
+    assert runs(7, [(1, 4), (2, 6)]) == (1, 0)  # pairs out of line: no runs
 
 
 def test_weight_standardised_convolutions_are_cut_and_counted():
