@@ -16,23 +16,25 @@ from ._plan import PruningPlan, plan
 
 
 def _removed(analysis: Analysis, pruning: PruningPlan) -> dict[int, list[int]]:
-    """Root-channel indices to remove, per Torch-Pruning group of the analysis."""
+    """Root-channel indices to remove, per Torch-Pruning group of the analysis. A traced group
+    holds one group's units, an attention's heads and head dims, or both (a parallel block's MLP
+    hidden units and its attention)."""
     by_source: dict[int, dict] = {}
     for g in pruning.groups:
         by_source.setdefault(analysis.source[g.id], {})[g.kind] = g
     removed = {}
     for src, kinds in by_source.items():
+        drop = []
         if "heads" in kinds:
-            heads, dims = kinds["heads"], kinds["head_dim"]
+            heads, dims = kinds.pop("heads"), kinds.pop("head_dim")
             gone = torch.ones(heads.channels, dims.channels, dtype=torch.bool)
             gone[torch.as_tensor(heads.keep, dtype=torch.long)[:, None], torch.as_tensor(dims.keep, dtype=torch.long)] = False
-            drop = sorted(analysis.attention[heads.owner].channels()[:, gone].flatten().tolist())
-        else:
-            (g,) = kinds.values()
+            drop = analysis.attention[heads.owner].channels()[:, gone].flatten().tolist()
+        for g in kinds.values():
             kept = set(g.keep)
-            drop = unit_channels(g.channels, g.blocks, [u for u in range(g.channels) if u not in kept], g.offset)
+            drop += unit_channels(g.channels, g.blocks, [u for u in range(g.channels) if u not in kept], g.offset)
         if drop:
-            removed[src] = drop
+            removed[src] = sorted(drop)
     return removed
 
 

@@ -31,12 +31,14 @@ from ._errors import IsopruneError
 class Layout(NamedTuple):
     """How an attention projection's output channels hold its heads: ``[copies, heads, head_dim]``
     flattened (3 copies, query, key and value, in a fused qkv; 1 in a separate projection), or
-    ``[heads, copies, head_dim]`` where ``heads_first``."""
+    ``[heads, copies, head_dim]`` where ``heads_first``; ``offset`` channels in (a parallel block's
+    projection holds its MLP's hidden units first)."""
 
     heads: int
     head_dim: int
     copies: int
     heads_first: bool = False
+    offset: int = 0
 
     @property
     def width(self) -> int:
@@ -45,7 +47,7 @@ class Layout(NamedTuple):
 
     def channels(self) -> torch.Tensor:
         """The channel of every (copy, head, dim), as a ``[copies, heads, head_dim]`` tensor."""
-        grid = torch.arange(self.width)
+        grid = torch.arange(self.offset, self.offset + self.width)
         if self.heads_first:
             return grid.view(self.heads, self.copies, self.head_dim).transpose(0, 1)
         return grid.view(self.copies, self.heads, self.head_dim)
@@ -61,7 +63,8 @@ class AttentionSpec:
     query, key and value of every head (see ``Layout``; ``heads_first`` names the module's flag for
     the second order, or is True where every module of the type has it) or, where the module has
     none, ``separate`` names its query, key and value Linears, each ``[num_heads, head_dim]``; the
-    module keeps ``num_heads``.
+    module keeps ``num_heads``. ``offset(module)`` counts the qkv's channels before the queries,
+    which are another kind's: a parallel block's MLP hidden units (its ``mlp`` group).
     ``head_params`` names parameters that hold one slice per head (``(name, dim)``, e.g. Swin's
     relative position bias table; a dotted name reaches into a submodule), or is a function of the
     module giving them; the tracer leaves them out and they are cut with the heads.
@@ -90,6 +93,7 @@ class AttentionSpec:
     runs: Callable[[nn.Module], dict[str, int]] | None = None
     query_dim: Callable[[nn.Module], int] | None = None
     heads_attr: str = "num_heads"
+    offset: Callable[[nn.Module], int] | None = None
 
     def heads(self, module: nn.Module) -> int:
         return int(getattr(module, self.heads_attr))
@@ -107,12 +111,13 @@ class AttentionSpec:
         heads = self.heads(module)
         flag = self.heads_first
         heads_first = flag if isinstance(flag, bool) else bool(flag and getattr(module, flag))
-        widths = {name: _out_width(module.get_submodule(name)) for name in names}
+        offset = self.offset(module) if self.offset is not None else 0
+        widths = {name: _out_width(module.get_submodule(name)) - offset for name in names}
         if self.query_dim is not None:
             head_dim = self.query_dim(module)
         else:
             head_dim = min(widths.values()) // heads if names == self.separate else widths[names[0]] // (3 * heads)
-        return Layout(heads, head_dim, widths[projection or names[0]] // (heads * head_dim), heads_first)
+        return Layout(heads, head_dim, widths[projection or names[0]] // (heads * head_dim), heads_first, offset)
 
     def per_head(self, module: nn.Module) -> tuple[tuple[str, int], ...]:
         """The module's parameters that hold one slice per head, ``(name, dim)``."""
@@ -252,12 +257,12 @@ def cut_heads(module: nn.Module, spec: AttentionSpec, heads: list[int]) -> None:
         setattr(module.get_submodule(owner), attr, cut_tensor(param, dim, np.asarray(heads, dtype=np.int64)))
 
 
-def rescale_queries(module: nn.Module, head_dim: int, heads_first: bool = False, query: nn.Module | None = None) -> None:
+def rescale_queries(module: nn.Module, head_dim: int, heads_first: bool = False, query: nn.Module | None = None, rows=slice(None)) -> None:
     """The fused path (``F.scaled_dot_product_attention``) always scales by ``1/sqrt(head_dim)``, so
     after removing head dims we set ``scale`` to the new value and fold the ratio to the old one
-    (the module's ``scale`` until now) into the query rows (of the fused qkv, of ``q_proj``, or of
-    the layer ``query`` given): fused and unfused paths then compute exactly what the unpruned
-    model did."""
+    (the module's ``scale`` until now) into the query rows (of the fused qkv, of ``q_proj``, or the
+    ``rows`` of the layer ``query`` given): fused and unfused paths then compute exactly what the
+    unpruned model did."""
     old_scale = float(module.scale)
     module.scale = head_dim ** -0.5
     factor = old_scale / module.scale
@@ -271,7 +276,7 @@ def rescale_queries(module: nn.Module, head_dim: int, heads_first: bool = False,
         )
     qkv = getattr(module, "qkv", None)
     if query is not None or qkv is None:  # separate projections
-        query, rows = query if query is not None else module.q_proj, slice(None)
+        query = query if query is not None else module.q_proj
     else:  # the first copy of every head
         heads = _out_width(qkv) // (3 * head_dim)
         query, rows = qkv, Layout(heads, head_dim, 3, heads_first).channels()[0].flatten()

@@ -174,10 +174,12 @@ class _Heads(NamedTuple):
 
 def _units(root: str, channels: int, members, heads_of: dict[str, _Heads], mlps: set) -> list[tuple[str, int, str | None]]:
     """(kind, unit count, owner) for one traced group. An attention's qkv group yields two:
-    whole heads and head dims; the residual stream feeding attention is the embedding."""
+    whole heads and head dims (and, first, a parallel block's MLP hidden units, which its qkv
+    holds before the queries); the residual stream feeding attention is the embedding."""
     attn = heads_of.get(root)
-    if attn is not None and channels == attn.layout.width:
-        return [("heads", attn.layout.heads, attn.owner), ("head_dim", attn.layout.head_dim, attn.owner)]
+    if attn is not None and channels == attn.layout.offset + attn.layout.width:
+        heads = [("heads", attn.layout.heads, attn.owner), ("head_dim", attn.layout.head_dim, attn.owner)]
+        return [("mlp", attn.layout.offset, None)] * bool(attn.layout.offset) + heads
     if any(d == "in" and n in heads_of for n, d in members):
         return [("emb", channels, None)]
     mlp = next((m for m in _ancestors(root) if m in mlps), None)  # the layer may sit in a wrapper (conv + norm)
@@ -186,15 +188,14 @@ def _units(root: str, channels: int, members, heads_of: dict[str, _Heads], mlps:
     return [("channels", channels, None)]
 
 
-def _parts(tp_group, blocks: int, offset: int) -> list[np.ndarray]:
-    """The units of a group that a convolution or linear layer holds only some of, one array per
-    such layer (Res2Net's scales, InceptionNeXt's branches): removing them all would leave it
-    without channels."""
-    per = (len(tp_group[0].channels) - offset) // blocks
+def _parts(tp_group, per: int, blocks: int, offset: int) -> list[np.ndarray]:
+    """The units of a group (``per`` units in ``blocks`` runs from ``offset`` on) that a
+    convolution or linear layer holds only some of, one array per such layer (Res2Net's scales,
+    InceptionNeXt's branches): removing them all would leave it without channels."""
     parts = {}
     for item in tp_group:
         if isinstance(item.dep.target.module, (nn.modules.conv._ConvNd, nn.Linear)):
-            roots = item.roots[(item.roots != _coupling.NO_ROOT) & (item.roots >= offset)]
+            roots = item.roots[(item.roots >= offset) & (item.roots < offset + per * blocks)]  # NO_ROOT (-1) is before every group
             units = np.unique((roots - offset) % per)
             if 0 < len(units) < per:
                 parts[units.tobytes()] = units
@@ -504,7 +505,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
             mlps.add(name)
             if _arch.gated_layer(m):
                 halves.add(prefix(name, _arch.gated_layer(m)))
-    trusted = {root: attn.layout.width for root, attn in heads_of.items()}
+    trusted = {root: attn.layout.offset + attn.layout.width for root, attn in heads_of.items()}
     graph, traced, blocks, frozen, tally = _traced_groups(skeleton, inputs, trusted, halves)
     groups, tp_groups, source, attention, parts = [], [], {}, {}, {}
     for tp_group, (n_blocks, offset) in zip(traced, blocks):
@@ -521,7 +522,7 @@ def analyse(model: nn.Module, example_inputs=None, labels: str = "structure") ->
                 fixed = attn.fixed.get(kind)
             source[len(groups)] = len(tp_groups)
             if kind not in ("heads", "head_dim"):
-                parts[len(groups)] = _parts(tp_group, n_blocks, offset)
+                parts[len(groups)] = _parts(tp_group, n, n_blocks, offset)
             groups.append(Group(len(groups), kind, signature(structure, kind), root, n, members, owner, n_blocks, fixed, offset))
         tp_groups.append(tp_group)
     return Analysis(skeleton, graph, inputs, groups, tp_groups, source, attention, (tally.macs, tally.params), frozen, parts)

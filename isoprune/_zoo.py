@@ -40,7 +40,7 @@ from timm.layers import (
 )
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
-from timm.models import vision_transformer_relpos, vision_transformer_sam
+from timm.models import vision_transformer, vision_transformer_relpos, vision_transformer_sam
 from timm.models.csatv2 import SpatialAttention as CsatSpatialAttention  # timm.models.csatv2 is the model's entry point
 from torch import nn
 from torch_pruning.pruner import function
@@ -1244,6 +1244,81 @@ def levit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     return {}
 
 
+# Parallel ViT blocks (ViT-22B's): one projection holds an MLP's hidden units, then queries, keys and
+# values; attention (plain or differential) and MLP run side by side and are added to the stream together
+
+
+def _parallel_attention(self, qkv: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    q, k, v = split_heads(qkv, self.num_heads, 3)
+    dropout = self.attn_drop.p if self.training else 0.0
+    return F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal,
+                                          scale=self.scale)
+
+
+def _parallel_differential_attention(self, qkv: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    """As ``DiffAttention`` (``_differential``): a head's query and key are two sub-heads."""
+    q, k, v = qkv.chunk(3, dim=-1)
+    q, k = (split_heads(t, 2 * self.num_heads) for t in (q, k))
+    return _differential(self, q, k, split_heads(v, self.num_heads), attn_mask, is_causal)
+
+
+def _parallel_block(self, x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool, trace: bool, attention=_parallel_attention) -> torch.Tensor:
+    """timm ``ParallelScalingBlock``'s (and ``DiffParallelScalingBlock``'s) computation with its
+    attention as wide as its heads (timm reshapes it to the stream's width). For the tracer
+    (``trace``), the values of every head go to the output as ``value_heads`` has them,
+    ``Layout.offset`` past the hidden units."""
+    y = self.in_proj(self.in_norm(x))
+    hidden = self.in_split[0]
+    x_mlp = y[..., :hidden] if self.mlp_bias is None else y[..., :hidden] + self.mlp_bias
+    x_mlp = self.mlp_drop(self.mlp_act(x_mlp))
+    if trace:
+        x_attn = value_heads(y, Layout(self.num_heads, (y.shape[-1] - hidden) // (3 * self.num_heads), 3, offset=hidden), 2)
+    else:
+        x_attn = attention(self, y[..., hidden:], attn_mask, is_causal).transpose(1, 2).flatten(2)
+    if self.out_proj is not None:
+        out = self.out_proj(concat_channels([x_attn, x_mlp], 2) if trace else torch.cat((x_attn, x_mlp), dim=-1))
+    else:
+        out = self.attn_out_proj(x_attn) + self.mlp_out_proj(x_mlp)
+    return x + self.drop_path(self.ls(out))
+
+
+def parallel_block_trace(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    return _parallel_block(self, x, attn_mask, is_causal, trace=True)
+
+
+def parallel_block_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    return _parallel_block(self, x, attn_mask, is_causal, trace=False)
+
+
+def differential_parallel_block_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    return _parallel_block(self, x, attn_mask, is_causal, trace=False, attention=_parallel_differential_attention)
+
+
+class PrunedParallelScalingBlock(vision_transformer.ParallelScalingBlock):
+    forward = parallel_block_forward
+
+
+class PrunedDiffParallelScalingBlock(vision_transformer.DiffParallelScalingBlock):
+    forward = differential_parallel_block_forward
+
+
+def fix_differential_parallel_block(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """``in_split`` (hidden units, then queries, keys and values) and ``num_heads``; its head dims
+    stay (``diff_attention_fixed``)."""
+    width = len(heads) * len(dims)
+    module.in_split = [module.in_proj.out_features - 3 * width, width, width, width]
+    module.num_heads = len(heads)
+
+
+def fix_parallel_block(module: nn.Module, heads: list[int], dims: list[int]) -> None:
+    """As ``fix_differential_parallel_block``, and ``head_dim`` and ``scale`` (``rescale_queries``, on
+    the query rows of ``in_proj``)."""
+    fix_differential_parallel_block(module, heads, dims)
+    module.head_dim = len(dims)
+    hidden, width = module.in_split[:2]
+    rescale_queries(module, len(dims), query=module.in_proj, rows=slice(hidden, hidden + width))
+
+
 # MobileViTv2's separable self-attention: one query channel scores the tokens, each key channel is
 # pooled by those scores and weighs its value channel
 
@@ -2103,6 +2178,18 @@ def register() -> None:
     register_trace_forward(coat.ConvPosEnc, conv_pos_enc_trace)
     register_trace_forward(coat.CoaT, coat_trace)
     register_trace_forward(mobilevit.LinearSelfAttention, linear_self_attention_trace)
+    register_attention(
+        vision_transformer.ParallelScalingBlock,
+        AttentionSpec(qkv="in_proj", fixup=fix_parallel_block, fixed=lambda model, m: qk_norm_fixed(m), pruned=PrunedParallelScalingBlock,
+                      offset=lambda m: m.in_split[0]),
+    )
+    register_attention(
+        vision_transformer.DiffParallelScalingBlock,
+        AttentionSpec(qkv="in_proj", fixup=fix_differential_parallel_block, fixed=diff_attention_fixed, pruned=PrunedDiffParallelScalingBlock,
+                      offset=lambda m: m.in_split[0]),
+    )
+    for cls in (vision_transformer.ParallelScalingBlock, vision_transformer.DiffParallelScalingBlock):
+        register_trace_forward(cls, parallel_block_trace)
     register_resize(mobilevit.LinearSelfAttention, resize_linear_self_attention)
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
         register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))

@@ -16,7 +16,7 @@ import isoprune
 TINY = ["test_vit", "test_convnext", "test_resnet", "mobilenetv2_035", "swin_micro"]
 
 _MAXXVIT = dict(img_size=64, embed_dim=(16, 32), depths=(1, 1), stem_width=(8, 16), transformer_dim_head=8)
-
+_PARALLEL = dict(img_size=64, embed_dim=64, depth=2, num_heads=4, pretrained_cfg_overlay={"input_size": (3, 64, 64)})
 SMALL = {
     "swin_micro": ("swin_tiny_patch4_window7_224", dict(embed_dim=24, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4])),
     "beit_micro": ("beit_base_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)),
@@ -150,6 +150,11 @@ SMALL = {
                                                   pretrained_cfg_overlay={"input_size": (3, 128, 128)})),
     "mobilenetv4_hybrid_micro": ("mobilenetv4_hybrid_medium", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "nextvit_micro": ("nextvit_small", dict(depths=(1, 1, 5, 1), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    # parallel blocks (ViT-22B's): an MLP's hidden units and the qkv in one projection; with
+    # qk-norm, and with differential attention
+    "vit_parallel_micro": ("vit_pwee_patch16_reg1_gap_256", dict(_PARALLEL)),
+    "vit_parallel_qk_norm_micro": ("vit_base_patch16_xp_224", dict(_PARALLEL)),
+    "vit_parallel_diff_micro": ("vit_dpwee_patch16_reg1_gap_256", dict(_PARALLEL)),
     "mobilevitv2_micro": ("mobilevitv2_050", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
