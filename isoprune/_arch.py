@@ -172,8 +172,9 @@ def register_resize(cls: type, resize: Callable[[nn.Module, Cut], None]) -> None
 
 def register_runs(cls: type, runs: Callable[[nn.Module], dict[str, int]]) -> None:
     """``runs(module)`` names parameters of a module of ``cls`` that hold its channels in equal
-    runs it keeps equal, with how many (EvoNorm's groups, each normalised on its own): the group
-    that cuts them then removes the same positions from every run, as from a GroupNorm's."""
+    runs it keeps equal, with how many (EvoNorm's groups, each normalised on its own), or ``""`` for
+    the module's own outputs (a bidirectional LSTM's: both directions'): the group that cuts them
+    then removes the same positions from every run, as from a GroupNorm's."""
     _RUNS[cls] = runs
 
 
@@ -226,7 +227,7 @@ def channel_runs(model: nn.Module) -> dict[int, int]:
             found |= {id(m.get_submodule(name)): runs for name, runs in spec.runs(m).items()}
         runs = _lookup(_RUNS, m)
         if runs is not None:
-            found |= {id(m.get_parameter(name)): n for name, n in runs(m).items()}
+            found |= {id(m.get_parameter(name) if name else m): n for name, n in runs(m).items()}
     return found
 
 

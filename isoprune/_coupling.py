@@ -210,7 +210,7 @@ def pruning_group(graph: tp.DependencyGraph, module: nn.Module, pruning_fn, chan
 
 
 def all_groups(graph: tp.DependencyGraph, ignored_layers=(), diverged: dict | None = None, first=()) -> list[Members]:
-    """The full-channel group of every prunable conv and linear layer, as ``get_all_groups``
+    """The full-channel group of every prunable conv, linear and LSTM layer, as ``get_all_groups``
     yields them (the layers in ``first`` before the others): a layer already removed by an
     earlier group roots none of its own, and a group that would remove an ignored layer's
     outputs is left out. A walk that diverges (see ``Diverged``; a legitimate one never maps to
@@ -226,7 +226,7 @@ def all_groups(graph: tp.DependencyGraph, ignored_layers=(), diverged: dict | No
     preferred = [m for m in first if m in graph.module2node]
     early = {id(m) for m in preferred}
     for m in preferred + [m for m in graph.module2node if id(m) not in early]:
-        if not isinstance(m, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)) or id(m) in ignored:
+        if not isinstance(m, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM)) or id(m) in ignored:
             continue
         pruner = graph.get_pruner_of_module(m)
         channels = None if pruner is None else pruner.get_out_channels(m)

@@ -10,10 +10,11 @@ one numpy call, and a meta tensor is cut by making an empty one of the new shape
 
 Convolutions, linear layers, batch, layer and group norms and plain parameters are cut here, to
 the same shapes, values and attributes as Torch-Pruning's handlers (a test compares both on 13
-model families); every other handler (embeddings, PReLU, LSTM, multi-head attention, custom
-ones) runs as Torch-Pruning wrote it. Unlike Torch-Pruning, a cut parameter keeps its
-``requires_grad``: a frozen layer stays frozen; and a convolution's own per-output-channel
-parameters besides its bias (NFNet's ``gain``) are cut with its outputs.
+model families); LSTMs by ``LSTMCut``, which replaces Torch-Pruning's handler (see there); every
+other handler (embeddings, PReLU, multi-head attention, custom ones) runs as Torch-Pruning wrote
+it. Unlike Torch-Pruning, a cut parameter keeps its ``requires_grad``: a frozen layer stays
+frozen; and a convolution's own per-output-channel parameters besides its bias (NFNet's ``gain``)
+are cut with its outputs.
 """
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch_pruning import ops
 from torch_pruning.pruner import function
+
+from ._errors import IsopruneError
 
 
 def _kept(n: int, idxs: list[int]) -> np.ndarray:
@@ -155,6 +159,58 @@ CUTS: dict[Callable, Callable] = {
 }
 """Torch-Pruning layer handler -> the cut done here; one that returns False leaves it to the handler."""
 PARAMETER_CUTS = {function.prune_parameter_out_channels, function.prune_parameter_in_channels}
+
+
+def lstm_rows(lstm: nn.LSTM, units: np.ndarray):
+    """``(parameter name, dim, indices)`` of every slice of a one-layer LSTM that holds the hidden
+    ``units`` of both directions: their rows of the four gates (input, forget, cell, output) in the
+    input and recurrent weights and biases, and their columns of the recurrent weights."""
+    hidden = lstm.hidden_size
+    gates = np.concatenate([units + g * hidden for g in range(4)])
+    for suffix in ("", "_reverse")[: 1 + lstm.bidirectional]:
+        yield f"weight_ih_l0{suffix}", 0, gates
+        yield f"weight_hh_l0{suffix}", 0, gates
+        yield f"weight_hh_l0{suffix}", 1, units
+        if lstm.bias:
+            yield f"bias_ih_l0{suffix}", 0, gates
+            yield f"bias_hh_l0{suffix}", 0, gates
+
+
+class LSTMCut(function.LSTMPruner):
+    """A one-layer ``nn.LSTM``'s hidden units and inputs. Torch-Pruning's handler counts a
+    bidirectional LSTM's outputs as one direction's and cuts a hidden unit from one gate's rows
+    only (the LSTM it left did not run). Here the outputs are both directions', ``[forward, backward]``, a unit
+    one position in each (``_arch.channel_runs`` makes them two runs), and a unit goes from every
+    gate, its recurrent column and both directions."""
+
+    def get_out_channels(self, layer: nn.LSTM) -> int:
+        return layer.hidden_size * (1 + layer.bidirectional)
+
+    def prune_out_channels(self, layer: nn.LSTM, idxs: list[int]) -> nn.LSTM:
+        if layer.num_layers != 1 or layer.proj_size:
+            raise IsopruneError("only one-layer LSTMs without projections are cut", layers=layer.num_layers, proj_size=layer.proj_size)
+        keep = _kept(layer.hidden_size, sorted({i % layer.hidden_size for i in idxs}))
+        for name, dim, index in lstm_rows(layer, keep):
+            setattr(layer, name, cut_tensor(getattr(layer, name), dim, index))  # nn.LSTM's __setattr__ keeps its flat weights in step
+        layer.hidden_size = len(keep)
+        return layer
+
+    def prune_in_channels(self, layer: nn.LSTM, idxs: list[int]) -> nn.LSTM:
+        if layer.num_layers != 1:
+            raise IsopruneError("only one-layer LSTMs are cut", layers=layer.num_layers)
+        keep = _kept(layer.input_size, idxs)
+        for suffix in ("", "_reverse")[: 1 + layer.bidirectional]:
+            setattr(layer, f"weight_ih_l0{suffix}", cut_tensor(getattr(layer, f"weight_ih_l0{suffix}"), 1, keep))
+        layer.input_size = len(keep)
+        return layer
+
+
+def own_pruners(graph) -> None:
+    """Give a new dependency graph our handlers in place of Torch-Pruning's (``LSTMCut``), before it is built."""
+    graph.REGISTERED_PRUNERS[ops.OPTYPE.LSTM] = LSTMCut()
+    pruners = [p for p in graph.REGISTERED_PRUNERS.values() if p is not None]
+    graph._in_channel_pruning_fn = {p.prune_in_channels for p in pruners}
+    graph._out_channel_pruning_fn = {p.prune_out_channels for p in pruners}
 
 
 def cut_module(handler, module: nn.Module, idxs: list[int], dim: int) -> None:

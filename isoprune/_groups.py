@@ -280,7 +280,7 @@ def _coupled_runs(n: int, aliased: np.ndarray) -> tuple[int, int]:
     for channels in nx.connected_components(coupled):
         label[list(channels)] = min(channels)
     alone = np.bincount(label, minlength=n)[label] == 1
-    for offset in {0, int(np.argmin(alone)) if not alone.all() else 0}:
+    for offset in dict.fromkeys((0, int(np.argmin(alone)))):  # from the start, or from the first channel coupled to another
         m = n - offset
         for runs in (d for d in range(2, m // 2 + 1) if m % d == 0):
             position = np.arange(m) % (m // runs)

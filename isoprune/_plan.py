@@ -253,7 +253,7 @@ def _unit_scores(analysis: Analysis, channel: list[torch.Tensor]) -> dict[int, t
         if g.kind in ("heads", "head_dim"):
             units = _importance.attention_unit_scores(s, analysis.attention[g.owner])
             s = units.sum(1) if g.kind == "heads" else units.mean(0)
-        else:  # one unit is a position in every block of a grouped convolution
+        else:  # the group's channels from its offset on; a unit is a position in every run (of a grouped convolution...)
             s = s[g.offset : g.offset + g.blocks * g.channels].view(g.blocks, g.channels).sum(0)
         scores[g.id] = s / s.mean().clamp_min(1e-30)
     return scores

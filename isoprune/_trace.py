@@ -17,7 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import _arch, _shapes
+from . import _arch, _cut, _shapes
 from ._cut import one_input_per_group
 from ._errors import IsopruneError
 
@@ -345,7 +345,9 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
             # a tuple of inputs: given one tensor, Torch-Pruning first calls the model on it unpacked
             # (a batch of one becomes one unbatched image, which some layers accept and count)
             example = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-            graph = tp.DependencyGraph().build_dependency(skeleton, example, ignored_params=list(ignored_params), verbose=False)
+            graph = tp.DependencyGraph()
+            _cut.own_pruners(graph)
+            graph = graph.build_dependency(skeleton, example, ignored_params=list(ignored_params), verbose=False)
             _map_marked(graph)  # while the marks are held
             graph.token_layers = _cut_token_swaps(graph)
             marked_first = list(_arch.first_roots)
@@ -394,6 +396,21 @@ def _total(m: nn.Module, counted: dict) -> int:
     return m.__flops__ if m in counted else sum(_total(child, counted) for child in m.children())
 
 
+def _lstm_macs(lstm: nn.LSTM, inputs, _output) -> None:
+    """Torch-Pruning's count of an LSTM's step (its ``rnn_flops``, per direction and layer) times
+    the steps the LSTM ran: its tokens, all sequences'. Torch-Pruning's own multiplies by the
+    length and width of the first sequence instead (Sequencer's LSTMs counted 14 times over)."""
+    from torch_pruning.utils.op_counter import rnn_flops
+
+    x = inputs[0].data if isinstance(inputs[0], nn.utils.rnn.PackedSequence) else inputs[0]
+    step = 0
+    for i in range(lstm.num_layers):
+        step = rnn_flops(step, lstm, lstm.get_parameter(f"weight_ih_l{i}"), lstm.get_parameter(f"weight_hh_l{i}"), None)
+        if lstm.bias:
+            step += 2 * lstm.get_parameter(f"bias_ih_l{i}").shape[0]
+    lstm.__flops__ += step * (x.numel() // x.shape[-1]) * (1 + lstm.bidirectional)
+
+
 def _formula(m: nn.Module, formulas: dict):
     """Torch-Pruning's formula for a layer, by its type. Subclassed convolutions and linear
     layers (timm's weight-standardised and "same"-padded convolutions: NFNet, BiT, the TF
@@ -421,7 +438,7 @@ def counting(model: nn.Module, inputs: Inputs):
     formulas know counts as a whole; inside any other, its sublayers add up."""
     from torch_pruning.utils import op_counter
 
-    formulas = {**op_counter.MODULES_MAPPING, **op_counter.CUSTOM_MODULES_MAPPING}
+    formulas = {**op_counter.MODULES_MAPPING, nn.LSTM: _lstm_macs, **op_counter.CUSTOM_MODULES_MAPPING}
     counted = {m: f for m in model.modules() if (f := _formula(m, formulas)) is not None}
     calls = 0
 

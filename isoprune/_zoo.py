@@ -32,7 +32,7 @@ from timm.models import (
     cait, coat, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvim, efficientvit_mit,
     efficientvit_msra,
     fasternet, fastvit, focalnet, gcvit, gemma4_vit, hiera, hieradet_sam2, iformer, inception_next, levit, lowformer, mambaout, metaformer,
-    mlp_mixer, mobilevit, mvitv2, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
+    mlp_mixer, mobilevit, mvitv2, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet, sequencer, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
     attention2d, attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
@@ -1244,6 +1244,42 @@ def levit_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     return {}
 
 
+# Sequencer: bidirectional LSTMs along the columns and along the rows of a [batch, height, width,
+# channels] map, their outputs concatenated (``LSTM2d``); ``_cut.LSTMCut`` cuts their hidden units
+
+
+def rnn2d_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """Sequencer's ``RNN2dBase`` for the tracer. timm reshapes each LSTM's output back to the map
+    before it concatenates them, and the tracer read the reshape of the rows' LSTM as mapping its
+    outputs onto twice as many channels (the concatenation's). Here both LSTMs run along the rows
+    (the tracer follows channels, which do not care in what order the tokens come, and an LSTM's
+    MACs are counted per token), their outputs are joined as they return them in a marked
+    concatenation, and the map is made once after it."""
+    batch, height, width, channels = x.shape
+    rows = x.reshape(-1, width, channels)
+    parts = [lstm(rows)[0] for lstm, used in ((self.rnn_v, self.with_vertical), (self.rnn_h, self.with_horizontal)) if used]
+    x = concat_channels(parts, 2) if len(parts) == 2 and self.union == "cat" else sum(parts)
+    x = x.reshape(batch, height, width, -1)
+    return self.fc(x) if self.fc is not None else x
+
+
+def lstm_trace(self, x: torch.Tensor, hx=None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``nn.LSTM`` for the tracer: a linear map of its inputs onto its outputs (both directions'),
+    so that the tracer takes it for one layer, as it does a real LSTM. On the meta device torch
+    runs an LSTM step by step, gate by gate, and the tracer followed every step as ops of their own."""
+    directions, width = 1 + self.bidirectional, self.proj_size or self.hidden_size
+    batch = () if x.dim() == 2 else (x.shape[0 if self.batch_first else 1],)
+    state = x.new_zeros(self.num_layers * directions, *batch, width)
+    return F.linear(x, x.new_zeros(directions * width, x.shape[-1])), (state, state)
+
+
+def resize_rnn2d(module: nn.Module, cut) -> None:
+    """``input_size``, ``hidden_size`` and ``output_size``, as its LSTMs now have them."""
+    lstm = next(m for m in (module.rnn_v, module.rnn_h) if isinstance(m, nn.LSTM))
+    module.input_size, module.hidden_size = lstm.input_size, lstm.hidden_size
+    module.output_size = lstm.hidden_size * (1 + lstm.bidirectional)
+
+
 # Parallel ViT blocks (ViT-22B's): one projection holds an MLP's hidden units, then queries, keys and
 # values; attention (plain or differential) and MLP run side by side and are added to the stream together
 
@@ -2303,6 +2339,10 @@ def register() -> None:
     for cls in (evo_norm.EvoNorm2dS0, evo_norm.EvoNorm2dS1, evo_norm.EvoNorm2dS2):  # and their "a" subclasses
         register_trace_forward(cls, evo_norm_trace)
         register_runs(cls, evo_norm_runs)
+    register_runs(nn.LSTM, lambda m: {"": 2} if m.bidirectional else {})
+    register_trace_forward(sequencer.RNN2dBase, rnn2d_trace)
+    register_trace_forward(nn.LSTM, lstm_trace)
+    register_resize(sequencer.RNN2dBase, resize_rnn2d)
     register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)
     register_trace_forward(mlp_mixer.ResBlock, res_block_trace)
     register_trace_forward(mlp_mixer.SpatialGatingUnit, spatial_gating_trace)

@@ -155,6 +155,8 @@ SMALL = {
     "vit_parallel_micro": ("vit_pwee_patch16_reg1_gap_256", dict(_PARALLEL)),
     "vit_parallel_qk_norm_micro": ("vit_base_patch16_xp_224", dict(_PARALLEL)),
     "vit_parallel_diff_micro": ("vit_dpwee_patch16_reg1_gap_256", dict(_PARALLEL)),
+    "sequencer_micro": ("sequencer2d_s", dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 32, 48], hidden_sizes=[8, 16, 16, 16], img_size=56,
+                                             pretrained_cfg_overlay={"input_size": (3, 56, 56)})),
     "mobilevitv2_micro": ("mobilevitv2_050", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
