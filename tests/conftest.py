@@ -276,6 +276,21 @@ def assert_equivalent(model: nn.Module, ratios, atol: float = 1e-5, changes: flo
     return plan
 
 
+def assert_saved_and_applied_again(name: str, ratios, tmp_path) -> None:
+    """The model ``make`` builds for ``name``, pruned by ``ratios``: saved and loaded again
+    (``isoprune.save``, ``isoprune.load``), and its plan saved, loaded and applied to a fresh one;
+    both compute what it does."""
+    model = make(name)
+    plan = isoprune.plan(model, ratios)
+    again = isoprune.apply_plan(make(name), isoprune.PruningPlan.load(plan.save(tmp_path / "plan.yaml")))
+    isoprune.apply_plan(model, plan)
+    loaded = isoprune.load(isoprune.save(model, tmp_path / "m", plan=plan, base=base_of(name)))
+    x = inputs_for(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x))
+        torch.testing.assert_close(again(x), model(x))
+
+
 def assert_counts_what_timm_runs(model: nn.Module, ratios) -> None:
     """The MACs isoprune counts (on its trace, and in the plan) are those Torch-Pruning's counter
     finds on the model's own forward, before and after pruning; the cut removes some."""

@@ -9,7 +9,7 @@ import torch
 from timm.models.mobilevit import LinearSelfAttention
 
 import isoprune
-from conftest import assert_counts_what_timm_runs, assert_equivalent, base_of, inputs_for, lively, make
+from conftest import assert_counts_what_timm_runs, assert_equivalent, assert_saved_and_applied_again, inputs_for, lively, make
 from isoprune import _groups
 
 
@@ -58,16 +58,8 @@ def test_query_channel_scores_count_for_no_unit():
 
 
 def test_a_saved_model_and_plan_load_again(tmp_path):
-    model = make("mobilevitv2_micro")
-    signature = attention_groups(_groups.analyse(model))[0].signature
-    plan = isoprune.plan(model, isoprune.Ratios(default=0.3, overrides={signature: 0.5}))
-    again = isoprune.apply_plan(make("mobilevitv2_micro"), isoprune.PruningPlan.load(plan.save(tmp_path / "plan.yaml")))
-    isoprune.apply_plan(model, plan)
-    loaded = isoprune.load(isoprune.save(model, tmp_path / "m", plan=plan, base=base_of("mobilevitv2_micro")))
-    x = inputs_for(model)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(x), model(x))
-        torch.testing.assert_close(again(x), model(x))
+    signature = attention_groups(_groups.analyse(make("mobilevitv2_micro")))[0].signature
+    assert_saved_and_applied_again("mobilevitv2_micro", isoprune.Ratios(default=0.3, overrides={signature: 0.5}), tmp_path)
 
 
 def test_macs_count_what_timm_runs():

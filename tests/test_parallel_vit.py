@@ -7,11 +7,10 @@ coupled timm's reshapes onto channels the layers do not have and left every bloc
 import functools
 
 import pytest
-import torch
 from timm.models.vision_transformer import DiffParallelScalingBlock, ParallelScalingBlock
 
 import isoprune
-from conftest import assert_counts_what_timm_runs, assert_equivalent, base_of, inputs_for, lively, make
+from conftest import assert_counts_what_timm_runs, assert_equivalent, assert_saved_and_applied_again, lively, make
 from isoprune import _groups
 
 MODELS = ["vit_parallel_micro", "vit_parallel_qk_norm_micro", "vit_parallel_diff_micro"]
@@ -71,12 +70,4 @@ def test_macs_count_what_timm_runs(name):
 
 
 def test_a_pruned_model_and_its_plan_load_again(tmp_path):
-    model = make("vit_parallel_micro")
-    plan = isoprune.plan(model, isoprune.Ratios(emb=0.25, heads=0.5, head_dim=0.25, mlp=0.5))
-    again = isoprune.apply_plan(make("vit_parallel_micro"), isoprune.PruningPlan.load(plan.save(tmp_path / "plan.yaml")))
-    isoprune.apply_plan(model, plan)
-    loaded = isoprune.load(isoprune.save(model, tmp_path / "m", plan=plan, base=base_of("vit_parallel_micro")))
-    x = inputs_for(model)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(x), model(x))
-        torch.testing.assert_close(again(x), model(x))
+    assert_saved_and_applied_again("vit_parallel_micro", isoprune.Ratios(emb=0.25, heads=0.5, head_dim=0.25, mlp=0.5), tmp_path)

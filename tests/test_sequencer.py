@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import isoprune
-from conftest import assert_equivalent, base_of, inputs_for, lively, make
+from conftest import assert_equivalent, assert_saved_and_applied_again, lively, make
 from isoprune import _groups
 
 
@@ -79,12 +79,4 @@ def test_an_lstm_of_two_layers_is_left_whole():
 
 
 def test_a_pruned_model_and_its_plan_load_again(tmp_path):
-    model = make("sequencer_micro")
-    plan = isoprune.plan(model, 0.4)
-    again = isoprune.apply_plan(make("sequencer_micro"), isoprune.PruningPlan.load(plan.save(tmp_path / "plan.yaml")))
-    isoprune.apply_plan(model, plan)
-    loaded = isoprune.load(isoprune.save(model, tmp_path / "m", plan=plan, base=base_of("sequencer_micro")))
-    x = inputs_for(model)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(x), model(x))
-        torch.testing.assert_close(again(x), model(x))
+    assert_saved_and_applied_again("sequencer_micro", 0.4, tmp_path)
