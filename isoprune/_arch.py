@@ -415,11 +415,11 @@ def split_heads(projected: torch.Tensor, heads: int, copies: int = 1) -> torch.T
     return split[0] if copies == 1 else split
 
 
-def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Fused attention at the module's ``scale`` (plus ``bias``, if given, before the softmax),
-    with its dropout (if it has one) while training."""
+def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    """Fused attention at the module's ``scale`` (plus ``bias``, if given, before the softmax;
+    causal, if asked), with its dropout (if it has one) while training."""
     dropout = self.attn_drop.p if self.training and hasattr(self, "attn_drop") else 0.0
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=is_causal, scale=self.scale)
 
 
 def project(self, x: torch.Tensor) -> torch.Tensor:

@@ -1286,9 +1286,7 @@ def resize_rnn2d(module: nn.Module, cut) -> None:
 
 def _parallel_attention(self, qkv: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
     q, k, v = split_heads(qkv, self.num_heads, 3)
-    dropout = self.attn_drop.p if self.training else 0.0
-    return F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal,
-                                          scale=self.scale)
+    return attend(self, self.q_norm(q), self.k_norm(k), v, attn_mask, is_causal)
 
 
 def _parallel_differential_attention(self, qkv: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
@@ -2214,6 +2212,7 @@ def register() -> None:
     register_trace_forward(coat.ConvPosEnc, conv_pos_enc_trace)
     register_trace_forward(coat.CoaT, coat_trace)
     register_trace_forward(mobilevit.LinearSelfAttention, linear_self_attention_trace)
+    register_resize(mobilevit.LinearSelfAttention, resize_linear_self_attention)
     register_attention(
         vision_transformer.ParallelScalingBlock,
         AttentionSpec(qkv="in_proj", fixup=fix_parallel_block, fixed=lambda model, m: qk_norm_fixed(m), pruned=PrunedParallelScalingBlock,
@@ -2226,7 +2225,6 @@ def register() -> None:
     )
     for cls in (vision_transformer.ParallelScalingBlock, vision_transformer.DiffParallelScalingBlock):
         register_trace_forward(cls, parallel_block_trace)
-    register_resize(mobilevit.LinearSelfAttention, resize_linear_self_attention)
     for cls, pruned in ((lowformer.ConvAttention, PrunedLowFormerAttention), (cpubone.ConvAttention, PrunedCPUBoneAttention)):
         register_attention(cls, AttentionSpec(qkv="pwise", heads_first=True, fixup=fix_conv_attention, pruned=pruned))
         register_trace_forward(cls, partial(_conv_attention, trace=True))
