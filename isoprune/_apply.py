@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from . import _arch, _trace
-from ._cut import lstm_rows
 from ._errors import IsopruneError
 from ._depth import DepthPlan, apply_depth, check_depth, inside
 from ._groups import Analysis, Op, analyse, cut_ops, removed_outputs, run_ops, unit_channels
@@ -204,20 +203,15 @@ def zero_out(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.
 
     Where no normalisation spans the removed channels, the zeroed model computes exactly what the
     pruned one does; LayerNorm over the embedding is the exception (its statistics change). An
-    LSTM's removed hidden units are zeroed in every gate and in the recurrence: they stay at zero
-    and move no other unit.
+    LSTM's removed hidden units are zeroed in every gate and in the recurrence (``member_tensors``):
+    they stay at zero and move no other unit.
     """
     ops = _plan_ops(model, pruning, example_inputs)
     with torch.no_grad():
         for op in ops:
-            for tensor, dim in member_tensors(model, op.name, param=op.param, out=op.out, dim=op.dim):
-                tensor.index_fill_(dim, torch.as_tensor(op.idxs, dtype=torch.long, device=tensor.device), 0.0)
-            lstm = model.get_submodule(op.name) if op.out and not op.param else None
-            if isinstance(lstm, nn.LSTM):
-                units = np.unique(np.asarray(op.idxs) % lstm.hidden_size)
-                for name, dim, index in lstm_rows(lstm, units):
-                    tensor = lstm.get_parameter(name)
-                    tensor.index_fill_(dim, torch.as_tensor(index, device=tensor.device), 0.0)
+            for slot in member_tensors(model, op.name, param=op.param, out=op.out, dim=op.dim):
+                _, positions = slot.positions(np.asarray(op.idxs, dtype=np.int64))
+                slot.tensor.index_fill_(slot.dim, torch.from_numpy(positions).to(slot.tensor.device), 0.0)
         for owner, keep in _attention_kept(pruning).items():  # and the slices of removed heads
             module = model.get_submodule(owner)
             spec = _arch.attention_spec(module)

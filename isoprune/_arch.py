@@ -172,9 +172,10 @@ def register_resize(cls: type, resize: Callable[[nn.Module, Cut], None]) -> None
 
 def register_runs(cls: type, runs: Callable[[nn.Module], dict[str, int]]) -> None:
     """``runs(module)`` names parameters of a module of ``cls`` that hold its channels in equal
-    runs it keeps equal, with how many (EvoNorm's groups, each normalised on its own), or ``""`` for
-    the module's own outputs (a bidirectional LSTM's: both directions'): the group that cuts them
-    then removes the same positions from every run, as from a GroupNorm's."""
+    runs it keeps equal, with how many (EvoNorm's groups, each normalised on its own), or
+    submodules whose outputs do (``""``: the module's own; a bidirectional LSTM's, both
+    directions'): the group that cuts them then removes the same positions from every run, as
+    from a GroupNorm's."""
     _RUNS[cls] = runs
 
 
@@ -227,8 +228,16 @@ def channel_runs(model: nn.Module) -> dict[int, int]:
             found |= {id(m.get_submodule(name)): runs for name, runs in spec.runs(m).items()}
         runs = _lookup(_RUNS, m)
         if runs is not None:
-            found |= {id(m.get_parameter(name) if name else m): n for name, n in runs(m).items()}
+            found |= {id(_part(m, name)): n for name, n in runs(m).items()}
     return found
+
+
+def _part(module: nn.Module, name: str) -> nn.Module | torch.Tensor:
+    """The submodule or parameter of ``module`` that ``name`` names."""
+    try:
+        return module.get_submodule(name)
+    except AttributeError:
+        return module.get_parameter(name)
 
 
 def settle(model: nn.Module, removed: dict[str, list[int]] | None = None) -> None:
@@ -372,6 +381,18 @@ def concat_channels(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     return out
 
 
+channel_flattens: list = []
+"""``(autograd node, stride)`` of the flattens ``flatten_channels`` makes, for ``build_graph``."""
+
+
+def flatten_channels(x: torch.Tensor) -> torch.Tensor:
+    """``x.flatten(-2)`` in a trace forward, ``[..., channels, k]`` to ``[..., channels * k]``,
+    marked: ``build_graph`` maps channel ``c`` onto ``c * k`` up to ``c * k + k - 1``."""
+    out = x.flatten(-2)
+    channel_flattens.append((out.grad_fn, x.shape[-1]))
+    return out
+
+
 first_roots: list = []
 """Layers trace forwards name to root the group of their outputs before other layers do."""
 
@@ -397,6 +418,20 @@ def mix_tokens(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     back = layer(into).transpose(1, 2)
     token_swaps.append((into.grad_fn, back.grad_fn))
     return back
+
+
+held_outputs: list = []
+"""The autograd nodes of the sums ``held`` makes, for ``build_graph``."""
+
+
+def held(x: torch.Tensor) -> torch.Tensor:
+    """A zero to add, in a trace forward, to what ``x`` weighs: the output of layers that compute
+    not channels but weights for another layer (CondConv's routing: one weight per expert). The
+    tracer reaches the layers that make ``x``, so that their inputs are cut with the channels they
+    read; ``build_graph`` cuts every coupling through the marked sum, and no group cuts their outputs."""
+    total = x.sum()
+    held_outputs.append(total.grad_fn)
+    return total * 0
 
 
 def glu_mlp_trace(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,8 @@ from torch_pruning.dependency import index_mapping as maps
 from torch_pruning.dependency.dependency import Dependency
 from torch_pruning.pruner import function
 
+from ._cut import CONVS
+
 NO_ROOT = -1  # a channel no root channel maps to (Torch-Pruning's None: key/value heads repeated)
 
 
@@ -123,7 +125,7 @@ def _merge(graph: tp.DependencyGraph, found: list) -> Members:
         first = _first_of_each(idx)
         items.append(Item(dep, idx[first], root[first]))
         # a channel reached again, of a layer (reshapes fold channels together without coupling them)
-        if len(first) < len(idx) and isinstance(dep.target.module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
+        if len(first) < len(idx) and isinstance(dep.target.module, (*CONVS, tp.ops.TORCH_LINEAR)):
             aliased.append(_aliases(idx, root))
     items.aliased = np.concatenate(aliased, axis=1) if aliased else np.empty((2, 0), dtype=np.int64)
     return items
@@ -151,9 +153,9 @@ def _first_of_each(values: np.ndarray) -> np.ndarray:
 
 
 LIMIT = 1 << 20
-"""The most channels a walk may map onto, whatever the widest parameter: CondConv's experts keep
-their kernels flattened in one parameter (millions wide), and walks mapped onto that many ran out
-of memory before they diverged."""
+"""The most channels a walk may map onto, whatever the widest parameter: a layer the tracer does
+not know may keep its kernels flattened in one parameter (millions wide; CondConv's experts did,
+before ``_cut.CondConvCut``), and walks mapped onto that many ran out of memory before they diverged."""
 
 
 def _widest(graph: tp.DependencyGraph) -> int:
@@ -226,7 +228,7 @@ def all_groups(graph: tp.DependencyGraph, ignored_layers=(), diverged: dict | No
     preferred = [m for m in first if m in graph.module2node]
     early = {id(m) for m in preferred}
     for m in preferred + [m for m in graph.module2node if id(m) not in early]:
-        if not isinstance(m, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM)) or id(m) in ignored:
+        if not isinstance(m, (*CONVS, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM)) or id(m) in ignored:
             continue
         pruner = graph.get_pruner_of_module(m)
         channels = None if pruner is None else pruner.get_out_channels(m)

@@ -10,43 +10,53 @@ one numpy call, and a meta tensor is cut by making an empty one of the new shape
 
 Convolutions, linear layers, batch, layer and group norms and plain parameters are cut here, to
 the same shapes, values and attributes as Torch-Pruning's handlers (a test compares both on 13
-model families); LSTMs by ``LSTMCut``, which replaces Torch-Pruning's handler (see there); every
-other handler (embeddings, PReLU, multi-head attention, custom ones) runs as Torch-Pruning wrote
-it. Unlike Torch-Pruning, a cut parameter keeps its ``requires_grad``: a frozen layer stays
+model families); LSTMs by ``LSTMCut``, which replaces Torch-Pruning's handler (see there), and
+timm's ``CondConv2d`` by ``CondConvCut``, which Torch-Pruning has none for; every other handler
+(embeddings, PReLU, multi-head attention, custom ones) runs as Torch-Pruning wrote it. Unlike Torch-Pruning, a cut parameter keeps its ``requires_grad``: a frozen layer stays
 frozen; and a convolution's own per-output-channel parameters besides its bias (NFNet's ``gain``)
 are cut with its outputs.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import numpy as np
 import torch
+from timm.layers import CondConv2d
 from torch import nn
 from torch_pruning import ops
 from torch_pruning.pruner import function
 
 from ._errors import IsopruneError
 
+CONVS = (nn.modules.conv._ConvNd, CondConv2d)
+"""Convolutions: torch's, and timm's ``CondConv2d``, whose experts' kernels are mixed per sample."""
+
 
 def _kept(n: int, idxs: list[int]) -> np.ndarray:
     return np.delete(np.arange(n), idxs)
 
 
-def cut_tensor(t: torch.Tensor, dim: int, keep: np.ndarray) -> torch.Tensor:
+def cut_tensor(t: torch.Tensor, dim: int, keep: np.ndarray, shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """``t`` with only the ``keep`` positions along ``dim``: a parameter stays a parameter (with
-    its gradient cut alike), and a meta tensor is a new empty one."""
+    its gradient cut alike), and a meta tensor is a new empty one. Given ``shape``, ``t`` is read
+    as that shape and flattened back behind its first dim once cut (``CondConv2d`` keeps each
+    expert's kernel as one row)."""
+    view = t if shape is None else t.view(shape)
     if t.device.type == "meta":
-        shape = list(t.shape)
-        shape[dim] = len(keep)
-        new = torch.empty(shape, dtype=t.dtype, device="meta")
+        size = list(view.shape)
+        size[dim] = len(keep)
+        new = torch.empty(size, dtype=t.dtype, device="meta")
     else:
-        new = t.detach().index_select(dim, torch.from_numpy(keep).to(t.device))
+        new = view.detach().index_select(dim, torch.from_numpy(keep).to(t.device))
+    if shape is not None:
+        new = new.reshape(len(t), -1)
     if not isinstance(t, nn.Parameter):
         return new
     param = nn.Parameter(new, requires_grad=t.requires_grad)
     if t.grad is not None:
-        param.grad = cut_tensor(t.grad, dim, keep)
+        param.grad = cut_tensor(t.grad, dim, keep, shape)
     return param
 
 
@@ -205,10 +215,77 @@ class LSTMCut(function.LSTMPruner):
         return layer
 
 
+def cond_conv_shapes(conv: CondConv2d) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes a ``CondConv2d``'s weight and bias are read as: ``[experts, out, in / groups,
+    *kernel]`` and ``[experts, out]``."""
+    return (conv.num_experts, *conv.weight_shape), (conv.num_experts, conv.out_channels)
+
+
+class CondConvCut(function.BasePruningFunc):
+    """timm's ``CondConv2d`` (CondConv EfficientNets): a convolution whose kernel is a per-sample
+    mix of its experts' kernels, each kept flattened in one row of its weight (and bias). A
+    channel goes from every expert."""
+
+    def get_out_channels(self, layer: CondConv2d) -> int:
+        return layer.out_channels
+
+    def get_in_channels(self, layer: CondConv2d) -> int:
+        return layer.in_channels
+
+    def prune_out_channels(self, layer: CondConv2d, idxs: list[int]) -> CondConv2d:
+        keep = _kept(layer.out_channels, idxs)
+        weight, bias = cond_conv_shapes(layer)
+        layer.weight = cut_tensor(layer.weight, 1, keep, weight)
+        if layer.bias is not None:
+            layer.bias = cut_tensor(layer.bias, 1, keep, bias)
+        layer.out_channels = len(keep)
+        self._reshape(layer)
+        return layer
+
+    def prune_in_channels(self, layer: CondConv2d, idxs: list[int]) -> CondConv2d:
+        keep = _kept(layer.in_channels, idxs)
+        layer.in_channels = len(keep)
+        if layer.groups > 1:  # as ``_conv_in``: the first group's share
+            keep = keep[: len(keep) // layer.groups]
+        layer.weight = cut_tensor(layer.weight, 2, keep, cond_conv_shapes(layer)[0])
+        self._reshape(layer)
+        return layer
+
+    @staticmethod
+    def _reshape(layer: CondConv2d) -> None:
+        layer.weight_shape = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
+        if layer.bias is not None:
+            layer.bias_shape = (layer.out_channels,)
+
+
+class DepthwiseCondConvCut(CondConvCut):
+    """A depthwise ``CondConv2d``: an input goes with its output, as for a depthwise convolution."""
+
+    def prune_out_channels(self, layer: CondConv2d, idxs: list[int]) -> CondConv2d:
+        layer.in_channels = layer.groups = layer.out_channels - len(idxs)
+        return super().prune_out_channels(layer, idxs)
+
+    prune_in_channels = prune_out_channels
+
+
+_COND_CONV, _DEPTHWISE_COND_CONV = CondConvCut(), DepthwiseCondConvCut()
+
+
+def _pruner_of(graph, module: nn.Module):
+    """``DependencyGraph.get_pruner_of_module`` that tells a depthwise ``CondConv2d`` from others
+    (Torch-Pruning picks a custom layer's handler by its class)."""
+    if isinstance(module, CondConv2d):
+        return _DEPTHWISE_COND_CONV if 1 < module.groups == module.in_channels == module.out_channels else _COND_CONV
+    return type(graph).get_pruner_of_module(graph, module)
+
+
 def own_pruners(graph) -> None:
-    """Give a new dependency graph our handlers in place of Torch-Pruning's (``LSTMCut``), before it is built."""
+    """Give a new dependency graph our handlers in place of Torch-Pruning's (``LSTMCut``) and
+    those it has none for (``CondConvCut``), before it is built."""
     graph.REGISTERED_PRUNERS[ops.OPTYPE.LSTM] = LSTMCut()
-    pruners = [p for p in graph.REGISTERED_PRUNERS.values() if p is not None]
+    graph.CUSTOMIZED_PRUNERS[CondConv2d] = _COND_CONV  # its modules are hooked; ``_pruner_of`` picks the handler
+    graph.get_pruner_of_module = partial(_pruner_of, graph)
+    pruners = [p for p in [*graph.REGISTERED_PRUNERS.values(), _COND_CONV, _DEPTHWISE_COND_CONV] if p is not None]
     graph._in_channel_pruning_fn = {p.prune_in_channels for p in pruners}
     graph._out_channel_pruning_fn = {p.prune_out_channels for p in pruners}
 

@@ -106,7 +106,7 @@ def _label(graph, node, direction: str, labels: str) -> str:
         text = type(module).__name__
         if labels != "type" and module in graph.token_layers:  # it mixes tokens (MLP-Mixer's token MLP)
             text += ":tokens"
-        if labels != "type" and isinstance(module, nn.modules.conv._ConvNd):
+        if labels != "type" and isinstance(module, _cut.CONVS):
             text += f":k{'x'.join(map(str, module.kernel_size))}"
             if module.groups > 1:
                 text += ":dw" if module.groups == module.in_channels == module.out_channels else f":g{module.groups}"
@@ -194,7 +194,7 @@ def _parts(tp_group, per: int, blocks: int, offset: int) -> list[np.ndarray]:
     InceptionNeXt's branches): removing them all would leave it without channels."""
     parts = {}
     for item in tp_group:
-        if isinstance(item.dep.target.module, (nn.modules.conv._ConvNd, nn.Linear)):
+        if isinstance(item.dep.target.module, (*_cut.CONVS, nn.Linear)):
             roots = item.roots[(item.roots >= offset) & (item.roots < offset + per * blocks)]  # NO_ROOT (-1) is before every group
             units = np.unique((roots - offset) % per)
             if 0 < len(units) < per:
@@ -239,7 +239,7 @@ def _root_runs(item, split: int, n: int) -> int:
 def _member_width(item) -> int | None:
     """How many channels a group member has in the direction it is cut (None: not a layer that says)."""
     layer, out = item.dep.target.module, item.dep.handler.__name__ == "prune_out_channels"
-    if isinstance(layer, nn.modules.conv._ConvNd):
+    if isinstance(layer, _cut.CONVS):
         return layer.out_channels if out else layer.in_channels
     if isinstance(layer, nn.Linear):
         return layer.out_features if out else layer.in_features
@@ -255,7 +255,7 @@ def _member_runs(item, runs: dict[int, int]) -> int:
     layer = item.dep.target.module
     if id(layer) in runs and item.dep.handler.__name__ == "prune_out_channels":
         return runs[id(layer)]
-    if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1 and not _cut.one_input_per_group(layer):
+    if isinstance(layer, _cut.CONVS) and layer.groups > 1 and not _cut.one_input_per_group(layer):
         return layer.groups
     if isinstance(layer, nn.GroupNorm):
         return layer.num_groups
@@ -370,9 +370,9 @@ def _misfits(graph: tp.DependencyGraph, skeleton: nn.Module, tp_groups: list) ->
             member = item_member(graph, item)
             if member is None or not len(item.channels):
                 continue
-            tensors = member_tensors(skeleton, **member)
-            if any(item.channels.max() >= t.shape[dim] for t, dim in tensors):
-                wide = [d for d, size in enumerate(tensors[0][0].shape) if size == item.channels.max() + 1]
+            slots = member_tensors(skeleton, **member)
+            if slots and item.channels.max() >= max(s.start + s.tensor.shape[s.dim] for s in slots):
+                wide = [d for d, size in enumerate(slots[0].tensor.shape) if size == item.channels.max() + 1]
                 if member["param"] and len(wide) == 1:
                     item.dep.target.pruning_dim = wide[0]
                     continue
@@ -390,7 +390,7 @@ def _conv_misfit(model: nn.Module) -> str | None:
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear) and not (m.in_features and m.out_features):
             return f"{name}: no channels left"
-        if isinstance(m, nn.modules.conv._ConvNd):
+        if isinstance(m, _cut.CONVS):
             if not (m.in_channels and m.out_channels and m.groups):
                 return f"{name}: no channels left"
             if m.in_channels % m.groups or m.out_channels % m.groups:
@@ -456,7 +456,7 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves:
     for attempt in range(2):
         with _trace.counting(skeleton, inputs) as tally:
             graph = _trace.build_graph(skeleton, inputs, ignored_params)
-        ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph) + _arch.head_layers(skeleton) + graph.token_layers
+        ignored = _arch.classifier_modules(skeleton) + _trace.output_modules(graph) + _arch.head_layers(skeleton) + graph.token_layers + graph.held_layers
         diverged: dict[str, str] = {}
         # a gated layer roots the group of its hidden units: both halves, whatever other layers
         # (MambaOut's convolution) hold a part of one

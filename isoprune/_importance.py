@@ -6,16 +6,19 @@ Gradient-based criteria accumulate statistics over calibration batches first.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
+from timm.layers import CondConv2d
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import _dist
 from ._coupling import NO_ROOT
+from ._cut import cond_conv_shapes
 from ._errors import IsopruneError
 
 
@@ -164,20 +167,62 @@ def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None,
     return sums
 
 
-def member_tensors(model: nn.Module, name: str, *, param: bool, out: bool, dim: int) -> list[tuple[torch.Tensor, int]]:
-    """(real tensor, channel dim) pairs that pruning ``name`` in one direction touches."""
+class Slot(NamedTuple):
+    """Where a member holds some of its channels: along ``dim`` of ``tensor``, from its channel
+    ``start`` on (a bidirectional LSTM's backward direction holds its outputs from its hidden size on)."""
+
+    tensor: torch.Tensor
+    dim: int
+    start: int = 0
+
+    def positions(self, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of the member's ``channels`` lie here, and where along ``dim``."""
+        held = (channels >= self.start) & (channels < self.start + self.tensor.shape[self.dim])
+        return held, channels[held] - self.start
+
+
+def member_tensors(model: nn.Module, name: str, *, param: bool, out: bool, dim: int) -> list[Slot]:
+    """The real tensors that pruning ``name`` in one direction touches, with where the channels
+    lie in each; a tensor may be a view of a parameter (a ``CondConv2d``'s weight as ``[experts,
+    out, in, *kernel]``, an LSTM's as ``[gates, hidden, ...]``)."""
     if param:
-        return [(model.get_parameter(name), dim)]
+        return [Slot(model.get_parameter(name), dim)]
     module = model.get_submodule(name)
+    if isinstance(module, nn.LSTM):
+        return _lstm_slots(module, out) if module.num_layers == 1 and not module.proj_size else []
+    if isinstance(module, CondConv2d):
+        weight, bias = cond_conv_shapes(module)
+        depthwise = 1 < module.groups == module.in_channels == module.out_channels
+        if module.groups > 1 and not depthwise and not out:
+            return []
+        tensors = [Slot(module.weight.view(weight), 1 if out or depthwise else 2)]
+        return tensors + ([Slot(module.bias.view(bias), 1)] if (out or depthwise) and module.bias is not None else [])
     if isinstance(module, nn.modules.conv._ConvNd):
         depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
         if module.groups > 1 and not depthwise and not out:
             return []
         dim = int(module.transposed) if (out or depthwise) else 1 - int(module.transposed)
-        return [(module.weight, dim)] + ([(module.bias, 0)] if out and module.bias is not None else [])
+        return [Slot(module.weight, dim)] + ([Slot(module.bias, 0)] if out and module.bias is not None else [])
     if isinstance(module, nn.Linear):
-        return [(module.weight, 0 if out else 1)] + ([(module.bias, 0)] if out and module.bias is not None else [])
-    return [(p, 0) for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if isinstance(p, torch.Tensor)]
+        return [Slot(module.weight, 0 if out else 1)] + ([Slot(module.bias, 0)] if out and module.bias is not None else [])
+    return [Slot(p, 0) for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if isinstance(p, torch.Tensor)]
+
+
+def _lstm_slots(lstm: nn.LSTM, out: bool) -> list[Slot]:
+    """A one-layer LSTM's inputs: its input weights' columns, in each direction. Its outputs (as
+    ``_cut.LSTMCut`` numbers them: the forward direction's hidden units, then the backward's):
+    each unit's rows of the four gates in the input and recurrent weights and biases, and its
+    column of the recurrent weights, in its direction."""
+    hidden, slots = lstm.hidden_size, []
+    for direction, suffix in enumerate(("", "_reverse")[: 1 + lstm.bidirectional]):
+        gates = lambda name, *shape: lstm.get_parameter(f"{name}_l0{suffix}").view(4, hidden, *shape)  # noqa: E731
+        if not out:
+            slots.append(Slot(lstm.get_parameter(f"weight_ih_l0{suffix}"), 1))
+            continue
+        start = direction * hidden
+        slots += [Slot(gates("weight_ih", -1), 1, start), Slot(gates("weight_hh", hidden), 1, start), Slot(gates("weight_hh", hidden), 2, start)]
+        slots += [Slot(gates(name), 1, start) for name in ("bias_ih", "bias_hh")] if lstm.bias else []
+    return slots
 
 
 def item_member(graph: tp.DependencyGraph, item) -> dict | None:
@@ -194,9 +239,17 @@ def item_member(graph: tp.DependencyGraph, item) -> dict | None:
 
 
 def _stats_of(tensor: torch.Tensor, stats: dict | None) -> list:
-    """The tensor's calibration statistics, as ``elementwise`` takes them: ``grad``, ``sq_grad``."""
+    """The tensor's calibration statistics, as ``elementwise`` takes them: ``grad``, ``sq_grad``
+    (a view of a parameter's: its parameter's, viewed alike)."""
     stats = stats or {}
-    return [stats.get(name, {}).get(tensor) for name in ("grad", "sq_grad")]
+    base = _base(tensor)
+    found = [stats.get(name, {}).get(base) for name in ("grad", "sq_grad")]
+    return [s if s is None or base is tensor else s.view(tensor.shape) for s in found]
+
+
+def _base(tensor: torch.Tensor) -> torch.Tensor:
+    """The parameter a view was made of (``member_tensors``), else the tensor itself."""
+    return tensor if isinstance(tensor, nn.Parameter) or tensor._base is None else tensor._base
 
 
 def element_scores(criterion: Importance, tensor: torch.Tensor, stats: dict | None) -> torch.Tensor:
@@ -218,11 +271,11 @@ class _ChannelSums:
 
     def __init__(self, criterion: Importance, stats: dict | None):
         self.criterion, self.stats = criterion, stats
-        self.kept: dict[int, dict[int, torch.Tensor]] = {}
+        self.kept: dict[tuple, dict[int, torch.Tensor]] = {}
 
     def __call__(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
         dim %= tensor.dim()
-        sums = self.kept.setdefault(id(tensor), {})
+        sums = self.kept.setdefault((id(_base(tensor)), tensor.shape), {})  # a view is made anew for each member
         if dim not in sums:
             dims = {dim, *range(min(tensor.dim(), 2))}
             parts: dict[int, list] = {d: [] for d in dims}
@@ -250,10 +303,11 @@ def channel_scores(model: nn.Module, analysis, criterion: Importance, stats: dic
                 member = item_member(graph, item)
                 if member is None:
                     continue
-                for tensor, dim in member_tensors(model, **member):
-                    per_channel = sums(tensor, dim)
-                    rooted = item.roots != NO_ROOT  # channels no root channel maps to score none
-                    total.index_add_(0, torch.from_numpy(item.roots[rooted]), per_channel[torch.from_numpy(item.channels[rooted])])
+                for slot in member_tensors(model, **member):
+                    per_channel = sums(slot.tensor, slot.dim)
+                    held, positions = slot.positions(item.channels)
+                    rooted = item.roots[held] != NO_ROOT  # channels no root channel maps to score none
+                    total.index_add_(0, torch.from_numpy(item.roots[held][rooted]), per_channel[torch.from_numpy(positions[rooted])])
                     members += 1
             scores = total / max(members, 1)
             if not torch.isfinite(scores).all():

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 import torch_pruning as tp
+from timm.layers import CondConv2d
 from torch import nn
 
 from . import _arch, _cut, _shapes
@@ -156,35 +157,53 @@ def _unmap_foreign_expands(graph: tp.DependencyGraph) -> None:
 
 
 def _map_marked(graph: tp.DependencyGraph) -> None:
-    """Map the channels of the splits and concatenations trace forwards marked
-    (``_arch.split_channels``, ``_arch.concat_channels``) with the part widths they had.
-    Torch-Pruning looks for a split's widths under a name torch no longer uses, and then, as for
-    every concatenation, infers each part's width from the layers around it, which fails where
-    the parts go through attention before they reach one (it found negative offsets)."""
+    """Map the channels of the splits, concatenations and flattens trace forwards marked
+    (``_arch.split_channels``, ``_arch.concat_channels``, ``_arch.flatten_channels``) with the
+    widths they had. Torch-Pruning looks for a split's widths under a name torch no longer uses,
+    and then, as for every concatenation, infers each part's width from the layers around it,
+    which fails where the parts go through attention before they reach one (it found negative
+    offsets); it infers a flatten's only where every linear layer's output is 2-d (not in a ViT)."""
     marked = {id(f) for f in _arch.channel_splits}
     concats = {id(out): (parts, widths) for out, parts, widths in _arch.channel_concats}
+    flattens = {id(out): stride for out, stride in _arch.channel_flattens}
     for node in graph.module2node.values():
         if node.type == tp.ops.OPTYPE.CONCAT and id(node.grad_fn) in concats:
             _map_concat(node, *concats[id(node.grad_fn)])
         if node.type == tp.ops.OPTYPE.SPLIT and id(node.grad_fn) in marked:
             _map_split(node)
+        if node.type == tp.ops.OPTYPE.RESHAPE and id(node.grad_fn) in flattens:
+            _map_flatten(node, flattens[id(node.grad_fn)])
 
 
-def _cut_token_swaps(graph: tp.DependencyGraph) -> list[nn.Module]:
-    """Uncouple the channels on either side of the transposes ``_arch.mix_tokens`` marked (the
-    graph keeps its edges; only the couplings through them go), and return the layers whose
-    outputs are tokens: those that feed a transpose back to channels, which no group may cut."""
+def _map_flatten(node, stride: int) -> None:
+    """Map channel ``c`` of a flatten's input onto ``c * stride`` up to ``c * stride + stride - 1``
+    of its output. It is then no longer a reshape to Torch-Pruning, which would infer the mapping
+    again (it redoes every mapping before it groups) from the layers around it."""
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    for source in node.inputs:
+        _map_part(node, source, 0, _FlattenIndexMapping(stride=stride, reverse=True), _FlattenIndexMapping(stride=stride, reverse=False))
+    node.type = tp.ops.OPTYPE.ELEMENTWISE
+
+
+def _cut_marked(graph: tp.DependencyGraph) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Uncouple the channels on either side of the transposes ``_arch.mix_tokens`` marked and of
+    the sums ``_arch.held`` marked (the graph keeps its edges; only the couplings through them
+    go), and return the layers no group may cut the outputs of: those whose outputs are tokens
+    (they feed a transpose back to channels), and those whose outputs are held."""
     back = {id(fn) for _, fn in _arch.token_swaps}
-    marked = back | {id(fn) for fn, _ in _arch.token_swaps}
-    swaps = [node for node in graph.module2node.values() if id(node.grad_fn) in marked]
-    token_layers = []
-    for node in swaps:
+    held = {id(fn) for fn in _arch.held_outputs}
+    marked = back | held | {id(fn) for fn, _ in _arch.token_swaps}
+    token_layers, held_layers = [], []
+    for node in (node for node in graph.module2node.values() if id(node.grad_fn) in marked):
         node.dependencies = []
         for near in node.inputs + node.outputs:
             near.dependencies = [dep for dep in near.dependencies if dep.target is not node]
         if id(node.grad_fn) in back:
             token_layers += _layers_before(node)
-    return token_layers
+        if id(node.grad_fn) in held:
+            held_layers += _layers_before(node)
+    return token_layers, held_layers
 
 
 def _couple_multipliers(graph: tp.DependencyGraph) -> list[nn.Module]:
@@ -220,7 +239,7 @@ def _layers_before(node) -> list[nn.Module]:
         if near in seen:
             continue
         seen.add(near)
-        if isinstance(near.module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
+        if isinstance(near.module, (*_cut.CONVS, tp.ops.TORCH_LINEAR)):
             found.append(near.module)
         else:
             stack += near.inputs
@@ -332,6 +351,8 @@ def trace_forwards(model: nn.Module):
         _arch.channel_splits.clear()
         _arch.channel_concats.clear()
         _arch.token_swaps.clear()
+        _arch.held_outputs.clear()
+        _arch.channel_flattens.clear()
         _arch.first_roots.clear()
 
 
@@ -349,7 +370,7 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
             _cut.own_pruners(graph)
             graph = graph.build_dependency(skeleton, example, ignored_params=list(ignored_params), verbose=False)
             _map_marked(graph)  # while the marks are held
-            graph.token_layers = _cut_token_swaps(graph)
+            graph.token_layers, graph.held_layers = _cut_marked(graph)
             marked_first = list(_arch.first_roots)
         graph.first_roots = _couple_multipliers(graph) + [m for m in marked_first if m in graph.module2node]
         _unmap_foreign_expands(graph)
@@ -411,6 +432,16 @@ def _lstm_macs(lstm: nn.LSTM, inputs, _output) -> None:
     lstm.__flops__ += step * (x.numel() // x.shape[-1]) * (1 + lstm.bidirectional)
 
 
+def _cond_conv_macs(conv: CondConv2d, inputs, output) -> None:
+    """A ``CondConv2d``'s MACs: its convolution's, as Torch-Pruning counts a convolution's, and
+    its experts' kernels (and biases) mixed for each sample, one multiply-add per expert and weight."""
+    from torch_pruning.utils.op_counter import conv_flops_counter_hook
+
+    conv_flops_counter_hook(conv, inputs, output)
+    mixed = conv.weight[0].numel() + (conv.bias[0].numel() if conv.bias is not None else 0)
+    conv.__flops__ += output.shape[0] * conv.num_experts * mixed
+
+
 def _formula(m: nn.Module, formulas: dict):
     """Torch-Pruning's formula for a layer, by its type. Subclassed convolutions and linear
     layers (timm's weight-standardised and "same"-padded convolutions: NFNet, BiT, the TF
@@ -438,7 +469,7 @@ def counting(model: nn.Module, inputs: Inputs):
     formulas know counts as a whole; inside any other, its sublayers add up."""
     from torch_pruning.utils import op_counter
 
-    formulas = {**op_counter.MODULES_MAPPING, nn.LSTM: _lstm_macs, **op_counter.CUSTOM_MODULES_MAPPING}
+    formulas = {**op_counter.MODULES_MAPPING, nn.LSTM: _lstm_macs, CondConv2d: _cond_conv_macs, **op_counter.CUSTOM_MODULES_MAPPING}
     counted = {m: f for m in model.modules() if (f := _formula(m, formulas)) is not None}
     calls = 0
 

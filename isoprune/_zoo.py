@@ -29,14 +29,14 @@ from functools import partial, partialmethod
 import torch
 import torch.nn.functional as F
 from timm.models import (
-    cait, coat, convit, cpubone, crossvit, cspnet, davit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvim, efficientvit_mit,
-    efficientvit_msra,
+    cait, coat, convit, cpubone, crossvit, cspnet, davit, deepseek_vit, dla, dpn, edgenext, efficientformer, efficientformer_v2, efficientvim,
+    efficientvit_mit, efficientvit_msra,
     fasternet, fastvit, focalnet, gcvit, gemma4_vit, hiera, hieradet_sam2, iformer, inception_next, levit, lowformer, mambaout, metaformer,
     mlp_mixer, mobilevit, mvitv2, nest, nextvit, pvt_v2, qwen3_vit, res2net, rexnet, sequencer, shvit, tiny_vit, tnt, twins, visformer, volo, xcit,
 )
 from timm.layers import (
-    attention2d, attention_pool, attention_pool2d, blur_pool, bottleneck_attn, diff_attention, eca, evo_norm, global_context, halo_attn, mixed_conv2d,
-    resample_abs_pos_embed, selective_kernel, split_attn,
+    CondConv2d, attention2d, attention_pool, attention_pool2d, blur_pool, bottleneck_attn, conv2d_same, diff_attention, eca, evo_norm, global_context,
+    halo_attn, mixed_conv2d, non_local_attn, resample_abs_pos_embed, selective_kernel, split_attn,
 )
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
@@ -46,10 +46,10 @@ from torch import nn
 from torch_pruning.pruner import function
 
 from ._arch import (
-    AttentionSpec, Layout, attend, concat_channels, cut_qkv_biases, fix_rel_pos, fix_timm_attention, fix_window_attention, fused_qkv, mix_tokens,
-    patch_merging_forward, post_norm_patch_merging_forward, project, qk_norm_fixed, register_attention, register_mlp, register_pruned,
-    register_resize, register_runs, register_trace_forward, rel_pos_head_params, rescale_queries, root_first, rotary_fixed, split_channels,
-    split_heads, value_heads,
+    AttentionSpec, Layout, attend, concat_channels, cut_qkv_biases, fix_rel_pos, fix_timm_attention, fix_window_attention, flatten_channels, fused_qkv,
+    held, mix_tokens, patch_merging_forward, post_norm_patch_merging_forward, project, qk_norm_fixed, register_attention, register_mlp,
+    register_pruned, register_resize, register_runs, register_trace_forward, rel_pos_head_params, rescale_queries, root_first, rotary_fixed,
+    split_channels, split_heads, value_heads,
 )
 from ._cut import cut_module
 
@@ -1280,6 +1280,40 @@ def resize_rnn2d(module: nn.Module, cut) -> None:
     module.output_size = lstm.hidden_size * (1 + lstm.bidirectional)
 
 
+# CondConv EfficientNets: each block's convolutions mix their experts' kernels with weights its
+# routing layer computes from the block's pooled input; ``_cut.CondConvCut`` cuts them
+
+
+def cond_conv_trace(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+    """timm's ``CondConv2d`` for the tracer: a convolution at its widths (on a kernel of zeros,
+    so that the tracer reads it as one layer, whose parameters are the module's), its routing
+    weights ``held`` (they weigh experts, not channels)."""
+    conv = conv2d_same if self.dynamic_padding else F.conv2d
+    weight = x.new_zeros(self.weight_shape)
+    return conv(x + held(routing_weights), weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+
+# BAT's bilinear attention transform (``bat_resnext``): two matrices a group of channels, made from
+# the map by a reduction and two convolutions, mix its rows and its columns
+
+
+def bilinear_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``BilinearAttnTransform`` for the tracer: its layers that make the matrices run (so
+    that their inputs are cut with the map's channels and their MACs count) and are ``held`` (their
+    outputs weigh positions, a group at a time, and stay whole); the map's channels, each mixed
+    only within itself, go on to the output. The forward splits them into its groups evenly: the
+    layer before keeps them in runs (``bilinear_attention_runs``)."""
+    reduced = self.conv1(x)
+    rows = self.conv_p(F.adaptive_max_pool2d(reduced, (self.block_size, 1)))
+    cols = self.conv_q(F.adaptive_max_pool2d(reduced, (1, self.block_size)))
+    return self.conv2(x + held(reduced) + held(rows) + held(cols))
+
+
+def bilinear_attention_runs(module: nn.Module) -> dict[str, int]:
+    """BAT's ``BatNonLocalAttn``: the channels its first layer makes fall in the transform's groups."""
+    return {"conv1.conv": module.ba.groups}
+
+
 # Parallel ViT blocks (ViT-22B's): one projection holds an MLP's hidden units, then queries, keys and
 # values; attention (plain or differential) and MLP run side by side and are added to the stream together
 
@@ -1455,6 +1489,24 @@ def qwen_merger_trace(self, x: torch.Tensor, pre_logits: bool = False) -> torch.
     return x if pre_logits else self.fc2(x)
 
 
+# DeepSeek's vision encoder: its projector ('aligner') takes each r x r block of tokens' channels
+# channel-major, ``[c, i, j]``, as ``F.unfold`` lays them out
+
+
+def deepseek_aligner_trace(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    """``DeepseekVitAligner`` for the tracer: timm's unshuffle, its last reshape made in two, to
+    ``[batch, blocks, channels, r * r]`` and then a marked flatten of the channels, channel ``c``
+    to ``c * r * r`` up to ``(c + 1) * r * r - 1`` (the tracer read timm's one reshape as keeping
+    each channel where it was)."""
+    r = self.downsample_ratio
+    batch, height, width, channels = x.shape
+    x = F.pad(x.permute(0, 3, 1, 2), (0, -width % r, 0, -height % r))
+    h, w = x.shape[2] // r, x.shape[3] // r
+    x = x.reshape(batch, channels, h, r, w, r).permute(0, 2, 4, 1, 3, 5).reshape(batch, h * w, channels, r * r)
+    x = self.act(self.fc1(flatten_channels(x)))
+    return x if pre_logits else self.fc2(x)
+
+
 # FastViT's attention (its SA/MA models' last stages, MobileCLIP's MCi): a ViT attention run on the
 # feature map, flattened to tokens and back
 
@@ -1577,9 +1629,9 @@ def nest_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     output projection where timm's transpose puts it (head dim first). The tracer could not follow
     timm's reshapes, and left every qkv whole."""
     qkv = self.qkv(x.flatten(1, 2))
-    heads, head_dim = self.num_heads, qkv.shape[-1] // (3 * self.num_heads)
-    starts = Layout(heads, head_dim, 3).channels()[2, :, 0].tolist()
-    values = concat_channels([qkv[:, :, start + d : start + d + 1] for d in range(head_dim) for start in starts], 2)
+    width = qkv.shape[-1] // 3
+    head_dim = width // self.num_heads
+    values = concat_channels([qkv[:, :, 2 * width + d : 3 * width : head_dim] for d in range(head_dim)], 2)  # a head dim of every head
     return self.proj_drop(self.proj(values)).reshape(*x.shape[:-1], -1)
 
 
@@ -2164,6 +2216,7 @@ def register() -> None:
     register_trace_forward(tiny_vit.Attention, tiny_vit_attention_trace)
     register_mlp(tiny_vit.NormMlp)
     register_trace_forward(qwen3_vit.Qwen3VitPatchMerger, qwen_merger_trace)
+    register_trace_forward(deepseek_vit.DeepseekVitAligner, deepseek_aligner_trace)
     register_trace_forward(global_context.GlobalContext, global_context_trace)
     register_trace_forward(CsatSpatialAttention, channel_statistics_attention_trace)
     register_trace_forward(efficientvim.HSMSSD, hidden_state_mixer_trace)
@@ -2340,6 +2393,9 @@ def register() -> None:
     register_runs(nn.LSTM, lambda m: {"": 2} if m.bidirectional else {})
     register_trace_forward(sequencer.RNN2dBase, rnn2d_trace)
     register_trace_forward(nn.LSTM, lstm_trace)
+    register_trace_forward(CondConv2d, cond_conv_trace)
+    register_trace_forward(non_local_attn.BilinearAttnTransform, bilinear_attention_trace)
+    register_runs(non_local_attn.BatNonLocalAttn, bilinear_attention_runs)
     register_resize(sequencer.RNN2dBase, resize_rnn2d)
     register_trace_forward(mlp_mixer.MixerBlock, mixer_block_trace)
     register_trace_forward(mlp_mixer.ResBlock, res_block_trace)

@@ -106,6 +106,8 @@ SMALL = {
     "fastvit_sa_micro": ("fastvit_sa12", dict(layers=(1, 1, 1, 2), embed_dims=(8, 16, 32, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "visformer_micro": ("visformer_tiny", dict(img_size=64, init_channels=8, embed_dim=48, depth=(1, 1, 1), num_heads=2)),
     "qwen3_vit_micro": ("qwen3_vit_88m_merge", dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, pos_embed_grid_size=8)),
+    "deepseek_vit_micro": ("deepseek_vit_412m_align", dict(img_size=56, patch_size=8, embed_dim=32, depth=2, num_heads=2, out_features=48,
+                                                           pretrained_cfg_overlay={"input_size": (3, 56, 56)})),
     "vit_diff_micro": ("vit_dwee_patch16_reg1_gap_256", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)),
     "vit_qk_norm_micro": ("vit_small_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, qk_norm=True)),
     "resnetv2_evos_micro": ("resnetv2_50d_evos", dict(layers=[1, 1, 1, 1], pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
@@ -158,6 +160,7 @@ SMALL = {
     "sequencer_micro": ("sequencer2d_s", dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 32, 48], hidden_sizes=[8, 16, 16, 16], img_size=56,
                                              pretrained_cfg_overlay={"input_size": (3, 56, 56)})),
     "mobilevitv2_micro": ("mobilevitv2_050", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
+    "efficientnet_cc_micro": ("efficientnet_cc_b0_4e", dict(pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
     "mambaout_micro": ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), pretrained_cfg_overlay={"input_size": (3, 64, 64)})),
 }
 """Small variants timm does not register: name -> (timm name, keyword arguments)."""

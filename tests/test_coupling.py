@@ -89,18 +89,29 @@ def test_garbage_collection_is_paused_only_while_pruning():
         gc.enable()
 
 
-class CondConvNet(nn.Module):
-    """timm's CondConv: its experts' kernels flattened in one parameter (4 x 128 * 1024 * 9), mixed
-    per image by a routing layer and run as a functional convolution, which the tracer cannot
-    follow: it maps the channels around it onto that parameter's millions."""
+class FlatExperts(nn.Module):
+    """Experts' kernels flattened in one parameter (4 x 1024 * 128 * 9), mixed per image and run
+    as a functional convolution, as timm's ``CondConv2d`` does: a layer the tracer does not know
+    (isoprune knows ``CondConv2d``, see ``test_condconv.py``), whose parameter it maps the
+    channels around it onto, millions of them."""
 
+    def __init__(self, channels: int, out: int, experts: int):
+        super().__init__()
+        self.kernel = (out, channels, 3, 3)
+        self.weight = nn.Parameter(torch.randn(experts, out * channels * 9))
+
+    def forward(self, x, routing):
+        kernels = (routing @ self.weight).view(len(x) * self.kernel[0], *self.kernel[1:])
+        out = nn.functional.conv2d(x.reshape(1, -1, *x.shape[2:]), kernels, padding=1, groups=len(x))
+        return out.view(len(x), self.kernel[0], *out.shape[2:])
+
+
+class CondConvNet(nn.Module):
     def __init__(self):
         super().__init__()
-        from timm.layers import CondConv2d
-
         self.stem = nn.Conv2d(3, 128, 3, padding=1)
         self.routing = nn.Linear(128, 4)
-        self.cond = CondConv2d(128, 1024, 3, padding=1, num_experts=4)
+        self.cond = FlatExperts(128, 1024, 4)
         self.head = nn.Linear(1024, 10)
 
     def forward(self, x):
@@ -111,7 +122,8 @@ class CondConvNet(nn.Module):
 def test_a_walk_onto_a_flattened_parameter_stops_at_a_million_channels():
     """The limit was 8 times the widest parameter's largest dim, which a flattened kernel makes
     millions: the walk went on (65 s and 3.7 GB for this model; timm's ``efficientnet_cc_b0_4e``
-    ran out of memory) and left the stem to be cut against a layer it cannot cut."""
+    ran out of memory, before ``CondConv2d`` was known) and left the stem to be cut against a layer
+    it cannot cut."""
     frozen = isoprune._groups.analyse(CondConvNet(), torch.randn(1, 3, 8, 8)).frozen
     assert frozen.keys() == {"stem", "routing"}
     assert all("channels onto" in why for why in frozen.values())

@@ -42,6 +42,20 @@ def test_pruned_lstms_compute_what_the_zeroed_ones_do():
         assert block.fc.in_features == 4 * hidden
 
 
+def test_a_hidden_unit_scores_its_gates_in_both_directions():
+    """A unit's score counts its own weights (``member_tensors`` views each direction's gates):
+    the unit whose backward gate rows are made large is kept, with one other of 16."""
+    model = make("sequencer_micro")
+    lstm = model.stages[1].blocks[0].rnn_tokens.rnn_v
+    with torch.no_grad():
+        lstm.weight_ih_l0_reverse.view(4, lstm.hidden_size, -1)[:, 5] *= 100
+    analysis = _groups.analyse(model)
+    group = next(g for g in analysis.groups if g.root == "stages.1.blocks.0.rnn_tokens.rnn_v")
+    plan = isoprune.plan(model, isoprune.Ratios(default=0.0, mlp=0.0, overrides={group.signature: 0.9}), scope="local")
+    keep = next(g for g in plan.groups if g.id == group.id).keep
+    assert 5 in keep and len(keep) == 2
+
+
 def test_a_map_taller_than_wide():
     """The trace joins the two LSTMs' outputs before it makes the map again: the columns' LSTM runs
     over sequences as long as the map is tall, the rows' as it is wide."""

@@ -4,7 +4,7 @@ Qwen3-VL's encoder with its projector, which merges 2x2 tokens into one."""
 import pytest
 import timm
 import torch
-from timm.layers import RmsNorm, SimpleNorm
+from timm.layers import RmsNorm, RmsNormFp32, SimpleNorm
 from timm.layers.diff_attention import DiffAttention
 from torch import nn
 
@@ -72,6 +72,18 @@ def test_qwen_merger_takes_every_neighbours_channels():
     assert merger.fc1.in_features == 4 * model.encoder.patch_embed.proj.out_channels == 4 * 16
 
 
-@pytest.mark.parametrize("name", ["vit_diff_micro", "vit_qk_norm_micro", "qwen3_vit_micro"])
+def test_deepseek_aligner_takes_each_channel_of_a_block_together():
+    """DeepSeek's projector unshuffles each 3x3 block of tokens channel-major: an embedding
+    channel is nine neighbouring inputs. The tracer mapped it to one, and the embedding was left
+    whole. The 7x7 grid is padded to 9x9, as timm pads it."""
+    model = without_norms(lively(make("deepseek_vit_micro")), (RmsNormFp32,))
+    assert _groups.analyse(model).frozen == {}
+    plan = assert_equivalent(model, RATIOS, changes=0.05)
+    assert {"emb", "heads", "mlp"} <= {g.kind for g in plan.groups if len(g.keep) < g.channels}
+    aligner = model.encoder.aligner
+    assert aligner.fc1.in_features == 9 * model.encoder.patch_embed.proj.out_channels == 9 * 16
+
+
+@pytest.mark.parametrize("name", ["vit_diff_micro", "vit_qk_norm_micro", "qwen3_vit_micro", "deepseek_vit_micro"])
 def test_macs_count_what_timm_runs(name):
     assert_counts_what_timm_runs(make(name), RATIOS)
