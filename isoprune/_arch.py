@@ -422,15 +422,19 @@ def mix_tokens(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 held_outputs: list = []
 """The autograd nodes of the sums ``held`` makes, for ``build_graph``."""
+ended_outputs: list = []
+"""The autograd nodes of the sums ``held(..., cut=True)`` makes, for ``build_graph``."""
 
 
-def held(x: torch.Tensor) -> torch.Tensor:
+def held(x: torch.Tensor, cut: bool = False) -> torch.Tensor:
     """A zero to add, in a trace forward, to what ``x`` weighs: the output of layers that compute
     not channels but weights for another layer (CondConv's routing: one weight per expert). The
     tracer reaches the layers that make ``x``, so that their inputs are cut with the channels they
-    read; ``build_graph`` cuts every coupling through the marked sum, and no group cuts their outputs."""
+    read; ``build_graph`` cuts every coupling through the marked sum, and no group cuts their
+    outputs. With ``cut``, their groups do: channels that end inside a module, coupled to each
+    other and to nothing after it (a lambda layer's queries and keys)."""
     total = x.sum()
-    held_outputs.append(total.grad_fn)
+    (ended_outputs if cut else held_outputs).append(total.grad_fn)
     return total * 0
 
 

@@ -270,8 +270,11 @@ def _coupled_runs(n: int, aliased: np.ndarray) -> tuple[int, int]:
     out ``[cardinality, radix, channels]``) weighs each of a channel's 4 radix splits. Where the
     first channels are coupled to none and the rest line up so (MobileViTv2's query channel before
     its keys and values), the runs start after them: ``(runs, offset)``, the first ``offset``
-    channels kept whole. Coupled channels that line up in no runs but single channels leave
-    ``(1, 0)``: then no unit keeps the forward pass whole, and the probe leaves the group whole."""
+    channels kept whole. That is tried first: runs from channel 0 may fit them only by their width
+    (BoTNet's queries and keys, before values wider than them, as wide as one head's values), and
+    nothing coupled them to the channels they would go with. Coupled channels that line up in no
+    runs but single channels leave ``(1, 0)``: then no unit keeps the forward pass whole, and the
+    probe leaves the group whole."""
     if not aliased.size:
         return 1, 0
     coupled = nx.Graph(aliased.T.tolist())
@@ -280,7 +283,7 @@ def _coupled_runs(n: int, aliased: np.ndarray) -> tuple[int, int]:
     for channels in nx.connected_components(coupled):
         label[list(channels)] = min(channels)
     alone = np.bincount(label, minlength=n)[label] == 1
-    for offset in dict.fromkeys((0, int(np.argmin(alone)))):  # from the start, or from the first channel coupled to another
+    for offset in dict.fromkeys((int(np.argmin(alone)), 0)):  # from the first channel coupled to another, or from the start
         m = n - offset
         for runs in (d for d in range(2, m // 2 + 1) if m % d == 0):
             position = np.arange(m) % (m // runs)

@@ -190,10 +190,10 @@ def _cut_marked(graph: tp.DependencyGraph) -> tuple[list[nn.Module], list[nn.Mod
     """Uncouple the channels on either side of the transposes ``_arch.mix_tokens`` marked and of
     the sums ``_arch.held`` marked (the graph keeps its edges; only the couplings through them
     go), and return the layers no group may cut the outputs of: those whose outputs are tokens
-    (they feed a transpose back to channels), and those whose outputs are held."""
+    (they feed a transpose back to channels), and those whose outputs are held (not ``cut``)."""
     back = {id(fn) for _, fn in _arch.token_swaps}
     held = {id(fn) for fn in _arch.held_outputs}
-    marked = back | held | {id(fn) for fn, _ in _arch.token_swaps}
+    marked = back | held | {id(fn) for fn in _arch.ended_outputs} | {id(fn) for fn, _ in _arch.token_swaps}
     token_layers, held_layers = [], []
     for node in (node for node in graph.module2node.values() if id(node.grad_fn) in marked):
         node.dependencies = []
@@ -352,6 +352,7 @@ def trace_forwards(model: nn.Module):
         _arch.channel_concats.clear()
         _arch.token_swaps.clear()
         _arch.held_outputs.clear()
+        _arch.ended_outputs.clear()
         _arch.channel_flattens.clear()
         _arch.first_roots.clear()
 

@@ -9,7 +9,8 @@ timm's own ``Attention`` and Swin's are:
   (MobileNetV4's and V5's); EfficientViT's attention (MIT's multi-scale linear attention, MSRA's
   cascaded group attention); MViTv2's pooling attention; Gemma-4's vision tower; iFormer's and
   SHViT's single-head attention; CoaT's factorized attention, with its position encoding shared by
-  a stage's blocks; EfficientViM's hidden-state mixer (its state dims a kind of channel);
+  a stage's blocks; EfficientViM's hidden-state mixer (its state dims a kind of channel); the
+  LambdaResNets' lambda layers;
 - blocks that split their channels at the widths they were built with: InceptionNeXt, MambaOut,
   Res2Net (and DLA's), ReXNet, DPN, FasterNet, MixNet, CSPNet;
 - timm's blur pooling, ECA's gate, EvoNorm's sample variants, Qwen3-VL's projector, and the
@@ -36,7 +37,7 @@ from timm.models import (
 )
 from timm.layers import (
     CondConv2d, attention2d, attention_pool, attention_pool2d, blur_pool, bottleneck_attn, conv2d_same, diff_attention, eca, evo_norm, global_context,
-    halo_attn, mixed_conv2d, non_local_attn, resample_abs_pos_embed, selective_kernel, split_attn,
+    halo_attn, lambda_layer, mixed_conv2d, non_local_attn, resample_abs_pos_embed, selective_kernel, split_attn,
 )
 from timm.models import swin_transformer_v2 as swinv2
 from timm.models import swin_transformer_v2_cr as swin_cr
@@ -1536,9 +1537,23 @@ class PrunedFastVitAttention(fastvit.Attention):
 
 def bottleneck_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
     """timm ``BottleneckAttn`` for the tracer: its values (the last part of its qkv, a head at a
-    time) are its output."""
+    time) are its output. Where they are wider than the queries, which then stay whole
+    (``map_attention_fixed``), a unit is a channel of every head's values: each head's with the
+    sum of all heads' added (the qkv's group then has its queries and keys first, coupled to
+    nothing, and its values in a run per head after them)."""
     _, values = split_channels(self.qkv(x), [2 * self.dim_out_qk, self.dim_out_v])
+    if self.dim_head_qk != self.dim_head_v:
+        heads = split_channels(values, self.num_heads)
+        values = concat_channels([head + sum(heads) for head in heads], 1)
     return self.pool(values)
+
+
+def resize_bottleneck_values(module: nn.Module, cut) -> None:
+    """``dim_out_v`` and ``dim_head_v`` where the values are wider than the queries (their head
+    dims cut by the qkv's group; where as wide, ``fix_map_attention`` sets the widths)."""
+    if module.dim_head_qk != module.dim_head_v:
+        module.dim_out_v = module.qkv.out_channels - 2 * module.dim_out_qk
+        module.dim_head_v = module.dim_out_v // module.num_heads
 
 
 def halo_attention_trace(self, x: torch.Tensor) -> torch.Tensor:
@@ -1566,6 +1581,63 @@ def map_attention_fixed(model: nn.Module, module: nn.Module) -> dict[str, str]:
     if module.dim_head_qk != module.dim_head_v:
         return dict.fromkeys(("heads", "head_dim"), "its values' heads are not as wide as its queries'")
     return {"head_dim": "its relative position embedding is over head dims"}
+
+
+# Lambda layers (timm's LambdaResNets): every head's queries against one key and one value shared
+# by all heads; the key's softmax over positions sums the values into a linear map (the content
+# lambda), and a 3-d convolution over the values (or a relative position embedding) makes a
+# position lambda at each position. The output holds every head's answer, head-major over the values
+
+
+def lambda_layer_trace(self, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``LambdaLayer`` for the tracer: its output is a copy of the values for every head
+    (channel ``h * dim_v + v`` answers with value ``v``), and a channel of every head's query, of
+    the key and of the position lambda are coupled to each other and end inside the layer
+    (``held(..., cut=True)``). The qkv's group holds both in runs: a unit is one such query-key
+    channel with ``dim_v / dim_qk`` values. The convolution runs on a stand-in for the values,
+    laid out as timm's forward lays them out, so that its MACs count and its input is coupled to
+    no channel. timm's reshapes mapped the values onto positions, and every lambda layer was left
+    whole."""
+    batch, _, height, width = x.shape
+    heads, dim = self.num_heads, self.dim_qk
+    root_first(self.qkv)
+    q, k, v = split_channels(self.qkv(x), [heads * dim, dim, self.dim_v])
+    q, v = self.norm_q(q), self.norm_v(v)
+    units = k + sum(q.narrow(1, h * dim, dim) for h in range(heads))
+    if self.conv_lambda is not None:
+        units = units + self.conv_lambda(v.new_zeros(batch, 1, height, width, v.shape[1])).mean(-1)
+    else:
+        units = units + self.pos_emb[0, 0, :, None, None]
+    copies = [v * 1 for _ in range(heads)]  # a node each: the tracer maps a concatenation's parts by node
+    return self.pool(concat_channels(copies, 1) + held(units, cut=True))
+
+
+def lambda_layer_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """A pruned ``LambdaLayer``: the same lambdas at its widths (timm reshapes its output to its
+    input's width)."""
+    batch, _, height, width = x.shape
+    q, k, v = self.qkv(x).split([self.num_heads * self.dim_qk, self.dim_qk, self.dim_v], dim=1)
+    q = self.norm_q(q).flatten(2).unflatten(1, (self.num_heads, self.dim_qk))  # [batch, heads, dim_qk, positions]
+    k = k.flatten(2).softmax(dim=-1)
+    v = self.norm_v(v)
+    out = torch.einsum("bhkn,bkv->bhvn", q, torch.einsum("bkn,bvn->bkv", k, v.flatten(2)))
+    if self.conv_lambda is not None:
+        position = self.conv_lambda(v.permute(0, 2, 3, 1).unsqueeze(1)).flatten(2, 3)  # [batch, dim_qk, positions, dim_v]
+    else:
+        embedding = self.pos_emb[self.rel_pos_indices[0], self.rel_pos_indices[1]]  # [positions, positions, dim_qk]
+        position = torch.einsum("nmk,bvm->bknv", embedding, v.flatten(2))
+    out = out + torch.einsum("bhkn,bknv->bhvn", q, position)
+    return self.pool(out.reshape(batch, -1, height, width))
+
+
+class PrunedLambdaLayer(lambda_layer.LambdaLayer):
+    forward = lambda_layer_forward
+
+
+def resize_lambda_layer(module: nn.Module, cut) -> None:
+    """The query-key and value widths, which the forward splits and reshapes to."""
+    module.dim_qk = module.norm_q.num_features // module.num_heads
+    module.dim_v = module.norm_v.num_features
 
 
 # LowFormer and CPUBone: attention on a strided depthwise convolution of the map, a 1x1
@@ -2226,10 +2298,14 @@ def register() -> None:
     register_mlp(fastvit.ConvMlp)
     register_attention(bottleneck_attn.BottleneckAttn, AttentionSpec(qkv="qkv", fixup=fix_map_attention, fixed=map_attention_fixed))
     register_trace_forward(bottleneck_attn.BottleneckAttn, bottleneck_attention_trace)
+    register_resize(bottleneck_attn.BottleneckAttn, resize_bottleneck_values)
     register_attention(
         halo_attn.HaloAttn, AttentionSpec(qkv="qkv", separate=("q", "kv"), heads_first=True, fixup=fix_map_attention, fixed=map_attention_fixed)
     )
     register_trace_forward(halo_attn.HaloAttn, halo_attention_trace)
+    register_trace_forward(lambda_layer.LambdaLayer, lambda_layer_trace)
+    register_pruned(lambda_layer.LambdaLayer, PrunedLambdaLayer)
+    register_resize(lambda_layer.LambdaLayer, resize_lambda_layer)
     register_attention(
         efficientformer_v2.Attention2d,
         AttentionSpec(qkv="qkv", separate=("q.conv", "k.conv", "v.conv"), heads_first=True, query_dim=lambda m: m.key_dim,

@@ -5,6 +5,7 @@ second version, queries against keys, was not registered and every block's was l
 compute what zeroed ones do; removed head dims do not (the softmax runs across head dims), so
 those are checked to run and count."""
 import pytest
+import timm
 import torch_pruning as tp
 from timm.models import edgenext
 
@@ -79,3 +80,20 @@ def test_edgenext_split_blocks_cut_the_stream():
         widths = {conv.in_channels for conv in b.convs}
         assert len(widths) == 1 or len(b.convs) == 1  # scales added together keep as many channels
     assert_counts_what_timm_runs(make("edgenext_micro"), 0.3)
+
+
+def test_edgenext_rw_stream_coupled_across_stages_is_cut():
+    """``edgenext_small_rw`` widens its stream at each stage with a depthwise convolution of two
+    outputs per input, so a channel of the first stage is two of the second, four of the third,
+    and its split blocks couple the scales of each stage: the coupling runs through the whole
+    model and the walk reaches the layers again and again with other channels (118 times the
+    graph's nodes; a walk used to stop at 16 and leave everything whole). It ends, and the stream
+    is 4 units of 12 channels of the first stage: those left coupled by both strides (16 and 12)."""
+    model = without_norms(lively(timm.create_model("edgenext_small_rw", depths=(2, 2, 2, 2), num_classes=10,
+                                                   pretrained_cfg_overlay={"input_size": (3, 64, 64)}).eval()))
+    analysis = _groups.analyse(model)
+    assert analysis.frozen == {}
+    assert [(g.channels, g.blocks) for g in analysis.groups if g.kind == "emb"] == [(4, 12)]
+    assert_equivalent(model, isoprune.Ratios(emb=0.5, heads=0.5, mlp=0.5), changes=0.01)
+    widening = [b.conv_dw for b in model.modules() if isinstance(b, edgenext.ConvBlock) and b.conv_dw.out_channels > b.conv_dw.in_channels]
+    assert [(conv.in_channels, conv.out_channels) for conv in widening] == [(24, 48), (48, 96), (96, 192)]

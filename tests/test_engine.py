@@ -358,6 +358,7 @@ def test_coupled_root_channels_go_by_position_in_equal_runs():
     assert runs(6, [(0, 1), (2, 3), (4, 5)]) == (1, 0)  # neighbours, not positions in runs
     # the runs start after channels coupled to none (MobileViTv2: a query channel, then keys and values)
     assert runs(7, [(1, 4), (2, 5), (3, 6)]) == (2, 1)
+    assert runs(6, [(2, 4), (3, 5)]) == (2, 2)  # not 3 runs from channel 0, whose channels 0 and 1 nothing coupled to 2 and 3
     assert runs(7, [(1, 4), (2, 6)]) == (1, 0)  # pairs out of line: no runs
 
 

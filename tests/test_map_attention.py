@@ -13,7 +13,7 @@ from timm.layers.halo_attn import HaloAttn
 from torch import nn
 
 import isoprune
-from conftest import around
+from conftest import around, assert_equivalent
 from isoprune import _groups
 
 RATIOS = isoprune.Ratios(emb=0.3, heads=0.5, head_dim=0.5, default=0.3)
@@ -73,7 +73,25 @@ def test_values_wider_than_queries_keep_their_heads():
         assert model(x).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name", ["botnet26t_256", "halonet26t"])
+def test_bottleneck_values_wider_than_queries_lose_head_dims():
+    """BoTNet's attention with values wider than its queries (``eca_botnext26ts_256``'s, 8 times):
+    its heads and its queries' and keys' head dims stay, but a channel of every head's values is a
+    unit of the qkv's group, after the queries and keys, coupled to nothing and kept whole. Runs
+    were looked for from channel 0 first, and found: the queries and keys (2 x 16) are as wide
+    as a head's values, so each unit took one of their channels, and the group was left whole."""
+    attn = BottleneckAttn(32, feat_size=(8, 8), num_heads=2, qk_ratio=0.5)
+    assert (attn.dim_head_qk, attn.dim_head_v) == (8, 16)
+    model = attention_model(attn)
+    x = torch.randn(2, 3, 8, 8)
+    analysis = _groups.analyse(model, x)
+    assert analysis.frozen == {}
+    group = next(g for g in analysis.groups if g.root == "2.qkv")
+    assert (group.channels, group.blocks, group.offset) == (16, 2, 32)
+    assert_equivalent(model, 0.5, changes=0.05, inputs=x)
+    assert attn.num_heads == 2 and attn.dim_out_qk == 16 and attn.dim_out_v == 2 * attn.dim_head_v == model[4].in_channels == 16
+
+
+@pytest.mark.parametrize("name", ["botnet26t_256", "halonet26t", "eca_botnext26ts_256"])
 def test_timm_models_are_cut_whole(name):
     model = timm.create_model(name, num_classes=10)
     assert _groups.analyse(model).frozen == {}

@@ -71,13 +71,15 @@ def test_macs_count_the_relative_position_mlp():
 
 def test_a_walk_that_outgrows_the_model_is_left_whole(monkeypatch):
     """Unregistered, MaxViT's qkv ``view`` reads to the tracer as a flatten it maps through again
-    and again (24 GB in 50 s on coatnet_pico); the walk stops and its group is left whole."""
+    and again (24 GB in 50 s on coatnet_pico); the walk stops, at a step onto more channels than
+    any layer has or at a channel none has, and its group is left whole."""
     for cls in (maxxvit.AttentionCl, maxxvit.Attention2d):
         monkeypatch.delitem(_arch._ATTENTION, cls)
         monkeypatch.delitem(_arch._TRACE_FORWARD, cls)
     model = make("coatnet_micro")
     frozen = _groups.analyse(model).frozen
-    assert {root for root, why in frozen.items() if "onto" in why} == {"stages.2.blocks.0.attn.qkv", "stages.3.blocks.0.attn.qkv"}
+    stopped = {root for root, why in frozen.items() if "onto" in why or "without end" in why}
+    assert stopped == {"stages.2.blocks.0.attn.qkv", "stages.3.blocks.0.attn.qkv"}
     isoprune.prune(model, 0.3)
     assert model(inputs_for(model)).shape == (2, 10)
 
@@ -85,7 +87,8 @@ def test_a_walk_that_outgrows_the_model_is_left_whole(monkeypatch):
 def test_a_walk_that_never_ends_is_left_whole(monkeypatch):
     """Traced as timm writes it, FocalNet's modulation has its gates (one channel broadcast over
     many, reached through slices) send the walk round without end (9 GB in 78 s on
-    focalnet_tiny_srf); it stops and the rest prunes."""
+    focalnet_tiny_srf), to channels ever further out; it stops at the first that no layer has,
+    and the rest prunes."""
     from timm.models.focalnet import FocalModulation, FocalNet
 
     monkeypatch.delitem(_arch._TRACE_FORWARD, FocalModulation)
@@ -94,7 +97,7 @@ def test_a_walk_that_never_ends_is_left_whole(monkeypatch):
     model = FocalNet(embed_dim=16, depths=(1, 1, 1, 1), num_classes=10).eval()
     model.pretrained_cfg = {"input_size": (3, 64, 64)}
     frozen = _groups.analyse(model).frozen
-    assert "layers.0.blocks.0.modulation.h" in frozen and "without end" in frozen["layers.0.blocks.0.modulation.h"]
+    assert "no layer or concatenation has more than" in frozen["layers.0.blocks.0.modulation.h"]
     macs = isoprune.count(model)[0]
     isoprune.prune(model, 0.3)
     assert model(inputs_for(model)).shape == (2, 10) and isoprune.count(model)[0] < 0.8 * macs
