@@ -87,8 +87,8 @@ def test_a_walk_that_outgrows_the_model_is_left_whole(monkeypatch):
 def test_a_walk_that_never_ends_is_left_whole(monkeypatch):
     """Traced as timm writes it, FocalNet's modulation has its gates (one channel broadcast over
     many, reached through slices) send the walk round without end (9 GB in 78 s on
-    focalnet_tiny_srf), to channels ever further out; it stops at the first that no layer has,
-    and the rest prunes."""
+    focalnet_tiny_srf), to channels ever further out; it stops at the first that no layer or
+    concatenation has, and the rest prunes."""
     from timm.models.focalnet import FocalModulation, FocalNet
 
     monkeypatch.delitem(_arch._TRACE_FORWARD, FocalModulation)
