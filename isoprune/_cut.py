@@ -75,6 +75,12 @@ def one_input_per_group(conv: nn.modules.conv._ConvNd) -> bool:
     return 1 < conv.groups == conv.in_channels
 
 
+def depthwise(conv: nn.Module) -> bool:
+    """A convolution (torch's or ``CondConv2d``) with a group per input and per output: an input
+    goes with its output."""
+    return one_input_per_group(conv) and conv.out_channels == conv.in_channels
+
+
 def _conv_out(conv: nn.modules.conv._ConvNd, idxs: list[int], _dim: int) -> None:
     keep = _kept(conv.out_channels, idxs)
     _per_output(conv, keep, conv.out_channels)
@@ -275,7 +281,7 @@ def _pruner_of(graph, module: nn.Module):
     """``DependencyGraph.get_pruner_of_module`` that tells a depthwise ``CondConv2d`` from others
     (Torch-Pruning picks a custom layer's handler by its class)."""
     if isinstance(module, CondConv2d):
-        return _DEPTHWISE_COND_CONV if 1 < module.groups == module.in_channels == module.out_channels else _COND_CONV
+        return _DEPTHWISE_COND_CONV if depthwise(module) else _COND_CONV
     return type(graph).get_pruner_of_module(graph, module)
 
 

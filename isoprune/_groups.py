@@ -109,7 +109,7 @@ def _label(graph, node, direction: str, labels: str) -> str:
         if labels != "type" and isinstance(module, _cut.CONVS):
             text += f":k{'x'.join(map(str, module.kernel_size))}"
             if module.groups > 1:
-                text += ":dw" if module.groups == module.in_channels == module.out_channels else f":g{module.groups}"
+                text += ":dw" if _cut.depthwise(module) else f":g{module.groups}"
     if labels == "shape":
         text += f":{_width_label(module)}"
     return f"{text}/{direction}"

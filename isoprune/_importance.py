@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import _dist
 from ._coupling import NO_ROOT
-from ._cut import cond_conv_shapes
+from ._cut import cond_conv_shapes, depthwise as is_depthwise
 from ._errors import IsopruneError
 
 
@@ -192,13 +192,13 @@ def member_tensors(model: nn.Module, name: str, *, param: bool, out: bool, dim: 
         return _lstm_slots(module, out) if module.num_layers == 1 and not module.proj_size else []
     if isinstance(module, CondConv2d):
         weight, bias = cond_conv_shapes(module)
-        depthwise = 1 < module.groups == module.in_channels == module.out_channels
+        depthwise = is_depthwise(module)
         if module.groups > 1 and not depthwise and not out:
             return []
         tensors = [Slot(module.weight.view(weight), 1 if out or depthwise else 2)]
         return tensors + ([Slot(module.bias.view(bias), 1)] if (out or depthwise) and module.bias is not None else [])
     if isinstance(module, nn.modules.conv._ConvNd):
-        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        depthwise = is_depthwise(module)
         if module.groups > 1 and not depthwise and not out:
             return []
         dim = int(module.transposed) if (out or depthwise) else 1 - int(module.transposed)
