@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+import _machine  # benchmarks/, beside this script
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +159,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     meta = {"command": " ".join(["python", "benchmarks/latency.py", *sys.argv[1:]]), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(), "target": TARGET}
+            "threads": torch.get_num_threads(), "cpu": _machine.cpu(), "target": TARGET}
     (args.out / "latency.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     draw(rows, args.out / "latency.png")
     print(f"saved {args.out}/latency.csv, latency.json, latency.png")

@@ -33,13 +33,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import _machine  # benchmarks/, beside this script
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = [
@@ -279,7 +280,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(flat)
     meta = {"command": " ".join(["python", "benchmarks/prune_speed.py", *sys.argv[1:]]), "threads": rows[0]["threads"],
-            "cpu": platform.processor() or platform.machine(), "target_speedup": TARGET, "memory_target": MEMORY_TARGET}
+            "cpu": _machine.cpu(), "target_speedup": TARGET, "memory_target": MEMORY_TARGET}
     (args.out / "prune_speed.json").write_text(json.dumps({**meta, "summary": summary, "runs": rows}, indent=1))
     draw(summary, args.out / "prune_speed.png")
     print(f"saved {args.out}/prune_speed.csv, prune_speed.json, prune_speed.png")

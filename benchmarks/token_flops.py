@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+
+import _machine  # benchmarks/, beside this script
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {0.8: 0.23, 0.7: 0.33}
@@ -133,7 +134,7 @@ def write(rows: list[dict], args) -> None:
         writer.writeheader()
         writer.writerows(rows)
     meta = {"command": "python benchmarks/token_flops.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": args.threads,
+            "machine": _machine.cpu(), "torch": torch.__version__, "threads": args.threads,
             "model": args.model, "batch": args.batch, "local_crops": args.local_crops, "rows": rows}
     (RESULTS / "token_flops.json").write_text(json.dumps(meta, indent=1))
     reduced = rows[1:]

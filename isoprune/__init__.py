@@ -15,6 +15,7 @@ from ._importance import Importance, available_importances, register_importance
 from ._plan import SCOPES, Budget, GroupPlan, PruningPlan, Ratios, plan
 from ._depth import DepthPlan
 from ._apply import apply_plan, prune, zero_out
+from ._recalibrate import recalibrate_bn
 from ._api import count, isomorphic_groups
 from ._models import ALIASES
 from ._models import create as create_model
@@ -40,6 +41,7 @@ __all__ = [
     "apply_plan",
     "prune",
     "zero_out",
+    "recalibrate_bn",
     "isomorphic_groups",
     "count",
     "create_model",

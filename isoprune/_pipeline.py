@@ -16,6 +16,7 @@ from ._apply import apply_plan, fit
 from ._errors import IsopruneError
 from ._io import check_writable, read_metadata, save
 from ._plan import Budget, PruningPlan, plan
+from ._recalibrate import recalibrate_bn
 
 
 def resolve_target(cfg: _recipes.PruneConfig, target: str) -> tuple[_recipes.PruneConfig, str | None]:
@@ -106,6 +107,10 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
         raise IsopruneError("no model given", hint="pass --model NAME (or a recipe with prune.model)")
     if cfg.target is not None:
         Budget.parse(cfg.target)  # fail on a bad budget before building anything
+    if cfg.recalibrate_bn < 0:
+        raise IsopruneError(f"recalibrate_bn must be a number of batches, not {cfg.recalibrate_bn}", hint="pass --recalibrate-bn 0 (off) or more")
+    if cfg.recalibrate_bn and data is None:
+        raise IsopruneError("recalibrating BatchNorm needs data", hint="pass --data DIR (an ImageFolder), or drop --recalibrate-bn")
     torch.manual_seed(cfg.seed)
     kwargs = {"num_classes": cfg.num_classes} if cfg.num_classes is not None else {}
     model = _models.create(cfg.model, cfg.weights, **kwargs)
@@ -136,14 +141,21 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
     return model.cpu(), pruning
 
 
-def write(model: nn.Module, pruning: PruningPlan, cfg: _recipes.PruneConfig, out, *, force: bool = False, recipe: str | None = None) -> Path:
-    """Apply the plan and write the model, its metadata, the plan as YAML and ``report.png``.
-    ``recipe`` is recorded so that fine-tuning takes its ``finetune`` section by default."""
+def write(model: nn.Module, pruning: PruningPlan, cfg: _recipes.PruneConfig, out, *, force: bool = False, recipe: str | None = None,
+          data: str | None = None, device: torch.device | str = "cpu") -> Path:
+    """Apply the plan, measure the BatchNorm statistics again on ``cfg.recalibrate_bn`` batches of
+    ``data`` (on ``device``) if asked, and write the model, its metadata, the plan as YAML and
+    ``report.png``. ``recipe`` is recorded so that fine-tuning takes its ``finetune`` section by
+    default."""
     from ._report import draw_report
 
     check_writable(out, force)
     scores = getattr(pruning, "_scores", None)
     apply_plan(model, pruning)
+    if cfg.recalibrate_bn:
+        batches = calibration_batches(data, model, cfg.batch_size, cfg.seed, cfg.recalibrate_bn, input_size=cfg.input_size)
+        recalibrate_bn(model.to(device), batches, device)
+        model.cpu()
     model.isoprune_plan = pruning
     if recipe is not None and Path(recipe).is_file():
         recipe = str(Path(recipe).resolve())

@@ -22,7 +22,8 @@ class PruneConfig:
     """``ratios`` has the fields of ``Ratios``. ``target`` is a budget (``4.2G`` MACs, ``20M``
     params) that scales the ratios by one factor; ``depth`` maps a block container to the number
     of blocks to remove from it. ``plan`` is a saved plan (``plan.yaml``, or a pruned model's
-    directory) applied as it is, instead of planning."""
+    directory) applied as it is, instead of planning. ``recalibrate_bn``: batches of the data on
+    which the pruned model's BatchNorm statistics are measured again (0: kept as they were)."""
 
     model: str = ""
     weights: str = "pretrained"
@@ -39,6 +40,7 @@ class PruneConfig:
     labels: str = "structure"
     seed: int = 0
     plan: str | None = None
+    recalibrate_bn: int = 0
 
 
 @dataclass

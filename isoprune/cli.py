@@ -18,6 +18,7 @@ from pathlib import Path
 from . import __version__, _dist, _io, _models, _pipeline, _recipes
 from ._errors import IsopruneError
 from ._plan import KINDS, SCOPES, PruningPlan
+from ._recalibrate import batch_norms
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batches", type=int, help="calibration batches (default 50)")
     p.add_argument("--batch-size", type=int, help="calibration batch size (default 64)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where calibration runs (torchrun: one GPU per process)")
+    p.add_argument("--recalibrate-bn", type=int, metavar="N",
+                   help="measure the pruned model's BatchNorm statistics again on N batches of --data (default 0: keep the original's)")
     p.add_argument("--scope", choices=SCOPES, help="rank within isomorphic groups (default), globally, or per group")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of N")
     p.add_argument("--input-size", type=int, help="square input resolution (default: the model's)")
@@ -188,7 +191,9 @@ def cmd_prune(args) -> int:
             return 0  # under torchrun, the other processes only lend their share of the calibration
         text = _describe(pruning)
         if not args.dry_run:
-            out = _pipeline.write(model, pruning, cfg, out, force=args.force, recipe=recipe)
+            out = _pipeline.write(model, pruning, cfg, out, force=args.force, recipe=recipe, data=args.data, device=device)
+            if cfg.recalibrate_bn and batch_norms(model):
+                text += f"\nBatchNorm statistics measured again on up to {cfg.recalibrate_bn} batches of {args.data}"
             text += f"\nwrote {out}/ (model.safetensors, isoprune.json, plan.yaml, report.png)"
         _emit(text, _pipeline.summary(pruning, None if args.dry_run else out), args.json)
         return 0

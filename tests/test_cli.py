@@ -12,7 +12,7 @@ import timm
 import torch
 
 import isoprune
-from isoprune import _finetune, _recipes, cli
+from isoprune import _finetune, _pipeline, _recipes, cli
 
 
 def run_cli(capsys, *argv):
@@ -62,6 +62,23 @@ def test_taylor_with_data(capsys, tmp_path, digits_folder):
                              "--batch-size", "8", "--ratios", "0.3", "--dry-run", "--json")
     assert code == 0, err
     assert json.loads(out)["groups"]
+
+
+def test_recalibrated_batch_norm_is_saved(capsys, tmp_path, digits_folder):
+    """``--recalibrate-bn 2`` writes the model whose BatchNorm statistics ``recalibrate_bn`` measures
+    on the first 2 calibration batches; the weights are those of the same prune without it."""
+    argv = ["prune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--ratios", "0.3",
+            "--data", digits_folder, "--batch-size", "8", "--input-size", "32"]
+    code, out, err = run_cli(capsys, *argv, "--recalibrate-bn", "2", "--out", tmp_path / "recal")
+    assert code == 0, err
+    assert "BatchNorm statistics measured again on up to 2 batches" in out
+    run_cli(capsys, *argv, "--out", tmp_path / "plain")
+    recal, plain = isoprune.load(tmp_path / "recal"), isoprune.load(tmp_path / "plain")
+    assert not torch.equal(recal.bn1.running_var, plain.bn1.running_var)
+    isoprune.recalibrate_bn(plain, _pipeline.calibration_batches(digits_folder, plain, 8, limit=2, input_size=32))
+    expected = plain.state_dict()
+    assert all(torch.allclose(v, expected[k]) for k, v in recal.state_dict().items())
+    assert json.loads((tmp_path / "recal" / "isoprune.json").read_text())["config"]["recalibrate_bn"] == 2
 
 
 def test_a_saved_plan_reapplies_to_other_weights(capsys, tmp_path):
@@ -178,13 +195,15 @@ def _bad_inputs(tmp_path):
         "missing plan": (base + ["--plan", tmp_path / "nope.yaml"], "no plan file"),
         "unknown flag": (base + ["--ratio", "0.3"], "unrecognized arguments"),
         "bad depth": (base + ["--depth", "layer1=x"], "cannot read depth"),
+        "recalibration without data": (base + ["--ratios", "0.3", "--recalibrate-bn", "4"], "needs data"),
+        "negative recalibration": (base + ["--ratios", "0.3", "--recalibrate-bn", "-1"], "number of batches"),
     }
 
 
 BAD = ["unknown model", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
        "empty data dir", "non-image data dir", "missing checkpoint", "corrupt checkpoint", "other architecture",
        "unknown recipe key", "target for another model", "nothing to prune", "unknown flag", "bad depth",
-       "plan that does not fit", "missing plan"]
+       "plan that does not fit", "missing plan", "recalibration without data", "negative recalibration"]
 
 
 @pytest.mark.parametrize("case", BAD)
