@@ -196,7 +196,7 @@ def member_tensors(model: nn.Module, name: str, *, param: bool, out: bool, dim: 
         if module.groups > 1 and not depthwise and not out:
             return []
         tensors = [Slot(module.weight.view(weight), 1 if out or depthwise else 2)]
-        return tensors + ([Slot(module.bias.view(bias), 1)] if (out or depthwise) and module.bias is not None else [])
+        return tensors + ([Slot(module.bias.view(bias), 1)] if out and module.bias is not None else [])
     if isinstance(module, nn.modules.conv._ConvNd):
         depthwise = is_depthwise(module)
         if module.groups > 1 and not depthwise and not out:

@@ -8,6 +8,7 @@ traces it as one convolution, its routing weights ``held``: the routing layer's 
 the block's, its outputs (one per expert) never."""
 import math
 
+import pytest
 import torch
 from timm.layers import CondConv2d
 from torch import nn
@@ -63,6 +64,32 @@ def test_a_channel_scores_the_kernels_of_every_expert():
         conv.weight.view(4, conv.out_channels, -1)[:, 7] *= 100
     plan = isoprune.plan(model, isoprune.Ratios(default=0.9))
     assert next(g for g in plan.groups if g.root == EXPANSION).keep == [7]
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8], ids=["dense", "grouped", "depthwise"])
+@pytest.mark.parametrize("out", [True, False], ids=["outputs", "inputs"])
+def test_one_expert_scores_as_the_convolution_it_is(groups, out):
+    """A CondConv of one expert computes what a plain convolution with its kernel does, and its
+    members score its channels alike (a depthwise one's bias once, with its outputs)."""
+    torch.manual_seed(0)
+    cond = CondConv2d(8, 8, 3, padding=1, groups=groups, num_experts=1, bias=True)
+    plain = nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=True)
+    with torch.no_grad():
+        cond.bias.normal_()
+        plain.weight.copy_(cond.weight.view(cond.weight_shape))
+        plain.bias.copy_(cond.bias.view(-1))
+    x = torch.randn(1, 8, 4, 4)
+    torch.testing.assert_close(cond(x, torch.ones(1, 1)), plain(x))  # the one expert at full weight
+
+    def scores(module):
+        sums = _importance._ChannelSums(_importance.get_importance("l2"), None)
+        slots = _importance.member_tensors(module, "", param=False, out=out, dim=0)
+        return sum(sums(s.tensor, s.dim) for s in slots) if slots else None
+
+    expected = scores(plain)
+    assert (expected is None) == (groups == 2 and not out)  # a grouped one's inputs are its outputs' members
+    if expected is not None:
+        torch.testing.assert_close(scores(cond), expected)
 
 
 def test_a_view_of_the_kernels_is_scored_with_its_parameter_s_gradients():
