@@ -1,5 +1,5 @@
 """What a benchmark ran on, for its saved figures: times and their ratios move with the CPU
-(a run on an AMD EPYC without AVX-512 took 2.5-3x as long as the saved figures from an earlier
+(a run on an AMD EPYC without AVX-512 took 2.3-3.4x as long as the saved figures from an earlier
 machine, and some ratios moved with it), and ``platform.processor()`` says only ``x86_64``."""
 from __future__ import annotations
 
