@@ -48,25 +48,25 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device | str | None 
         m.reset_running_stats()
         m.momentum = None  # a cumulative mean over batches, as torch documents for momentum=None
         m.train()
-    seen, done = 0, False
+    seen = 0
     try:
         with torch.no_grad():
             for batch in tqdm(batches, desc="BatchNorm statistics", leave=False):
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
                 model(images.to(device) if device is not None else images)
                 seen += 1
-        done = True
+        if not seen:
+            raise IsopruneError("no batches to measure BatchNorm statistics on", hint="give at least one batch of images (--data DIR with images)")
+    except BaseException:  # a failed pass or no batch leaves the statistics as they were
+        for m, (mean, var, count) in zip(norms, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+        raise
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         for m, training in modes.items():
             m.training = training
-        if not (done and seen):  # a failed pass or no batch leaves the statistics as they were
-            for m, (mean, var, count) in zip(norms, saved):
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
-    if not seen:
-        raise IsopruneError("no batches to measure BatchNorm statistics on", hint="give at least one batch of images (--data DIR with images)")
     log.info("recalibrated %d BatchNorm layers on %d batches", len(norms), seen)
     return len(norms)
