@@ -1,6 +1,6 @@
 """Latency vs MACs: does a pruned model run as much faster as its MACs say?
 
-    python benchmarks/latency.py --threads 2 --repeats 5
+    python benchmarks/latency.py --threads 1 --repeats 5 --modes eager channels_last compiled
 
 Each model is pruned to its paper recipe's shape (DeiT-B -> 4.2 G, ConvNeXt-B -> 8.5 G,
 ResNet-50 -> 2.0 G, MobileNetV2 -> 0.15 G) once per ``round_to`` (1, 2, 8, 16, 32), with l2
@@ -12,6 +12,13 @@ them once (a sample is as many forward passes as fill ``--sample-seconds``), so 
 machine hits all of them alike. Reported per model: the median time per forward and its spread
 over rounds, the speedup over the unpruned model, the MACs reduction, and their ratio
 (``efficiency``; the target is >= 0.85 at batch 32).
+
+``--modes`` says how the models run, each mode timed on its own, every contender alike:
+``eager`` (contiguous tensors, as a model comes), ``channels_last`` (weights and input in
+channels-last memory format, the layout CPU convolution kernels prefer) and ``compiled``
+(channels-last, ``torch.compile`` with inductor's freezing, which folds each BatchNorm into its
+convolution and prepacks the weights: the deployment path torch recommends; one static graph
+per model and batch size, checked against the eager output before it is timed).
 
 Writes ``results/latency.csv``, ``latency.json`` (with the command) and ``latency.png``.
 """
@@ -38,9 +45,10 @@ RECIPES = {
     "mobilenetv2": "mobilenetv2_0.15g.yaml",
 }
 TARGET = 0.85
+MODES = ("eager", "channels_last", "compiled")
 
 
-def contenders(recipe_name: str, round_tos: list[int]) -> list[dict]:
+def contenders(recipe_name: str, round_tos: list[int], scope: str = "isomorphic") -> list[dict]:
     """The unpruned model and one pruned copy per ``round_to``, each with its MACs."""
     import copy
 
@@ -56,7 +64,7 @@ def contenders(recipe_name: str, round_tos: list[int]) -> list[dict]:
     models = [{"name": "base", "round_to": None, "model": base, "macs": isoprune.count(base)[0]}]
     for r in round_tos:
         pruned = copy.deepcopy(base)
-        isoprune.prune(pruned, dict(p.ratios), depth=dict(p.depth) or None, budget=p.target, round_to=r if r > 1 else None)
+        isoprune.prune(pruned, dict(p.ratios), depth=dict(p.depth) or None, budget=p.target, round_to=r if r > 1 else None, scope=scope)
         models.append({"name": f"round_to={r}", "round_to": r, "model": pruned, "macs": isoprune.count(pruned)[0]})
     return models
 
@@ -76,30 +84,51 @@ def _sample(model, x, iters: int, device) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def time_all(models: list[dict], batch: int, repeats: int, sample_seconds: float, device) -> dict[str, list[float]]:
+def runner(model: torch.nn.Module, x: torch.Tensor, mode: str):
+    """What times ``model`` in ``mode``: the module itself, or its compiled graph for ``x``'s
+    shape, checked against the eager output."""
+    if mode == "eager":
+        return model.to(memory_format=torch.contiguous_format)
+    model = model.to(memory_format=torch.channels_last)
+    if mode == "channels_last":
+        return model
+    compiled = torch.compile(model, dynamic=False)
+    got, want = compiled(x), model(x)
+    if not torch.allclose(got, want, rtol=1e-3, atol=1e-3 * want.abs().max().item()):
+        raise RuntimeError(f"compiled model differs from eager by {(got - want).abs().max().item():.3g}")
+    return compiled
+
+
+def time_all(models: list[dict], batch: int, repeats: int, sample_seconds: float, device, mode: str = "eager") -> dict[str, list[float]]:
     """Per contender, ``repeats`` samples of seconds per forward, taken in alternating rounds."""
     x = torch.randn(batch, *models[0]["model"].pretrained_cfg["input_size"], device=device)
-    iters = {}
-    with torch.inference_mode():
+    if mode != "eager":
+        x = x.to(memory_format=torch.channels_last)
+    iters, run = {}, {}
+    # compiling: every model and batch size its own static graph; a recompile limit hit is an
+    # error, never a silent fall-back to eager
+    with torch.inference_mode(), torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True), \
+            torch._inductor.config.patch(freezing=True):
         for m in models:
-            m["model"].to(device)
-            _sample(m["model"], x, 1, device)  # warm-up
-            iters[m["name"]] = max(1, round(sample_seconds / _sample(m["model"], x, 1, device)))
+            run[m["name"]] = runner(m["model"].to(device), x, mode)
+            _sample(run[m["name"]], x, 1, device)  # warm-up
+            iters[m["name"]] = max(1, round(sample_seconds / _sample(run[m["name"]], x, 1, device)))
         times = {m["name"]: [] for m in models}
         for _ in range(repeats):
             for m in models:
-                times[m["name"]].append(_sample(m["model"], x, iters[m["name"]], device))
+                times[m["name"]].append(_sample(run[m["name"]], x, iters[m["name"]], device))
+    torch._dynamo.reset()  # drop the compiled graphs before the next batch size
     return times
 
 
-def rows_for(recipe_name: str, models: list[dict], times: dict, batch: int, device) -> list[dict]:
+def rows_for(recipe_name: str, models: list[dict], times: dict, batch: int, device, mode: str = "eager") -> list[dict]:
     base_s, base_macs = statistics.median(times["base"]), models[0]["macs"]
     rows = []
     for m in models[1:]:
         s = times[m["name"]]
         speedup, reduction = base_s / statistics.median(s), base_macs / m["macs"]
         rows.append({
-            "model": recipe_name, "device": str(device), "batch": batch, "round_to": m["round_to"],
+            "model": recipe_name, "mode": mode, "device": str(device), "batch": batch, "round_to": m["round_to"],
             "macs_base_g": base_macs / 1e9, "macs_pruned_g": m["macs"] / 1e9,
             "ms_base": 1e3 * base_s, "ms_base_range": [1e3 * min(times["base"]), 1e3 * max(times["base"])],
             "ms_pruned": 1e3 * statistics.median(s), "ms_pruned_range": [1e3 * min(s), 1e3 * max(s)],
@@ -115,14 +144,15 @@ def draw(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4), squeeze=False)
-    for ax, batch in zip(axes[0], batches):
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    fig, axes = plt.subplots(len(modes), len(batches), figsize=(5.5 * len(batches), 4 * len(modes)), squeeze=False)
+    for (mode, batch), ax in zip([(mode, batch) for mode in modes for batch in batches], axes.flat):
         for model in dict.fromkeys(r["model"] for r in rows):
-            mine = [r for r in rows if r["model"] == model and r["batch"] == batch]
+            mine = [r for r in rows if r["model"] == model and r["batch"] == batch and r["mode"] == mode]
             ax.plot([r["round_to"] for r in mine], [r["efficiency"] for r in mine], "o-", label=model)
         ax.axhline(TARGET, color="grey", ls="--", lw=1, label=f"target {TARGET}")
         ax.axhline(1.0, color="black", lw=0.5)
-        ax.set(xscale="log", xlabel="round_to", ylabel="speedup / MACs reduction", title=f"batch {batch} ({rows[0]['device']})")
+        ax.set(xscale="log", xlabel="round_to", ylabel="speedup / MACs reduction", title=f"{mode}, batch {batch} ({rows[0]['device']})")
         ax.set_xticks([1, 2, 8, 16, 32], labels=["1", "2", "8", "16", "32"])
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -134,6 +164,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--round-to", nargs="+", type=int, default=[1, 2, 8, 16, 32])
+    ap.add_argument("--scope", default="isomorphic", choices=["isomorphic", "global", "local"],
+                    help="how the pruned widths are chosen: local keeps one ratio in every layer (a width multiplier)")
+    ap.add_argument("--modes", nargs="+", default=["eager"], choices=MODES, help="how the models run (see above)")
     ap.add_argument("--repeats", type=int, default=5, help="alternating rounds per batch size")
     ap.add_argument("--sample-seconds", type=float, default=0.5, help="forward passes per sample fill this long")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -144,25 +177,31 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
-    print(f"{'model':<12} {'batch':>5} {'round_to':>8} {'GMACs':>13} {'ms base':>9} {'ms pruned':>10} {'speedup':>8} {'MACs x':>7} {'eff':>5}")
+    print(f"{'model':<12} {'mode':<13} {'batch':>5} {'round_to':>8} {'GMACs':>13} {'ms base':>9} {'ms pruned':>10} {'speedup':>8} {'MACs x':>7} {'eff':>5}")
     for name in args.models:
-        models = contenders(name, args.round_to)
+        models = contenders(name, args.round_to, args.scope)
         for batch in args.batches:
-            found = rows_for(name, models, time_all(models, batch, args.repeats, args.sample_seconds, device), batch, device)
-            for r in found:
-                print(f"{name:<12} {batch:>5} {r['round_to']:>8} {r['macs_base_g']:>5.2f}->{r['macs_pruned_g']:<6.3f} "
-                      f"{r['ms_base']:>9.1f} {r['ms_pruned']:>10.1f} {r['speedup']:>7.2f}x {r['macs_reduction']:>6.2f}x {r['efficiency']:>5.2f}", flush=True)
-            rows += found
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "latency.csv", "w", newline="") as f:
+            for mode in args.modes:
+                times = time_all(models, batch, args.repeats, args.sample_seconds, device, mode)
+                found = rows_for(name, models, times, batch, device, mode)
+                for r in found:
+                    print(f"{name:<12} {mode:<13} {batch:>5} {r['round_to']:>8} {r['macs_base_g']:>5.2f}->{r['macs_pruned_g']:<6.3f} "
+                          f"{r['ms_base']:>9.1f} {r['ms_pruned']:>10.1f} {r['speedup']:>7.2f}x {r['macs_reduction']:>6.2f}x {r['efficiency']:>5.2f}", flush=True)
+                rows += found
+        save(rows, args.out, args.scope, done=args.models.index(name) + 1 == len(args.models))  # after each model: a long run cut short keeps what it measured
+
+
+def save(rows: list[dict], out: Path, scope: str, done: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "latency.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"command": " ".join(["python", "benchmarks/latency.py", *sys.argv[1:]]), "torch": torch.__version__,
+    meta = {"command": " ".join(["python", "benchmarks/latency.py", *sys.argv[1:]]), "complete": done, "scope": scope, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu": _machine.cpu(), "target": TARGET}
-    (args.out / "latency.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
-    draw(rows, args.out / "latency.png")
-    print(f"saved {args.out}/latency.csv, latency.json, latency.png")
+    (out / "latency.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    draw(rows, out / "latency.png")
+    print(f"saved {out}/latency.csv, latency.json, latency.png" + ("" if done else " (so far)"), flush=True)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,19 @@ def test_fused_and_unfused_attention_agree_after_pruning(name):
     torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_a_pruned_model_compiles_as_one_graph(name):
+    """What deployment does with a pruned model: ``torch.compile`` traces it whole (no graph
+    break from the changed widths or attention attributes) and computes what it does eagerly."""
+    model = make(name)
+    isoprune.prune(model, isoprune.Ratios(emb=0.25, heads=0.5, head_dim=0.25, mlp=0.5, default=0.4))
+    x = inputs_for(model)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)(x)
+        torch.testing.assert_close(compiled, model(x))
+
+
 def test_swin_heads_take_their_relative_position_bias_along():
     model = make("swin_micro")
     assert_equivalent(model, isoprune.Ratios(heads=0.5, head_dim=0.25, mlp=0.5))
