@@ -19,6 +19,8 @@ channels-last memory format, the layout CPU convolution kernels prefer) and ``co
 (channels-last, ``torch.compile`` with inductor's freezing, which folds each BatchNorm into its
 convolution and prepacks the weights: the deployment path torch recommends; one static graph
 per model and batch size, checked against the eager output before it is timed).
+``--scopes isomorphic local`` times the widths each ranking scope chooses side by side (local:
+one ratio in every layer, as a width multiplier would), all against the same unpruned model.
 
 Writes ``results/latency.csv``, ``latency.json`` (with the command) and ``latency.png``.
 """
@@ -48,8 +50,8 @@ TARGET = 0.85
 MODES = ("eager", "channels_last", "compiled")
 
 
-def contenders(recipe_name: str, round_tos: list[int], scope: str = "isomorphic") -> list[dict]:
-    """The unpruned model and one pruned copy per ``round_to``, each with its MACs."""
+def contenders(recipe_name: str, round_tos: list[int], scopes=("isomorphic",)) -> list[dict]:
+    """The unpruned model and one pruned copy per scope and ``round_to``, each with its MACs."""
     import copy
 
     import timm
@@ -62,10 +64,11 @@ def contenders(recipe_name: str, round_tos: list[int], scope: str = "isomorphic"
     torch.manual_seed(0)
     base = timm.create_model(_models.architecture(p.model)).eval()
     models = [{"name": "base", "round_to": None, "model": base, "macs": isoprune.count(base)[0]}]
-    for r in round_tos:
-        pruned = copy.deepcopy(base)
-        isoprune.prune(pruned, dict(p.ratios), depth=dict(p.depth) or None, budget=p.target, round_to=r if r > 1 else None, scope=scope)
-        models.append({"name": f"round_to={r}", "round_to": r, "model": pruned, "macs": isoprune.count(pruned)[0]})
+    for scope in scopes:
+        for r in round_tos:
+            pruned = copy.deepcopy(base)
+            isoprune.prune(pruned, dict(p.ratios), depth=dict(p.depth) or None, budget=p.target, round_to=r if r > 1 else None, scope=scope)
+            models.append({"name": f"{scope} round_to={r}", "scope": scope, "round_to": r, "model": pruned, "macs": isoprune.count(pruned)[0]})
     return models
 
 
@@ -128,7 +131,7 @@ def rows_for(recipe_name: str, models: list[dict], times: dict, batch: int, devi
         s = times[m["name"]]
         speedup, reduction = base_s / statistics.median(s), base_macs / m["macs"]
         rows.append({
-            "model": recipe_name, "mode": mode, "device": str(device), "batch": batch, "round_to": m["round_to"],
+            "model": recipe_name, "scope": m["scope"], "mode": mode, "device": str(device), "batch": batch, "round_to": m["round_to"],
             "macs_base_g": base_macs / 1e9, "macs_pruned_g": m["macs"] / 1e9,
             "ms_base": 1e3 * base_s, "ms_base_range": [1e3 * min(times["base"]), 1e3 * max(times["base"])],
             "ms_pruned": 1e3 * statistics.median(s), "ms_pruned_range": [1e3 * min(s), 1e3 * max(s)],
@@ -147,9 +150,10 @@ def draw(rows: list[dict], path: Path) -> None:
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     fig, axes = plt.subplots(len(modes), len(batches), figsize=(5.5 * len(batches), 4 * len(modes)), squeeze=False)
     for (mode, batch), ax in zip([(mode, batch) for mode in modes for batch in batches], axes.flat):
-        for model in dict.fromkeys(r["model"] for r in rows):
-            mine = [r for r in rows if r["model"] == model and r["batch"] == batch and r["mode"] == mode]
-            ax.plot([r["round_to"] for r in mine], [r["efficiency"] for r in mine], "o-", label=model)
+        for model, scope in dict.fromkeys((r["model"], r["scope"]) for r in rows):
+            mine = [r for r in rows if (r["model"], r["scope"]) == (model, scope) and r["batch"] == batch and r["mode"] == mode]
+            ax.plot([r["round_to"] for r in mine], [r["efficiency"] for r in mine], "o-" if scope == "isomorphic" else "s--",
+                    label=model if scope == "isomorphic" else f"{model} ({scope})")
         ax.axhline(TARGET, color="grey", ls="--", lw=1, label=f"target {TARGET}")
         ax.axhline(1.0, color="black", lw=0.5)
         ax.set(xscale="log", xlabel="round_to", ylabel="speedup / MACs reduction", title=f"{mode}, batch {batch} ({rows[0]['device']})")
@@ -164,8 +168,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--round-to", nargs="+", type=int, default=[1, 2, 8, 16, 32])
-    ap.add_argument("--scope", default="isomorphic", choices=["isomorphic", "global", "local"],
-                    help="how the pruned widths are chosen: local keeps one ratio in every layer (a width multiplier)")
+    ap.add_argument("--scopes", nargs="+", default=["isomorphic"], choices=["isomorphic", "global", "local"],
+                    help="how the pruned widths are chosen, each timed beside the others (local: one ratio in every layer, a width multiplier)")
     ap.add_argument("--modes", nargs="+", default=["eager"], choices=MODES, help="how the models run (see above)")
     ap.add_argument("--repeats", type=int, default=5, help="alternating rounds per batch size")
     ap.add_argument("--sample-seconds", type=float, default=0.5, help="forward passes per sample fill this long")
@@ -177,27 +181,27 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
-    print(f"{'model':<12} {'mode':<13} {'batch':>5} {'round_to':>8} {'GMACs':>13} {'ms base':>9} {'ms pruned':>10} {'speedup':>8} {'MACs x':>7} {'eff':>5}")
+    print(f"{'model':<12} {'scope':<10} {'mode':<13} {'batch':>5} {'round_to':>8} {'GMACs':>13} {'ms base':>9} {'ms pruned':>10} {'speedup':>8} {'MACs x':>7} {'eff':>5}")
     for name in args.models:
-        models = contenders(name, args.round_to, args.scope)
+        models = contenders(name, args.round_to, args.scopes)
         for batch in args.batches:
             for mode in args.modes:
                 times = time_all(models, batch, args.repeats, args.sample_seconds, device, mode)
                 found = rows_for(name, models, times, batch, device, mode)
                 for r in found:
-                    print(f"{name:<12} {mode:<13} {batch:>5} {r['round_to']:>8} {r['macs_base_g']:>5.2f}->{r['macs_pruned_g']:<6.3f} "
+                    print(f"{name:<12} {r['scope']:<10} {mode:<13} {batch:>5} {r['round_to']:>8} {r['macs_base_g']:>5.2f}->{r['macs_pruned_g']:<6.3f} "
                           f"{r['ms_base']:>9.1f} {r['ms_pruned']:>10.1f} {r['speedup']:>7.2f}x {r['macs_reduction']:>6.2f}x {r['efficiency']:>5.2f}", flush=True)
                 rows += found
-        save(rows, args.out, args.scope, done=args.models.index(name) + 1 == len(args.models))  # after each model: a long run cut short keeps what it measured
+        save(rows, args.out, done=args.models.index(name) + 1 == len(args.models))  # after each model: a long run cut short keeps what it measured
 
 
-def save(rows: list[dict], out: Path, scope: str, done: bool) -> None:
+def save(rows: list[dict], out: Path, done: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "latency.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"command": " ".join(["python", "benchmarks/latency.py", *sys.argv[1:]]), "complete": done, "scope": scope, "torch": torch.__version__,
+    meta = {"command": " ".join(["python", "benchmarks/latency.py", *sys.argv[1:]]), "complete": done, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu": _machine.cpu(), "target": TARGET}
     (out / "latency.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     draw(rows, out / "latency.png")
