@@ -17,16 +17,6 @@ FAST = ["--epochs", "2", "--batch-size", "128", "--out-dim", "256", "--hidden-di
         "--warmup-epochs", "1", "--lr", "0.002", "--local-crops-number", "2"]
 
 
-@pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory):
-    """A 4-block ViT for 32x32 digits (8x8 patches of 4 pixels), saved as an isoprune model directory."""
-    torch.manual_seed(0)
-    model = isoprune.create_model("vit_tiny_patch16_224", "none", num_classes=10, img_size=32, patch_size=4, embed_dim=48,
-                                  depth=4, num_heads=3)
-    isoprune.prune(model, 0.0)
-    return isoprune.save(model, tmp_path_factory.mktemp("models") / "tiny_vit")
-
-
 def run_cli(capsys, *argv):
     code = cli.main([str(a) for a in argv])
     captured = capsys.readouterr()
