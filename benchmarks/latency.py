@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 import _machine  # benchmarks/, beside this script
+from isoprune._eval import DTYPES
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,6 @@ RECIPES = {
 }
 TARGET = 0.85
 MODES = ("eager", "channels_last", "compiled")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def contenders(recipe_name: str, round_tos: list[int], scopes=("isomorphic",)) -> list[dict]:

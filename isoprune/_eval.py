@@ -12,6 +12,8 @@ from . import _data, _io, _models, _trace
 from ._errors import IsopruneError
 from ._finetune import evaluate
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 def load_model(source: str | Path, weights: str = "pretrained", num_classes: int | None = None) -> nn.Module:
     """A directory isoprune wrote, or a timm model name (``weights``: pretrained, none, PATH)."""
@@ -22,13 +24,15 @@ def load_model(source: str | Path, weights: str = "pretrained", num_classes: int
 
 
 def latency(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, device: torch.device,
-            warmup: int = 5, iters: int = 20) -> dict:
+            warmup: int = 5, iters: int = 20, dtype: torch.dtype = torch.float32,
+            memory_format: torch.memory_format = torch.contiguous_format) -> dict:
     """Median wall time of a forward pass at ``batch_size`` after ``warmup`` passes, and the
-    throughput it implies; the spread is the interquartile range over ``iters`` timed passes."""
+    throughput it implies; the spread is the interquartile range over ``iters`` timed passes.
+    The model and its input are cast to ``dtype`` and ``memory_format`` first."""
     if iters < 1:
         raise IsopruneError("latency needs at least one timed pass", hint="pass --iters 1 or more")
-    model.eval().to(device)
-    x = torch.randn(batch_size, *input_size, device=device)
+    model.eval().to(device, dtype, memory_format=memory_format)
+    x = torch.randn(batch_size, *input_size, device=device, dtype=dtype).contiguous(memory_format=memory_format)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode():
@@ -47,22 +51,28 @@ def latency(model: nn.Module, input_size: tuple[int, int, int], batch_size: int,
 
 def run(source: str | Path, data: str | Path | None = None, *, weights: str = "pretrained", num_classes: int | None = None,
         input_size: int | None = None, batch_size: int = 64, device: str = "cpu", workers: int = 0,
-        warmup: int = 5, iters: int = 20) -> dict:
+        warmup: int = 5, iters: int = 20, dtype: str = "float32", channels_last: bool = False) -> dict:
     """Everything ``isoprune eval`` reports: accuracy on ``data`` (its ``val/`` when present),
-    MACs, params and latency at ``batch_size``."""
+    MACs, params and latency at ``batch_size``; all with the weights and inputs in ``dtype``
+    (``float16`` or ``bfloat16``, as a model is deployed on a GPU), channels-last if asked."""
     import timm.data
 
+    if dtype not in DTYPES:
+        raise IsopruneError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
     where = _data.device(device)
+    cast = {"dtype": DTYPES[dtype], "memory_format": torch.channels_last if channels_last else torch.contiguous_format}
     model = load_model(source, weights, num_classes)
     config = _data.data_config(model, input_size)
     result = {"model": str(source)}
+    # counted in the precision the model was saved in, before it is cast
+    macs, params = _trace.count(_trace.meta_skeleton(model), _trace.meta_inputs(model, size=config["input_size"]))
     if data is not None:
         root = Path(data) / "val" if (Path(data) / "val").is_dir() else Path(data)
         dataset = _data.image_folder(root, timm.data.create_transform(**config, is_training=False))
         _data.check_classes(dataset, model, str(root))
         loader = _data.seeded_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers)
-        result.update(evaluate(model.to(where), loader, where))
-    result["macs"], result["params"] = _trace.count(_trace.meta_skeleton(model), _trace.meta_inputs(model, size=config["input_size"]))
-    result["input_size"] = list(config["input_size"])
-    result.update(latency(model, tuple(config["input_size"]), batch_size, where, warmup, iters))
+        result.update(evaluate(model.to(where, **cast), loader, where, **cast))
+    result.update(macs=macs, params=params, input_size=list(config["input_size"]))
+    result.update(latency(model, tuple(config["input_size"]), batch_size, where, warmup, iters, **cast))
+    result.update(dtype=dtype, channels_last=channels_last)
     return result

@@ -185,15 +185,17 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
-def evaluate(model: nn.Module, loader, device: torch.device, env: _dist.Env | None = None, amp: bool = False, desc: str = "eval") -> dict:
-    """Top-1, top-5 (percent) and mean cross-entropy over the loader, summed over all processes."""
+def evaluate(model: nn.Module, loader, device: torch.device, env: _dist.Env | None = None, amp: bool = False, desc: str = "eval",
+             dtype: torch.dtype | None = None, memory_format: torch.memory_format = torch.preserve_format) -> dict:
+    """Top-1, top-5 (percent) and mean cross-entropy over the loader, summed over all processes;
+    the images in ``dtype`` and ``memory_format`` where given (those of a model cast to them)."""
     env = env or _dist.Env()
     model.eval()
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, top-1, top-5, images
     cast, _ = _autocast(device, amp)
     with torch.no_grad():
         for images, targets in tqdm(_data.readable(loader), desc=desc, total=len(loader), leave=False, disable=not env.main):
-            images, targets = images.to(device), targets.to(device)
+            images, targets = images.to(device, dtype, memory_format=memory_format), targets.to(device)
             with cast:
                 out = model(images)
             out = (out[0] if isinstance(out, tuple) else out).float()

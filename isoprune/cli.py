@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recalibrate-bn", type=int, metavar="N",
                    help="measure the pruned model's BatchNorm statistics again on N batches of --data (default 0: keep the original's)")
     p.add_argument("--scope", choices=SCOPES, help="rank within isomorphic groups (default), globally, or per group")
-    p.add_argument("--round-to", type=int, help="keep channel counts multiples of N (8 or more runs fast on GPUs and CPUs)")
+    p.add_argument("--round-to", type=int, help="keep channel counts multiples of N (8 or more: faster on GPUs and CPUs)")
     p.add_argument("--input-size", type=int, help="square input resolution (default: the model's)")
     p.add_argument("--seed", type=int, help="random seed (random init, data order, random importance)")
     p.add_argument("--out", help="output directory (default: pruned/MODEL)")
@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=0)
     e.add_argument("--warmup", type=int, default=5, help="untimed forward passes before timing")
     e.add_argument("--iters", type=int, default=20, help="timed forward passes")
+    e.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="weights and inputs in this precision (float16: as deployed on a GPU)")
+    e.add_argument("--channels-last", action="store_true", help="weights and inputs in channels-last memory format (faster convolutions)")
     e.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     i = sub.add_parser("inspect", help="show a model's isomorphic groups, or summarise a pruned model")
@@ -264,12 +267,14 @@ def cmd_eval(args) -> int:
     from ._eval import run
 
     result = run(_source(args), args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size,
-                 batch_size=args.batch_size, device=args.device, workers=args.workers, warmup=args.warmup, iters=args.iters)
+                 batch_size=args.batch_size, device=args.device, workers=args.workers, warmup=args.warmup, iters=args.iters,
+                 dtype=args.dtype, channels_last=args.channels_last)
     rows = [f"{result['model']}: {result['macs'] / 1e9:.3f} G MACs, {result['params'] / 1e6:.3f} M params, input {result['input_size']}"]
     if "top1" in result:
         rows.append(f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, loss {result['loss']:.4f} on {result['images']} images")
+    how = ", ".join([result["dtype"]] + ["channels-last"] * result["channels_last"])
     rows.append(f"latency {result['latency_ms']:.2f} ms (IQR {result['latency_iqr_ms']:.2f}) at batch {result['batch_size']} on "
-                f"{result['device']}, {result['throughput']:.1f} images/s")
+                f"{result['device']} ({how}), {result['throughput']:.1f} images/s")
     _emit("\n".join(rows), result, args.json)
     return 0
 

@@ -37,6 +37,11 @@ def test_a_model_trained_on_the_gpu_scores_alike_on_gpu_and_cpu(capsys, digits, 
     assert on_gpu["device"] == "cuda:0" and on_gpu["throughput"] > 0
     assert on_cpu["top1"] > 85, on_cpu
     assert on_gpu["top1"] == pytest.approx(on_cpu["top1"], abs=0.6)  # 2 of the 360 images at most
+    # as deployed: half precision, channels-last
+    code, out, err = run_cli(capsys, "eval", trained_on_gpu / "best", "--data", digits, *SIZE, "--device", "cuda", "--dtype", "float16",
+                             "--channels-last", "--json")
+    assert code == 0, err
+    assert json.loads(out)["top1"] == pytest.approx(on_cpu["top1"], abs=1.0)
 
 
 def _keeps(path):

@@ -253,6 +253,18 @@ def test_eval_without_data_reports_size_and_speed(capsys):
     assert "top1" not in result and result["macs"] > 0 and result["latency_ms"] > 0 and result["throughput"] > 0
 
 
+def test_eval_in_half_precision_and_channels_last_scores_what_float32_does(capsys, digits, trained):
+    full = evaluate(capsys, trained / "best", digits)
+    code, out, err = run_cli(capsys, "eval", trained / "best", "--data", digits, *SIZE, "--iters", "1", "--warmup", "0",
+                             "--dtype", "bfloat16", "--channels-last", "--json")
+    assert code == 0, err
+    half = json.loads(out)
+    assert (half["dtype"], half["channels_last"], full["dtype"], full["channels_last"]) == ("bfloat16", True, "float32", False)
+    assert (half["macs"], half["params"], half["images"]) == (full["macs"], full["params"], 360)
+    assert half["top1"] == pytest.approx(full["top1"], abs=1.5) and half["top1"] > 85  # bfloat16 keeps 8 bits of mantissa
+    assert "bfloat16, channels-last" in err
+
+
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_distillation_uses_the_dist_token_output_and_the_teacher(kind):
     torch.manual_seed(0)

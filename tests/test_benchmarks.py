@@ -1,0 +1,46 @@
+"""The benchmark scripts run end to end and save what they print (smallest settings: behaviour,
+not timings)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script, *args):
+    done = subprocess.run([sys.executable, BENCHMARKS / script, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_latency_times_every_contender_in_every_mode_and_precision(tmp_path):
+    out = run("latency.py", "--models", "mobilenetv2", "--round-to", "1", "8", "--batches", "1", "--repeats", "2",
+              "--sample-seconds", "0.01", "--modes", "eager", "channels_last", "--dtypes", "float32", "bfloat16", "--out", tmp_path)
+    saved = json.loads((tmp_path / "latency.json").read_text())
+    assert saved["complete"] and saved["command"].startswith("python benchmarks/latency.py --models mobilenetv2")
+    rows = saved["rows"]
+    assert {(r["mode"], r["dtype"], r["round_to"]) for r in rows} == {
+        (m, d, r) for m in ("eager", "channels_last") for d in ("float32", "bfloat16") for r in (1, 8)}
+    for r in rows:
+        assert r["macs_pruned_g"] < r["macs_base_g"] / 2 < 0.16  # the recipe's 0.15 G
+        assert r["ms_pruned_range"][0] <= r["ms_pruned"] <= r["ms_pruned_range"][1]
+        assert math.isclose(r["efficiency"], r["ms_base"] / r["ms_pruned"] / r["macs_reduction"])
+    assert len(out.splitlines()) >= 1 + len(rows)  # the table, one line per row
+    assert (tmp_path / "latency.csv").read_text().count("\n") == 1 + len(rows)
+    assert (tmp_path / "latency.png").stat().st_size > 10_000
+
+
+def test_kernel_share_sorts_all_the_time_into_kinds(tmp_path):
+    run("kernel_share.py", "--device", "cpu", "--dtype", "float32", "--batch", "1", "--iters", "1", "--models", "deit_b",
+        "--round-to", "8", "--out", tmp_path)
+    rows = json.loads((tmp_path / "kernel_share.json").read_text())["rows"]
+    assert [r["round_to"] for r in rows] == [None, 8]
+    for r in rows:
+        assert math.isclose(sum(r["ms"].values()), r["ms_total"])
+        # a ViT's time goes mostly to its linear layers, and some to attention
+        assert r["ms"]["matrix"] > 0.5 * r["ms_total"] and r["ms"].get("attention", 0) > 0, r["ms"]
+        assert r["kernels"][0]["ms"] >= r["kernels"][-1]["ms"]
+    assert rows[1]["ms"]["matrix"] < rows[0]["ms"]["matrix"]
+    assert (tmp_path / "kernel_share.png").stat().st_size > 10_000
