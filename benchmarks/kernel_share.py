@@ -48,21 +48,20 @@ def profile(model: torch.nn.Module, x: torch.Tensor, iters: int) -> tuple[dict[s
     """Milliseconds per forward pass by kind, and every kernel's (or operator's) share."""
     gpu = x.is_cuda
     activity = torch.profiler.ProfilerActivity.CUDA if gpu else torch.profiler.ProfilerActivity.CPU
-    sync = torch.cuda.synchronize if gpu else (lambda: None)
     with torch.inference_mode():
         for _ in range(3):
             model(x)
-        sync()
+        latency._sync(x.device)
         with torch.profiler.profile(activities=[activity]) as prof:
             for _ in range(iters):
                 model(x)
-            sync()
+            latency._sync(x.device)
     kinds, kernels = collections.Counter(), []
     for e in prof.key_averages():
         ms = (e.self_device_time_total if gpu else e.self_cpu_time_total) / iters / 1e3
         if ms > 0:
-            kinds[kind(e.key)] += ms
             kernels.append({"name": e.key, "kind": kind(e.key), "ms": ms, "calls": e.count // iters})
+            kinds[kernels[-1]["kind"]] += ms
     return dict(kinds), sorted(kernels, key=lambda k: -k["ms"])
 
 
@@ -107,8 +106,7 @@ def main() -> None:
         x = torch.randn(args.batch, *models[0]["model"].pretrained_cfg["input_size"], device=device, dtype=dtype)
         x = x.to(memory_format=torch.channels_last)
         for m in models:
-            net = m["model"].to(device, dtype).to(memory_format=torch.channels_last).eval()
-            ms, kernels = profile(net, x, args.iters)
+            ms, kernels = profile(latency.runner(m["model"].to(device, dtype), x, "channels_last"), x, args.iters)
             m["model"].cpu()
             total = sum(ms.values())
             rows.append({"model": name, "round_to": m["round_to"], "macs_g": m["macs"] / 1e9, "device": str(device), "dtype": args.dtype,

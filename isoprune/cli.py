@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__, _dist, _io, _models, _pipeline, _recipes
 from ._errors import IsopruneError
+from ._eval import DTYPES
 from ._plan import KINDS, SCOPES, PruningPlan
 from ._recalibrate import batch_norms
 
@@ -111,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=0)
     e.add_argument("--warmup", type=int, default=5, help="untimed forward passes before timing")
     e.add_argument("--iters", type=int, default=20, help="timed forward passes")
-    e.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+    e.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="weights and inputs in this precision (float16: as deployed on a GPU)")
     e.add_argument("--channels-last", action="store_true", help="weights and inputs in channels-last memory format (faster convolutions)")
     e.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
