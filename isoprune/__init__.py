@@ -14,6 +14,7 @@ from ._groups import LABELS, Group, IsomorphicGroup
 from ._importance import Importance, available_importances, register_importance
 from ._plan import SCOPES, Budget, GroupPlan, PruningPlan, Ratios, plan
 from ._depth import DepthPlan
+from ._latency import Timing
 from ._apply import apply_plan, prune, zero_out
 from ._recalibrate import recalibrate_bn
 from ._api import count, isomorphic_groups
@@ -29,6 +30,7 @@ __all__ = [
     "IsopruneError",
     "Ratios",
     "Budget",
+    "Timing",
     "DepthPlan",
     "PruningPlan",
     "GroupPlan",

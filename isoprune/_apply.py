@@ -184,7 +184,14 @@ def fit(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> PruningP
 @_trace.gc_paused()
 def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.Module:
     """Remove what the plan says, in place, and fix up attention attributes. Returns the model."""
-    ops = _plan_ops(model, pruning, example_inputs)
+    cut_as(model, pruning, _plan_ops(model, pruning, example_inputs))
+    pruning._source = pruning._ops = None  # the model has changed; the cached ops are stale
+    return model
+
+
+def cut_as(model: nn.Module, pruning: PruningPlan, ops: list[Op]) -> nn.Module:
+    """Run the plan's ``ops`` on ``model`` (the model they were found on, or a copy of it), remove
+    its blocks, and fix up what the cut leaves behind."""
     depth_plans = [DepthPlan(**d) for d in pruning.depth]
     check_depth(model, depth_plans)  # before anything changes: a misfit leaves the model whole
     width = _feature_width(model)
@@ -193,7 +200,6 @@ def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> n
     _fixup(model, pruning, ops)
     _fix_feature_width(model, width)
     apply_depth(model, depth_plans)
-    pruning._source = pruning._ops = None  # the model has changed; the cached ops are stale
     return model
 
 

@@ -4,7 +4,6 @@ The CLI only turns flags into a ``PruneConfig`` and prints; everything it does i
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from . import _data, _dist, _importance, _models, _recipes, _trace
 from ._apply import apply_plan, fit
 from ._errors import IsopruneError
 from ._io import check_writable, read_metadata, save
+from ._latency import Timing
 from ._plan import Budget, PruningPlan, plan
 from ._recalibrate import recalibrate_bn
 
@@ -22,8 +22,8 @@ from ._recalibrate import recalibrate_bn
 def resolve_target(cfg: _recipes.PruneConfig, target: str) -> tuple[_recipes.PruneConfig, str | None]:
     """Fold ``--target`` into the config. In order: a recipe file; a named target (``deit_s``:
     its recipe's ratios, depth, budget and rounding, for that recipe's base model); a budget
-    (``4.2G``, ``20M``, ``50%``); a timm model name, whose MACs become the budget. Also returns
-    the recipe file the shape came from, if any."""
+    (``4.2G``, ``20M``, ``50%``, ``latency=50%``); a timm model name, whose MACs become the
+    budget. Also returns the recipe file the shape came from, if any."""
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         return _shape_from(cfg, _recipes.load_recipe(target)), target
     named = _recipes.named_targets().get(target.lower())
@@ -37,14 +37,15 @@ def resolve_target(cfg: _recipes.PruneConfig, target: str) -> tuple[_recipes.Pru
             f"target {target!r} is defined for {bases}, not {arch}",
             hint="for other models give a budget such as 4.2G (MACs) or 20M (params)",
         )
-    if re.fullmatch(r"(?i)((macs|params)=)?[0-9]*\.?[0-9]+\s*[KMGT%]", target.strip()):
+    if "=" in target or target.strip()[:1] in "0123456789.":  # a budget (no model name looks so): its own error if it is a bad one
+        Budget.parse(target)
         return replace(cfg, target=target), None
     try:
         name = _models.resolve(target)
     except IsopruneError:
         raise IsopruneError(
             f"cannot read target {target!r}",
-            hint="give a named target (deit_s, convnext_t ...), a recipe file, a budget (4.2G MACs, 20M params) or a timm model name",
+            hint="give a named target (deit_s, convnext_t ...), a recipe file, a budget (4.2G MACs, 20M params, latency=50%) or a timm model name",
         ) from None
     return replace(cfg, target=f"macs={macs_of(name, cfg.input_size) / 1e9:.6f}G"), None
 
@@ -105,8 +106,12 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
         cfg = replace(cfg, model=saved.model)
     if not cfg.model:
         raise IsopruneError("no model given", hint="pass --model NAME (or a recipe with prune.model)")
-    if cfg.target is not None:
-        Budget.parse(cfg.target)  # fail on a bad budget before building anything
+    env = env or _dist.Env()
+    timing = None
+    if cfg.target is not None and Budget.parse(cfg.target).metric == "latency":  # fail on a bad budget before building anything
+        if env.world > 1:
+            raise IsopruneError("a latency target is timed by one process", hint="run isoprune prune without torchrun")
+        timing = Timing(cfg.latency_batch, cfg.dtype, cfg.channels_last)
     if cfg.recalibrate_bn < 0:
         raise IsopruneError(f"recalibrate_bn must be a number of batches, not {cfg.recalibrate_bn}", hint="pass --recalibrate-bn 0 (off) or more")
     if cfg.recalibrate_bn and data is None:
@@ -120,7 +125,6 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
     if _importance.get_importance(cfg.importance).needs_calib:
         if data is None:
             raise IsopruneError(f"importance {cfg.importance!r} needs data to compute gradients", hint="pass --data DIR (an ImageFolder), or --importance l2")
-        env = env or _dist.Env()
         calib = calibration_batches(data, model, cfg.batch_size, cfg.seed, cfg.calib_batches, env.rank, env.world, cfg.input_size)
     elif data is not None:
         calibration_batches(data, model, cfg.batch_size, cfg.seed, input_size=cfg.input_size)  # still check it, the user asked for it
@@ -137,6 +141,7 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
         labels=cfg.labels,
         depth=cfg.depth,
         budget=cfg.target,
+        timing=timing,
     )
     return model.cpu(), pruning
 

@@ -177,8 +177,14 @@ class PruningPlan:
         m, p = self.macs, self.params
         for d in self.depth:
             rows.append(f"depth {d['container']:<18} {d['blocks']:>3} blocks -> {len(d['keep'])}")
-        if self.search:
-            rows.append(f"{self.search['metric']} budget {Budget(self.search['metric'], self.search['budget'])}: ratios scaled by {self.search['scale']:.4f}")
+        s = self.search
+        if s and s["metric"] == "latency":
+            t = s["timing"]
+            how = ", ".join([t["dtype"]] + ["channels-last"] * t["channels_last"])
+            rows.append(f"latency budget {s['budget']:.2f} ms at batch {t['batch_size']} on {t['device']} ({how}): "
+                        f"timed {s['before']:.2f} ms -> {s['after']:.2f} ms, ratios scaled by {s['scale']:.4f}")
+        elif s:
+            rows.append(f"{s['metric']} budget {Budget(s['metric'], s['budget'])}: ratios scaled by {s['scale']:.4f}")
         rows.append(f"MACs {m['before'] / 1e9:.3f} G -> {m['after'] / 1e9:.3f} G, params {p['before'] / 1e6:.3f} M -> {p['after'] / 1e6:.3f} M")
         return "\n".join(rows)
 
@@ -272,41 +278,54 @@ def choose(analysis: Analysis, scores: dict[int, torch.Tensor], ratios: Ratios, 
 
 @dataclass(frozen=True)
 class Budget:
-    """A size to prune down to: ``macs`` or ``params``, an absolute count, or (``fraction``) a
-    share of the unpruned model's size, resolved when the search starts."""
+    """A size to prune down to: ``macs`` or ``params``, an absolute count, or ``latency`` in
+    milliseconds, measured (see ``_latency``); or (``fraction``) a share of the unpruned model's,
+    resolved when the search starts."""
 
     metric: str
-    value: int
+    value: float
     fraction: float | None = None
 
-    _UNITS = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    _UNITS = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "MS": 1.0, "S": 1e3}
+    _NAMES = {"macs": "MACs", "params": "params", "latency": "latency"}
 
     @classmethod
     def parse(cls, text) -> "Budget":
         """``"4.2G"`` is MACs, ``"20M"`` is params (as the paper writes them), ``"50%"`` is half the
-        model's MACs; ``"macs=800M"``, ``"params=1.2G"`` or ``"params=40%"`` says which explicitly."""
+        model's MACs; ``"macs=800M"``, ``"params=1.2G"`` or ``"params=40%"`` says which explicitly.
+        ``"latency=50%"`` is half the unpruned model's measured latency, ``"latency=12ms"`` (or
+        ``0.5s``) a time per forward pass."""
         if isinstance(text, Budget):
             return text
         raw = str(text).strip()
         metric, _, amount = raw.rpartition("=")
-        match = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([KMGT%])", amount.strip(), re.IGNORECASE)
-        if not match or metric.lower() not in ("", "macs", "params") or (match[2] == "%" and not 0 < float(match[1]) < 100):
+        metric = metric.strip().lower()
+        match = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(ms|s|[KMGT%])", amount.strip(), re.IGNORECASE)
+        unit = match[2].upper() if match else ""
+        fits = unit == "%" or (unit in ("MS", "S")) == (metric == "latency")
+        if not match or metric not in ("", *cls._NAMES) or not fits or (unit == "%" and not 0 < float(match[1]) < 100) or not float(match[1]):
             raise IsopruneError(
                 f"cannot read budget {raw!r}",
-                hint="write MACs like 4.2G, params like 20M, a share of the model like 50%, or macs=800M / params=40%",
+                hint="write MACs like 4.2G, params like 20M, a share of the model like 50%, macs=800M / params=40%, "
+                     "or a measured latency: latency=50% (of the unpruned model's) / latency=12ms",
             )
-        if match[2] == "%":
-            return cls(metric.lower() or "macs", 0, float(match[1]) / 100)
-        value = int(float(match[1]) * cls._UNITS[match[2].upper()])
-        metric = metric.lower() or ("macs" if match[2].upper() in "GT" else "params")
-        return cls(metric, value)
+        if unit == "%":
+            return cls(metric or "macs", 0, float(match[1]) / 100)
+        value = float(match[1]) * cls._UNITS[unit]
+        metric = metric or ("macs" if unit in "GT" else "params")
+        return cls(metric, value if metric == "latency" else int(value))
 
-    def resolved(self, unpruned: int) -> "Budget":
-        return self if self.fraction is None else Budget(self.metric, int(self.fraction * unpruned))
+    def resolved(self, unpruned: float) -> "Budget":
+        if self.fraction is None:
+            return self
+        value = self.fraction * unpruned
+        return Budget(self.metric, value if self.metric == "latency" else int(value))
 
     def __str__(self) -> str:
         if self.fraction is not None and not self.value:
-            return f"{self.fraction:.0%} of the {'MACs' if self.metric == 'macs' else 'params'}"
+            return f"{self.fraction:.0%} of the {self._NAMES[self.metric]}"
+        if self.metric == "latency":
+            return f"{self.value:.2f} ms"
         return f"{self.value / 1e9:.3f} G MACs" if self.metric == "macs" else f"{self.value / 1e6:.3f} M params"
 
 
@@ -338,6 +357,7 @@ def plan(
     labels: str = "structure",
     depth: dict[str, int] | None = None,
     budget=None,
+    timing=None,
 ) -> PruningPlan:
     """Decide what to remove, without touching the model.
 
@@ -348,11 +368,17 @@ def plan(
     ``depth`` maps a block container (``"stages.2.blocks"``) to how many of its blocks to remove.
     With a ``budget`` (``"4.2G"`` MACs, ``"20M"`` params) the ratios are a shape: they are scaled
     by one factor, found by bisection, so that the pruned model lands within 1% under the budget.
+    A latency budget (``"latency=50%"``, ``"latency=12ms"``) is measured: each shape the search
+    tries is cut from a copy of the model and timed on the model's device as ``timing`` (a
+    ``Timing``; default: batch 32, float32) says, and the search stops within 3% under it.
     """
     from ._apply import _removed, remember, skeleton_apply
     from ._depth import choose_depth, inside
 
     ratios = _validate(ratios, scope, round_to)
+    budget = None if budget is None else Budget.parse(budget)
+    if timing is not None and (budget is None or budget.metric != "latency"):
+        raise IsopruneError("timing settings without a latency budget", hint='pass budget="latency=50%" (or 12ms), or drop timing')
     criterion = _importance.get_importance(importance)
     stats = None
     if criterion.needs_calib:
@@ -400,18 +426,27 @@ def plan(
                 log.warning("%d more groups are left whole: their planned cut breaks the model (%s)", len(broken), exc)
                 whole.update(g.id for g in analysis.groups if analysis.source[g.id] in broken)
 
-    result = outcome(ratios) if budget is None else _search(outcome, ratios, Budget.parse(budget))
+    if budget is None:
+        result = outcome(ratios)
+    elif budget.metric == "latency":
+        from ._latency import Timer
+
+        with Timer(model, analysis.inputs, timing) as timer:
+            result = _search(outcome, ratios, budget, timer, steps=10, tolerance=0.03)
+        result.search["timing"] = timer.settings
+    else:
+        result = _search(outcome, ratios, budget, lambda p: getattr(p, budget.metric)["after"])
     result._scores = scores  # unit scores per group id, for reports; not part of the plain data
     return remember(result, model)
 
 
-def _search(outcome, shape: Ratios, budget: Budget, steps: int = 24) -> PruningPlan:
-    """Bisect the factor on ``shape`` for the largest model at or under the budget."""
+def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, tolerance: float = 0.01) -> PruningPlan:
+    """Bisect the factor on ``shape`` for the largest model at or under the budget, by ``size``
+    (a plan's MACs, params or measured latency), stopping within ``tolerance`` under it."""
     if shape.largest() == 0:
         shape = Ratios.coerce(1.0 - 1e-9)
     top = 0.999 / shape.largest()
     unpruned, smallest = outcome(shape.scaled(0.0)), outcome(shape.scaled(top))
-    size = lambda p: getattr(p, budget.metric)["after"]  # noqa: E731
     budget = budget.resolved(size(unpruned))
     if budget.value >= size(unpruned):
         raise IsopruneError(
@@ -425,7 +460,7 @@ def _search(outcome, shape: Ratios, budget: Budget, steps: int = 24) -> PruningP
         )
     lo, hi, best, evaluations = 0.0, top, smallest, 2
     for _ in range(steps):
-        if size(best) >= 0.99 * budget.value:
+        if size(best) >= (1 - tolerance) * budget.value:
             break
         mid = (lo + hi) / 2
         candidate = outcome(shape.scaled(mid))
@@ -434,5 +469,6 @@ def _search(outcome, shape: Ratios, budget: Budget, steps: int = 24) -> PruningP
             hi, best = mid, candidate
         else:
             lo = mid
-    best.search = {"metric": budget.metric, "budget": budget.value, "scale": hi, "evaluations": evaluations}
+    best.search = {"metric": budget.metric, "budget": budget.value, "scale": hi, "evaluations": evaluations,
+                   "before": size(unpruned), "after": size(best)}
     return best

@@ -23,7 +23,9 @@ class PruneConfig:
     params) that scales the ratios by one factor; ``depth`` maps a block container to the number
     of blocks to remove from it. ``plan`` is a saved plan (``plan.yaml``, or a pruned model's
     directory) applied as it is, instead of planning. ``recalibrate_bn``: batches of the data on
-    which the pruned model's BatchNorm statistics are measured again (0: kept as they were)."""
+    which the pruned model's BatchNorm statistics are measured again (0: kept as they were).
+    A latency target (``latency=50%``, ``latency=12ms``) is timed at ``latency_batch``, in
+    ``dtype`` and channels-last if ``channels_last``, on the device calibration runs on."""
 
     model: str = ""
     weights: str = "pretrained"
@@ -41,6 +43,9 @@ class PruneConfig:
     seed: int = 0
     plan: str | None = None
     recalibrate_bn: int = 0
+    latency_batch: int = 32
+    dtype: str = "float32"
+    channels_last: bool = False
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__, _dist, _io, _models, _pipeline, _recipes
 from ._errors import IsopruneError
 from ._eval import DTYPES
-from ._plan import KINDS, SCOPES, PruningPlan
+from ._plan import KINDS, SCOPES, Budget, PruningPlan
 from ._recalibrate import batch_norms
 
 
@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="pretrained (default; timm download), none (random init), or a checkpoint PATH")
     p.add_argument("--num-classes", type=int, help="build the model with this many classes")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--target", help="named target (deit_s), recipe file, budget (4.2G MACs, 20M params) or timm model name")
+    how.add_argument("--target", help="named target (deit_s), recipe file, budget (4.2G MACs, 20M params, latency=50%%, "
+                                      "latency=12ms: timed as below) or timm model name")
     how.add_argument("--ratios", type=_ratios, help="emb=0.5,heads=0.5,head_dim=0.25,mlp=0.5,default=0.3, or one number")
     how.add_argument("--plan", help="apply a saved plan as it is: a plan.yaml, or a directory isoprune prune wrote")
     p.add_argument("--recipe", help="recipe YAML (or the name of one in recipes/); flags override its values")
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", choices=SCOPES, help="rank within isomorphic groups (default), globally, or per group")
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of N (8 or more: faster on GPUs and CPUs)")
     p.add_argument("--input-size", type=int, help="square input resolution (default: the model's)")
+    p.add_argument("--latency-batch", type=int, help="batch size a latency target is timed at, on --device (default 32)")
+    p.add_argument("--dtype", choices=list(DTYPES), help="precision a latency target is timed in (default float32; float16 as deployed on a GPU)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="time a latency target in channels-last memory format")
     p.add_argument("--seed", type=int, help="random seed (random init, data order, random importance)")
     p.add_argument("--out", help="output directory (default: pruned/MODEL)")
     p.add_argument("--force", action="store_true", help="replace isoprune's files in a non-empty --out")
@@ -180,6 +184,9 @@ def prune_config(args) -> tuple[_recipes.PruneConfig, str | None]:
         cfg = replace(cfg, model=_pipeline.read_plan(cfg.plan).model)
     if not cfg.ratios and cfg.target is None and not cfg.depth and not cfg.plan:
         raise IsopruneError("nothing to prune", hint="pass --target, --ratios or --recipe")
+    timing = [f"--{k.replace('_', '-')}" for k in ("latency_batch", "dtype", "channels_last") if k in flags]
+    if timing and (cfg.target is None or Budget.parse(cfg.target).metric != "latency"):
+        raise IsopruneError(f"{', '.join(timing)} without a latency target: nothing is timed", hint="pass --target latency=50% (or 12ms), or drop them")
     return cfg, recipe
 
 

@@ -44,3 +44,17 @@ def test_kernel_share_sorts_all_the_time_into_kinds(tmp_path):
         assert r["kernels"][0]["ms"] >= r["kernels"][-1]["ms"]
     assert rows[1]["ms"]["matrix"] < rows[0]["ms"]["matrix"]
     assert (tmp_path / "kernel_share.png").stat().st_size > 10_000
+
+
+def test_latency_target_delivers_its_search_and_saves_it(tmp_path):
+    out = run("latency_target.py", "--models", "mobilenetv2", "--batch", "1", "--search-seconds", "0.02", "--repeats", "2",
+              "--sample-seconds", "0.01", "--out", tmp_path)
+    saved = json.loads((tmp_path / "latency_target.json").read_text())
+    assert saved["complete"] and saved["command"].startswith("python benchmarks/latency_target.py --models mobilenetv2")
+    (r,) = saved["rows"]
+    assert math.isclose(r["asked_speedup"], r["macs_base_g"] / r["macs_macs_g"]) and r["macs_macs_g"] <= 0.15  # the recipe's 0.15 G
+    assert math.isclose(r["macs_speedup"], r["ms_base"] / r["macs_ms"]) and math.isclose(r["latency_speedup"], r["ms_base"] / r["latency_ms"])
+    assert r["search_speedup"] >= r["asked_speedup"] and r["search_evaluations"] >= 3
+    assert r["latency_macs_g"] < r["macs_base_g"]
+    assert "mobilenetv2" in out.splitlines()[-2]  # the table row, then where it was saved
+    assert (tmp_path / "latency_target.png").stat().st_size > 10_000

@@ -197,13 +197,17 @@ def _bad_inputs(tmp_path):
         "bad depth": (base + ["--depth", "layer1=x"], "cannot read depth"),
         "recalibration without data": (base + ["--ratios", "0.3", "--recalibrate-bn", "4"], "needs data"),
         "negative recalibration": (base + ["--ratios", "0.3", "--recalibrate-bn", "-1"], "number of batches"),
+        "bad latency target": (base + ["--target", "latency=5G"], "cannot read budget"),
+        "timing without a latency target": (base + ["--target", "50%", "--dtype", "float16", "--channels-last"],
+                                            "--dtype, --channels-last without a latency target"),
     }
 
 
 BAD = ["unknown model", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
        "empty data dir", "non-image data dir", "missing checkpoint", "corrupt checkpoint", "other architecture",
        "unknown recipe key", "target for another model", "nothing to prune", "unknown flag", "bad depth",
-       "plan that does not fit", "missing plan", "recalibration without data", "negative recalibration"]
+       "plan that does not fit", "missing plan", "recalibration without data", "negative recalibration",
+       "bad latency target", "timing without a latency target"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -216,6 +220,16 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("isoprune: error:"), err
     assert message in lines[0]
     assert "Traceback" not in err and not out_dir.exists()
+
+
+def test_prune_to_a_latency_target(capsys, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--target", "latency=70%",
+                             "--latency-batch", "2", "--out", out_dir)
+    assert code == 0, err
+    assert "at batch 2 on cpu (float32): timed" in out
+    search = isoprune.load(out_dir).isoprune_plan.search
+    assert search["metric"] == "latency" and search["after"] <= search["budget"] == pytest.approx(0.7 * search["before"])
 
 
 def test_existing_output_is_kept(capsys, tmp_path):

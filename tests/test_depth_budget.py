@@ -55,3 +55,67 @@ def test_budget_parse():
     assert isoprune.Budget.parse("4.2G") == isoprune.Budget("macs", 4_200_000_000)
     assert isoprune.Budget.parse("20M") == isoprune.Budget("params", 20_000_000)
     assert isoprune.Budget.parse("macs=800M") == isoprune.Budget("macs", 800_000_000)
+    assert isoprune.Budget.parse("latency=50%") == isoprune.Budget("latency", 0, 0.5)
+    assert isoprune.Budget.parse("latency=12ms") == isoprune.Budget("latency", 12.0)
+    assert isoprune.Budget.parse("Latency = 0.5s") == isoprune.Budget("latency", 500.0)
+
+
+@pytest.mark.parametrize("text", ["latency=5G", "12ms", "params=3ms", "latency=0%", "latency=0ms", "speed=2x"])
+def test_budget_parse_refuses(text):
+    with pytest.raises(isoprune.IsopruneError, match="cannot read budget"):
+        isoprune.Budget.parse(text)
+
+
+def _conv_width(model) -> float:
+    """A stand-in clock, as a GPU's memory-bound kernels behave: time follows the width."""
+    return float(sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)))
+
+
+def test_latency_budget_bisects_on_what_the_clock_says(monkeypatch):
+    from isoprune import _latency
+
+    timed = []
+
+    def clock(models, x, timing):
+        assert x.shape[0] == 4 and len(models) <= 2
+        timed.append(models[-1])
+        return [_conv_width(m) for m in models]
+
+    monkeypatch.setattr(_latency, "interleaved", clock)
+    model = make("test_resnet")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = isoprune.plan(model, 0.0, budget="latency=50%", timing=isoprune.Timing(batch_size=4, seconds=0.1))
+
+    search = plan.search
+    assert search["metric"] == "latency" and search["before"] == pytest.approx(_conv_width(model))
+    assert search["budget"] == 0.5 * search["before"]
+    assert 0.97 * search["budget"] <= search["after"] <= search["budget"]
+    assert search["timing"] == {"batch_size": 4, "dtype": "float32", "channels_last": False, "seconds": 0.1, "rounds": 3, "device": "cpu"}
+    assert len(timed) == 1 + search["evaluations"]  # the unpruned model alone, then each shape once, beside it
+    # the copy that was timed is the plan's shape; the model itself is untouched
+    best = next(m for m in timed if _conv_width(m) == pytest.approx(search["after"]))
+    assert isoprune.count(best) == (plan.macs["after"], plan.params["after"])
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    # half the width is a quarter of most convolutions' MACs: a MACs budget of 50% would keep far more
+    assert plan.macs["after"] < 0.4 * plan.macs["before"]
+    assert "latency budget" in plan.summary() and "timed" in plan.summary()
+
+
+def test_latency_budget_times_real_passes():
+    model = make("test_resnet")
+    plan = isoprune.plan(model, 0.0, budget="latency=70%", timing=isoprune.Timing(batch_size=2, seconds=0.02, dtype="bfloat16"))
+    search = plan.search
+    assert search["after"] <= search["budget"] == pytest.approx(0.7 * search["before"])
+    assert plan.macs["after"] < plan.macs["before"]
+    assert next(model.parameters()).dtype == torch.float32  # timed in bfloat16 on copies
+    isoprune.apply_plan(model, plan)
+    assert model(inputs_for(model)).shape == (2, 10)
+
+
+def test_latency_budget_errors():
+    with pytest.raises(isoprune.IsopruneError, match="without a latency budget"):
+        isoprune.plan(make("test_resnet"), 0.5, timing=isoprune.Timing())
+    with pytest.raises(isoprune.IsopruneError, match="unknown dtype"):
+        isoprune.Timing(dtype="float8")
+    with pytest.raises(isoprune.IsopruneError, match="out of reach"):
+        isoprune.plan(make("test_resnet"), 0.0, budget="latency=0.0001ms", timing=isoprune.Timing(batch_size=1, seconds=0))
