@@ -99,7 +99,7 @@ class Timer:
         self._cast = {"device": device, "dtype": DTYPES[self.timing.dtype],
                       "memory_format": torch.channels_last if self.timing.channels_last else torch.contiguous_format}
         self._x = torch.randn(self.timing.batch_size, *inputs.shape[1:], device=device).to(**self._cast)
-        self._reference = self._bar = None
+        self._reference = self._bar = self._cudnn_benchmark = None
         self._reference_ms = 0.0
 
     def _ready(self, model: nn.Module) -> nn.Module:
@@ -108,12 +108,20 @@ class Timer:
         return model
 
     def __enter__(self) -> "Timer":
-        self._reference = self._ready(copy.deepcopy(self.model))
-        (self._reference_ms,) = interleaved([self._reference], self._x, self.timing)
+        self._cudnn_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True  # on a GPU, each shape with the kernels cuDNN finds fastest for it, as deployed
         self._bar = tqdm(desc=f"timing pruned shapes (batch {self.timing.batch_size}, {self.settings['device']})", unit="shape", leave=False)
+        try:
+            self._reference = self._ready(copy.deepcopy(self.model))
+            (self._reference_ms,) = interleaved([self._reference], self._x, self.timing)
+        except BaseException:
+            self.__exit__()
+            raise
+        self._bar.set_postfix_str(f"unpruned: {self._reference_ms:.2f} ms")
         return self
 
     def __exit__(self, *exc) -> None:
+        torch.backends.cudnn.benchmark = self._cudnn_benchmark
         self._bar.close()
         self._reference = None
 

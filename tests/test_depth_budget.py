@@ -101,6 +101,26 @@ def test_latency_budget_bisects_on_what_the_clock_says(monkeypatch):
     assert "latency budget" in plan.summary() and "timed" in plan.summary()
 
 
+def test_latency_budget_is_not_moved_by_a_machine_that_slows_down(monkeypatch):
+    from isoprune import _latency
+
+    def clock(slowing):
+        calls = []
+
+        def timed(models, x, timing):  # every measurement slower than the one before, by ``slowing``
+            calls.append(None)
+            return [_conv_width(m) * slowing ** len(calls) for m in models]
+        return timed
+
+    plans = []
+    for slowing in (1.0, 1.25):
+        monkeypatch.setattr(_latency, "interleaved", clock(slowing))
+        plans.append(isoprune.plan(make("test_resnet"), 0.0, budget="latency=50%", timing=isoprune.Timing(batch_size=4, seconds=0.01)))
+    steady, slowed = plans
+    assert [g.keep for g in slowed.groups] == [g.keep for g in steady.groups]
+    assert slowed.search["after"] / slowed.search["before"] == pytest.approx(steady.search["after"] / steady.search["before"])
+
+
 def test_latency_budget_times_real_passes():
     model = make("test_resnet")
     plan = isoprune.plan(model, 0.0, budget="latency=70%", timing=isoprune.Timing(batch_size=2, seconds=0.02, dtype="bfloat16"))
@@ -117,5 +137,7 @@ def test_latency_budget_errors():
         isoprune.plan(make("test_resnet"), 0.5, timing=isoprune.Timing())
     with pytest.raises(isoprune.IsopruneError, match="unknown dtype"):
         isoprune.Timing(dtype="float8")
+    assert not torch.backends.cudnn.benchmark
     with pytest.raises(isoprune.IsopruneError, match="out of reach"):
         isoprune.plan(make("test_resnet"), 0.0, budget="latency=0.0001ms", timing=isoprune.Timing(batch_size=1, seconds=0))
+    assert not torch.backends.cudnn.benchmark  # on for the search, as deployed on a GPU, then as it was
