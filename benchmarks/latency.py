@@ -186,11 +186,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = set_up(args)
     rows = []
     print(f"{'model':<12} {'scope':<10} {'mode':<22} {'batch':>5} {'round_to':>8} {'GMACs':>13} {'ms base':>9} {'ms pruned':>10} {'speedup':>8} {'MACs x':>7} {'eff':>5}")
     for done, name in enumerate(args.models, 1):
@@ -203,22 +199,35 @@ def main() -> None:
                     print(f"{name:<12} {r['scope']:<10} {mode + ('' if dtype == 'float32' else ' ' + dtype):<22} {batch:>5} {r['round_to']:>8} {r['macs_base_g']:>5.2f}->{r['macs_pruned_g']:<6.3f} "
                           f"{r['ms_base']:>9.1f} {r['ms_pruned']:>10.1f} {r['speedup']:>7.2f}x {r['macs_reduction']:>6.2f}x {r['efficiency']:>5.2f}", flush=True)
                 rows += found
-        save(rows, args.out, done=done == len(args.models), device=device)  # after each model: a long run cut short keeps what it measured
+        save(rows, args.out, done == len(args.models), device, target=TARGET)  # after each model: a long run cut short keeps what it measured
 
 
-def save(rows: list[dict], out: Path, done: bool, device: torch.device) -> None:
+def set_up(args) -> torch.device:
+    """torch's CPU threads (``--threads``) and the device (``--device``), where cuDNN picks its
+    fastest kernels."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def save(rows: list[dict], out: Path, done: bool, device: torch.device, name: str = "latency", plot=None, **extra) -> None:
+    """``rows`` as ``NAME.csv``, ``NAME.json`` (with the command of ``benchmarks/NAME.py``, what it
+    ran on, and ``extra``) and ``NAME.png``, drawn by ``plot`` (``draw``)."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "latency.csv", "w", newline="") as f:
+    with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"command": " ".join(["python", "benchmarks/latency.py", *sys.argv[1:]]), "complete": done, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": _machine.cpu(), "target": TARGET}
+    meta = {"command": " ".join(["python", f"benchmarks/{name}.py", *sys.argv[1:]]), "complete": done, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": _machine.cpu(), **extra}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
-    (out / "latency.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
-    draw(rows, out / "latency.png")
-    print(f"saved {out}/latency.csv, latency.json, latency.png" + ("" if done else " (so far)"), flush=True)
+    (out / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    (plot or draw)(rows, out / f"{name}.png")
+    print(f"saved {out}/{name}.csv, {name}.json, {name}.png" + ("" if done else " (so far)"), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,18 +27,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-import _machine  # benchmarks/, beside this script
 from isoprune._eval import DTYPES
-from latency import RECIPES, ROOT, time_all
+from latency import RECIPES, ROOT, save, set_up, time_all  # benchmarks/, beside this script
 
 RESULTS = Path(__file__).parent / "results" / "latency_target"
 
@@ -100,21 +96,6 @@ def draw(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def save(rows: list[dict], out: Path, done: bool, args) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "latency_target.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    meta = {"command": " ".join(["python", "benchmarks/latency_target.py", *sys.argv[1:]]), "complete": done, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": _machine.cpu()}
-    if args.device == "cuda":
-        meta["gpu"] = torch.cuda.get_device_name()
-    (out / "latency_target.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
-    draw(rows, out / "latency_target.png")
-    print(f"saved {out}/latency_target.csv, latency_target.json, latency_target.png" + ("" if done else " (so far)"), flush=True)
-
-
 def main() -> None:
     import isoprune
 
@@ -132,11 +113,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = set_up(args)
     timing = isoprune.Timing(args.batch, args.dtype, args.mode == "channels_last", args.search_seconds)
     rows = []
     print(f"{'model':<12} {'asked':>6} | {'MACs target':>22} | {'latency target':>22} {'search':>16}")
@@ -147,7 +124,7 @@ def main() -> None:
         print(f"{name:<12} {r['asked_speedup']:>5.2f}x | {r['macs_macs_g']:>7.3f} G {r['macs_speedup']:>5.2f}x faster | "
               f"{r['latency_macs_g']:>7.3f} G {r['latency_speedup']:>5.2f}x faster {r['search_s']:>5.0f} s, {r['search_evaluations']:>2} shapes", flush=True)
         rows.append(r)
-        save(rows, args.out, done == len(args.models), args)  # after each model: a long run cut short keeps what it measured
+        save(rows, args.out, done == len(args.models), device, "latency_target", draw)  # after each model: a long run cut short keeps what it measured
 
 
 if __name__ == "__main__":
