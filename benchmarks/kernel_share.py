@@ -22,13 +22,12 @@ import argparse
 import collections
 import json
 import re
-import sys
 from pathlib import Path
 
 import torch
 
-import _machine  # benchmarks/, beside this script
-import latency
+import latency  # benchmarks/, beside this script
+from isoprune._latency import DTYPES, sync
 
 MATRIX_KERNELS = ("gemm", "xmma", "cutlass", "conv", "fprop", "implicit", "sm90", "nvjet", "cublas", "winograd")
 MATRIX_OPS = re.compile(r"conv|addmm|\bmm\b|bmm|linear|matmul")
@@ -51,11 +50,11 @@ def profile(model: torch.nn.Module, x: torch.Tensor, iters: int) -> tuple[dict[s
     with torch.inference_mode():
         for _ in range(3):
             model(x)
-        latency._sync(x.device)
+        sync(x.device)
         with torch.profiler.profile(activities=[activity]) as prof:
             for _ in range(iters):
                 model(x)
-            latency._sync(x.device)
+            sync(x.device)
     kinds, kernels = collections.Counter(), []
     for e in prof.key_averages():
         ms = (e.self_device_time_total if gpu else e.self_cpu_time_total) / iters / 1e3
@@ -89,17 +88,13 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["resnet50", "deit_b", "mobilenetv2"], choices=list(latency.RECIPES))
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--round-to", type=int, default=32)
-    ap.add_argument("--dtype", default="float16", choices=list(latency.DTYPES))
+    ap.add_argument("--dtype", default="float16", choices=list(DTYPES))
     ap.add_argument("--iters", type=int, default=5, help="profiled forward passes per model")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=latency.RESULTS)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), latency.DTYPES[args.dtype]
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device, dtype = latency.set_up(args), DTYPES[args.dtype]
     rows = []
     for name in args.models:
         models = latency.contenders(name, [args.round_to])
@@ -116,11 +111,7 @@ def main() -> None:
             for k in kernels[:8]:
                 print(f"   {k['ms']:6.2f} ms x{k['calls']:<4} [{k['kind']}] {k['name'][:90]}")
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(["python", "benchmarks/kernel_share.py", *sys.argv[1:]]), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": _machine.cpu()}
-    if device.type == "cuda":
-        meta["gpu"] = torch.cuda.get_device_name(device)
-    (args.out / "kernel_share.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    (args.out / "kernel_share.json").write_text(json.dumps({**latency.meta("kernel_share", device), "rows": rows}, indent=1))
     draw(rows, args.out / "kernel_share.png")
     print(f"saved {args.out}/kernel_share.json, kernel_share.png")
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 import _machine  # benchmarks/, beside this script
-from isoprune._eval import DTYPES
+from isoprune._latency import DTYPES, sync
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,18 +77,13 @@ def contenders(recipe_name: str, round_tos: list[int], scopes=("isomorphic",)) -
     return models
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _sample(model, x, iters: int, device) -> float:
     """Seconds per forward pass, over ``iters`` passes."""
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         model(x)
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / iters
 
 
@@ -213,6 +208,15 @@ def set_up(args) -> torch.device:
     return device
 
 
+def meta(name: str, device: torch.device) -> dict:
+    """What ``benchmarks/NAME.py`` ran as and on: its command, torch, the threads, the CPU, the GPU."""
+    about = {"command": " ".join(["python", f"benchmarks/{name}.py", *sys.argv[1:]]), "torch": torch.__version__,
+             "threads": torch.get_num_threads(), "cpu": _machine.cpu()}
+    if device.type == "cuda":
+        about["gpu"] = torch.cuda.get_device_name(device)
+    return about
+
+
 def save(rows: list[dict], out: Path, done: bool, device: torch.device, name: str = "latency", plot=None, **extra) -> None:
     """``rows`` as ``NAME.csv``, ``NAME.json`` (with the command of ``benchmarks/NAME.py``, what it
     ran on, and ``extra``) and ``NAME.png``, drawn by ``plot`` (``draw``)."""
@@ -221,11 +225,7 @@ def save(rows: list[dict], out: Path, done: bool, device: torch.device, name: st
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"command": " ".join(["python", f"benchmarks/{name}.py", *sys.argv[1:]]), "complete": done, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": _machine.cpu(), **extra}
-    if device.type == "cuda":
-        meta["gpu"] = torch.cuda.get_device_name(device)
-    (out / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    (out / f"{name}.json").write_text(json.dumps({**meta(name, device), "complete": done, **extra, "rows": rows}, indent=1))
     (plot or draw)(rows, out / f"{name}.png")
     print(f"saved {out}/{name}.csv, {name}.json, {name}.png" + ("" if done else " (so far)"), flush=True)
 

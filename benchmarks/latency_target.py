@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from isoprune._eval import DTYPES
+from isoprune._latency import DTYPES
 from latency import RECIPES, ROOT, save, set_up, time_all  # benchmarks/, beside this script
 
 RESULTS = Path(__file__).parent / "results" / "latency_target"

@@ -11,8 +11,7 @@ from torch import nn
 from . import _data, _io, _models, _trace
 from ._errors import IsopruneError
 from ._finetune import evaluate
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from ._latency import cast as cast_to, sync
 
 
 def load_model(source: str | Path, weights: str = "pretrained", num_classes: int | None = None) -> nn.Module:
@@ -33,14 +32,13 @@ def latency(model: nn.Module, input_size: tuple[int, int, int], batch_size: int,
         raise IsopruneError("latency needs at least one timed pass", hint="pass --iters 1 or more")
     model.eval().to(device, dtype, memory_format=memory_format)
     x = torch.randn(batch_size, *input_size, device=device, dtype=dtype).contiguous(memory_format=memory_format)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode():
         for i in range(warmup + iters):
-            sync()
+            sync(device)
             began = time.perf_counter()
             model(x)
-            sync()
+            sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - began)
     median = statistics.median(times)
@@ -57,10 +55,8 @@ def run(source: str | Path, data: str | Path | None = None, *, weights: str = "p
     (``float16`` or ``bfloat16``, as a model is deployed on a GPU), channels-last if asked."""
     import timm.data
 
-    if dtype not in DTYPES:
-        raise IsopruneError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+    cast = cast_to(dtype, channels_last)
     where = _data.device(device)
-    cast = {"dtype": DTYPES[dtype], "memory_format": torch.channels_last if channels_last else torch.contiguous_format}
     model = load_model(source, weights, num_classes)
     config = _data.data_config(model, input_size)
     result = {"model": str(source)}

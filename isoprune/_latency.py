@@ -25,6 +25,27 @@ from tqdm import tqdm
 
 from ._errors import IsopruneError
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def cast(dtype: str, channels_last: bool = False) -> dict:
+    """``Module.to`` / ``Tensor.to`` keywords for weights and inputs in ``dtype`` (a name in
+    ``DTYPES``), channels-last if asked."""
+    if dtype not in DTYPES:
+        raise IsopruneError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+    return {"dtype": DTYPES[dtype], "memory_format": torch.channels_last if channels_last else torch.contiguous_format}
+
+
+def described(dtype: str, channels_last: bool) -> str:
+    """How a model ran, for a line of text: ``float16, channels-last``."""
+    return ", ".join([dtype] + ["channels-last"] * channels_last)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU's), so that a clock reads when it is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -40,25 +61,17 @@ class Timing:
     rounds: int = 3
 
     def __post_init__(self):
-        from ._eval import DTYPES
-
-        if self.dtype not in DTYPES:
-            raise IsopruneError(f"unknown dtype {self.dtype!r} to time in", hint=f"use one of {', '.join(DTYPES)}")
+        cast(self.dtype)  # a known precision
         if self.batch_size < 1 or self.rounds < 1 or self.seconds < 0:
             raise IsopruneError(f"cannot time {self}", hint="batch_size and rounds must be at least 1, seconds at least 0")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _seconds_per_pass(model: nn.Module, x: torch.Tensor, passes: int) -> float:
-    _sync(x.device)
+    sync(x.device)
     began = time.perf_counter()
     for _ in range(passes):
         model(x)
-    _sync(x.device)
+    sync(x.device)
     return (time.perf_counter() - began) / passes
 
 
@@ -89,15 +102,12 @@ class Timer:
     itself is not touched."""
 
     def __init__(self, model: nn.Module, inputs, timing: Timing | None = None):
-        from ._eval import DTYPES
-
         if not isinstance(inputs, torch.Tensor):
             raise IsopruneError("a latency budget times models of one image input", hint="give a MACs or params budget instead")
         self.model, self.timing = model, timing or Timing()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.settings = {**asdict(self.timing), "device": str(device)}
-        self._cast = {"device": device, "dtype": DTYPES[self.timing.dtype],
-                      "memory_format": torch.channels_last if self.timing.channels_last else torch.contiguous_format}
+        self._cast = {"device": device, **cast(self.timing.dtype, self.timing.channels_last)}
         self._x = torch.randn(self.timing.batch_size, *inputs.shape[1:], device=device).to(**self._cast)
         self._reference = self._bar = self._cudnn_benchmark = None
         self._reference_ms = 0.0

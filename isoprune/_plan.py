@@ -179,9 +179,10 @@ class PruningPlan:
             rows.append(f"depth {d['container']:<18} {d['blocks']:>3} blocks -> {len(d['keep'])}")
         s = self.search
         if s and s["metric"] == "latency":
+            from ._latency import described
+
             t = s["timing"]
-            how = ", ".join([t["dtype"]] + ["channels-last"] * t["channels_last"])
-            rows.append(f"latency budget {s['budget']:.2f} ms at batch {t['batch_size']} on {t['device']} ({how}): "
+            rows.append(f"latency budget {s['budget']:.2f} ms at batch {t['batch_size']} on {t['device']} ({described(t['dtype'], t['channels_last'])}): "
                         f"timed {s['before']:.2f} ms -> {s['after']:.2f} ms, ratios scaled by {s['scale']:.4f}")
         elif s:
             rows.append(f"{s['metric']} budget {Budget(s['metric'], s['budget'])}: ratios scaled by {s['scale']:.4f}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__, _dist, _io, _models, _pipeline, _recipes
 from ._errors import IsopruneError
-from ._eval import DTYPES
+from ._latency import DTYPES, described
 from ._plan import KINDS, SCOPES, Budget, PruningPlan
 from ._recalibrate import batch_norms
 
@@ -280,9 +280,8 @@ def cmd_eval(args) -> int:
     rows = [f"{result['model']}: {result['macs'] / 1e9:.3f} G MACs, {result['params'] / 1e6:.3f} M params, input {result['input_size']}"]
     if "top1" in result:
         rows.append(f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, loss {result['loss']:.4f} on {result['images']} images")
-    how = ", ".join([result["dtype"]] + ["channels-last"] * result["channels_last"])
     rows.append(f"latency {result['latency_ms']:.2f} ms (IQR {result['latency_iqr_ms']:.2f}) at batch {result['batch_size']} on "
-                f"{result['device']} ({how}), {result['throughput']:.1f} images/s")
+                f"{result['device']} ({described(result['dtype'], result['channels_last'])}), {result['throughput']:.1f} images/s")
     _emit("\n".join(rows), result, args.json)
     return 0
 
