@@ -14,7 +14,7 @@ Both ask for the same speedup, ``1/f``. Then the unpruned model and the two prun
 in ``--repeats`` rounds (as in ``latency.py``: a sample is as many passes as fill
 ``--sample-seconds``), timed afresh, apart from the search's own timings. Reported per model: the
 speedup asked, the speedup each target delivers and their MACs, and how long the latency search
-took.
+took: its shapes, and the rounds they were timed in (more where the noise straddled the budget).
 
 ``--mode channels_last`` times (and searches) with weights and input in channels-last memory
 format. On a GPU (``--device cuda``), ``--dtype float16`` times in half precision, as models are
@@ -72,7 +72,8 @@ def row_for(recipe_name: str, models: list[dict], share: float, search_s: float,
         s = times[m["name"]]
         row.update({f"{m['name']}_macs_g": m["macs"] / 1e9, f"{m['name']}_ms": 1e3 * statistics.median(s),
                     f"{m['name']}_ms_range": [1e3 * min(s), 1e3 * max(s)], f"{m['name']}_speedup": base_s / statistics.median(s)})
-    row.update({"search_speedup": found["before"] / found["after"], "search_evaluations": found["evaluations"], "search_s": search_s})
+    row.update({"search_speedup": found["before"] / found["after"], "search_evaluations": found["evaluations"],
+                "search_rounds": sum(s["rounds"] for s in found["shapes"]), "search_s": search_s, "search_shapes": found["shapes"]})
     return row
 
 
@@ -122,7 +123,7 @@ def main() -> None:
         times = time_all(models, args.batch, args.repeats, args.sample_seconds, device, args.mode, DTYPES[args.dtype])
         r = row_for(name, models, share, search_s, times, args)
         print(f"{name:<12} {r['asked_speedup']:>5.2f}x | {r['macs_macs_g']:>7.3f} G {r['macs_speedup']:>5.2f}x faster | "
-              f"{r['latency_macs_g']:>7.3f} G {r['latency_speedup']:>5.2f}x faster {r['search_s']:>5.0f} s, {r['search_evaluations']:>2} shapes", flush=True)
+              f"{r['latency_macs_g']:>7.3f} G {r['latency_speedup']:>5.2f}x faster {r['search_s']:>5.0f} s, {r['search_evaluations']:>2} shapes in {r['search_rounds']} rounds", flush=True)
         rows.append(r)
         save(rows, args.out, done == len(args.models), device, "latency_target", draw)  # after each model: a long run cut short keeps what it measured
 

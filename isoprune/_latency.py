@@ -8,8 +8,10 @@ width, not with the MACs: ResNet-50 pruned to half its MACs ran 1.36-1.42x faste
 tries is cut from a copy of the model (its own weights) and timed where, and as, it will run.
 
 Each shape is timed in turns with the unpruned model, and its time is the unpruned model's
-first measurement scaled by the ratio of the two: a machine that slows down or speeds up during
-the search (a shared one, a GPU warming up) moves both alike.
+first measurement scaled by the median ratio of the two, round by round: a machine that slows
+down or speeds up during the search (a shared one, a GPU warming up) moves both alike. A shape
+whose rounds fall on both sides of the budget is timed for more rounds (up to ``MORE`` times as
+many), so that noise decides fewer of the bisection's steps, which it cannot take back.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from ._errors import IsopruneError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MORE = 3
 
 
 def cast(dtype: str, channels_last: bool = False) -> dict:
@@ -52,7 +55,8 @@ class Timing:
     """How a latency budget is measured: forward passes at ``batch_size`` on the device the model
     is on, with its weights and inputs in ``dtype`` (channels-last if asked). Each model is timed
     for about ``seconds`` in ``rounds`` samples, after untimed passes that fill half as long (the
-    first passes pay for allocation and kernel selection)."""
+    first passes pay for allocation and kernel selection); a shape that the samples do not put
+    clearly over or under the budget, up to three times as long."""
 
     batch_size: int = 32
     dtype: str = "float32"
@@ -83,23 +87,24 @@ def warm_up(model: nn.Module, x: torch.Tensor, seconds: float) -> None:
 
 
 @torch.inference_mode()
-def interleaved(models: list[nn.Module], x: torch.Tensor, timing: Timing) -> list[float]:
-    """Median milliseconds per forward pass of each (warmed-up) model on ``x``, the models taking
-    turns over ``timing.rounds`` rounds; a sample is as many passes as fill its share of
-    ``timing.seconds``."""
+def interleaved(models: list[nn.Module], x: torch.Tensor, timing: Timing) -> list[list[float]]:
+    """Milliseconds per forward pass of each (warmed-up) model on ``x``, one sample per round,
+    the models taking turns over ``timing.rounds`` rounds; a sample is as many passes as fill its
+    share of ``timing.seconds``."""
     share = timing.seconds / timing.rounds
     passes = [max(1, math.ceil(share / max(_seconds_per_pass(m, x, 1), 1e-6))) for m in models]
     samples = [[] for _ in models]
     for _ in range(timing.rounds):
         for m, n, s in zip(models, passes, samples):
-            s.append(_seconds_per_pass(m, x, n))
-    return [1000 * statistics.median(s) for s in samples]
+            s.append(1000 * _seconds_per_pass(m, x, n))
+    return samples
 
 
 class Timer:
     """The size a latency search bisects on: a plan's latency in milliseconds, measured once per
     plan on a copy of ``model`` cut as the plan says, in turns with an unpruned copy. ``model``
-    itself is not touched."""
+    itself is not touched. ``shapes`` lists what each shape timed: its MACs, milliseconds and
+    rounds."""
 
     def __init__(self, model: nn.Module, inputs, timing: Timing | None = None):
         if not isinstance(inputs, torch.Tensor):
@@ -111,6 +116,7 @@ class Timer:
         self._x = torch.randn(self.timing.batch_size, *inputs.shape[1:], device=device).to(**self._cast)
         self._reference = self._bar = self._cudnn_benchmark = None
         self._reference_ms = 0.0
+        self.shapes: list[dict] = []
 
     def _ready(self, model: nn.Module) -> nn.Module:
         model = model.eval().to(**self._cast)
@@ -123,7 +129,7 @@ class Timer:
         self._bar = tqdm(desc=f"timing pruned shapes (batch {self.timing.batch_size}, {self.settings['device']})", unit="shape", leave=False)
         try:
             self._reference = self._ready(copy.deepcopy(self.model))
-            (self._reference_ms,) = interleaved([self._reference], self._x, self.timing)
+            self._reference_ms = statistics.median(interleaved([self._reference], self._x, self.timing)[0])
         except BaseException:
             self.__exit__()
             raise
@@ -135,15 +141,22 @@ class Timer:
         self._bar.close()
         self._reference = None
 
-    def __call__(self, pruning) -> float:
+    def __call__(self, pruning, near: float | None = None) -> float:
+        """The plan's milliseconds: the unpruned model's, scaled by the median of the rounds'
+        ratios of the shape to the unpruned copy. Given the budget (``near``, ms), rounds are added
+        while their scaled times fall on both sides of it, up to ``MORE`` times ``timing.rounds``."""
         ms = getattr(pruning, "_latency_ms", None)
         if ms is None:
             from ._apply import cut_as
 
             pruned = self._ready(cut_as(copy.deepcopy(self.model), pruning, pruning._ops))
-            reference_ms, pruned_ms = interleaved([self._reference, pruned], self._x, self.timing)
-            ms = pruning._latency_ms = self._reference_ms * pruned_ms / reference_ms
+            times: list[float] = []
+            while not times or (near is not None and min(times) <= near <= max(times) and len(times) < MORE * self.timing.rounds):
+                reference, timed = interleaved([self._reference, pruned], self._x, self.timing)
+                times += [self._reference_ms * t / r for t, r in zip(timed, reference)]
+            ms = pruning._latency_ms = statistics.median(times)
             del pruned
+            self.shapes.append({"macs": pruning.macs["after"], "ms": ms, "rounds": len(times)})
             self._bar.update()
-            self._bar.set_postfix_str(f"{pruning.macs['after'] / 1e9:.3f} G MACs: {ms:.2f} ms")
+            self._bar.set_postfix_str(f"{pruning.macs['after'] / 1e9:.3f} G MACs: {ms:.2f} ms in {len(times)} rounds")
         return ms

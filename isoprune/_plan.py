@@ -178,14 +178,15 @@ class PruningPlan:
         for d in self.depth:
             rows.append(f"depth {d['container']:<18} {d['blocks']:>3} blocks -> {len(d['keep'])}")
         s = self.search
+        filled = f", {len(s['filled'])} isomorphic groups filled in to the next larger shape" if s and s.get("filled") else ""
         if s and s["metric"] == "latency":
             from ._latency import described
 
             t = s["timing"]
             rows.append(f"latency budget {s['budget']:.2f} ms at batch {t['batch_size']} on {t['device']} ({described(t['dtype'], t['channels_last'])}): "
-                        f"timed {s['before']:.2f} ms -> {s['after']:.2f} ms, ratios scaled by {s['scale']:.4f}")
+                        f"timed {s['before']:.2f} ms -> {s['after']:.2f} ms, ratios scaled by {s['scale']:.4f}{filled}")
         elif s:
-            rows.append(f"{s['metric']} budget {Budget(s['metric'], s['budget'])}: ratios scaled by {s['scale']:.4f}")
+            rows.append(f"{s['metric']} budget {Budget(s['metric'], s['budget'])}: ratios scaled by {s['scale']:.4f}{filled}")
         rows.append(f"MACs {m['before'] / 1e9:.3f} G -> {m['after'] / 1e9:.3f} G, params {p['before'] / 1e6:.3f} M -> {p['after'] / 1e6:.3f} M")
         return "\n".join(rows)
 
@@ -427,23 +428,31 @@ def plan(
                 log.warning("%d more groups are left whole: their planned cut breaks the model (%s)", len(broken), exc)
                 whole.update(g.id for g in analysis.groups if analysis.source[g.id] in broken)
 
+    def mixed(base: PruningPlan, donor: PruningPlan, ids: set[int]) -> PruningPlan:
+        """``base`` with the groups ``ids`` kept as ``donor`` keeps them."""
+        groups = [d if g.id in ids else g for g, d in zip(base.groups, donor.groups)]
+        return skeleton_apply(analysis, replace(base, groups=groups), depth_plans)
+
+    fill = None if scope == "global" else mixed  # one ranking over every group: no class is taken alone
     if budget is None:
         result = outcome(ratios)
     elif budget.metric == "latency":
         from ._latency import Timer
 
         with Timer(model, analysis.inputs, timing) as timer:
-            result = _search(outcome, ratios, budget, timer, steps=10, tolerance=0.03)
-        result.search["timing"] = timer.settings
+            result = _search(outcome, ratios, budget, timer, steps=10, tolerance=0.03, fill=fill)
+        result.search |= {"timing": timer.settings, "shapes": timer.shapes}
     else:
-        result = _search(outcome, ratios, budget, lambda p: getattr(p, budget.metric)["after"])
+        result = _search(outcome, ratios, budget, lambda p, near=None: getattr(p, budget.metric)["after"], fill=fill)
     result._scores = scores  # unit scores per group id, for reports; not part of the plain data
     return remember(result, model)
 
 
-def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, tolerance: float = 0.01) -> PruningPlan:
+def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, tolerance: float = 0.01, fill=None) -> PruningPlan:
     """Bisect the factor on ``shape`` for the largest model at or under the budget, by ``size``
-    (a plan's MACs, params or measured latency), stopping within ``tolerance`` under it."""
+    (a plan's MACs, params or measured latency; told the budget, a measurement can take more care
+    near it), stopping within ``tolerance`` under it. Short of that, the isomorphic groups that
+    differ between the closest shapes under and over the budget are filled in (``_fill``)."""
     if shape.largest() == 0:
         shape = Ratios.coerce(1.0 - 1e-9)
     top = 0.999 / shape.largest()
@@ -454,22 +463,50 @@ def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, toler
             f"budget {budget} is not below the model's {Budget(budget.metric, size(unpruned))}",
             hint="give a smaller target",
         )
-    if size(smallest) > budget.value:
+    if size(smallest, budget.value) > budget.value:
         raise IsopruneError(
             f"budget {budget} is out of reach: these ratios bottom out at {Budget(budget.metric, size(smallest))}",
             hint="give a larger target, or larger ratios for more kinds (e.g. --ratios emb=1,heads=1,head_dim=1,mlp=1)",
         )
-    lo, hi, best, evaluations = 0.0, top, smallest, 2
+    lo, hi, best, over, evaluations = 0.0, top, smallest, unpruned, 2
     for _ in range(steps):
         if size(best) >= (1 - tolerance) * budget.value:
             break
         mid = (lo + hi) / 2
         candidate = outcome(shape.scaled(mid))
         evaluations += 1
-        if size(candidate) <= budget.value:
+        if size(candidate, budget.value) <= budget.value:
             hi, best = mid, candidate
         else:
-            lo = mid
+            lo, over = mid, candidate
+    filled: list[str] = []
+    if fill is not None and size(best) < (1 - tolerance) * budget.value:
+        best, filled, tried = _fill(best, over, budget, size, fill)
+        evaluations += tried
     best.search = {"metric": budget.metric, "budget": budget.value, "scale": hi, "evaluations": evaluations,
-                   "before": size(unpruned), "after": size(best)}
+                   "before": size(unpruned), "after": size(best), "filled": filled}
     return best
+
+
+def _fill(under: PruningPlan, over: PruningPlan, budget: Budget, size, mix) -> tuple[PruningPlan, list[str], int]:
+    """Where the widths step between ``under`` and ``over``, the closest shapes the bisection found
+    under and over the budget, take ``over``'s widths one isomorphic group at a time (``mix``;
+    its members move together, as one ratio moves them), the one that adds the most first (params
+    for a params budget, else MACs), wherever the result stays under the budget. Rounding makes
+    such steps: at ratio 0.5 every width that is a multiple of 16 halves to a multiple of 8, so
+    with ``round_to=8`` MobileNetV2's stem, head and residual widths all move at one factor (9% of
+    its MACs). Returns the plan, the signatures of the isomorphic groups taken from ``over`` and
+    the shapes sized."""
+    classes: dict[str, set[int]] = {}
+    for g, o in zip(under.groups, over.groups):
+        if g.keep != o.keep:
+            classes.setdefault(g.signature, set()).add(g.id)
+    metric = "params" if budget.metric == "params" else "macs"  # a latency is known only once timed
+    order = sorted(classes, key=lambda sig: getattr(mix(under, over, classes[sig]), metric)["after"], reverse=True)
+    best, taken = under, []
+    for sig in order:
+        candidate = mix(best, over, classes[sig])
+        if size(candidate, budget.value) <= budget.value:
+            best = candidate
+            taken.append(sig)
+    return best, taken, len(order)

@@ -58,3 +58,17 @@ def test_latency_target_delivers_its_search_and_saves_it(tmp_path):
     assert r["latency_macs_g"] < r["macs_base_g"]
     assert "mobilenetv2" in out.splitlines()[-2]  # the table row, then where it was saved
     assert (tmp_path / "latency_target.png").stat().st_size > 10_000
+
+
+def test_budget_steps_records_the_bisection_and_the_landing(tmp_path):
+    out = run("budget_steps.py", "--models", "mobilenetv2", "--round-to", "8", "--fractions", "0.33", "0.5", "--out", tmp_path)
+    saved = json.loads((tmp_path / "budget_steps.json").read_text())
+    assert saved["complete"] and saved["command"].startswith("python benchmarks/budget_steps.py --models mobilenetv2")
+    rows = saved["rows"]
+    assert [(r["round_to"], r["fraction"]) for r in rows] == [(8, 0.33), (8, 0.5)]
+    for r in rows:
+        assert r["bisected"] <= r["landed"] <= 1.0 and math.isclose(r["budget_g"], r["fraction"] * r["macs_base_g"], rel_tol=1e-5)
+    step = rows[0]  # 0.33 of MobileNetV2's MACs lies inside the step at ratio 0.5 (see tests/test_depth_budget.py)
+    assert step["bisected"] < 0.97 and step["landed"] >= 0.99 and step["filled"] > 0
+    assert "mobilenetv2" in out.splitlines()[-2]
+    assert (tmp_path / "budget_steps.png").stat().st_size > 10_000

@@ -39,6 +39,36 @@ def test_budget_lands_within_one_percent_under(name, budget):
     assert isoprune.count(model)[0 if target.metric == "macs" else 1] == reached
 
 
+def test_budget_fills_in_where_rounding_steps_the_widths(monkeypatch):
+    """At ratio 0.5 with ``round_to=8``, MobileNetV2's stem, head and residual widths halve at one
+    factor, and its MACs step by 9%: a budget inside the step is reached by taking some isomorphic
+    groups, each whole, to the larger shape's widths."""
+    from isoprune import _plan
+
+    model, budget = make("mobilenetv2_100", num_classes=1000), 0.101e9
+    plan = isoprune.plan(model, {"default": 0.27}, budget="0.101G", round_to=8)
+    assert 0.99 * budget <= plan.macs["after"] <= budget
+    filled = set(plan.search["filled"])
+    assert filled and f"{len(filled)} isomorphic groups filled in" in plan.summary()
+    isoprune.apply_plan(model, plan)
+    assert isoprune.count(model)[0] == plan.macs["after"]
+    assert model(inputs_for(model)).shape == (2, 1000)
+
+    monkeypatch.setattr(_plan, "_fill", lambda under, *_: (under, [], 0))
+    bare = isoprune.plan(make("mobilenetv2_100", num_classes=1000), {"default": 0.27}, budget="0.101G", round_to=8)
+    assert bare.macs["after"] < 0.97 * budget  # the bisection alone stops at the step
+    # the filled-in groups keep the next shape's widths, every other group the bare plan's
+    wider = [(g, b) for g, b in zip(plan.groups, bare.groups) if len(g.keep) != len(b.keep)]
+    assert wider and all(len(g.keep) > len(b.keep) and g.signature in filled for g, b in wider)
+    assert all(g.keep == b.keep for g, b in zip(plan.groups, bare.groups) if g.signature not in filled)
+
+
+def test_budget_fills_in_nothing_under_one_global_ranking():
+    """One ranking over every group takes no class alone: a step is left where the bisection found it."""
+    plan = isoprune.plan(make("mobilenetv2_100", num_classes=1000), {"default": 0.27}, budget="0.104G", round_to=8, scope="global")
+    assert plan.search["filled"] == [] and plan.macs["after"] < 0.99 * 0.104e9
+
+
 def test_budget_keeps_the_ratio_shape():
     plan = isoprune.plan(make("test_vit"), {"mlp": 0.5, "heads": 0.0}, budget="0.025G")
     assert plan.ratios["heads"] == 0.0 and plan.ratios["mlp"] > 0
@@ -79,7 +109,7 @@ def test_latency_budget_bisects_on_what_the_clock_says(monkeypatch):
     def clock(models, x, timing):
         assert x.shape[0] == 4 and len(models) <= 2
         timed.append(models[-1])
-        return [_conv_width(m) for m in models]
+        return [[_conv_width(m)] * timing.rounds for m in models]
 
     monkeypatch.setattr(_latency, "interleaved", clock)
     model = make("test_resnet")
@@ -92,6 +122,8 @@ def test_latency_budget_bisects_on_what_the_clock_says(monkeypatch):
     assert 0.97 * search["budget"] <= search["after"] <= search["budget"]
     assert search["timing"] == {"batch_size": 4, "dtype": "float32", "channels_last": False, "seconds": 0.1, "rounds": 3, "device": "cpu"}
     assert len(timed) == 1 + search["evaluations"]  # the unpruned model alone, then each shape once, beside it
+    assert [s["rounds"] for s in search["shapes"]] == [3] * search["evaluations"]  # a steady clock: no more rounds
+    assert {s["ms"] for s in search["shapes"]} >= {search["before"], search["after"]}
     # the copy that was timed is the plan's shape; the model itself is untouched
     best = next(m for m in timed if _conv_width(m) == pytest.approx(search["after"]))
     assert isoprune.count(best) == (plan.macs["after"], plan.params["after"])
@@ -109,7 +141,7 @@ def test_latency_budget_is_not_moved_by_a_machine_that_slows_down(monkeypatch):
 
         def timed(models, x, timing):  # every measurement slower than the one before, by ``slowing``
             calls.append(None)
-            return [_conv_width(m) * slowing ** len(calls) for m in models]
+            return [[_conv_width(m) * slowing ** len(calls)] * timing.rounds for m in models]
         return timed
 
     plans = []
@@ -119,6 +151,26 @@ def test_latency_budget_is_not_moved_by_a_machine_that_slows_down(monkeypatch):
     steady, slowed = plans
     assert [g.keep for g in slowed.groups] == [g.keep for g in steady.groups]
     assert slowed.search["after"] / slowed.search["before"] == pytest.approx(steady.search["after"] / steady.search["before"])
+
+
+def test_latency_budget_times_more_rounds_where_the_noise_straddles_it(monkeypatch):
+    from isoprune import _latency
+
+    noise = [0.9, 1.0, 1.1]  # each shape's rounds spread +-10% around its time; the unpruned copy's steady
+
+    def clock(models, x, timing):
+        return [[_conv_width(m)] * timing.rounds for m in models[:-1]] + [[_conv_width(models[-1]) * n for n in noise]]
+
+    monkeypatch.setattr(_latency, "interleaved", clock)
+    plan = isoprune.plan(make("test_resnet"), 0.0, budget="latency=50%", timing=isoprune.Timing(batch_size=4, seconds=0.01))
+    search = plan.search
+    budget, shapes = search["budget"], search["shapes"]
+    assert len(shapes) == search["evaluations"]
+    for shape in shapes[1:]:  # after the unpruned shape, timed before the budget is known  # 9 rounds (3 x 3, the most) where the budget lies within +-10%, 3 elsewhere
+        straddles = 0.9 * shape["ms"] <= budget <= 1.1 * shape["ms"]
+        assert shape["rounds"] == (9 if straddles else 3), shape
+    assert any(s["rounds"] == 9 for s in shapes) and any(s["rounds"] == 3 for s in shapes[1:])
+    assert search["after"] <= budget
 
 
 def test_latency_budget_times_real_passes():
