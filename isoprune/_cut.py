@@ -38,6 +38,17 @@ def _kept(n: int, idxs: list[int]) -> np.ndarray:
     return np.delete(np.arange(n), idxs)
 
 
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an array of non-negative integers, as ``np.unique`` gives
+    them, found with a mask: the first ``np.unique`` of a process imports ``numpy.ma``, 10-20 ms
+    of pruning a small CNN."""
+    if not len(values):
+        return np.zeros(0, dtype=np.int64)
+    seen = np.zeros(int(values.max()) + 1, dtype=bool)
+    seen[values] = True
+    return np.flatnonzero(seen)
+
+
 def cut_tensor(t: torch.Tensor, dim: int, keep: np.ndarray, shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """``t`` with only the ``keep`` positions along ``dim``: a parameter stays a parameter (with
     its gradient cut alike), and a meta tensor is a new empty one. Given ``shape``, ``t`` is read

@@ -196,7 +196,7 @@ def _parts(tp_group, per: int, blocks: int, offset: int) -> list[np.ndarray]:
     for item in tp_group:
         if isinstance(item.dep.target.module, (*_cut.CONVS, nn.Linear)):
             roots = item.roots[(item.roots >= offset) & (item.roots < offset + per * blocks)]  # NO_ROOT (-1) is before every group
-            units = np.unique((roots - offset) % per)
+            units = _cut.distinct((roots - offset) % per)
             if 0 < len(units) < per:
                 parts[units.tobytes()] = units
     return list(parts.values())
@@ -342,7 +342,7 @@ def cut_ops(graph: tp.DependencyGraph, tp_groups: list, removed: dict[int, list[
             channels.setdefault(key, []).append(item.channels[dropped[item.roots]])
     for key, op in merged.items():
         parts = channels[key]
-        op.idxs = (np.unique(np.concatenate(parts)) if len(parts) > 1 else np.sort(parts[0])).tolist()
+        op.idxs = (_cut.distinct(np.concatenate(parts)) if len(parts) > 1 else np.sort(parts[0])).tolist()
     return list(merged.values())
 
 

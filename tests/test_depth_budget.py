@@ -64,7 +64,8 @@ def test_budget_fills_in_where_rounding_steps_the_widths(monkeypatch):
 
 
 def test_budget_fills_in_nothing_under_one_global_ranking():
-    """One ranking over every group takes no class alone: a step is left where the bisection found it."""
+    """One ranking over every group takes no isomorphic group alone: a step is left where the
+    bisection found it."""
     plan = isoprune.plan(make("mobilenetv2_100", num_classes=1000), {"default": 0.27}, budget="0.104G", round_to=8, scope="global")
     assert plan.search["filled"] == [] and plan.macs["after"] < 0.99 * 0.104e9
 
@@ -166,7 +167,9 @@ def test_latency_budget_times_more_rounds_where_the_noise_straddles_it(monkeypat
     search = plan.search
     budget, shapes = search["budget"], search["shapes"]
     assert len(shapes) == search["evaluations"]
-    for shape in shapes[1:]:  # after the unpruned shape, timed before the budget is known  # 9 rounds (3 x 3, the most) where the budget lies within +-10%, 3 elsewhere
+    # after the unpruned shape (timed before the budget is known): 9 rounds (3 x 3, the most)
+    # where the budget lies within the +-10%, 3 elsewhere
+    for shape in shapes[1:]:
         straddles = 0.9 * shape["ms"] <= budget <= 1.1 * shape["ms"]
         assert shape["rounds"] == (9 if straddles else 3), shape
     assert any(s["rounds"] == 9 for s in shapes) and any(s["rounds"] == 3 for s in shapes[1:])

@@ -23,3 +23,13 @@ def test_random_ratios_always_give_a_working_model(name, emb, heads, head_dim, m
     with torch.no_grad():
         out = model(x)
     assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+@given(st.lists(st.integers(min_value=0, max_value=300), max_size=50))
+def test_distinct_is_numpy_unique(values):
+    import numpy as np
+
+    from isoprune._cut import distinct
+
+    arr = np.asarray(values, dtype=np.int64)
+    assert distinct(arr).tolist() == np.unique(arr).tolist()
