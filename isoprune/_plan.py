@@ -369,8 +369,9 @@ def plan(
     the same ratio in every layer). Scores are normalised by their group's mean in every scope.
     ``depth`` maps a block container (``"stages.2.blocks"``) to how many of its blocks to remove.
     With a ``budget`` (``"4.2G"`` MACs, ``"20M"`` params) the ratios are a shape: they are scaled
-    by one factor, found by bisection, so that the pruned model lands within 1% under the budget.
-    A latency budget (``"latency=50%"``, ``"latency=12ms"``) is measured: each shape the search
+    by one factor, found by bisection, so that the pruned model lands within 1% under the budget;
+    where rounded widths step past it, isomorphic groups of the next larger shape are filled in
+    (``search["filled"]``). A latency budget (``"latency=50%"``, ``"latency=12ms"``) is measured: each shape the search
     tries is cut from a copy of the model and timed on the model's device as ``timing`` (a
     ``Timing``; default: batch 32, float32) says, and the search stops within 3% under it.
     """
