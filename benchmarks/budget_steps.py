@@ -11,9 +11,9 @@ at a time, the widths of the next larger shape (``isoprune._plan._fill``).
 
 For each recipe's ratio shape (l2, randomly initialised, 1000 classes), each ``--round-to`` and
 each budget (``--fractions`` of the unpruned model's MACs), the search runs once. Recorded are
-where the bisection alone stopped and where the search landed, as fractions of the budget (1.0:
-on it; the search stops within 1% under it). Nothing is timed: MACs are counted on the weightless
-copy, so the figures do not depend on the machine.
+where the bisection alone stopped and where the search landed (``plan.search``: ``bisected``,
+``after``), as fractions of the budget (1.0: on it; the search stops within 1% under it). Nothing
+is timed: MACs are counted on the weightless copy, so the figures do not depend on the machine.
 
 Writes ``results/budget_steps/budget_steps.csv``, ``budget_steps.json`` (with the command) and
 ``budget_steps.png``.
@@ -38,33 +38,20 @@ def landings(recipe_name: str, round_to: list[int], fractions: list[float]) -> l
     import timm
 
     import isoprune
-    from isoprune import _models, _plan, _recipes
+    from isoprune import _models, _recipes
 
     p = _recipes.load_recipe(ROOT / "recipes" / RECIPES[recipe_name]).prune
     torch.manual_seed(0)
     model = timm.create_model(_models.architecture(p.model)).eval()
     macs = isoprune.count(model)[0]
-    fill, bisected = _plan._fill, []
-
-    def recorded(under, *args):
-        bisected.append(under.macs["after"])
-        return fill(under, *args)
-
-    _plan._fill = recorded
     rows = []
-    try:
-        for r in round_to:
-            for f in fractions:
-                bisected.clear()
-                budget = f * macs
-                plan = isoprune.plan(model, dict(p.ratios), budget=f"{budget / 1e9:.6f}G", round_to=r)
-                after = plan.macs["after"]
-                budget = plan.search["budget"]
-                rows.append({"model": recipe_name, "round_to": r, "fraction": f, "macs_base_g": macs / 1e9, "budget_g": budget / 1e9,
-                             "bisected": (bisected[0] if bisected else after) / budget, "landed": after / budget,
-                             "filled": len(plan.search["filled"]), "evaluations": plan.search["evaluations"]})
-    finally:
-        _plan._fill = fill
+    for r in round_to:
+        for f in fractions:
+            search = isoprune.plan(model, dict(p.ratios), budget=f"{f * macs / 1e9:.6f}G", round_to=r).search
+            budget = search["budget"]
+            rows.append({"model": recipe_name, "round_to": r, "fraction": f, "macs_base_g": macs / 1e9, "budget_g": budget / 1e9,
+                         "bisected": search["bisected"] / budget, "landed": search["after"] / budget,
+                         "filled": len(search["filled"]), "evaluations": search["evaluations"]})
     return rows
 
 

@@ -291,6 +291,10 @@ class Budget:
     _UNITS = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "MS": 1.0, "S": 1e3}
     _NAMES = {"macs": "MACs", "params": "params", "latency": "latency"}
 
+    def __post_init__(self):
+        if self.metric != "latency":  # MACs and params are counts
+            object.__setattr__(self, "value", int(self.value))
+
     @classmethod
     def parse(cls, text) -> "Budget":
         """``"4.2G"`` is MACs, ``"20M"`` is params (as the paper writes them), ``"50%"`` is half the
@@ -315,13 +319,10 @@ class Budget:
             return cls(metric or "macs", 0, float(match[1]) / 100)
         value = float(match[1]) * cls._UNITS[unit]
         metric = metric or ("macs" if unit in "GT" else "params")
-        return cls(metric, value if metric == "latency" else int(value))
+        return cls(metric, value)
 
     def resolved(self, unpruned: float) -> "Budget":
-        if self.fraction is None:
-            return self
-        value = self.fraction * unpruned
-        return Budget(self.metric, value if self.metric == "latency" else int(value))
+        return self if self.fraction is None else Budget(self.metric, self.fraction * unpruned)
 
     def __str__(self) -> str:
         if self.fraction is not None and not self.value:
@@ -371,9 +372,10 @@ def plan(
     With a ``budget`` (``"4.2G"`` MACs, ``"20M"`` params) the ratios are a shape: they are scaled
     by one factor, found by bisection, so that the pruned model lands within 1% under the budget;
     where rounded widths step past it, isomorphic groups of the next larger shape are filled in
-    (``search["filled"]``). A latency budget (``"latency=50%"``, ``"latency=12ms"``) is measured: each shape the search
-    tries is cut from a copy of the model and timed on the model's device as ``timing`` (a
-    ``Timing``; default: batch 32, float32) says, and the search stops within 3% under it.
+    (``search["filled"]``). A latency budget (``"latency=50%"``, ``"latency=12ms"``) is measured:
+    each shape the search tries is cut from a copy of the model and timed on the model's device as
+    ``timing`` (a ``Timing``; default: batch 32, float32) says, and the search stops within 3%
+    under it.
     """
     from ._apply import _removed, remember, skeleton_apply
     from ._depth import choose_depth, inside
@@ -434,7 +436,7 @@ def plan(
         groups = [d if g.id in ids else g for g, d in zip(base.groups, donor.groups)]
         return skeleton_apply(analysis, replace(base, groups=groups), depth_plans)
 
-    fill = None if scope == "global" else mixed  # one ranking over every group: no class is taken alone
+    fill = None if scope == "global" else mixed  # one ranking over every group: no isomorphic group moves alone
     if budget is None:
         result = outcome(ratios)
     elif budget.metric == "latency":
@@ -480,12 +482,12 @@ def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, toler
             hi, best = mid, candidate
         else:
             lo, over = mid, candidate
-    filled: list[str] = []
-    if fill is not None and size(best) < (1 - tolerance) * budget.value:
+    bisected, filled = size(best), []
+    if fill is not None and bisected < (1 - tolerance) * budget.value:
         best, filled, tried = _fill(best, over, budget, size, fill)
         evaluations += tried
     best.search = {"metric": budget.metric, "budget": budget.value, "scale": hi, "evaluations": evaluations,
-                   "before": size(unpruned), "after": size(best), "filled": filled}
+                   "before": size(unpruned), "bisected": bisected, "after": size(best), "filled": filled}
     return best
 
 
@@ -503,10 +505,11 @@ def _fill(under: PruningPlan, over: PruningPlan, budget: Budget, size, mix) -> t
         if g.keep != o.keep:
             classes.setdefault(g.signature, set()).add(g.id)
     metric = "params" if budget.metric == "params" else "macs"  # a latency is known only once timed
-    order = sorted(classes, key=lambda sig: getattr(mix(under, over, classes[sig]), metric)["after"], reverse=True)
+    alone = {sig: mix(under, over, ids) for sig, ids in classes.items()}
+    order = sorted(classes, key=lambda sig: getattr(alone[sig], metric)["after"], reverse=True)
     best, taken = under, []
     for sig in order:
-        candidate = mix(best, over, classes[sig])
+        candidate = alone[sig] if best is under else mix(best, over, classes[sig])
         if size(candidate, budget.value) <= budget.value:
             best = candidate
             taken.append(sig)

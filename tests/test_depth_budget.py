@@ -57,6 +57,7 @@ def test_budget_fills_in_where_rounding_steps_the_widths(monkeypatch):
     monkeypatch.setattr(_plan, "_fill", lambda under, *_: (under, [], 0))
     bare = isoprune.plan(make("mobilenetv2_100", num_classes=1000), {"default": 0.27}, budget="0.101G", round_to=8)
     assert bare.macs["after"] < 0.97 * budget  # the bisection alone stops at the step
+    assert plan.search["bisected"] == bare.macs["after"]  # and the filled plan says where
     # the filled-in groups keep the next shape's widths, every other group the bare plan's
     wider = [(g, b) for g, b in zip(plan.groups, bare.groups) if len(g.keep) != len(b.keep)]
     assert wider and all(len(g.keep) > len(b.keep) and g.signature in filled for g, b in wider)
