@@ -369,10 +369,11 @@ def _tensors(prefix: str, state: dict) -> dict[str, torch.Tensor]:
 
 def _write_epoch(out: Path, judged, model, ema, optimizer, scaler, cfg, opts, metadata, history, best, updates, improved) -> None:
     extra = {"config": metadata.get("config"), "finetune": asdict(cfg), "epoch": history[-1]["epoch"], "metrics": history[-1]}
-    plan = model.isoprune_plan
-    _io.save(judged, out / "last", plan=plan, base=model.isoprune_base, overwrite=True, extra=extra)
+    saving = {"plan": model.isoprune_plan, "base": model.isoprune_base, "overwrite": True, "extra": extra,
+              "input_size": _data.data_config(model, opts.input_size)["input_size"]}  # the size it was trained at
+    _io.save(judged, out / "last", **saving)
     if improved:
-        _io.save(judged, out / "best", plan=plan, base=model.isoprune_base, overwrite=True, extra=extra)
+        _io.save(judged, out / "best", **saving)
     tensors = _tensors("model.", model.state_dict())
     if ema is not None:
         tensors.update(_tensors("ema.", ema.module.state_dict()))

@@ -3,6 +3,8 @@
 A pruned model is a directory: ``model.safetensors`` (tensors only) and ``isoprune.json`` (the
 base architecture and its keyword arguments, the plan, sizes, versions). Loading rebuilds the base
 architecture without weights, applies the plan's shapes, then loads the tensors strictly.
+It also records the input size the weights were pruned or trained at, which a loaded model takes
+as its own (``adopt_input_size``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from . import __version__
 from ._apply import apply_plan
 from ._errors import IsopruneError
 from ._plan import PruningPlan
+from ._trace import input_size as built_for
 
 WEIGHTS = "model.safetensors"
 METADATA = "isoprune.json"
@@ -83,9 +86,12 @@ def check_writable(directory, overwrite: bool = False) -> Path:
     return directory
 
 
-def save(model: nn.Module, directory, *, plan: PruningPlan | None = None, base=None, overwrite: bool = False, extra: dict | None = None) -> Path:
+def save(model: nn.Module, directory, *, plan: PruningPlan | None = None, base=None, overwrite: bool = False, extra: dict | None = None,
+         input_size=None) -> Path:
     """Write the pruned model's weights (safetensors) and metadata into ``directory``.
 
+    ``input_size`` (``[channels, height, width]``) is the size the weights are for, recorded for
+    ``load``; by default the size the plan was traced at, else the model's own.
     Files are written to a temporary directory beside it and moved into place, so a failure leaves
     no half-written model; other files in ``directory`` are left alone."""
     plan = plan or getattr(model, "isoprune_plan", None)
@@ -95,6 +101,7 @@ def save(model: nn.Module, directory, *, plan: PruningPlan | None = None, base=N
     metadata = {
         "format": FORMAT,
         "base": base_spec(model, base),
+        "input_size": [int(s) for s in input_size or plan.input_size or built_for(model)],
         "macs": plan.macs,
         "params": plan.params,
         "versions": versions(),
@@ -161,7 +168,19 @@ def load(path, *, allow_pickle: bool = False, build_kwargs: dict | None = None) 
         )
     model.isoprune_plan = pruning
     model.isoprune_base = metadata["base"]
+    adopt_input_size(model, metadata)
     return model.eval()
+
+
+def adopt_input_size(model: nn.Module, metadata: dict) -> None:
+    """Make the input size a saved model was pruned or trained at its own: the ``input_size`` of
+    its pretrained config, which timm's data config, and so evaluation, fine-tuning and tracing,
+    read when no size is given. A CNN pruned and fine-tuned at 32x32 is then evaluated at 32x32,
+    not at the 224x224 its architecture's config says. Directories written before the size was
+    recorded give their plan's."""
+    size = metadata.get("input_size") or metadata.get("plan", {}).get("input_size")
+    if size and len(size) == 3:
+        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "input_size": tuple(int(s) for s in size)}
 
 
 def _load_pickle(path: Path, allow_pickle: bool) -> nn.Module:

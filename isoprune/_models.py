@@ -125,3 +125,7 @@ def load_weights(model: nn.Module, path) -> None:
             hint="is it a checkpoint of this architecture and number of classes (--num-classes)?",
         )
     model.load_state_dict(state)
+    if (Path(path) / "isoprune.json").is_file():  # a directory isoprune wrote: its weights are for the size it records
+        from ._io import adopt_input_size, read_metadata
+
+        adopt_input_size(model, read_metadata(path))

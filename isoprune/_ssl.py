@@ -352,7 +352,8 @@ def _step(trained, teacher, criterion, optimizer, scaler, cast, schedule, cfg, v
 def _write_epoch(out: Path, student, teacher, criterion, optimizer, scaler, cfg, opts, metadata, history) -> None:
     extra = {"config": metadata.get("config"), "ssl": asdict(cfg), "epoch": history[-1]["epoch"], "metrics": history[-1]}
     # token reduction adds no state, so the teacher's weights save (and reload) as a plain timm ViT
-    _io.save(teacher.backbone, out / "backbone", plan=student.backbone.isoprune_plan, base=student.backbone.isoprune_base, overwrite=True, extra=extra)
+    _io.save(teacher.backbone, out / "backbone", plan=student.backbone.isoprune_plan, base=student.backbone.isoprune_base, overwrite=True, extra=extra,
+             input_size=_data.data_config(student.backbone, opts.input_size)["input_size"])
     tensors = {**_finetune._tensors("student.", student.state_dict()), **_finetune._tensors("teacher.", teacher.state_dict()),
                **_finetune._tensors("loss.", criterion.state_dict())}
     opt_tensors, opt_header = _finetune.optimizer_state(optimizer)

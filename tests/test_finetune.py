@@ -185,7 +185,7 @@ def test_calibration_images_come_at_the_pruning_input_size(digits, trained):
     from isoprune import _pipeline
 
     model = isoprune.load(trained / "best")
-    for size, expected in ((32, 32), (None, 160)):  # test_resnet's pretrained config says 160
+    for size, expected in ((48, 48), (None, 32)):  # by default the size it was trained at (its config says 160)
         images, _ = next(iter(_pipeline.calibration_batches(digits, model, 4, limit=1, input_size=size)))
         assert images.shape == (4, 3, expected, expected)
 
@@ -243,6 +243,21 @@ def test_teacher_with_other_classes_is_refused(capsys, tmp_path, digits, trained
                            "--teacher", tmp_path / "teacher", "--out", tmp_path / "out")
     assert code == 2 and "the teacher predicts 1000 classes but the student 10" in err
     assert not (tmp_path / "out" / "best").exists()
+
+
+def test_a_trained_model_keeps_its_input_size(capsys, digits, trained):
+    """Trained at 32x32 (``test_resnet``'s config says 160x160): evaluating it, or pruning its
+    weights, without ``--input-size`` takes 32x32, as the directory records."""
+    assert json.loads((trained / "best" / "isoprune.json").read_text())["input_size"] == [3, 32, 32]
+    sized = evaluate(capsys, trained / "best", digits)
+    code, out, err = run_cli(capsys, "eval", trained / "best", "--data", digits, "--iters", "1", "--warmup", "0", "--json")
+    assert code == 0, err
+    default = json.loads(out)
+    assert default["input_size"] == [3, 32, 32] and (default["top1"], default["macs"]) == (sized["top1"], sized["macs"])
+    code, out, err = run_cli(capsys, "prune", "--model", "test_resnet", "--num-classes", "10", "--weights", trained / "best",
+                             "--ratios", "0.3", "--dry-run", "--json")
+    assert code == 0, err
+    assert json.loads(out)["macs"]["before"] == sized["macs"]
 
 
 def test_eval_without_data_reports_size_and_speed(capsys):

@@ -1,8 +1,11 @@
 """Save -> load rebuilds the pruned model exactly, without unpickling anything."""
+import json
+
 import pytest
 import torch
 
 import isoprune
+from isoprune import _data, _models
 from conftest import base_of, inputs_for, make
 
 FAMILIES = [
@@ -59,6 +62,31 @@ def test_torchvision_base(tmp_path):
     isoprune.save(model, tmp_path / "wrong", base="torchvision:resnet18")  # 1000 classes, not 10
     with pytest.raises(isoprune.IsopruneError, match="size mismatch for fc"):
         isoprune.load(tmp_path / "wrong")
+
+
+def test_the_input_size_goes_with_the_model(tmp_path):
+    """A model pruned at 48x48 loads with 48x48 as its own input size (timm's config for
+    ``test_resnet`` says 160x160), which data configs, and so evaluation and fine-tuning, read."""
+    model = make("test_resnet")
+    model.isoprune_base = base_of("test_resnet")
+    isoprune.prune(model, 0.3, example_inputs=torch.randn(1, 3, 48, 48))
+    isoprune.save(model, tmp_path / "m")
+    loaded = isoprune.load(tmp_path / "m")
+    assert loaded.pretrained_cfg["input_size"] == (3, 48, 48) and model.pretrained_cfg["input_size"] == (3, 160, 160)
+    assert _data.data_config(loaded)["input_size"] == (3, 48, 48)
+    assert loaded.pretrained_cfg["mean"] == model.pretrained_cfg["mean"]  # the rest of the config is kept
+    isoprune.save(model, tmp_path / "trained", input_size=[3, 64, 64])  # as fine-tuning at 64x64 records it
+    assert isoprune.load(tmp_path / "trained").pretrained_cfg["input_size"] == (3, 64, 64)
+    metadata = json.loads((tmp_path / "m" / "isoprune.json").read_text())
+    del metadata["input_size"]  # a directory written before the size was recorded: its plan's
+    (tmp_path / "m" / "isoprune.json").write_text(json.dumps(metadata))
+    assert isoprune.load(tmp_path / "m").pretrained_cfg["input_size"] == (3, 48, 48)
+    whole = make("test_resnet")
+    whole.isoprune_base = base_of("test_resnet")
+    isoprune.save(whole, tmp_path / "whole", plan=isoprune.plan(whole, 0.0), input_size=[3, 64, 64])
+    rebuilt = make("test_resnet", seed=1)
+    _models.load_weights(rebuilt, tmp_path / "whole")  # its weights alone (--weights DIR), into a model built anew
+    assert rebuilt.pretrained_cfg["input_size"] == (3, 64, 64)
 
 
 def test_refuses_to_overwrite(tmp_path):
