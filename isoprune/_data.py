@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ._errors import IsopruneError
+from ._trace import fixed_size
 from ._trace import input_size as built_for
 
 _FOLDER_HINT = "--data must be an ImageFolder: one sub-directory of images per class"
@@ -21,6 +22,10 @@ def data_config(model: nn.Module, input_size: int | None = None) -> dict:
     at ``input_size`` squared when given, else at the size the model was built for."""
     import timm.data
 
+    fixed = fixed_size(model)
+    if input_size is not None and fixed not in (None, (input_size, input_size)):
+        raise IsopruneError(f"{type(model).__name__} takes {fixed[0]}x{fixed[1]} inputs only, not {input_size}x{input_size}",
+                            hint=f"drop --input-size (or give {fixed[0]}): the model was built for that size")
     config = timm.data.resolve_data_config({}, model=model)
     channels, height, width = built_for(model)
     config["input_size"] = (channels, input_size, input_size) if input_size is not None else (channels, height, width)

@@ -14,12 +14,13 @@ from ._finetune import evaluate
 from ._latency import cast as cast_to, sync
 
 
-def load_model(source: str | Path, weights: str = "pretrained", num_classes: int | None = None) -> nn.Module:
-    """A directory isoprune wrote, or a timm model name (``weights``: pretrained, none, PATH)."""
+def load_model(source: str | Path, weights: str = "pretrained", num_classes: int | None = None, input_size: int | None = None) -> nn.Module:
+    """A directory isoprune wrote, or a timm model name (``weights``: pretrained, none, PATH;
+    built for ``input_size`` where it takes one size only)."""
     if Path(source).is_dir():
         return _io.load(source)
     kwargs = {"num_classes": num_classes} if num_classes else {}
-    return _models.create(str(source), weights, **kwargs)
+    return _models.create(str(source), weights, input_size=input_size, **kwargs)
 
 
 def latency(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, device: torch.device,
@@ -57,7 +58,7 @@ def run(source: str | Path, data: str | Path | None = None, *, weights: str = "p
 
     cast = cast_to(dtype, channels_last)
     where = _data.device(device)
-    model = load_model(source, weights, num_classes)
+    model = load_model(source, weights, num_classes, input_size)
     config = _data.data_config(model, input_size)
     result = {"model": str(source)}
     # counted in the precision the model was saved in, before it is cast

@@ -70,7 +70,7 @@ def student(source: str, opts: Options, build: dict) -> tuple[nn.Module, dict]:
         from ._plan import plan
 
         kwargs = {"num_classes": opts.num_classes} if opts.num_classes else {}
-        model = _models.create(source, opts.weights, **kwargs, **build)
+        model = _models.create(source, opts.weights, input_size=opts.input_size, **kwargs, **build)
         model.isoprune_base["kwargs"] = {k: v for k, v in model.isoprune_base["kwargs"].items() if k not in build}
         model.isoprune_plan = plan(model, 0.0, example_inputs=meta_example(model, opts.input_size))
         metadata = {"base": model.isoprune_base, "config": {"weights": opts.weights}, "unpruned": True}

@@ -58,11 +58,16 @@ def architecture(name: str) -> str:
     return resolve(name).partition(".")[0]
 
 
-def create(name: str, weights: str = "pretrained", **kwargs) -> nn.Module:
+def create(name: str, weights: str = "pretrained", *, input_size: int | None = None, **kwargs) -> nn.Module:
     """A timm model in eval mode. ``weights``: ``pretrained`` (timm's download), ``none`` (random
     init), or the path of a local checkpoint. The model remembers how it was built, so that a
-    pruned copy can be rebuilt from its saved plan."""
+    pruned copy can be rebuilt from its saved plan. An architecture built for one input size (a
+    ViT) is built for ``input_size`` squared where that is another (``sized_for``)."""
     full = resolve(name)
+    if input_size is None and weights not in ("pretrained", "none"):
+        input_size = _recorded_side(weights)
+    if input_size is not None:
+        kwargs = {**kwargs, **sized_for(full, input_size, kwargs)}
     pretrained = weights == "pretrained"
     hub_log = logging.getLogger("huggingface_hub")
     hub_level = hub_log.level
@@ -84,6 +89,40 @@ def create(name: str, weights: str = "pretrained", **kwargs) -> nn.Module:
         load_weights(model, weights)
     model.isoprune_base = {"library": "timm", "name": full.partition(".")[0], "kwargs": dict(kwargs)}
     return model.eval()
+
+
+def sized_for(full: str, side: int, kwargs: dict) -> dict:
+    """``{"img_size": side}`` where the architecture (built with ``kwargs``) takes one input size
+    and it is not ``side`` squared (timm then resamples pretrained position embeddings); nothing
+    where it takes any size. Built on the meta device, only to look."""
+    from ._trace import fixed_size
+
+    if "img_size" in kwargs:
+        return {}
+    try:
+        with torch.device("meta"):
+            fixed = fixed_size(timm.create_model(full, pretrained=False, **kwargs))
+    except Exception:  # noqa: BLE001 - building it for real says what is wrong
+        return {}
+    if fixed is None or fixed == (side, side):
+        return {}
+    try:
+        with torch.device("meta"):
+            timm.create_model(full, pretrained=False, **kwargs, img_size=side)
+    except Exception as exc:
+        raise IsopruneError(f"{full} takes {fixed[0]}x{fixed[1]} inputs only, not {side}x{side}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
+                            hint=f"drop --input-size (or give {fixed[0]})") from exc
+    return {"img_size": side}
+
+
+def _recorded_side(weights: str) -> int | None:
+    """The square input size a directory isoprune wrote records for its weights, if any."""
+    if not (Path(weights) / "isoprune.json").is_file():
+        return None
+    from ._io import read_metadata
+
+    size = read_metadata(weights).get("input_size") or []
+    return size[1] if len(size) == 3 and size[1] == size[2] else None
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:

@@ -118,7 +118,7 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
         raise IsopruneError("recalibrating BatchNorm needs data", hint="pass --data DIR (an ImageFolder), or drop --recalibrate-bn")
     torch.manual_seed(cfg.seed)
     kwargs = {"num_classes": cfg.num_classes} if cfg.num_classes is not None else {}
-    model = _models.create(cfg.model, cfg.weights, **kwargs)
+    model = _models.create(cfg.model, cfg.weights, input_size=cfg.input_size, **kwargs)
     if saved is not None:
         return model, fit(model, saved, meta_example(model, cfg.input_size) if cfg.input_size else None)
     calib = None

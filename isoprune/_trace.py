@@ -98,6 +98,21 @@ def clone(skeleton: nn.Module) -> nn.Module:
     return new_of[id(skeleton)]
 
 
+def _embedding(model: nn.Module) -> nn.Module | None:
+    return next((getattr(model, name) for name in ("patch_embed", "pixel_embed", "stem") if hasattr(model, name)), None)
+
+
+def fixed_size(model: nn.Module) -> tuple[int, int] | None:
+    """The image size a model takes and no other: its patch embedding's, where that checks its
+    input's size (timm builds ViTs, Swin, CaiT... for one size unless told ``img_size`` or
+    ``dynamic_img_size``); None for a model that takes any size."""
+    embed = _embedding(model)
+    img = getattr(embed, "img_size", None)
+    if img is None or not getattr(embed, "strict_img_size", True) or getattr(embed, "dynamic_img_size", False):
+        return None
+    return (int(img[0]), int(img[1]))
+
+
 def input_size(model: nn.Module) -> tuple[int, int, int]:
     """The input size the model was built for: its patch embedding's image size (a ViT built with
     ``img_size=32`` accepts nothing else, whatever its pretrained config says), else the image
@@ -105,7 +120,7 @@ def input_size(model: nn.Module) -> tuple[int, int, int]:
     channels of timm's pretrained config, else that config, else ImageNet's 3x224x224. (TNT
     calls its patch embedding ``pixel_embed``, MLP-Mixer ``stem``; a hybrid ViT's embedding
     takes the image into its CNN backbone, whose first convolution says the channels.)"""
-    embed = next((getattr(model, name) for name in ("patch_embed", "pixel_embed", "stem") if hasattr(model, name)), None)
+    embed = _embedding(model)
     img = getattr(embed, "img_size", None)
     first = next((m for m in embed.modules() if isinstance(m, nn.modules.conv._ConvNd)), None) if img is not None else None
     if first is not None:
@@ -379,21 +394,26 @@ def build_graph(skeleton: nn.Module, inputs: Inputs, ignored_params=()) -> tp.De
     except IsopruneError:
         raise
     except Exception as exc:  # tracing failures come from deep inside torch/Torch-Pruning
-        raise IsopruneError(f"could not trace {type(skeleton).__name__}: {type(exc).__name__}: {exc}", hint=_trace_hint(skeleton, inputs)) from exc
+        raise _trace_failure(skeleton, inputs, exc) from exc
     finally:
         skeleton.train(was_training)
 
 
-def _trace_hint(skeleton: nn.Module, inputs: Inputs) -> str:
-    """What to do about a failed trace: fix the inputs if the model does not run on them, else
-    it is the tracer that cannot follow this architecture."""
+def _trace_failure(skeleton: nn.Module, inputs: Inputs, exc: Exception) -> IsopruneError:
+    """What a failed trace says: the model's own error where it does not run on the inputs (the
+    tracer's, from its second try with the inputs packed, would hide it), else that the tracer
+    cannot follow this architecture."""
+    name = type(skeleton).__name__
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             forward(clone(skeleton).eval(), inputs)
-    except Exception:  # noqa: BLE001 - any failure here is the inputs'
-        return "pass example_inputs shaped like the model's real input"
-    return "the model runs on these inputs, but the tracer cannot follow its layers: please report the architecture"
+    except Exception as own:  # noqa: BLE001 - any failure here is the inputs'
+        shapes = [list(t.shape) for t in ((inputs,) if isinstance(inputs, torch.Tensor) else inputs)]
+        return IsopruneError(f"{name} does not run on inputs of shape {', '.join(map(str, shapes))}: {type(own).__name__}: {str(own).splitlines()[0]}",
+                             hint="pass example_inputs shaped like the model's real input (on the command line: --input-size)")
+    return IsopruneError(f"could not trace {name}: {type(exc).__name__}: {exc}",
+                         hint="the model runs on these inputs, but the tracer cannot follow its layers: please report the architecture")
 
 
 def output_modules(graph: tp.DependencyGraph) -> list:

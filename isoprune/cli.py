@@ -301,7 +301,7 @@ def cmd_inspect(args) -> int:
     from ._api import count, isomorphic_groups
 
     with torch.device("meta"):
-        model = _models.create(args.model, "none")
+        model = _models.create(args.model, "none", input_size=args.input_size)
     inputs = _pipeline.meta_example(model, args.input_size)
     groups = isomorphic_groups(model, inputs)
     macs, params = count(model, inputs)

@@ -12,7 +12,7 @@ import timm
 import torch
 
 import isoprune
-from isoprune import _finetune, _pipeline, _recipes, cli
+from isoprune import _finetune, _models, _pipeline, _recipes, cli
 
 
 def run_cli(capsys, *argv):
@@ -92,6 +92,28 @@ def test_a_saved_plan_reapplies_to_other_weights(capsys, tmp_path):
     assert a.isoprune_plan.to_dict() == b.isoprune_plan.to_dict()
     assert json.loads(out)["macs"]["after"] == isoprune.count(b)[0] == isoprune.count(a)[0]
     assert not torch.equal(a.head.fc.weight, b.head.fc.weight)  # same shape, the second seed's weights
+
+
+def test_a_vit_is_built_for_the_input_size_asked(capsys, tmp_path):
+    """DeiT takes the one size its position embedding is built for: ``--input-size 32`` builds
+    it for 32x32 (timm's ``img_size``), and the saved model rebuilds so; a CNN takes any size and
+    is built as it is. A saved model asked for another size is one line, not a traceback."""
+    code, out, err = run_cli(capsys, "prune", "--model", "deit_tiny", "--weights", "none", "--num-classes", "10",
+                             "--ratios", "0.3", "--input-size", "32", "--out", tmp_path / "m", "--json")
+    assert code == 0, err
+    model = isoprune.load(tmp_path / "m")
+    assert model.isoprune_base["kwargs"]["img_size"] == 32 and model.patch_embed.img_size == (32, 32)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    whole = timm.create_model("deit_tiny_distilled_patch16_224", img_size=32, num_classes=10)
+    assert json.loads(out)["macs"]["before"] == isoprune.count(whole)[0]
+    whole.isoprune_base = {"library": "timm", "name": "deit_tiny_distilled_patch16_224", "kwargs": {"img_size": 32, "num_classes": 10}}
+    isoprune.save(whole, tmp_path / "whole", plan=isoprune.plan(whole, 0.0))
+    rebuilt = _models.create("deit_tiny", str(tmp_path / "whole"), num_classes=10)  # --weights DIR: built for the size it records
+    assert rebuilt.patch_embed.img_size == (32, 32) and torch.equal(rebuilt.pos_embed, whole.pos_embed)
+    code, out, err = run_cli(capsys, "eval", tmp_path / "m", "--input-size", "48", "--iters", "1")
+    assert code == 2 and "takes 32x32 inputs only, not 48x48" in err and len(err.strip().splitlines()) == 1
+    assert "img_size" not in _models.create("resnet18", "none", input_size=32).isoprune_base["kwargs"]
 
 
 def test_a_named_target_hands_its_recipe_to_finetune():

@@ -228,8 +228,11 @@ def test_bad_ratios_are_user_errors():
 
 def test_a_failed_trace_says_whether_the_inputs_or_the_tracer_are_to_blame(monkeypatch):
     model = make("test_vit")  # built for 3 channels
-    with pytest.raises(isoprune.IsopruneError, match="pass example_inputs shaped like the model's real input"):
+    with pytest.raises(isoprune.IsopruneError, match=r"does not run on inputs of shape \[1, 1, 160, 160\]: RuntimeError: .*"
+                                                      "pass example_inputs shaped like the model's real input"):
         isoprune.plan(model, 0.3, example_inputs=torch.randn(1, 1, 160, 160))
+    with pytest.raises(isoprune.IsopruneError, match=r"does not run on inputs of shape \[1, 3, 32, 32\]: AssertionError: Input height \(32\) "):
+        isoprune.plan(timm.create_model("deit_tiny_patch16_224"), 0.3, example_inputs=torch.randn(1, 3, 32, 32))  # built for 224
     # DPN-68's block as timm writes it: Torch-Pruning cannot infer the widths of its slices
     monkeypatch.delitem(_arch._TRACE_FORWARD, dpn.DualPathBlock)
     with pytest.raises(isoprune.IsopruneError, match="the model runs on these inputs, but the tracer cannot follow its layers"):
