@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from . import _data, _dist, _io, _models, _recipes
 from ._errors import IsopruneError
 from ._pipeline import meta_example
+from ._trace import fixed_size
 
 CHECKPOINT = "checkpoint.safetensors"
 DISTILLATIONS = ("none", "soft", "hard")
@@ -79,10 +80,11 @@ def student(source: str, opts: Options, build: dict) -> tuple[nn.Module, dict]:
     return model, metadata
 
 
-def teacher(spec: str, metadata: dict, num_classes: int) -> nn.Module | None:
+def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None) -> nn.Module | None:
     """``original``: the unpruned base, with the weights it was pruned from (its prune config's
     ``weights``); a directory: a saved isoprune model; a file: the base with those weights; else a
-    timm model name with pretrained weights; ``none``: no teacher."""
+    timm model name with pretrained weights; ``none``: no teacher. It sees the student's images,
+    ``side`` squared: a teacher that takes one size is built for it, or refused if saved for another."""
     if spec in (None, "none") or (spec == "original" and metadata.get("unpruned")):
         return None  # a model trained whole has no original to learn from
     base = metadata["base"]
@@ -96,13 +98,17 @@ def teacher(spec: str, metadata: dict, num_classes: int) -> nn.Module | None:
             )
         if base["library"] != "timm":
             raise IsopruneError("--teacher original needs a timm base model", hint="pass --teacher PATH or NAME, or none")
-        model = _models.create(base["name"], weights, **base["kwargs"])
+        model = _models.create(base["name"], weights, input_size=side, **base["kwargs"])
     elif path.is_dir():
         model = _io.load(path)
     elif path.suffix:
         raise IsopruneError(f"no teacher checkpoint at {path}", hint="give an existing file, a directory isoprune wrote, a timm model name, or none")
     else:
-        model = _models.create(spec, "pretrained")
+        model = _models.create(spec, "pretrained", input_size=side)
+    fixed = fixed_size(model)
+    if side is not None and fixed not in (None, (side, side)):
+        raise IsopruneError(f"the teacher takes {fixed[0]}x{fixed[1]} inputs only, but the student trains at {side}x{side}",
+                            hint="give a teacher built for the student's input size, or --teacher none")
     classes = getattr(model, "num_classes", None)
     if classes is not None and classes != num_classes:
         raise IsopruneError(
@@ -226,7 +232,8 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
     torch.manual_seed(opts.seed)  # the same random init (a new head, a model trained whole) in every process
     model, metadata = student(source, opts, {"drop_path_rate": cfg.drop_path, "drop_rate": cfg.drop})
     train_loader, val_loader, num_classes = _loaders(opts, cfg, model, env)
-    teacher_model = teacher(cfg.teacher, metadata, num_classes) if cfg.distillation != "none" else None
+    side = _data.data_config(model, opts.input_size)["input_size"][-1]
+    teacher_model = teacher(cfg.teacher, metadata, num_classes, side) if cfg.distillation != "none" else None
     if teacher_model is not None:
         teacher_model.to(device)
         if hasattr(model, "set_distilled_training"):

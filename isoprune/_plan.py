@@ -64,6 +64,20 @@ class Ratios:
     def largest(self) -> float:
         return max([getattr(self, k) for k in KINDS + ("default",)] + list(self.overrides.values()))
 
+    def unreached(self, groups: list[Group]) -> list[str]:
+        """The non-zero ratios no group takes: ``key=value`` for override keys that name no
+        group, and for kinds the model has no group of, other than the default's ratio (one
+        number gives every kind that)."""
+        taken = {self.for_group(g)[1] for g in groups}
+        names = {n for g in groups for n in [m for m, _ in g.members] + [g.root] + ([g.owner] if g.owner else [])}
+        signatures = {g.signature for g in groups}
+        found = [
+            f"{key}={value:g}" for key, value in self.overrides.items()
+            if value and key not in names and key not in signatures
+            and not (key.startswith("re:") and any(re.search(key[3:], n) for n in names))
+        ]
+        return found + [f"{k}={getattr(self, k):g}" for k in KINDS if getattr(self, k) not in (0, self.default) and k not in taken]
+
     def for_group(self, group: Group) -> tuple[float, str]:
         """(ratio, where it came from): 'name', 'signature' or the kind."""
         names = [n for n, _ in group.members] + [group.root] + ([group.owner] if group.owner else [])
@@ -391,6 +405,7 @@ def plan(
             raise IsopruneError(f"importance {importance!r} needs calibration data", hint="pass calib=[(inputs, targets), ...]")
         stats = _importance.calibrate(model, calib, calib_batches, criterion.stats)
     analysis = analyse(model, example_inputs, labels)
+    _check_reach(ratios, analysis.groups, type(model).__name__)
     depth_plans = choose_depth(model, analysis.skeleton, analysis.inputs, dict(depth or {}), criterion, stats)
     # groups that live wholly inside removed blocks go with them: they take no part in ranking
     gone = {g.id for g in analysis.groups if all(inside(n, depth_plans) for n, _ in g.members)}
@@ -449,6 +464,19 @@ def plan(
         result = _search(outcome, ratios, budget, lambda p, near=None: getattr(p, budget.metric)["after"], fill=fill)
     result._scores = scores  # unit scores per group id, for reports; not part of the plain data
     return remember(result, model)
+
+
+def _check_reach(ratios: Ratios, groups: list[Group], name: str) -> None:
+    """Ratios that reach no group: an error where they leave nothing to prune (``mlp=0.5`` on a
+    ResNet), else a warning."""
+    unreached = ratios.unreached(groups)
+    if not unreached:
+        return
+    kinds = ", ".join(sorted({g.kind for g in groups})) or "none"
+    if ratios.largest() and not any(ratios.for_group(g)[0] for g in groups):
+        raise IsopruneError(f"ratios {', '.join(unreached)} reach no group of this {name}, so nothing would be pruned (its kinds: {kinds})",
+                            hint="give ratios for its kinds, default=R for plain channels, or one number for all")
+    log.warning("ratios %s reach no group of this %s (its kinds: %s)", ", ".join(unreached), name, kinds)
 
 
 def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, tolerance: float = 0.01, fill=None) -> PruningPlan:

@@ -226,6 +226,23 @@ def test_bad_ratios_are_user_errors():
         isoprune.plan(model, 0.5, importance="l3")
 
 
+def test_ratios_that_reach_no_group_are_an_error_or_a_warning(caplog):
+    """``mlp=0.5`` on a ResNet prunes nothing: an error; beside a ratio that reaches its groups, a
+    warning, as for an override naming no member; one number for every kind says nothing."""
+    model = make("test_resnet")
+    with pytest.raises(isoprune.IsopruneError, match=r"ratios mlp=0.5 reach no group of this ResNet, so nothing would be pruned \(its kinds: channels\)"):
+        isoprune.plan(model, {"mlp": 0.5})
+    with caplog.at_level("WARNING", logger="isoprune"):
+        pruning = isoprune.plan(model, isoprune.Ratios(default=0.3, mlp=0.5, overrides={"layer9.conv1": 0.4, "re:layer1": 0.2}))
+    assert "ratios layer9.conv1=0.4, mlp=0.5 reach no group of this ResNet (its kinds: channels)" in caplog.text
+    assert pruning.macs["after"] < pruning.macs["before"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="isoprune"):
+        isoprune.plan(model, 0.3)
+        isoprune.plan(model, isoprune.Ratios(emb=0.5, heads=0.5, mlp=0.5, default=0.5))  # the ViT kinds at the default's ratio
+    assert "reach no group" not in caplog.text
+
+
 def test_a_failed_trace_says_whether_the_inputs_or_the_tracer_are_to_blame(monkeypatch):
     model = make("test_vit")  # built for 3 channels
     with pytest.raises(isoprune.IsopruneError, match=r"does not run on inputs of shape \[1, 1, 160, 160\]: RuntimeError: .*"

@@ -242,6 +242,12 @@ def test_teacher_with_other_classes_is_refused(capsys, tmp_path, digits, trained
     code, _, err = run_cli(capsys, "finetune", trained / "best", "--data", digits, *SIZE, "--epochs", "1",
                            "--teacher", tmp_path / "teacher", "--out", tmp_path / "out")
     assert code == 2 and "the teacher predicts 1000 classes but the student 10" in err
+    vit = create_model("deit_tiny_patch16_224", num_classes=10)  # takes 224x224 only; the student trains at 32x32
+    vit.isoprune_base = {"library": "timm", "name": "deit_tiny_patch16_224", "kwargs": {"num_classes": 10}}
+    isoprune.save(vit, tmp_path / "vit", plan=isoprune.plan(vit, 0.0))
+    code, _, err = run_cli(capsys, "finetune", trained / "best", "--data", digits, *SIZE, "--epochs", "1",
+                           "--teacher", tmp_path / "vit", "--out", tmp_path / "out")
+    assert code == 2 and "the teacher takes 224x224 inputs only, but the student trains at 32x32" in err
     assert not (tmp_path / "out" / "best").exists()
 
 
