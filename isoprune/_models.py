@@ -45,6 +45,11 @@ def resolve(name: str) -> str:
         return ALIASES[name]
     if timm.is_model(name):
         return name
+    if (Path(name) / "isoprune.json").is_file():
+        raise IsopruneError(
+            f"{name} is a model isoprune saved, not a model name",
+            hint="give it as the PATH of eval, finetune or inspect; to prune, give the base model's name and --weights (a smaller target prunes further)",
+        )
     known = list(ALIASES) + timm.list_models()
     close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
     raise IsopruneError(

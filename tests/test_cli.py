@@ -198,9 +198,14 @@ def _bad_inputs(tmp_path):
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("prune:\n  model: test_vit\n  ratio: 0.5\n")
     vit_plan = isoprune.plan(timm.create_model("test_vit"), 0.3).save(tmp_path / "vit_plan.yaml")
+    saved = timm.create_model("test_resnet")
+    saved.isoprune_base = {"library": "timm", "name": "test_resnet", "kwargs": {}}
+    isoprune.save(saved, tmp_path / "saved", plan=isoprune.plan(saved, 0.0))
     base = ["prune", "--model", "test_resnet", "--weights", "none"]
     return {
         "unknown model": (["prune", "--model", "deit_bsae", "--ratios", "0.5"], "did you mean"),
+        "a saved model as a name": (["prune", "--model", tmp_path / "saved", "--ratios", "0.5"], "is a model isoprune saved, not a model name"),
+        "ratios for kinds it lacks": (base + ["--ratios", "mlp=0.5"], "reach no group of this ResNet, so nothing would be pruned"),
         "ratio above 1": (base + ["--ratios", "mlp=1.5"], "outside [0, 1)"),
         "unknown ratio key": (base + ["--ratios", "mpl=0.5"], "unknown ratio key 'mpl'"),
         "target above base": (base + ["--target", "100G"], "not below"),
@@ -225,7 +230,7 @@ def _bad_inputs(tmp_path):
     }
 
 
-BAD = ["unknown model", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
+BAD = ["unknown model", "a saved model as a name", "ratios for kinds it lacks", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
        "empty data dir", "non-image data dir", "missing checkpoint", "corrupt checkpoint", "other architecture",
        "unknown recipe key", "target for another model", "nothing to prune", "unknown flag", "bad depth",
        "plan that does not fit", "missing plan", "recalibration without data", "negative recalibration",
