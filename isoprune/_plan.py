@@ -69,7 +69,7 @@ class Ratios:
         group, and for kinds the model has no group of, other than the default's ratio (one
         number gives every kind that)."""
         taken = {self.for_group(g)[1] for g in groups}
-        names = {n for g in groups for n in [m for m, _ in g.members] + [g.root] + ([g.owner] if g.owner else [])}
+        names = {n for g in groups for n in _names(g)}
         signatures = {g.signature for g in groups}
         found = [
             f"{key}={value:g}" for key, value in self.overrides.items()
@@ -80,7 +80,7 @@ class Ratios:
 
     def for_group(self, group: Group) -> tuple[float, str]:
         """(ratio, where it came from): 'name', 'signature' or the kind."""
-        names = [n for n, _ in group.members] + [group.root] + ([group.owner] if group.owner else [])
+        names = _names(group)
         for key, value in self.overrides.items():
             if key in names:
                 return value, "name"
@@ -92,6 +92,11 @@ class Ratios:
         if group.kind in KINDS:
             return getattr(self, group.kind), group.kind
         return self.default, "default"
+
+
+def _names(group: Group) -> list[str]:
+    """The names an override can give a group by: its members', its root's, its attention's."""
+    return [n for n, _ in group.members] + [group.root] + ([group.owner] if group.owner else [])
 
 
 class _Dumper(yaml.SafeDumper):
