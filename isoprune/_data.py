@@ -5,10 +5,12 @@ do not match the model) becomes one ``IsopruneError`` naming the fix.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.datasets import ImageFolder
 
 from ._errors import IsopruneError
 from ._trace import fixed_size
@@ -47,15 +49,37 @@ def splits(root: str | Path, *names: str) -> list[Path]:
     return [Path(root) / name for name in names]
 
 
-def image_folder(path: str | Path, transform):
-    """``path`` as a torchvision ImageFolder."""
-    from torchvision.datasets import ImageFolder
+_scan: dict[tuple, list] = {}
+"""The last folder's file list, by where it is and its class directories' times of change."""
 
+
+class _Folder(ImageFolder):
+    """torchvision's ImageFolder, whose list of (file, class) under a folder is kept from the last
+    scan while neither the folder nor a class directory has changed (adding or removing a file
+    changes its directory's time): ``isoprune prune --data --recalibrate-bn`` reads the
+    calibration folder before and after pruning, and walking ImageNet's 1.28M training files
+    takes many seconds. (Files in directories nested inside a class directory are not watched.)"""
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False) -> list:
+        with os.scandir(directory) as entries:
+            changed = sorted((e.name, e.stat().st_mtime_ns) for e in entries if e.is_dir())
+        key = (os.path.realpath(directory), os.stat(directory).st_mtime_ns, tuple(changed), tuple(sorted(class_to_idx.items())),
+               extensions, is_valid_file, allow_empty)
+        if key not in _scan:
+            samples = ImageFolder.make_dataset(directory, class_to_idx, extensions, is_valid_file, allow_empty)
+            _scan.clear()
+            _scan[key] = samples
+        return list(_scan[key])
+
+
+def image_folder(path: str | Path, transform):
+    """``path`` as a torchvision ImageFolder (its file list scanned once while it is unchanged)."""
     path = Path(path)
     if not path.is_dir():
         raise IsopruneError(f"no data directory {path}", hint=_FOLDER_HINT)
     try:
-        return ImageFolder(str(path), transform=transform)
+        return _Folder(str(path), transform=transform)
     except (FileNotFoundError, RuntimeError) as exc:
         raise IsopruneError(f"no images in {path}: {exc}", hint=_FOLDER_HINT) from exc
 

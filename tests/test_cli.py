@@ -12,7 +12,7 @@ import timm
 import torch
 
 import isoprune
-from isoprune import _finetune, _models, _pipeline, _recipes, cli
+from isoprune import _data, _finetune, _models, _pipeline, _recipes, cli
 
 
 def run_cli(capsys, *argv):
@@ -79,6 +79,24 @@ def test_recalibrated_batch_norm_is_saved(capsys, tmp_path, digits_folder):
     expected = plain.state_dict()
     assert all(torch.allclose(v, expected[k]) for k, v in recal.state_dict().items())
     assert json.loads((tmp_path / "recal" / "isoprune.json").read_text())["config"]["recalibrate_bn"] == 2
+
+
+def test_a_folder_is_scanned_once_while_it_is_unchanged(capsys, tmp_path, digits_folder, monkeypatch):
+    """Pruning with ``--data`` and ``--recalibrate-bn`` reads the folder before and after: its
+    files are listed once; a file added to a class directory is seen by the next read."""
+    from torchvision.datasets import folder
+
+    scans = []
+    walk = folder.make_dataset
+    monkeypatch.setattr(folder, "make_dataset", lambda *a, **k: scans.append(a[0]) or walk(*a, **k))
+    code, _, err = run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--ratios", "0.3",
+                           "--data", digits_folder, "--batch-size", "8", "--input-size", "32", "--recalibrate-bn", "2", "--out", tmp_path / "m")
+    assert code == 0, err
+    assert len(scans) == 1
+    before = _data.image_folder(digits_folder, None)
+    (digits_folder / "3" / "0.png").write_bytes((digits_folder / "0" / "0.png").read_bytes())
+    after = _data.image_folder(digits_folder, None)
+    assert len(scans) == 2 and len(after) == len(before) + 1 and (str(digits_folder / "3" / "0.png"), 3) in after.samples
 
 
 def test_a_saved_plan_reapplies_to_other_weights(capsys, tmp_path):
