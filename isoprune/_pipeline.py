@@ -104,6 +104,8 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
     saved = read_plan(cfg.plan) if cfg.plan else None
     if saved is not None and not cfg.model:
         cfg = replace(cfg, model=saved.model)
+    if saved is not None and cfg.input_size is None and len(saved.input_size) == 3 and saved.input_size[1] == saved.input_size[2]:
+        cfg = replace(cfg, input_size=saved.input_size[1])  # the size it was made at: a ViT built for it, BatchNorm measured at it
     if not cfg.model:
         raise IsopruneError("no model given", hint="pass --model NAME (or a recipe with prune.model)")
     env = env or _dist.Env()

@@ -129,6 +129,9 @@ def test_a_vit_is_built_for_the_input_size_asked(capsys, tmp_path):
     isoprune.save(whole, tmp_path / "whole", plan=isoprune.plan(whole, 0.0))
     rebuilt = _models.create("deit_tiny", str(tmp_path / "whole"), num_classes=10)  # --weights DIR: built for the size it records
     assert rebuilt.patch_embed.img_size == (32, 32) and torch.equal(rebuilt.pos_embed, whole.pos_embed)
+    code, _, err = run_cli(capsys, "prune", "--plan", tmp_path / "m", "--weights", "none", "--num-classes", "10", "--out", tmp_path / "again")
+    assert code == 0, err  # the plan's size, without --input-size
+    assert isoprune.load(tmp_path / "again").isoprune_plan.to_dict() == model.isoprune_plan.to_dict()
     code, out, err = run_cli(capsys, "eval", tmp_path / "m", "--input-size", "48", "--iters", "1")
     assert code == 2 and "takes 32x32 inputs only, not 48x48" in err and len(err.strip().splitlines()) == 1
     assert "img_size" not in _models.create("resnet18", "none", input_size=32).isoprune_base["kwargs"]
