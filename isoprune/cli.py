@@ -291,8 +291,9 @@ def cmd_inspect(args) -> int:
         metadata = _io.read_metadata(args.path)
         pruning = PruningPlan.from_dict(metadata["plan"])
         base = metadata["base"]
-        text = f"base {base['library']}:{base['name']} {base['kwargs']}\n{_describe(pruning)}"
-        _emit(text, {"base": base, **_pipeline.summary(pruning, Path(args.path))}, args.json)
+        size = metadata.get("input_size") or pruning.input_size  # what it was pruned or trained at
+        text = f"base {base['library']}:{base['name']} {base['kwargs']}, input {size}\n{_describe(pruning)}"
+        _emit(text, {"base": base, "input_size": size, **_pipeline.summary(pruning, Path(args.path))}, args.json)
         return 0
     if not args.model:
         raise IsopruneError("inspect needs a pruned directory or --model NAME")
@@ -332,6 +333,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("isoprune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``isoprune inspect ... | head``): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush does not raise again
+        return 141
 
 
 if __name__ == "__main__":

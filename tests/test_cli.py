@@ -44,9 +44,21 @@ def test_inspect(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "inspect", "--model", "test_convnext", "--json")
     data = json.loads(out)
     assert code == 0 and {g["kind"] for g in data["groups"]} >= {"mlp"}
-    run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--ratios", "0.3", "--out", tmp_path / "m")
+    run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--ratios", "0.3", "--input-size", "64", "--out", tmp_path / "m")
     code, out, _ = run_cli(capsys, "inspect", tmp_path / "m")
-    assert code == 0 and "base timm:test_resnet" in out and "MACs" in out
+    assert code == 0 and "base timm:test_resnet {}, input [3, 64, 64]" in out and "MACs" in out
+
+
+def test_a_reader_that_goes_away_is_no_traceback():
+    """``isoprune inspect ... | head -1``: the pipe closes before the output is written."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "isoprune.cli", "inspect", "--model", "test_vit"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
 
 
 def test_dry_run_writes_nothing(capsys, tmp_path):
