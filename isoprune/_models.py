@@ -12,6 +12,8 @@ from torch import nn
 
 from ._errors import IsopruneError
 
+log = logging.getLogger("isoprune")
+
 ALIASES = {
     # The paper's base models, by the short names people use for them. DeiT means the distilled
     # variant (87.34M params for DeiT-B), as in the paper; ResNets carry torchvision's weights.
@@ -153,13 +155,39 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, path) -> None:
-    """Load a checkpoint strictly, or say which keys and shapes do not fit."""
-    state = read_state_dict(path)
-    own = model.state_dict()
+def _misfits(own: dict, state: dict) -> tuple[list, list, list]:
+    """Keys missing from ``state``, keys ``own`` lacks, and keys of other shapes."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
+    return missing, unexpected, [k for k in own if k in state and state[k].shape != own[k].shape]
+
+
+def _resampled(model: nn.Module, state: dict, own: dict) -> dict | None:
+    """``state`` through the timm model's own checkpoint filter, which resamples position
+    embeddings to the size the model was built for (as timm does for pretrained weights): a ViT's
+    224x224 checkpoint for one built for 32x32. None unless the result then fits exactly."""
+    import sys
+
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return None
+    try:
+        filtered = filter_fn(dict(state), model)
+    except Exception:  # noqa: BLE001 - a filter that cannot read it: the misfit is reported as it was
+        return None
+    return filtered if not any(_misfits(own, filtered)) else None
+
+
+def load_weights(model: nn.Module, path) -> None:
+    """Load a checkpoint strictly (position embeddings resampled where the model was built for
+    another input size), or say which keys and shapes do not fit."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing, unexpected, shapes = _misfits(own, state)
+    resampled = _resampled(model, state, own) if shapes and not (missing or unexpected) else None
+    if resampled is not None:
+        log.warning("resampled %s of %s to the input size the model is built for", ", ".join(shapes), path)
+        state, shapes = resampled, []
     if missing or unexpected or shapes:
         first = (shapes or missing or unexpected)[0]
         detail = f"{first}: {tuple(state[first].shape)} vs {tuple(own[first].shape)}" if shapes else first

@@ -149,6 +149,20 @@ def test_a_vit_is_built_for_the_input_size_asked(capsys, tmp_path):
     assert "img_size" not in _models.create("resnet18", "none", input_size=32).isoprune_base["kwargs"]
 
 
+def test_a_checkpoint_for_another_input_size_is_resampled(tmp_path, caplog):
+    """A DeiT checkpoint at 224x224 loads into the DeiT built for 32x32, its position embeddings
+    resampled by timm's filter (as for pretrained weights); other misfits are still refused."""
+    original = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=10)
+    safetensors.torch.save_file(original.state_dict(), str(tmp_path / "deit.safetensors"))
+    with caplog.at_level("WARNING", logger="isoprune"):
+        model = _models.create("deit_tiny", str(tmp_path / "deit.safetensors"), input_size=32, num_classes=10)
+    assert "resampled pos_embed of" in caplog.text
+    assert model.pos_embed.shape == (1, 2 + 4, 192) and torch.equal(model.pos_embed[:, :2], original.pos_embed[:, :2])  # class and dist tokens
+    assert torch.equal(model.blocks[0].attn.qkv.weight, original.blocks[0].attn.qkv.weight)
+    with pytest.raises(isoprune.IsopruneError, match=r"4 mis-shaped keys \(first: head.weight"):  # no filter makes 1000 classes of 10
+        _models.create("deit_tiny", str(tmp_path / "deit.safetensors"), num_classes=1000)
+
+
 def test_a_named_target_hands_its_recipe_to_finetune():
     """``--target deit_s`` takes the DeiT-B 4.2G recipe's shape, and a later fine-tune its hyper-parameters."""
     cfg, recipe = cli.prune_config(cli._parser().parse_args(["prune", "--model", "deit_base", "--target", "deit_s"]))
