@@ -153,7 +153,7 @@ def _loaders(opts: Options, cfg, model, env: _dist.Env):
                                    world=env.world, workers=opts.workers, drop_last=True)
 
     val_loader = _data.seeded_loader(val, cfg.batch_size, shuffle=False, seed=opts.seed, rank=env.rank, world=env.world, workers=opts.workers)
-    return train_loader, val_loader, len(train.classes)
+    return train_loader, val_loader, len(train.classes), config["input_size"]
 
 
 class _Loss:
@@ -231,9 +231,8 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
     env, device = _dist.start(opts.device)
     torch.manual_seed(opts.seed)  # the same random init (a new head, a model trained whole) in every process
     model, metadata = student(source, opts, {"drop_path_rate": cfg.drop_path, "drop_rate": cfg.drop})
-    train_loader, val_loader, num_classes = _loaders(opts, cfg, model, env)
-    side = _data.data_config(model, opts.input_size)["input_size"][-1]
-    teacher_model = teacher(cfg.teacher, metadata, num_classes, side) if cfg.distillation != "none" else None
+    train_loader, val_loader, num_classes, size = _loaders(opts, cfg, model, env)  # size: the images', (channels, height, width)
+    teacher_model = teacher(cfg.teacher, metadata, num_classes, size[-1]) if cfg.distillation != "none" else None
     if teacher_model is not None:
         teacher_model.to(device)
         if hasattr(model, "set_distilled_training"):
@@ -293,7 +292,7 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
         if env.main:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
                        f"top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%" + (" (best)" if improved else ""), file=sys.stderr)
-            _write_epoch(out, judged, model, ema, optimizer, scaler, cfg, opts, metadata, history, best, updates, improved)
+            _write_epoch(out, judged, model, ema, optimizer, scaler, cfg, opts, metadata, history, best, updates, improved, size)
         env.barrier()
     _dist.stop(env)
     return {"epochs": len(history), "last": history[-1] if history else None, "best": best, "out": str(out)}
@@ -374,10 +373,10 @@ def _tensors(prefix: str, state: dict) -> dict[str, torch.Tensor]:
     return {f"{prefix}{k}": v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def _write_epoch(out: Path, judged, model, ema, optimizer, scaler, cfg, opts, metadata, history, best, updates, improved) -> None:
+def _write_epoch(out: Path, judged, model, ema, optimizer, scaler, cfg, opts, metadata, history, best, updates, improved, size) -> None:
     extra = {"config": metadata.get("config"), "finetune": asdict(cfg), "epoch": history[-1]["epoch"], "metrics": history[-1]}
     saving = {"plan": model.isoprune_plan, "base": model.isoprune_base, "overwrite": True, "extra": extra,
-              "input_size": _data.data_config(model, opts.input_size)["input_size"]}  # the size it was trained at
+              "input_size": size}  # the size it was trained at
     _io.save(judged, out / "last", **saving)
     if improved:
         _io.save(judged, out / "best", **saving)

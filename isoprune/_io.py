@@ -172,15 +172,21 @@ def load(path, *, allow_pickle: bool = False, build_kwargs: dict | None = None) 
     return model.eval()
 
 
+def recorded_input_size(metadata: dict) -> tuple[int, int, int] | None:
+    """The (channels, height, width) a saved model's weights are for; directories written before
+    the size was recorded give their plan's."""
+    size = metadata.get("input_size") or metadata.get("plan", {}).get("input_size")
+    return tuple(int(s) for s in size) if size and len(size) == 3 else None
+
+
 def adopt_input_size(model: nn.Module, metadata: dict) -> None:
     """Make the input size a saved model was pruned or trained at its own: the ``input_size`` of
     its pretrained config, which timm's data config, and so evaluation, fine-tuning and tracing,
     read when no size is given. A CNN pruned and fine-tuned at 32x32 is then evaluated at 32x32,
-    not at the 224x224 its architecture's config says. Directories written before the size was
-    recorded give their plan's."""
-    size = metadata.get("input_size") or metadata.get("plan", {}).get("input_size")
-    if size and len(size) == 3:
-        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "input_size": tuple(int(s) for s in size)}
+    not at the 224x224 its architecture's config says."""
+    size = recorded_input_size(metadata)
+    if size is not None:
+        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "input_size": size}
 
 
 def _load_pickle(path: Path, allow_pickle: bool) -> nn.Module:

@@ -126,10 +126,10 @@ def _recorded_side(weights: str) -> int | None:
     """The square input size a directory isoprune wrote records for its weights, if any."""
     if not (Path(weights) / "isoprune.json").is_file():
         return None
-    from ._io import read_metadata
+    from ._io import read_metadata, recorded_input_size
 
-    size = read_metadata(weights).get("input_size") or []
-    return size[1] if len(size) == 3 and size[1] == size[2] else None
+    size = recorded_input_size(read_metadata(weights))
+    return size[1] if size is not None and size[1] == size[2] else None
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:

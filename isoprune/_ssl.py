@@ -238,7 +238,7 @@ def _loaders(opts: Options, cfg: _recipes.SSLConfig, backbone: nn.Module, env: _
         plain = timm.data.create_transform(**config, is_training=False)
         bank, val = _data.image_folder(train_dir, plain), _data.image_folder(Path(opts.data) / "val", plain)
         knn = tuple(_data.seeded_loader(ds, cfg.batch_size, shuffle=False, seed=opts.seed, workers=opts.workers) for ds in (bank, val))
-    return train_loader, knn
+    return train_loader, knn, config["input_size"]
 
 
 def _schedules(cfg: _recipes.SSLConfig, steps_per_epoch: int) -> dict[str, np.ndarray]:
@@ -273,7 +273,7 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
     env, device = _dist.start(opts.device)
     torch.manual_seed(opts.seed)
     student, teacher, metadata = build(source, opts, cfg)
-    train_loader, knn = _loaders(opts, cfg, student.backbone, env)
+    train_loader, knn, size = _loaders(opts, cfg, student.backbone, env)
     steps_per_epoch = len(train_loader(0))
     schedule = _schedules(cfg, steps_per_epoch)
     criterion = DINOLoss(cfg.out_dim, cfg, steps_per_epoch).to(device)
@@ -316,7 +316,7 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
         if env.main:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}"
                        + (f", k-NN top-1 {row['knn_top1']:.2f}%" if "knn_top1" in row else ""), file=sys.stderr)
-            _write_epoch(out, student, teacher, criterion, optimizer, scaler, cfg, opts, metadata, history)
+            _write_epoch(out, student, teacher, criterion, optimizer, scaler, cfg, opts, metadata, history, size)
         env.barrier()
     _dist.stop(env)
     method = f"{cfg.tokens} (dynamic)" if cfg.dynamic else cfg.tokens
@@ -349,11 +349,11 @@ def _step(trained, teacher, criterion, optimizer, scaler, cast, schedule, cfg, v
 
 # -- checkpoints ---------------------------------------------------------------------------------
 
-def _write_epoch(out: Path, student, teacher, criterion, optimizer, scaler, cfg, opts, metadata, history) -> None:
+def _write_epoch(out: Path, student, teacher, criterion, optimizer, scaler, cfg, opts, metadata, history, size) -> None:
     extra = {"config": metadata.get("config"), "ssl": asdict(cfg), "epoch": history[-1]["epoch"], "metrics": history[-1]}
     # token reduction adds no state, so the teacher's weights save (and reload) as a plain timm ViT
     _io.save(teacher.backbone, out / "backbone", plan=student.backbone.isoprune_plan, base=student.backbone.isoprune_base, overwrite=True, extra=extra,
-             input_size=_data.data_config(student.backbone, opts.input_size)["input_size"])
+             input_size=size)  # the global crops' size it was trained at
     tensors = {**_finetune._tensors("student.", student.state_dict()), **_finetune._tensors("teacher.", teacher.state_dict()),
                **_finetune._tensors("loss.", criterion.state_dict())}
     opt_tensors, opt_header = _finetune.optimizer_state(optimizer)
