@@ -84,12 +84,12 @@ def image_folder(path: str | Path, transform):
         raise IsopruneError(f"no images in {path}: {exc}", hint=_FOLDER_HINT) from exc
 
 
-def check_classes(dataset, model: nn.Module, where: str) -> None:
+def check_classes(dataset, model: nn.Module, where: str, hint: str | None = None) -> None:
     classes = getattr(model, "num_classes", None)
     if classes and len(dataset.classes) != classes:
         raise IsopruneError(
             f"{where} has {len(dataset.classes)} classes but the model predicts {classes}",
-            hint=f"pass --num-classes {len(dataset.classes)} to give the model a new head for this data",
+            hint=hint or f"pass --num-classes {len(dataset.classes)} to give the model a new head for this data",
         )
 
 

@@ -66,7 +66,10 @@ def run(source: str | Path, data: str | Path | None = None, *, weights: str = "p
     if data is not None:
         root = Path(data) / "val" if (Path(data) / "val").is_dir() else Path(data)
         dataset = _data.image_folder(root, timm.data.create_transform(**config, is_training=False))
-        _data.check_classes(dataset, model, str(root))
+        # a new head would score chance: a saved model is judged with its own
+        _data.check_classes(dataset, model, str(root), hint=None if not Path(source).is_dir() else
+                            f"evaluate it on data with its classes, or fine-tune it on this data first: "
+                            f"isoprune finetune {source} --data {data} --num-classes {len(dataset.classes)}")
         loader = _data.seeded_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers)
         result.update(evaluate(model.to(where, **cast), loader, where, **cast))
     result.update(macs=macs, params=params, input_size=list(config["input_size"]))

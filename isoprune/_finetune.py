@@ -85,8 +85,10 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
     ``weights``); a directory: a saved isoprune model; a file: the base with those weights; else a
     timm model name with pretrained weights; ``none``: no teacher. It sees the student's images,
     ``side`` squared: a teacher that takes one size is built for it, or refused if saved for another."""
-    if spec in (None, "none") or (spec == "original" and metadata.get("unpruned")):
-        return None  # a model trained whole has no original to learn from
+    params = metadata.get("params") or {}
+    whole = metadata.get("unpruned") or ("before" in params and params["before"] == params.get("after"))
+    if spec in (None, "none") or (spec == "original" and whole):
+        return None  # a model trained whole (by name, or by ssl, then saved) has no original to learn from
     base = metadata["base"]
     path = Path(spec)
     if spec == "original" or (path.suffix and path.is_file()):

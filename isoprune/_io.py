@@ -183,10 +183,12 @@ def adopt_input_size(model: nn.Module, metadata: dict) -> None:
     """Make the input size a saved model was pruned or trained at its own: the ``input_size`` of
     its pretrained config, which timm's data config, and so evaluation, fine-tuning and tracing,
     read when no size is given. A CNN pruned and fine-tuned at 32x32 is then evaluated at 32x32,
-    not at the 224x224 its architecture's config says."""
+    not at the 224x224 its architecture's config says. A ViT that takes any size (DINO trains
+    one with ``dynamic_img_size``) keeps it too, over the size its patch embedding names."""
     size = recorded_input_size(metadata)
     if size is not None:
         model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "input_size": size}
+        model.isoprune_input_size = size
 
 
 def _load_pickle(path: Path, allow_pickle: bool) -> nn.Module:

@@ -155,6 +155,9 @@ def build(source: str, opts: Options, cfg: _recipes.SSLConfig) -> tuple[Branch, 
         raise IsopruneError(f"unknown self-supervised method {cfg.method!r}", hint=f"use one of {', '.join(METHODS)}")
     _check_vit(source)
     backbone, metadata = _finetune.student(source, opts, {"drop_path_rate": cfg.drop_path, "dynamic_img_size": True})
+    # it learns to resample its position embeddings for every crop's size; saved so, it is rebuilt so
+    base = backbone.isoprune_base
+    backbone.isoprune_base = {**base, "kwargs": {**base["kwargs"], "dynamic_img_size": True}}
     for p in backbone.get_classifier().parameters():
         p.requires_grad_(False)  # DINO trains the features; the classifier is left for fine-tuning
     student = Branch(backbone, DINOHead(backbone.num_features, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.norm_last_layer))

@@ -86,6 +86,20 @@ def test_ssl_from_a_timm_name_without_token_reduction(capsys, tmp_path, digits):
                              "--epochs", "1", "--tokens", "none", "--local-crops-number", "0", "--out", tmp_path / "run")
     assert code == 0, err
     assert "k-NN top-1" in out and (tmp_path / "run" / "backbone" / "isoprune.json").is_file()
+    # trained at 32 (test_vit's own size is 160), its position embeddings resampled: rebuilt so, and used at 32
+    backbone = tmp_path / "run" / "backbone"
+    code, out, err = run_cli(capsys, "eval", backbone, "--json", "--iters", "1", "--warmup", "0")
+    assert code == 0, err
+    assert json.loads(out)["input_size"] == [3, 32, 32]
+    code, _, err = run_cli(capsys, "eval", backbone, "--data", digits)  # its 1000-class head: no new head would do
+    assert code == 2 and f"isoprune finetune {backbone} --data {digits} --num-classes 10" in err
+    # trained whole, it has no original to learn from: the default teacher is none, not an error
+    code, out, err = run_cli(capsys, "finetune", backbone, "--data", digits, "--num-classes", "10", "--epochs", "1",
+                             "--batch-size", "128", "--no-augment", "--out", tmp_path / "tuned", "--json")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "eval", tmp_path / "tuned" / "best", "--data", digits, "--json", "--iters", "1", "--warmup", "0")
+    assert code == 0, err
+    assert json.loads(out)["input_size"] == [3, 32, 32]
 
 
 def test_ssl_under_torchrun_with_replayed_choices(tmp_path, digits, tiny_vit):
