@@ -20,7 +20,7 @@ def load_model(source: str | Path, weights: str = "pretrained", num_classes: int
     if Path(source).is_dir():
         return _io.load(source)
     kwargs = {"num_classes": num_classes} if num_classes else {}
-    return _models.create(str(source), weights, input_size=input_size, **kwargs)
+    return _models.create(str(source), weights, input_size=input_size, new_head=False, **kwargs)  # a new head scores chance
 
 
 def latency(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, device: torch.device,

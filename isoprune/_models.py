@@ -65,11 +65,12 @@ def architecture(name: str) -> str:
     return resolve(name).partition(".")[0]
 
 
-def create(name: str, weights: str = "pretrained", *, input_size: int | None = None, **kwargs) -> nn.Module:
+def create(name: str, weights: str = "pretrained", *, input_size: int | None = None, new_head: bool = True, **kwargs) -> nn.Module:
     """A timm model in eval mode. ``weights``: ``pretrained`` (timm's download), ``none`` (random
     init), or the path of a local checkpoint. The model remembers how it was built, so that a
     pruned copy can be rebuilt from its saved plan. An architecture built for one input size (a
-    ViT) is built for ``input_size`` squared where that is another (``sized_for``)."""
+    ViT) is built for ``input_size`` squared where that is another (``sized_for``). With
+    ``num_classes`` and ``new_head``, a checkpoint's classifier for other classes is left out."""
     full = resolve(name)
     if input_size is None and weights not in ("pretrained", "none"):
         input_size = _recorded_side(weights)
@@ -93,7 +94,7 @@ def create(name: str, weights: str = "pretrained", *, input_size: int | None = N
     finally:
         hub_log.setLevel(hub_level)
     if weights not in ("pretrained", "none"):
-        load_weights(model, weights)
+        load_weights(model, weights, new_head=new_head and "num_classes" in kwargs)
     model.isoprune_base = {"library": "timm", "name": full.partition(".")[0], "kwargs": dict(kwargs)}
     return model.eval()
 
@@ -178,11 +179,39 @@ def _resampled(model: nn.Module, state: dict, own: dict) -> dict | None:
     return filtered if not any(_misfits(own, filtered)) else None
 
 
-def load_weights(model: nn.Module, path) -> None:
+def head_classes(name: str, weights: str) -> int | None:
+    """How many classes the classifier of ``weights`` (``pretrained``: timm's, or a checkpoint)
+    for the timm architecture ``name`` predicts; None where that cannot be told."""
+    cfg = timm.models.get_pretrained_cfg(resolve(name))
+    if cfg is None or weights == "none":
+        return None
+    if weights == "pretrained":
+        return cfg.num_classes
+    names = (cfg.classifier,) if isinstance(cfg.classifier, str) else cfg.classifier or ()
+    state = read_state_dict(weights)
+    return next((int(state[f"{n}.weight"].shape[0]) for n in names if f"{n}.weight" in state), None)
+
+
+def _new_head(model: nn.Module, state: dict, own: dict, path) -> dict:
+    """``state`` with the classifier the model was given for another number of classes in place
+    of the checkpoint's, as timm leaves out a pretrained head for ``num_classes``."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    names = (names,) if isinstance(names, str) else names
+    keys = [k for k in own if k.rpartition(".")[0] in names and k in state and state[k].shape != own[k].shape]
+    if keys:
+        log.warning("left out the classifier of %s (%s): the model has a new head for %s classes", path,
+                    ", ".join(f"{k} {tuple(state[k].shape)}" for k in keys), getattr(model, "num_classes", "its"))
+    return {**state, **{k: own[k] for k in keys}}
+
+
+def load_weights(model: nn.Module, path, *, new_head: bool = False) -> None:
     """Load a checkpoint strictly (position embeddings resampled where the model was built for
-    another input size), or say which keys and shapes do not fit."""
+    another input size; with ``new_head``, a classifier for another number of classes left out,
+    the model's new one kept), or say which keys and shapes do not fit."""
     state = read_state_dict(path)
     own = model.state_dict()
+    if new_head:
+        state = _new_head(model, state, own, path)
     missing, unexpected, shapes = _misfits(own, state)
     resampled = _resampled(model, state, own) if shapes and not (missing or unexpected) else None
     if resampled is not None:

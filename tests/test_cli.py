@@ -159,8 +159,37 @@ def test_a_checkpoint_for_another_input_size_is_resampled(tmp_path, caplog):
     assert "resampled pos_embed of" in caplog.text
     assert model.pos_embed.shape == (1, 2 + 4, 192) and torch.equal(model.pos_embed[:, :2], original.pos_embed[:, :2])  # class and dist tokens
     assert torch.equal(model.blocks[0].attn.qkv.weight, original.blocks[0].attn.qkv.weight)
-    with pytest.raises(isoprune.IsopruneError, match=r"4 mis-shaped keys \(first: head.weight"):  # no filter makes 1000 classes of 10
-        _models.create("deit_tiny", str(tmp_path / "deit.safetensors"), num_classes=1000)
+    with pytest.raises(isoprune.IsopruneError, match=r"mis-shaped keys \(first: cls_token"):  # no filter makes DeiT-Ti DeiT-S
+        _models.create("deit_small_distilled_patch16_224", str(tmp_path / "deit.safetensors"), num_classes=10)
+
+
+def test_a_checkpoint_for_other_classes_loads_under_a_new_head(capsys, tmp_path, caplog, digits):
+    """``--num-classes`` over a checkpoint for other classes: all but its classifier loads, as timm
+    leaves a pretrained head out; such a model's original has no head to teach with."""
+    torch.manual_seed(0)
+    source = timm.create_model("test_resnet")  # 1000 classes, as its pretrained weights
+    safetensors.torch.save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
+    with caplog.at_level("WARNING", logger="isoprune"):
+        model = _models.create("test_resnet", str(tmp_path / "w.safetensors"), num_classes=10)
+    assert "left out the classifier of" in caplog.text and "fc.weight (1000, " in caplog.text
+    assert model.fc.out_features == 10 and _models.head_classes("test_resnet", str(tmp_path / "w.safetensors")) == 1000
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items() if not k.startswith("fc."))
+    with pytest.raises(isoprune.IsopruneError, match="0 missing, 0 unexpected, 2 mis-shaped keys"):  # no head asked for: no fit
+        _models.load_weights(timm.create_model("test_resnet", num_classes=10), str(tmp_path / "w.safetensors"))
+    code, _, err = run_cli(capsys, "eval", "--model", "test_resnet", "--weights", tmp_path / "w.safetensors", "--num-classes", "10")
+    assert code == 2 and "2 mis-shaped keys (first: fc.weight" in err  # eval judges the weights' head, not a new one
+    code, _, err = run_cli(capsys, "prune", "--model", "test_resnet", "--weights", tmp_path / "w.safetensors", "--num-classes", "10",
+                           "--ratios", "0.3", "--input-size", "32", "--out", tmp_path / "pruned")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "finetune", tmp_path / "pruned", "--data", digits, "--epochs", "1", "--out", tmp_path / "tuned")
+    assert code == 2 and "was given a new 10-class head when pruned, but the teacher's weights" in err
+    assert "predict 1000 classes" in err and not (tmp_path / "tuned").exists()
+    # so with timm's pretrained head, refused before anything is downloaded
+    pretrained = tmp_path / "from_pretrained"
+    isoprune.prune(model, 0.3, example_inputs=torch.randn(1, 3, 32, 32))
+    isoprune.save(model, pretrained, extra={"config": {"weights": "pretrained"}})
+    code, _, err = run_cli(capsys, "finetune", pretrained, "--data", digits, "--epochs", "1", "--out", tmp_path / "tuned")
+    assert code == 2 and "teacher's weights (pretrained) predict 1000 classes" in err
 
 
 def test_a_named_target_hands_its_recipe_to_finetune():
