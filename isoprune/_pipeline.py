@@ -4,6 +4,7 @@ The CLI only turns flags into a ``PruneConfig`` and prints; everything it does i
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from ._io import check_writable, read_metadata, save
 from ._latency import Timing
 from ._plan import Budget, PruningPlan, plan
 from ._recalibrate import recalibrate_bn
+
+log = logging.getLogger("isoprune")
 
 
 def resolve_target(cfg: _recipes.PruneConfig, target: str) -> tuple[_recipes.PruneConfig, str | None]:
@@ -53,6 +56,20 @@ def resolve_target(cfg: _recipes.PruneConfig, target: str) -> tuple[_recipes.Pru
 def _shape_from(cfg, recipe: _recipes.Recipe) -> _recipes.PruneConfig:
     p = recipe.prune
     return replace(cfg, ratios=dict(p.ratios), depth=dict(p.depth), target=p.target, round_to=p.round_to)
+
+
+def recipe_budget_at(cfg: _recipes.PruneConfig, written: _recipes.PruneConfig) -> _recipes.PruneConfig:
+    """A recipe's MACs budget counts at the input size it was written for (``written``'s, by
+    default the model's own); at another ``--input-size`` it is the same share of the model's
+    MACs, as the paper's shapes scale (ResNet-50's 2.0 G is 48.5% of it at 224x224)."""
+    budget = Budget.parse(cfg.target) if cfg.target else None
+    if budget is None or budget.metric != "macs" or budget.fraction is not None or cfg.input_size == written.input_size:
+        return cfg
+    name = _models.resolve(cfg.model)
+    share = 100 * budget.value / macs_of(name, written.input_size)
+    log.warning("the recipe's %s, %.2f%% of %s at the input size it was written for, are taken as that share at %s",
+                budget, share, name, f"{cfg.input_size}x{cfg.input_size}" if cfg.input_size else "the model's own input size")
+    return replace(cfg, target=f"macs={share:.4f}%")
 
 
 def macs_of(name: str, input_size: int | None = None) -> int:

@@ -173,13 +173,15 @@ def prune_config(args) -> tuple[_recipes.PruneConfig, str | None]:
     flags = _given(args, _recipes.PruneConfig)
     flags.pop("target", None)
     cfg = replace(cfg, **{k: v for k, v in flags.items() if k in ("model", "input_size")})
-    recipe = args.recipe
+    recipe, from_target = args.recipe, None
     if args.target:
         cfg, from_target = _pipeline.resolve_target(cfg, args.target)
         recipe = recipe or from_target
     if args.ratios is not None:
         cfg = replace(cfg, target=None)
     cfg = replace(cfg, **flags)
+    if recipe and cfg.model and (from_target or not args.target):  # the budget is the recipe's
+        cfg = _pipeline.recipe_budget_at(cfg, _recipes.load_recipe(recipe).prune)
     if cfg.plan and not cfg.model:
         cfg = replace(cfg, model=_pipeline.read_plan(cfg.plan).model)
     if not cfg.ratios and cfg.target is None and not cfg.depth and not cfg.plan:

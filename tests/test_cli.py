@@ -192,6 +192,21 @@ def test_a_checkpoint_for_other_classes_loads_under_a_new_head(capsys, tmp_path,
     assert code == 2 and "teacher's weights (pretrained) predict 1000 classes" in err
 
 
+def test_a_recipe_budget_is_a_share_of_the_model_at_another_input_size(capsys, caplog):
+    """ResNet-50's 2.0 G is 48.5% of it at 224x224; at 64x64 the recipe prunes to that share, not to
+    an absolute 2.0 G above the whole model's 0.34 G. A budget the user gives stays as given."""
+    with caplog.at_level("WARNING", logger="isoprune"):
+        code, out, err = run_cli(capsys, "prune", "--model", "resnet50", "--target", "resnet50_2.0g", "--weights", "none",
+                                 "--input-size", "64", "--dry-run", "--json")
+    assert code == 0, err
+    assert "the recipe's 2.000 G MACs, 48.52% of resnet50 at the input size it was written for, are taken as that share at 64x64" in caplog.text
+    macs = json.loads(out)["macs"]
+    assert macs["before"] < 0.4e9 and 0.47 < macs["after"] / macs["before"] <= 0.4852
+    code, _, err = run_cli(capsys, "prune", "--recipe", "resnet50_2.0g", "--target", "2.0G", "--weights", "none", "--input-size", "64",
+                           "--importance", "l2", "--dry-run")
+    assert code == 2 and "budget 2.000 G MACs is not below the model's 0.338 G MACs" in err
+
+
 def test_a_named_target_hands_its_recipe_to_finetune():
     """``--target deit_s`` takes the DeiT-B 4.2G recipe's shape, and a later fine-tune its hyper-parameters."""
     cfg, recipe = cli.prune_config(cli._parser().parse_args(["prune", "--model", "deit_base", "--target", "deit_s"]))
