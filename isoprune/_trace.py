@@ -116,20 +116,17 @@ def fixed_size(model: nn.Module) -> tuple[int, int] | None:
 def input_size(model: nn.Module) -> tuple[int, int, int]:
     """The input size the model was built for: its patch embedding's image size where that is
     the only one it takes (a ViT built with ``img_size=32`` accepts nothing else, whatever its
-    pretrained config says); else the size a saved model was pruned or trained at
-    (``_io.adopt_input_size``); else its patch embedding's; else the image size the model keeps
-    (MaxViT, CoAtNet: their position biases are sized for it) with the channels of timm's
-    pretrained config, else that config, else ImageNet's 3x224x224. (TNT calls its patch
+    pretrained config says), or that takes any but was not saved at one (``_io.adopt_input_size``);
+    else the image size the model keeps (MaxViT, CoAtNet: their position biases are sized for it)
+    with the channels of timm's pretrained config, else that config (a saved model's records the
+    size it was pruned or trained at), else ImageNet's 3x224x224. (TNT calls its patch
     embedding ``pixel_embed``, MLP-Mixer ``stem``; a hybrid ViT's embedding takes the image into
     its CNN backbone, whose first convolution says the channels.)"""
     embed = _embedding(model)
     img = getattr(embed, "img_size", None)
     first = next((m for m in embed.modules() if isinstance(m, nn.modules.conv._ConvNd)), None) if img is not None else None
-    recorded = model.__dict__.get("isoprune_input_size")
-    if first is not None and (recorded is None or fixed_size(model) is not None):
+    if first is not None and (fixed_size(model) is not None or "isoprune_input_size" not in model.__dict__):
         return (first.in_channels, int(img[0]), int(img[1]))
-    if recorded is not None:
-        return tuple(int(s) for s in recorded)
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = tuple(int(s) for s in cfg.get("input_size", (3, 224, 224)))
     img = model.__dict__.get("img_size")

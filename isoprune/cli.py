@@ -181,7 +181,7 @@ def prune_config(args) -> tuple[_recipes.PruneConfig, str | None]:
         cfg = replace(cfg, target=None)
     cfg = replace(cfg, **flags)
     if recipe and cfg.model and (from_target or not args.target):  # the budget is the recipe's
-        cfg = _pipeline.recipe_budget_at(cfg, _recipes.load_recipe(recipe).prune)
+        cfg = _pipeline.recipe_budget_at(cfg, _recipes.load_recipe(from_target or recipe).prune)
     if cfg.plan and not cfg.model:
         cfg = replace(cfg, model=_pipeline.read_plan(cfg.plan).model)
     if not cfg.ratios and cfg.target is None and not cfg.depth and not cfg.plan:
