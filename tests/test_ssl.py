@@ -93,6 +93,8 @@ def test_ssl_from_a_timm_name_without_token_reduction(capsys, tmp_path, digits):
     assert json.loads(out)["input_size"] == [3, 32, 32]
     code, _, err = run_cli(capsys, "eval", backbone, "--data", digits)  # its 1000-class head: no new head would do
     assert code == 2 and f"isoprune finetune {backbone} --data {digits} --num-classes 10" in err
+    code, _, err = run_cli(capsys, "eval", backbone, "--data", digits, "--num-classes", "10")  # was ignored: the same error again
+    assert code == 2 and "--num-classes gives a saved model no new head" in err
     # trained whole, it has no original to learn from: the default teacher is none, not an error
     code, out, err = run_cli(capsys, "finetune", backbone, "--data", digits, "--num-classes", "10", "--epochs", "1",
                              "--batch-size", "128", "--no-augment", "--out", tmp_path / "tuned", "--json")
