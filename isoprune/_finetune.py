@@ -74,7 +74,7 @@ def student(source: str, opts: Options, build: dict) -> tuple[nn.Module, dict]:
         model = _models.create(source, opts.weights, input_size=opts.input_size, **kwargs, **build)
         model.isoprune_base["kwargs"] = {k: v for k, v in model.isoprune_base["kwargs"].items() if k not in build}
         model.isoprune_plan = plan(model, 0.0, example_inputs=meta_example(model, opts.input_size))
-        metadata = {"base": model.isoprune_base, "config": {"weights": opts.weights}, "unpruned": True}
+        metadata = {"base": model.isoprune_base, "config": {"weights": opts.weights}, "params": model.isoprune_plan.params}
     if opts.num_classes and getattr(model, "num_classes", None) != opts.num_classes:
         _data.reset_head(model, opts.num_classes)
     return model, metadata
@@ -86,9 +86,8 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
     timm model name with pretrained weights; ``none``: no teacher. It sees the student's images,
     ``side`` squared: a teacher that takes one size is built for it, or refused if saved for another."""
     params = metadata.get("params") or {}
-    whole = metadata.get("unpruned") or ("before" in params and params["before"] == params.get("after"))
-    if spec in (None, "none") or (spec == "original" and whole):
-        return None  # a model trained whole (by name, or by ssl, then saved) has no original to learn from
+    if spec in (None, "none") or (spec == "original" and "before" in params and params["before"] == params.get("after")):
+        return None  # a model trained whole (by name, or by ssl, then saved: its plan removes nothing) has no original to learn from
     base = metadata["base"]
     path = Path(spec)
     if spec == "original" or (path.suffix and path.is_file()):

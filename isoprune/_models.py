@@ -179,6 +179,11 @@ def _resampled(model: nn.Module, state: dict, own: dict) -> dict | None:
     return filtered if not any(_misfits(own, filtered)) else None
 
 
+def _classifiers(names) -> tuple[str, ...]:
+    """The module names of a timm config's ``classifier``: one name, or several (DeiT's two heads)."""
+    return (names,) if isinstance(names, str) else tuple(names or ())
+
+
 def head_classes(name: str, weights: str) -> int | None:
     """How many classes the classifier of ``weights`` (``pretrained``: timm's, or a checkpoint)
     for the timm architecture ``name`` predicts; None where that cannot be told."""
@@ -187,16 +192,14 @@ def head_classes(name: str, weights: str) -> int | None:
         return None
     if weights == "pretrained":
         return cfg.num_classes
-    names = (cfg.classifier,) if isinstance(cfg.classifier, str) else cfg.classifier or ()
-    state = read_state_dict(weights)
+    names, state = _classifiers(cfg.classifier), read_state_dict(weights)
     return next((int(state[f"{n}.weight"].shape[0]) for n in names if f"{n}.weight" in state), None)
 
 
 def _new_head(model: nn.Module, state: dict, own: dict, path) -> dict:
     """``state`` with the classifier the model was given for another number of classes in place
     of the checkpoint's, as timm leaves out a pretrained head for ``num_classes``."""
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
-    names = (names,) if isinstance(names, str) else names
+    names = _classifiers((getattr(model, "pretrained_cfg", None) or {}).get("classifier"))
     keys = [k for k in own if k.rpartition(".")[0] in names and k in state and state[k].shape != own[k].shape]
     if keys:
         log.warning("left out the classifier of %s (%s): the model has a new head for %s classes", path,
