@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import _data, _dist, _io, _models, _recipes
+from . import _data, _dist, _io, _memory, _models, _recipes
 from ._errors import IsopruneError
 from ._pipeline import meta_example
 from ._trace import fixed_size
@@ -260,6 +260,7 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
     if state is not None:
         start, updates, history, best = _restore(state, model, ema, optimizer, scaler)
         scheduler.step(start)
+    _check_memory(model, cfg, size, device, cast, env)
     trained = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
     last_epoch = cfg.epochs if opts.stop_after is None else min(cfg.epochs, start + opts.stop_after)
     for epoch in range(start, last_epoch):
@@ -305,6 +306,19 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
         env.barrier()
     _dist.stop(env)
     return {"epochs": len(history), "last": history[-1] if history else None, "best": best, "out": str(out)}
+
+
+def _check_memory(model: nn.Module, cfg, size, device: torch.device, cast, env: _dist.Env) -> None:
+    """Refuse a batch that cannot fit before the first step (``_memory.check_batch``)."""
+
+    def forward(n: int):
+        with cast:
+            return model(torch.randn(n, *size, device=device))
+
+    model.train()
+    states = 1 if any(k in cfg.opt for k in ("sgd", "momentum", "lion")) else 2  # AdamW keeps two tensors per parameter
+    _memory.check_batch(model, forward, cfg.batch_size, device, states=states, processes=env.world,
+                        local_processes=_memory.local_processes(), image=f"{size[-2]}x{size[-1]} image")
 
 
 def config(source_metadata: dict | None, recipe: str | None = None, **overrides) -> _recipes.FinetuneConfig:

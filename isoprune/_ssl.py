@@ -28,7 +28,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import _data, _dist, _finetune, _io, _models, _recipes, tokens
+from . import _data, _dist, _finetune, _io, _memory, _models, _recipes, tokens
 from ._errors import IsopruneError
 from ._finetune import CHECKPOINT, Options
 
@@ -216,13 +216,38 @@ def knn_top1(backbone: nn.Module, train_loader, val_loader, device, k: int = 20,
     return 100.0 * (votes.argmax(1) == truth).float().mean().item()
 
 
+def _local_size(cfg: _recipes.SSLConfig, backbone: nn.Module, size: int) -> int:
+    patch = backbone.patch_embed.patch_size[0]
+    return cfg.local_crops_size or max(patch, round(size * 96 / 224 / patch) * patch)
+
+
+def _check_memory(student: Branch, teacher: Branch, cfg: _recipes.SSLConfig, size, device: torch.device, cast, env: _dist.Env) -> None:
+    """Refuse a batch that cannot fit before the first step (``_memory.check_batch``): per image,
+    the student's two global views and its local crops, after the teacher's views (which a
+    replaying student follows)."""
+    local_size = _local_size(cfg, student.backbone, size[-1])
+
+    def forward(n: int):
+        views = torch.randn(2 * n, *size, device=device)
+        local = torch.randn(cfg.local_crops_number * n, size[0], local_size, local_size, device=device) if cfg.local_crops_number else None
+        with cast:
+            with torch.no_grad():
+                teacher(views)
+            return student(views, local)
+
+    student.train()
+    teacher.train()
+    crops = f"image: 2 views of {size[-2]}x{size[-1]}" + (f" and {cfg.local_crops_number} crops of {local_size}x{local_size}" if cfg.local_crops_number else "")
+    _memory.check_batch(nn.ModuleList([student, teacher]), forward, cfg.batch_size, device, processes=env.world,
+                        local_processes=_memory.local_processes(), image=crops)
+
+
 def _loaders(opts: Options, cfg: _recipes.SSLConfig, backbone: nn.Module, env: _dist.Env):
     import timm.data
 
     config = _data.data_config(backbone, opts.input_size)
     size = config["input_size"][-1]
-    patch = backbone.patch_embed.patch_size[0]
-    local_size = cfg.local_crops_size or max(patch, round(size * 96 / 224 / patch) * patch)
+    local_size = _local_size(cfg, backbone, size)
     train_dir = _data.splits(opts.data, "train")[0]
     train = _data.image_folder(train_dir, MultiCrop(cfg, size, local_size, config["mean"], config["std"]))
     if cfg.batch_size % env.world:
@@ -287,6 +312,7 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
     start, history = 0, []
     if state is not None:
         start, history = _restore(state, student, teacher, criterion, optimizer, scaler)
+    _check_memory(student, teacher, cfg, size, device, cast, env)
     trained = nn.parallel.DistributedDataParallel(student) if env.world > 1 else student
     s_pruner, t_pruner = tokens.pruner_of(student.backbone), tokens.pruner_of(teacher.backbone)
     last_epoch = cfg.epochs if opts.stop_after is None else min(cfg.epochs, start + opts.stop_after)

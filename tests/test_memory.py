@@ -1,0 +1,91 @@
+"""The memory check before training: what it measures, and what a user sees when a batch cannot fit."""
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from isoprune import _memory, cli
+
+CPU = torch.device("cpu")
+
+
+def small_net() -> nn.Module:
+    return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_saved_bytes_counts_each_kept_activation_once_and_no_parameter(n):
+    net = small_net()
+    # kept for backward: the input (the first weight's gradient) and the ReLU's output, which the
+    # ReLU and the second layer both keep; the weights are the model's own
+    assert _memory.saved_bytes(net, lambda: net(torch.randn(n, 10))) == 4 * n * (10 + 20)
+
+
+def test_per_image_leaves_running_statistics_and_random_numbers_as_they_were():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5)).train()
+    before = [b.clone() for b in net.buffers()]
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    slope, fixed = _memory.per_image(net, lambda n: net(torch.randn(n, 3, 6, 6)), CPU)
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.buffers()))
+    # per image: the conv's input and output (BatchNorm's input), the ReLU's output (BatchNorm's
+    # output is not kept: ReLU keeps its own) and dropout's mask (float32 on a CPU); BatchNorm's
+    # running and batch statistics do not grow with the batch
+    assert slope == 4 * 3 * 36 + 3 * (4 * 8 * 16) and 0 < fixed < 200
+
+
+def test_cgroup_room_is_the_limit_less_what_is_used(tmp_path):
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    (tmp_path / "memory.current").write_text("73741824\n")
+    assert _memory.cgroup_room(tmp_path) == 1_000_000_000
+    (tmp_path / "memory.max").write_text("max\n")
+    assert _memory.cgroup_room(tmp_path) is None
+    assert _memory.cgroup_room(tmp_path / "missing") is None
+
+
+def check(monkeypatch, free: int, batch: int, **kwargs):
+    monkeypatch.setattr(_memory, "free_bytes", lambda device: free)
+    net = small_net()
+    _memory.check_batch(net, lambda n: net(torch.randn(n, 10)), batch, CPU, **kwargs)
+
+
+def test_a_batch_is_refused_with_the_largest_that_fits(monkeypatch, caplog):
+    weights = 4 * (10 * 20 + 20 + 20 * 5 + 5)  # 1300 bytes, with gradients and AdamW's two states: 5200
+    per_image = 4 * 30
+    check(monkeypatch, free=10**9, batch=1024)  # plenty
+    with pytest.raises(_memory.IsopruneError) as refused:
+        check(monkeypatch, free=5200 + per_image * 1024, batch=1024)  # fits, but with no room for the backward pass
+    assert "too close to" in str(refused.value)
+    assert "pass --batch-size 512" in refused.value.hint
+    with pytest.raises(_memory.IsopruneError) as refused:
+        check(monkeypatch, free=5200 + per_image * 100, batch=1024)
+    assert "needs about 0.0 GiB (0 MiB of activations per image, measured), more than the 0.0 GiB free on cpu" in str(refused.value)
+    assert "pass --batch-size 64" in refused.value.hint
+    with pytest.raises(_memory.IsopruneError) as refused:  # two processes on this CPU: half each, each with its own weights
+        check(monkeypatch, free=2 * (weights * 5 + per_image * 100), batch=1024, processes=2, local_processes=2)
+    assert "shared by 2 processes" in str(refused.value) and "pass --batch-size 128" in refused.value.hint
+    with pytest.raises(_memory.IsopruneError) as refused:
+        check(monkeypatch, free=5000, batch=1024)
+    assert "does not fit at any batch size" in refused.value.hint
+    with caplog.at_level(logging.WARNING, logger="isoprune"):
+        check(monkeypatch, free=int((5200 + per_image * 1024) * 1.2), batch=1024)
+    assert "it may run out of memory" in caplog.text
+
+
+def test_finetune_refuses_a_batch_that_cannot_fit_before_it_writes_anything(monkeypatch, capsys, tmp_path, digits):
+    monkeypatch.setattr(_memory, "free_bytes", lambda device: 200 * 2**20)
+    out = tmp_path / "ft"
+    code = cli.main(["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", str(digits),
+                     "--input-size", "64", "--epochs", "1", "--batch-size", "1024", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("isoprune: error: a batch of 1024 per process needs about") and "64x64 image" in err
+    assert "more than the 0.2 GiB free on cpu; pass --batch-size" in err
+    suggested = int(err.split("--batch-size ")[1].split()[0])
+    assert 2 <= suggested < 1024 and not out.exists()
+    code = cli.main(["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", str(digits),
+                     "--input-size", "64", "--epochs", "1", "--stop-after", "1", "--batch-size", str(suggested), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
