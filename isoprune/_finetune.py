@@ -317,7 +317,7 @@ def _check_memory(model: nn.Module, cfg, size, device: torch.device, cast, env: 
 
     model.train()
     states = 1 if any(k in cfg.opt for k in ("sgd", "momentum", "lion")) else 2  # AdamW keeps two tensors per parameter
-    _memory.check_batch(model, forward, cfg.batch_size, device, states=states, processes=env.world,
+    _memory.check_batch(model, forward, cfg.batch_size, device, copies=_memory.training_copies(states, env.world), processes=env.world,
                         local_processes=_memory.local_processes(), image=f"{size[-2]}x{size[-1]} image")
 
 

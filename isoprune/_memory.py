@@ -89,18 +89,23 @@ def per_image(model: nn.Module, forward: Callable[[int], object], device: torch.
     return slope, max(two - 2 * slope, 0.0)
 
 
+def training_copies(optimizer_states: int, processes: int) -> int:
+    """Tensors the size of the trained parameters that a training step adds: gradients, the
+    optimiser's states (AdamW: two) and, with more than one process, DDP's gradient buckets."""
+    return 1 + optimizer_states + (processes > 1)
+
+
 def check_batch(model: nn.Module, forward: Callable[[int], object], batch: int, device: torch.device, *,
-                states: int = 2, processes: int = 1, local_processes: int = 1, image: str = "image") -> None:
-    """Refuse, in one line, a batch (global, over ``processes``) whose activations, with the
-    gradients and ``states`` optimiser tensors per parameter still to come, do not fit in the
-    memory free on ``device`` (on a CPU, shared by the ``local_processes`` of this machine), with
-    the largest power of two that does; warn where little room is left."""
+                copies: int, processes: int = 1, local_processes: int = 1, image: str = "image", what: str = "batch") -> None:
+    """Refuse, in one line, a batch (global, over ``processes``) whose activations, with ``copies``
+    tensors the size of the trained parameters still to come, do not fit in the memory free on
+    ``device`` (on a CPU, shared by the ``local_processes`` of this machine), with the largest
+    power of two that does; warn where little room is left."""
     free = free_bytes(device)
     if free is None:
         return
     slope, fixed = per_image(model, forward, device)
-    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    fixed += trained * (1 + states + (processes > 1))  # gradients, optimiser states, DDP's buckets
+    fixed += copies * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     sharing = local_processes if device.type == "cpu" else 1
     per_process = batch // processes
 
@@ -112,7 +117,7 @@ def check_batch(model: nn.Module, forward: Callable[[int], object], batch: int, 
     where = f"{free / GIB:.1f} GiB free on {device}" + (f", shared by {sharing} processes" if sharing > 1 else "")
     measured = f"about {need(per_process) / GIB:.1f} GiB ({slope / 2**20:.0f} MiB of activations per {image}, measured)"
     if need(per_process) * REFUSE <= free:
-        log.warning("a batch of %d per process needs %s, close to the %s; it may run out of memory", per_process, measured, where)
+        log.warning("a %s of %d per process needs %s, close to the %s; it may run out of memory", what, per_process, measured, where)
         return
     fits = 2 * processes
     while need(2 * fits // processes) * WARN <= free:
@@ -120,7 +125,7 @@ def check_batch(model: nn.Module, forward: Callable[[int], object], batch: int, 
     hint = (f"pass --batch-size {fits} (about the most that fits)" if need(fits // processes) * WARN <= free
             else "it does not fit at any batch size: give a smaller --input-size, or a device with more memory")
     short = "more than" if need(per_process) > free else "too close to"
-    raise IsopruneError(f"a batch of {per_process} per process needs {measured}, {short} the {where}", hint=hint)
+    raise IsopruneError(f"a {what} of {per_process} per process needs {measured}, {short} the {where}", hint=hint)
 
 
 def local_processes() -> int:

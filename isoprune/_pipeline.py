@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _data, _dist, _importance, _models, _recipes, _trace
+from . import _data, _dist, _importance, _memory, _models, _recipes, _trace
 from ._apply import apply_plan, fit
 from ._errors import IsopruneError
 from ._io import check_writable, read_metadata, save
@@ -87,6 +87,19 @@ def meta_example(model: nn.Module, input_size: int | None):
     return _trace.meta_inputs(model, size=size)
 
 
+def _check_calibration_memory(model: nn.Module, cfg, device: torch.device) -> None:
+    """Refuse a calibration batch that cannot fit (``_memory.check_batch``): a gradient criterion
+    keeps a batch's activations for the backward pass, and its statistics, one model size each."""
+    example = meta_example(model, cfg.input_size)
+    if not isinstance(example, torch.Tensor):
+        return
+    size = tuple(example.shape[1:])
+    model.eval()
+    _memory.check_batch(model, lambda n: model(torch.randn(n, *size, device=device)), cfg.batch_size, device,
+                        copies=len(_importance.get_importance(cfg.importance).stats), local_processes=_memory.local_processes(),
+                        image=f"{size[-2]}x{size[-1]} image", what="calibration batch")
+
+
 def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, seed: int = 0, limit: int | None = None,
                         rank: int = 0, world: int = 1, input_size: int | None = None):
     """Shuffled (images, labels) batches from an ImageFolder (``DIR/train`` when there is one),
@@ -148,6 +161,8 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
     elif data is not None:
         calibration_batches(data, model, cfg.batch_size, cfg.seed, input_size=cfg.input_size)  # still check it, the user asked for it
     model.to(device)
+    if calib is not None:
+        _check_calibration_memory(model, cfg, device)
     pruning = plan(
         model,
         cfg.ratios,

@@ -238,7 +238,8 @@ def _check_memory(student: Branch, teacher: Branch, cfg: _recipes.SSLConfig, siz
     student.train()
     teacher.train()
     crops = f"image: 2 views of {size[-2]}x{size[-1]}" + (f" and {cfg.local_crops_number} crops of {local_size}x{local_size}" if cfg.local_crops_number else "")
-    _memory.check_batch(nn.ModuleList([student, teacher]), forward, cfg.batch_size, device, processes=env.world,
+    _memory.check_batch(nn.ModuleList([student, teacher]), forward, cfg.batch_size, device,
+                        copies=_memory.training_copies(2, env.world), processes=env.world,
                         local_processes=_memory.local_processes(), image=crops)
 
 

@@ -49,29 +49,30 @@ def test_cgroup_room_is_the_limit_less_what_is_used(tmp_path):
 def check(monkeypatch, free: int, batch: int, **kwargs):
     monkeypatch.setattr(_memory, "free_bytes", lambda device: free)
     net = small_net()
-    _memory.check_batch(net, lambda n: net(torch.randn(n, 10)), batch, CPU, **kwargs)
+    processes = kwargs.get("processes", 1)
+    _memory.check_batch(net, lambda n: net(torch.randn(n, 10)), batch, CPU, copies=_memory.training_copies(2, processes), **kwargs)
 
 
 def test_a_batch_is_refused_with_the_largest_that_fits(monkeypatch, caplog):
-    weights = 4 * (10 * 20 + 20 + 20 * 5 + 5)  # 1300 bytes, with gradients and AdamW's two states: 5200
+    weights = 4 * (10 * 20 + 20 + 20 * 5 + 5)  # 1300 bytes; with gradients and AdamW's two states: 3900
     per_image = 4 * 30
     check(monkeypatch, free=10**9, batch=1024)  # plenty
     with pytest.raises(_memory.IsopruneError) as refused:
-        check(monkeypatch, free=5200 + per_image * 1024, batch=1024)  # fits, but with no room for the backward pass
+        check(monkeypatch, free=3 * weights + per_image * 1024, batch=1024)  # fits, but with no room for the backward pass
     assert "too close to" in str(refused.value)
     assert "pass --batch-size 512" in refused.value.hint
     with pytest.raises(_memory.IsopruneError) as refused:
-        check(monkeypatch, free=5200 + per_image * 100, batch=1024)
+        check(monkeypatch, free=3 * weights + per_image * 100, batch=1024)
     assert "needs about 0.0 GiB (0 MiB of activations per image, measured), more than the 0.0 GiB free on cpu" in str(refused.value)
     assert "pass --batch-size 64" in refused.value.hint
-    with pytest.raises(_memory.IsopruneError) as refused:  # two processes on this CPU: half each, each with its own weights
-        check(monkeypatch, free=2 * (weights * 5 + per_image * 100), batch=1024, processes=2, local_processes=2)
+    with pytest.raises(_memory.IsopruneError) as refused:  # two processes on this CPU: half the batch each, and DDP's buckets
+        check(monkeypatch, free=2 * (4 * weights + per_image * 100), batch=1024, processes=2, local_processes=2)
     assert "shared by 2 processes" in str(refused.value) and "pass --batch-size 128" in refused.value.hint
     with pytest.raises(_memory.IsopruneError) as refused:
-        check(monkeypatch, free=5000, batch=1024)
+        check(monkeypatch, free=3 * weights + per_image, batch=1024)
     assert "does not fit at any batch size" in refused.value.hint
     with caplog.at_level(logging.WARNING, logger="isoprune"):
-        check(monkeypatch, free=int((5200 + per_image * 1024) * 1.2), batch=1024)
+        check(monkeypatch, free=int((3 * weights + per_image * 1024) * 1.2), batch=1024)
     assert "it may run out of memory" in caplog.text
 
 
@@ -89,3 +90,15 @@ def test_finetune_refuses_a_batch_that_cannot_fit_before_it_writes_anything(monk
     code = cli.main(["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", str(digits),
                      "--input-size", "64", "--epochs", "1", "--stop-after", "1", "--batch-size", str(suggested), "--out", str(out)])
     assert code == 0, capsys.readouterr().err
+
+
+def test_prune_refuses_a_calibration_batch_that_cannot_fit(monkeypatch, capsys, tmp_path, digits):
+    monkeypatch.setattr(_memory, "free_bytes", lambda device: 2**20)
+    argv = ["prune", "--model", "test_vit", "--weights", "none", "--num-classes", "10", "--data", str(digits), "--input-size", "32",
+            "--target", "50%", "--batch-size", "64"]
+    code = cli.main([*argv, "--importance", "taylor", "--out", str(tmp_path / "taylor")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("isoprune: error: a calibration batch of 64 per process needs about") and "32x32 image" in err
+    assert not (tmp_path / "taylor").exists()
+    assert cli.main([*argv, "--importance", "l2", "--out", str(tmp_path / "l2")]) == 0  # nothing to calibrate: nothing kept for backward
