@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict, fields, replace
@@ -31,6 +32,8 @@ from tqdm.auto import tqdm
 from . import _data, _dist, _finetune, _io, _memory, _models, _recipes, tokens
 from ._errors import IsopruneError
 from ._finetune import CHECKPOINT, Options
+
+log = logging.getLogger("isoprune")
 
 METHODS = ("dino",)
 
@@ -221,6 +224,17 @@ def _local_size(cfg: _recipes.SSLConfig, backbone: nn.Module, size: int) -> int:
     return cfg.local_crops_size or max(patch, round(size * 96 / 224 / patch) * patch)
 
 
+def _warn_if_nothing_dropped(pruner: tokens.TokenPruner, backbone: nn.Module, size) -> None:
+    """A keep rate that rounds every reducing block's share up to all its tokens (a few patches:
+    small images) trains with no reduction; say so before the first epoch."""
+    patch = backbone.patch_embed.patch_size
+    patches = (size[-2] // patch[0]) * (size[-1] // patch[1])
+    if pruner.config.method != "none" and pruner.kept_after(patches) == patches:
+        log.warning("%s at keep rate %.2f keeps all %d patch tokens of a %dx%d image (patch %d) at every reducing block: "
+                    "no token is dropped; give a larger --input-size or a lower --keep-rate",
+                    pruner.config.method, pruner.final_rate, patches, size[-2], size[-1], patch[0])
+
+
 def _check_memory(student: Branch, teacher: Branch, cfg: _recipes.SSLConfig, size, device: torch.device, cast, env: _dist.Env) -> None:
     """Refuse a batch that cannot fit before the first step (``_memory.check_batch``): per image,
     the student's two global views and its local crops, after the teacher's views (which a
@@ -316,6 +330,7 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
     _check_memory(student, teacher, cfg, size, device, cast, env)
     trained = nn.parallel.DistributedDataParallel(student) if env.world > 1 else student
     s_pruner, t_pruner = tokens.pruner_of(student.backbone), tokens.pruner_of(teacher.backbone)
+    _warn_if_nothing_dropped(s_pruner, student.backbone, size)
     last_epoch = cfg.epochs if opts.stop_after is None else min(cfg.epochs, start + opts.stop_after)
     if env.main and start == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -172,16 +172,26 @@ class TokenPruner:
         self.similarity: dict[int, Tensor] = {}  # SimPrune: mean similarity of the dropped pairs
 
     @property
+    def final_rate(self) -> float:
+        """The keep rate after the warm-up: ``config.keep_rate``, or for the dynamic variant the
+        least the gate may keep, ``1 - candidates``."""
+        cfg = self.config
+        return 1.0 if cfg.method == "none" else 1.0 - cfg.candidates if cfg.dynamic else cfg.keep_rate
+
+    @property
     def keep_rate(self) -> float:
-        """The keep rate now: ``config.keep_rate`` after the warm-up, falling from 1 during it. For
-        the dynamic variant it is the least the gate may keep, ``1 - candidates``."""
-        cfg, p = self.config, min(max(self.progress, 0.0), 1.0)
-        if cfg.method == "none":
-            return 1.0
-        final = 1.0 - cfg.candidates if cfg.dynamic else cfg.keep_rate
+        """The keep rate now: ``final_rate`` after the warm-up, falling from 1 during it."""
+        cfg, p, final = self.config, min(max(self.progress, 0.0), 1.0), self.final_rate
         if cfg.warmup <= 0 or p >= cfg.warmup:
             return final
         return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * p / cfg.warmup))
+
+    def kept_after(self, patches: int) -> int:
+        """Patch tokens left of ``patches`` after every reducing block at ``final_rate`` (each
+        keeps its share rounded up; the dynamic gate may keep more)."""
+        for _ in self.blocks:
+            patches = math.ceil(self.final_rate * patches - 1e-6)
+        return patches
 
     @property
     def measured(self) -> float:

@@ -5,6 +5,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import safetensors.torch
+import timm
 import torch
 import yaml
 
@@ -171,3 +172,15 @@ def test_cosine_schedule_warms_up_then_decays():
     values = _ssl.cosine(1.0, 0.1, steps=10, warmup_steps=4)
     assert len(values) == 10 and values[0] == 0.0 and values[3] == 1.0 and values[4] == 1.0
     assert np.all(np.diff(values[4:]) < 0) and values[-1] > 0.1
+
+
+def test_a_keep_rate_that_drops_no_token_at_the_input_size_is_warned_of(caplog):
+    backbone = timm.create_model("test_vit")  # patch 16, 6 blocks: reducing at 1, 3 and 4
+    pruner = tokens.apply(backbone, "simprune", keep_rate=0.8)
+    assert pruner.kept_after(4) == 4 and pruner.kept_after(16) == 9  # 16 -> 13 -> 11 -> 9
+    with caplog.at_level("WARNING", logger="isoprune"):
+        _ssl._warn_if_nothing_dropped(pruner, backbone, (3, 64, 64))
+        assert not caplog.text
+        _ssl._warn_if_nothing_dropped(pruner, backbone, (3, 32, 32))
+    assert "simprune at keep rate 0.80 keeps all 4 patch tokens of a 32x32 image (patch 16)" in caplog.text
+    assert "give a larger --input-size or a lower --keep-rate" in caplog.text
