@@ -183,9 +183,15 @@ def fit(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> PruningP
 
 @_trace.gc_paused()
 def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.Module:
-    """Remove what the plan says, in place, and fix up attention attributes. Returns the model."""
+    """Remove what the plan says, in place, and fix up attention attributes. Returns the model,
+    with the plan as ``model.isoprune_plan``; a model pruned before keeps its earlier plans, in
+    order, as ``model.isoprune_earlier`` (``save`` records them, ``load`` applies them all)."""
     cut_as(model, pruning, _plan_ops(model, pruning, example_inputs))
     pruning._source = pruning._ops = None  # the model has changed; the cached ops are stale
+    previous = getattr(model, "isoprune_plan", None)
+    if previous is not None and previous is not pruning:  # pruned before: the plans that rebuild it, in order
+        model.isoprune_earlier = [*getattr(model, "isoprune_earlier", []), previous]
+    model.isoprune_plan = pruning
     return model
 
 
@@ -239,8 +245,6 @@ def prune(model: nn.Module, ratios, **kwargs) -> nn.Module:
     """Plan and apply in one step; returns the pruned model (the same object, pruned in place).
     Keyword arguments are those of ``plan``; the plan is kept as ``model.isoprune_plan``."""
     pruning = plan(model, ratios, **kwargs)
-    apply_plan(model, pruning, kwargs.get("example_inputs"))
-    model.isoprune_plan = pruning
-    return model
+    return apply_plan(model, pruning, kwargs.get("example_inputs"))
 
 

@@ -82,13 +82,22 @@ def student(source: str, opts: Options, build: dict) -> tuple[nn.Module, dict]:
 
 def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None) -> nn.Module | None:
     """``original``: the unpruned base, with the weights it was pruned from (its prune config's
-    ``weights``); a directory: a saved isoprune model; a file: the base with those weights; else a
+    ``weights``), or the saved model it was pruned from (its prune config's ``model``, a directory);
+    a directory: a saved isoprune model; a file: the base with those weights; else a
     timm model name with pretrained weights; ``none``: no teacher. It sees the student's images,
     ``side`` squared: a teacher that takes one size is built for it, or refused if saved for another."""
     params = metadata.get("params") or {}
     if spec in (None, "none") or (spec == "original" and "before" in params and params["before"] == params.get("after")):
         return None  # a model trained whole (by name, or by ssl, then saved: its plan removes nothing) has no original to learn from
     base = metadata["base"]
+    source = (metadata.get("config") or {}).get("model") or ""
+    if spec == "original" and Path(source).is_absolute():  # pruned from a saved model: that model teaches
+        if not _io.is_saved(source):
+            raise IsopruneError(f"the model this one was pruned from, {source}, is gone", hint="pass --teacher PATH or NAME, or none")
+        if _random_weights(_io.read_metadata(source)):
+            raise IsopruneError(f"the model this one was pruned from, {source}, holds random weights, so it cannot teach",
+                                hint="pass --teacher PATH (trained weights), a timm model name, or none")
+        spec = source
     path = Path(spec)
     if spec == "original" or (path.suffix and path.is_file()):
         weights = str(path) if spec != "original" else (metadata.get("config") or {}).get("weights", "pretrained")
@@ -125,6 +134,13 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
             hint="give a teacher trained on the same classes, or --teacher none",
         )
     return model.eval().requires_grad_(False)
+
+
+def _random_weights(metadata: dict) -> bool:
+    """Whether a saved model was pruned from random weights and never trained since, as far as its
+    metadata tells (a model pruned from another saved one is taken as trained)."""
+    config = metadata.get("config") or {}
+    return config.get("weights") == "none" and not any(k in metadata for k in ("finetune", "ssl")) and not _io.is_saved(config.get("model") or "")
 
 
 def _seed(seed: int, epoch: int, rank: int) -> None:

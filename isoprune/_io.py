@@ -1,8 +1,9 @@
 """Saving and loading pruned models without pickle.
 
 A pruned model is a directory: ``model.safetensors`` (tensors only) and ``isoprune.json`` (the
-base architecture and its keyword arguments, the plan, sizes, versions). Loading rebuilds the base
-architecture without weights, applies the plan's shapes, then loads the tensors strictly.
+base architecture and its keyword arguments, the plan, sizes, versions; a model pruned again also
+the plans before it). Loading rebuilds the base architecture without weights, applies the plans'
+shapes in order, then loads the tensors strictly.
 It also records the input size the weights were pruned or trained at, which a loaded model takes
 as its own (``adopt_input_size``).
 """
@@ -108,6 +109,9 @@ def save(model: nn.Module, directory, *, plan: PruningPlan | None = None, base=N
         **(extra or {}),
         "plan": plan.to_dict(),
     }
+    earlier = getattr(model, "isoprune_earlier", None)
+    if earlier:
+        metadata["earlier"] = [p.to_dict() for p in earlier]
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
@@ -119,6 +123,11 @@ def save(model: nn.Module, directory, *, plan: PruningPlan | None = None, base=N
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def is_saved(path) -> bool:
+    """Whether ``path`` is a directory ``save`` wrote."""
+    return (Path(path) / METADATA).is_file()
 
 
 def read_metadata(directory) -> dict:
@@ -135,7 +144,8 @@ def read_metadata(directory) -> dict:
 
 
 def load(path, *, allow_pickle: bool = False, build_kwargs: dict | None = None) -> nn.Module:
-    """A saved pruned model, in eval mode, with its plan as ``model.isoprune_plan``.
+    """A saved pruned model, in eval mode, with its plan as ``model.isoprune_plan`` (and, pruned
+    again, the plans before it as ``model.isoprune_earlier``).
 
     ``build_kwargs`` go to the base model's constructor on top of the saved ones (e.g. timm's
     ``drop_path_rate`` for training); they change no weight shape and are not recorded.
@@ -150,6 +160,8 @@ def load(path, *, allow_pickle: bool = False, build_kwargs: dict | None = None) 
     pruning = PruningPlan.from_dict(metadata["plan"])
     base = metadata["base"]
     model = _build({**base, "kwargs": {**base["kwargs"], **(build_kwargs or {})}})
+    for earlier in metadata.get("earlier", []):  # a model pruned again: the plans before, in order
+        apply_plan(model, PruningPlan.from_dict(earlier))
     apply_plan(model, pruning)
     weights = path / WEIGHTS
     if not weights.is_file():
@@ -166,7 +178,6 @@ def load(path, *, allow_pickle: bool = False, build_kwargs: dict | None = None) 
             unexpected=list(unexpected)[:3],
             hint="save and load with the same model library versions",
         )
-    model.isoprune_plan = pruning
     model.isoprune_base = metadata["base"]
     adopt_input_size(model, metadata)
     return model.eval()

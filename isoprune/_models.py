@@ -50,7 +50,7 @@ def resolve(name: str) -> str:
     if (Path(name) / "isoprune.json").is_file():
         raise IsopruneError(
             f"{name} is a model isoprune saved, not a model name",
-            hint="give it as the PATH of eval, finetune or inspect; to prune, give the base model's name and --weights (a smaller target prunes further)",
+            hint="give it as the PATH of eval, finetune or inspect, or as prune's --model",
         )
     known = list(ALIASES) + timm.list_models()
     close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)

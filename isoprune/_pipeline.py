@@ -14,7 +14,7 @@ from torch import nn
 from . import _data, _dist, _importance, _memory, _models, _recipes, _trace
 from ._apply import apply_plan, fit
 from ._errors import IsopruneError
-from ._io import check_writable, read_metadata, save
+from ._io import check_writable, is_saved, load, read_metadata, recorded_input_size, save
 from ._latency import Timing
 from ._plan import Budget, PruningPlan, plan
 from ._recalibrate import recalibrate_bn
@@ -31,7 +31,7 @@ def resolve_target(cfg: _recipes.PruneConfig, target: str) -> tuple[_recipes.Pru
         return _shape_from(cfg, _recipes.load_recipe(target)), target
     named = _recipes.named_targets().get(target.lower())
     if named:
-        arch = _models.architecture(cfg.model)
+        arch = _models.architecture(base_name(cfg.model))
         for path, recipe in named:
             if _models.architecture(recipe.prune.model) == arch:
                 return _shape_from(cfg, recipe), str(path)
@@ -61,23 +61,63 @@ def _shape_from(cfg, recipe: _recipes.Recipe) -> _recipes.PruneConfig:
 def recipe_budget_at(cfg: _recipes.PruneConfig, written: _recipes.PruneConfig) -> _recipes.PruneConfig:
     """A recipe's MACs budget counts at the input size it was written for (``written``'s, by
     default the model's own); at another ``--input-size`` it is the same share of the model's
-    MACs, as the paper's shapes scale (ResNet-50's 2.0 G is 48.5% of it at 224x224)."""
+    MACs, as the paper's shapes scale (ResNet-50's 2.0 G is 48.5% of it at 224x224). A saved
+    model pruned further gets that share of its base at the size it was saved for."""
     budget = Budget.parse(cfg.target) if cfg.target else None
     if budget is None or budget.metric != "macs" or budget.fraction is not None or cfg.input_size == written.input_size:
         return cfg
-    name = _models.resolve(cfg.model)
-    share = 100 * budget.value / macs_of(name, written.input_size)
+    name = _models.resolve(base_name(cfg.model))
+    was, now = macs_of(name, written.input_size), macs_of(name, cfg.input_size)
+    if was == now:  # one of them the model's own size
+        return cfg
+    share = 100 * budget.value / was
     log.warning("the recipe's %s, %.2f%% of %s at the input size it was written for, are taken as that share at %s",
                 budget, share, name, f"{cfg.input_size}x{cfg.input_size}" if cfg.input_size else "the model's own input size")
+    if is_saved(cfg.model):  # a share of the saved model itself would be of what is left
+        return replace(cfg, target=f"macs={share * now / 100 / 1e9:.6f}G")
     return replace(cfg, target=f"macs={share:.4f}%")
 
 
+def base_name(model: str) -> str:
+    """The timm name a model is built from: ``model`` itself, or the base of a saved model."""
+    return read_metadata(model)["base"]["name"] if is_saved(model) else model
+
+
+def saved_side(path: str) -> int | None:
+    """The square input size a saved model records, if any."""
+    size = recorded_input_size(read_metadata(path))
+    return size[1] if size is not None and size[1] == size[2] else None
+
+
+def source_model(cfg: _recipes.PruneConfig) -> nn.Module:
+    """The model to prune: a timm name built with ``cfg.weights``, or a directory isoprune saved (a
+    pruned or fine-tuned model, pruned further with its own weights, classes and input size)."""
+    kwargs = {"num_classes": cfg.num_classes} if cfg.num_classes is not None else {}
+    if not is_saved(cfg.model):
+        return _models.create(cfg.model, cfg.weights, input_size=cfg.input_size, **kwargs)
+    if cfg.weights != "pretrained":
+        raise IsopruneError(f"{cfg.model} is a saved model with weights of its own; --weights {cfg.weights} would replace them",
+                            hint="drop --weights")
+    model = load(cfg.model)
+    classes = getattr(model, "num_classes", None)
+    if cfg.num_classes is not None and cfg.num_classes != classes:
+        raise IsopruneError(f"{cfg.model} predicts {classes} classes, and --num-classes gives a saved model no new head",
+                            hint=f"fine-tune it for them first: isoprune finetune {cfg.model} --data DIR --num-classes {cfg.num_classes}")
+    side = saved_side(cfg.model)
+    if cfg.input_size is not None and side is not None and cfg.input_size != side:
+        raise IsopruneError(f"{cfg.model} was saved for {side}x{side} inputs, not {cfg.input_size}x{cfg.input_size}",
+                            hint="drop --input-size: a saved model is pruned further at the size it was trained for")
+    return model
+
+
 def macs_of(name: str, input_size: int | None = None) -> int:
-    """MACs of a timm model, built on the meta device (no memory, no weights)."""
+    """MACs of a timm model, built on the meta device (no memory, no weights); at ``input_size``
+    squared, for which a model that takes one size is built."""
     import timm
 
+    sized = _models.sized_for(name, input_size, {}) if input_size else {}
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False)
+        model = timm.create_model(name, pretrained=False, **sized)
     return _trace.count(model, meta_example(model, input_size))[0]
 
 
@@ -149,8 +189,7 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
     if cfg.recalibrate_bn and data is None:
         raise IsopruneError("recalibrating BatchNorm needs data", hint="pass --data DIR (an ImageFolder), or drop --recalibrate-bn")
     torch.manual_seed(cfg.seed)
-    kwargs = {"num_classes": cfg.num_classes} if cfg.num_classes is not None else {}
-    model = _models.create(cfg.model, cfg.weights, input_size=cfg.input_size, **kwargs)
+    model = source_model(cfg)
     if saved is not None:
         return model, fit(model, saved, meta_example(model, cfg.input_size) if cfg.input_size else None)
     calib = None
@@ -195,11 +234,12 @@ def write(model: nn.Module, pruning: PruningPlan, cfg: _recipes.PruneConfig, out
         batches = calibration_batches(data, model, cfg.batch_size, cfg.seed, cfg.recalibrate_bn, input_size=cfg.input_size)
         recalibrate_bn(model.to(device), batches, device)
         model.cpu()
-    model.isoprune_plan = pruning
     if recipe is not None and Path(recipe).is_file():
         recipe = str(Path(recipe).resolve())
     if cfg.weights not in ("pretrained", "none"):
         cfg = replace(cfg, weights=str(Path(cfg.weights).resolve()))  # the teacher of a later fine-tune loads it
+    if is_saved(cfg.model):
+        cfg = replace(cfg, model=str(Path(cfg.model).resolve()))  # likewise: the model this one was pruned from
     out = save(model, out, plan=pruning, overwrite=force, extra={"config": {**asdict(cfg), "recipe": recipe}})
     pruning.save(out / "plan.yaml")
     draw_report(pruning, out / "report.png", scores)

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("prune", help="prune a model to a target, ratios or recipe")
-    p.add_argument("--model", help="timm model name or alias (deit_base, convnext_b, mobilenetv2, ...)")
+    p.add_argument("--model", help="timm model name or alias (deit_base, convnext_b, mobilenetv2, ...), or a directory isoprune saved, to prune further")
     p.add_argument("--weights", help="pretrained (default; timm download), none (random init), or a checkpoint PATH")
     p.add_argument("--num-classes", type=int, help="build the model with this many classes")
     how = p.add_mutually_exclusive_group()
@@ -173,6 +173,8 @@ def prune_config(args) -> tuple[_recipes.PruneConfig, str | None]:
     flags = _given(args, _recipes.PruneConfig)
     flags.pop("target", None)
     cfg = replace(cfg, **{k: v for k, v in flags.items() if k in ("model", "input_size")})
+    if cfg.model and _io.is_saved(cfg.model) and cfg.input_size is None:  # pruned further at the size it was saved for
+        cfg = replace(cfg, input_size=_pipeline.saved_side(cfg.model))
     recipe, from_target = args.recipe, None
     if args.target:
         cfg, from_target = _pipeline.resolve_target(cfg, args.target)
@@ -194,7 +196,12 @@ def prune_config(args) -> tuple[_recipes.PruneConfig, str | None]:
 
 def cmd_prune(args) -> int:
     cfg, recipe = prune_config(args)
-    out = Path(args.out or f"pruned/{_models.architecture(cfg.model or 'model')}")
+    if args.out:
+        out = Path(args.out)
+    elif cfg.model and _io.is_saved(cfg.model):  # pruned further: beside it
+        out = Path(cfg.model).with_name(f"{Path(cfg.model).name}-pruned")
+    else:
+        out = Path(f"pruned/{_models.architecture(cfg.model or 'model')}")
     if not args.dry_run:
         _io.check_writable(out, args.force)  # before any work: nothing is touched if it fails
     env, device = _dist.start(args.device)
@@ -295,7 +302,16 @@ def cmd_inspect(args) -> int:
         base = metadata["base"]
         size = metadata.get("input_size") or pruning.input_size  # what it was pruned or trained at
         text = f"base {base['library']}:{base['name']} {base['kwargs']}, input {size}\n{_describe(pruning)}"
-        _emit(text, {"base": base, "input_size": size, **_pipeline.summary(pruning, Path(args.path))}, args.json)
+        earlier = [PruningPlan.from_dict(d) for d in metadata.get("earlier", [])]
+        if earlier:  # pruned again: the plan above starts from what the earlier ones left
+            source = (metadata.get("config") or {}).get("model", "a saved model")
+            text += (f"\npruned further from {source} ({len(earlier) + 1} plans in all); from the base: "
+                     f"MACs {earlier[0].macs['before'] / 1e9:.3f} G -> {pruning.macs['after'] / 1e9:.3f} G, "
+                     f"params {earlier[0].params['before'] / 1e6:.3f} M -> {pruning.params['after'] / 1e6:.3f} M")
+        result = {"base": base, "input_size": size, **_pipeline.summary(pruning, Path(args.path))}
+        if earlier:
+            result["earlier"] = [_pipeline.summary(p) for p in earlier]
+        _emit(text, result, args.json)
         return 0
     if not args.model:
         raise IsopruneError("inspect needs a pruned directory or --model NAME")

@@ -207,6 +207,15 @@ def test_a_recipe_budget_is_a_share_of_the_model_at_another_input_size(capsys, c
     assert code == 2 and "budget 2.000 G MACs is not below the model's 0.338 G MACs" in err
 
 
+def test_a_model_name_target_counts_at_the_input_size(capsys):
+    """DeiT-S's MACs at 64x64 (a ViT built for 224 is built for 64 to count them) are the budget."""
+    code, out, err = run_cli(capsys, "prune", "--model", "deit_base", "--target", "deit_small_patch16_224", "--weights", "none",
+                             "--input-size", "64", "--dry-run", "--json")
+    assert code == 0, err
+    macs = json.loads(out)["macs"]
+    assert 0.99 * 0.3695e9 <= macs["after"] <= 0.3695e9 < macs["before"] < 1.6e9  # deit_small at 64: 0.3695 G
+
+
 def test_a_named_target_hands_its_recipe_to_finetune():
     """``--target deit_s`` takes the DeiT-B 4.2G recipe's shape, and a later fine-tune its hyper-parameters."""
     cfg, recipe = cli.prune_config(cli._parser().parse_args(["prune", "--model", "deit_base", "--target", "deit_s"]))
@@ -295,7 +304,7 @@ def _bad_inputs(tmp_path):
     base = ["prune", "--model", "test_resnet", "--weights", "none"]
     return {
         "unknown model": (["prune", "--model", "deit_bsae", "--ratios", "0.5"], "did you mean"),
-        "a saved model as a name": (["prune", "--model", tmp_path / "saved", "--ratios", "0.5"], "is a model isoprune saved, not a model name"),
+        "a saved model given weights": (["prune", "--model", tmp_path / "saved", "--weights", "none", "--ratios", "0.5"], "weights of its own"),
         "ratios for kinds it lacks": (base + ["--ratios", "mlp=0.5"], "reach no group of this ResNet, so nothing would be pruned"),
         "ratio above 1": (base + ["--ratios", "mlp=1.5"], "outside [0, 1)"),
         "unknown ratio key": (base + ["--ratios", "mpl=0.5"], "unknown ratio key 'mpl'"),
@@ -321,7 +330,7 @@ def _bad_inputs(tmp_path):
     }
 
 
-BAD = ["unknown model", "a saved model as a name", "ratios for kinds it lacks", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
+BAD = ["unknown model", "a saved model given weights", "ratios for kinds it lacks", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
        "empty data dir", "non-image data dir", "missing checkpoint", "corrupt checkpoint", "other architecture",
        "unknown recipe key", "target for another model", "nothing to prune", "unknown flag", "bad depth",
        "plan that does not fit", "missing plan", "recalibration without data", "negative recalibration",
