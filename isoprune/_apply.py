@@ -147,7 +147,7 @@ def _check_fits(analysis: Analysis, pruning: PruningPlan, model: nn.Module) -> N
         raise IsopruneError(
             f"plan for {pruning.model} does not fit this {type(model).__name__}",
             first_difference=diff,
-            hint="apply the plan to the unpruned model it was made for",
+            hint="apply the plan to the model it was made for (a plan made on a saved model: give that directory as --model)",
         )
     for g in pruning.groups:
         if not g.keep or any(not 0 <= k < g.channels for k in g.keep):

@@ -159,6 +159,15 @@ def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, see
     return _data.readable(loader)
 
 
+def plan_source(path: str | Path) -> str | None:
+    """The saved model a directory's plan was made on, where it was pruned from one (the plan's
+    ``model`` names only the base)."""
+    if not is_saved(path):
+        return None
+    source = (read_metadata(path).get("config") or {}).get("model") or ""
+    return source if Path(source).is_absolute() and is_saved(source) else None
+
+
 def read_plan(path: str | Path) -> PruningPlan:
     """A saved plan: a ``plan.yaml``/``.json`` file, or a directory written by ``isoprune prune``."""
     path = Path(path)
@@ -173,7 +182,7 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
     Calibration runs on ``device``; the processes of ``env`` (torchrun's) share out its batches."""
     saved = read_plan(cfg.plan) if cfg.plan else None
     if saved is not None and not cfg.model:
-        cfg = replace(cfg, model=saved.model)
+        cfg = replace(cfg, model=plan_source(cfg.plan) or saved.model)
     if saved is not None and cfg.input_size is None and len(saved.input_size) == 3 and saved.input_size[1] == saved.input_size[2]:
         cfg = replace(cfg, input_size=saved.input_size[1])  # the size it was made at: a ViT built for it, BatchNorm measured at it
     if not cfg.model:

@@ -55,6 +55,13 @@ def test_prune_a_saved_model_further_from_the_cli(capsys, once, digits):
     assert f"pruned further from {once} (2 plans in all); from the base: MACs" in out
     code, _, err = run_cli(capsys, "inspect", "--model", once)  # a name is asked for there
     assert code == 2 and "is a model isoprune saved, not a model name; give it as the PATH of eval, finetune or inspect, or as prune's --model" in err
+    # its plan, given as its directory, is applied to the model it was made on; as a file it names only the base
+    code, _, err = run_cli(capsys, "prune", "--plan", further, "--out", once.with_name("replayed"))
+    assert code == 0, err
+    replayed, expected = isoprune.load(once.with_name("replayed")).state_dict(), isoprune.load(further).state_dict()
+    assert replayed.keys() == expected.keys() and all(torch.equal(replayed[k], expected[k]) for k in expected)
+    code, _, err = run_cli(capsys, "prune", "--plan", further / "plan.yaml", "--weights", "none", "--out", once.with_name("base"))
+    assert code == 2 and "give that directory as --model" in err
     # it was pruned from random weights, never trained: no teacher
     code, _, err = run_cli(capsys, "finetune", further, "--data", digits, "--epochs", "1", "--batch-size", "128", "--out", once.with_name("ft"))
     assert code == 2 and f"the model this one was pruned from, {once}, holds random weights, so it cannot teach" in err
