@@ -339,6 +339,15 @@ def tiny_vit(tmp_path_factory):
     return isoprune.save(model, tmp_path_factory.mktemp("models") / "tiny_vit")
 
 
+def run_cli(capsys, *argv):
+    """``isoprune ARGV`` in this process: exit code, stdout and stderr."""
+    from isoprune import cli
+
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def torchrun(*args, processes=2):
     """`python ARGS` (one process) or `torchrun --nproc_per_node N ARGS`, which must succeed."""
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -14,11 +14,7 @@ import torch
 import isoprune
 from isoprune import _data, _finetune, _models, _pipeline, _recipes, cli
 
-
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from conftest import run_cli
 
 
 def test_prune_writes_a_loadable_model(tmp_path):

@@ -9,15 +9,9 @@ import torch
 import isoprune
 from isoprune import _finetune, cli
 
-from conftest import torchrun
+from conftest import run_cli, torchrun
 
 SIZE = ["--input-size", "32"]
-
-
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

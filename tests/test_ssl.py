@@ -10,18 +10,12 @@ import torch
 import yaml
 
 import isoprune
-from isoprune import _recipes, _ssl, cli, tokens
+from isoprune import _recipes, _ssl, tokens
 
-from conftest import torchrun
+from conftest import run_cli, torchrun
 
 FAST = ["--epochs", "2", "--batch-size", "128", "--out-dim", "256", "--hidden-dim", "128", "--bottleneck-dim", "32",
         "--warmup-epochs", "1", "--lr", "0.002", "--local-crops-number", "2"]
-
-
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_ssl_trains_writes_a_usable_backbone_and_resumes_exactly(capsys, tmp_path, digits, tiny_vit):
