@@ -72,3 +72,15 @@ def test_budget_steps_records_the_bisection_and_the_landing(tmp_path):
     assert step["bisected"] < 0.97 and step["landed"] >= 0.99 and step["filled"] > 0
     assert "mobilenetv2" in out.splitlines()[-2]
     assert (tmp_path / "budget_steps.png").stat().st_size > 10_000
+
+
+def test_memory_estimate_sets_the_check_beside_training_steps(tmp_path):
+    out = run("memory_estimate.py", "--models", "test_resnet", "--batches", "2", "4", "--steps", "2", "--out", tmp_path)
+    saved = json.loads((tmp_path / "memory_estimate.json").read_text())
+    assert saved["complete"] and saved["command"].startswith("python benchmarks/memory_estimate.py --models test_resnet")
+    small, large = saved["rows"]
+    assert (small["batch"], large["batch"]) == (2, 4) and small["per_image_mib"] == large["per_image_mib"] > 0
+    assert large["estimate_gib"] > small["estimate_gib"] > 0 and small["step_gib"] > 0
+    assert all(math.isclose(r["ratio"], r["estimate_gib"] / r["step_gib"]) for r in (small, large))
+    assert "test_resnet" in out.splitlines()[1]
+    assert (tmp_path / "memory_estimate.png").stat().st_size > 10_000
