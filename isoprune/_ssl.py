@@ -332,9 +332,6 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
     s_pruner, t_pruner = tokens.pruner_of(student.backbone), tokens.pruner_of(teacher.backbone)
     _warn_if_nothing_dropped(s_pruner, student.backbone, size)
     last_epoch = cfg.epochs if opts.stop_after is None else min(cfg.epochs, start + opts.stop_after)
-    if env.main and start == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump({"source": source, "ssl": asdict(cfg), "options": asdict(opts)}, sort_keys=False))
     for epoch in range(start, last_epoch):
         _finetune._seed(opts.seed, epoch, env.rank)
         began, sums, kept = time.time(), [0.0, 0.0], []
@@ -362,6 +359,8 @@ def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}"
                        + (f", k-NN top-1 {row['knn_top1']:.2f}%" if "knn_top1" in row else ""), file=sys.stderr)
             _write_epoch(out, student, teacher, criterion, optimizer, scaler, cfg, opts, metadata, history, size)
+            if state is None and epoch == start:  # with the first checkpoint: a run that fails before it leaves nothing
+                (out / "config.yaml").write_text(yaml.safe_dump({"source": source, "ssl": asdict(cfg), "options": asdict(opts)}, sort_keys=False))
         env.barrier()
     _dist.stop(env)
     method = f"{cfg.tokens} (dynamic)" if cfg.dynamic else cfg.tokens

@@ -119,6 +119,13 @@ def test_ssl_under_torchrun_with_replayed_choices(tmp_path, digits, tiny_vit):
 def test_bad_ssl_input_is_one_line_and_exit_2(capsys, tmp_path, digits, tiny_vit, argv, message):
     code, _, err = run_cli(capsys, "ssl", tiny_vit, "--data", digits, "--out", tmp_path / "run", *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()  # nothing to clear away before the next try
+
+
+def test_a_run_that_fails_in_its_first_epoch_leaves_nothing_behind(capsys, tmp_path, digits, tiny_vit):
+    code, _, err = run_cli(capsys, "ssl", tiny_vit, "--data", digits, "--out", tmp_path / "run", *FAST, "--lr", "1e30")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("isoprune: error: the loss is nan at epoch 1"), err
+    assert not (tmp_path / "run").exists()  # a second try needs no --force
 
 
 def test_ssl_needs_a_vit(capsys, tmp_path, digits):
