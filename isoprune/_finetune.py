@@ -82,22 +82,16 @@ def student(source: str, opts: Options, build: dict) -> tuple[nn.Module, dict]:
 
 def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None) -> nn.Module | None:
     """``original``: the unpruned base, with the weights it was pruned from (its prune config's
-    ``weights``), or the saved model it was pruned from (its prune config's ``model``, a directory);
+    ``weights``), or, pruned from a saved model, the closest trained one it came from (``_original``);
     a directory: a saved isoprune model; a file: the base with those weights; else a
     timm model name with pretrained weights; ``none``: no teacher. It sees the student's images,
     ``side`` squared: a teacher that takes one size is built for it, or refused if saved for another."""
     params = metadata.get("params") or {}
     if spec in (None, "none") or (spec == "original" and "before" in params and params["before"] == params.get("after")):
         return None  # a model trained whole (by name, or by ssl, then saved: its plan removes nothing) has no original to learn from
+    if spec == "original":
+        spec, metadata = _original(metadata)
     base = metadata["base"]
-    source = (metadata.get("config") or {}).get("model") or ""
-    if spec == "original" and Path(source).is_absolute():  # pruned from a saved model: that model teaches
-        if not _io.is_saved(source):
-            raise IsopruneError(f"the model this one was pruned from, {source}, is gone", hint="pass --teacher PATH or NAME, or none")
-        if _random_weights(_io.read_metadata(source)):
-            raise IsopruneError(f"the model this one was pruned from, {source}, holds random weights, so it cannot teach",
-                                hint="pass --teacher PATH (trained weights), a timm model name, or none")
-        spec = source
     path = Path(spec)
     if spec == "original" or (path.suffix and path.is_file()):
         weights = str(path) if spec != "original" else (metadata.get("config") or {}).get("weights", "pretrained")
@@ -136,11 +130,21 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
     return model.eval().requires_grad_(False)
 
 
-def _random_weights(metadata: dict) -> bool:
-    """Whether a saved model was pruned from random weights and never trained since, as far as its
-    metadata tells (a model pruned from another saved one is taken as trained)."""
-    config = metadata.get("config") or {}
-    return config.get("weights") == "none" and not any(k in metadata for k in ("finetune", "ssl")) and not _io.is_saved(config.get("model") or "")
+def _original(metadata: dict) -> tuple[str, dict]:
+    """What ``--teacher original`` names for a model with this metadata: the saved model it was
+    pruned from, where that was trained (fine-tuned, pre-trained, or never pruned); past one
+    pruned and never trained since, the model that one came from, and so on up to the base
+    (``"original"``, with the metadata whose ``base`` and ``weights`` build it)."""
+    while True:
+        source = (metadata.get("config") or {}).get("model") or ""
+        if not Path(source).is_absolute():  # a timm name: the base, with the weights it was pruned from
+            return "original", metadata
+        if not _io.is_saved(source):
+            raise IsopruneError(f"the model this one was pruned from, {source}, is gone", hint="pass --teacher PATH or NAME, or none")
+        metadata = _io.read_metadata(source)
+        params = metadata.get("params") or {}
+        if any(k in metadata for k in ("finetune", "ssl")) or params.get("before") == params.get("after"):
+            return source, metadata
 
 
 def _seed(seed: int, epoch: int, rank: int) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import isoprune
-from isoprune import _io, cli
+from isoprune import _finetune, _io, cli
 
 from conftest import run_cli
 
@@ -58,9 +58,9 @@ def test_prune_a_saved_model_further_from_the_cli(capsys, once, digits):
     assert replayed.keys() == expected.keys() and all(torch.equal(replayed[k], expected[k]) for k in expected)
     code, _, err = run_cli(capsys, "prune", "--plan", further / "plan.yaml", "--weights", "none", "--out", once.with_name("base"))
     assert code == 2 and "give that directory as --model" in err
-    # it was pruned from random weights, never trained: no teacher
+    # pruned from a model never trained since, whose own original holds random weights: no teacher
     code, _, err = run_cli(capsys, "finetune", further, "--data", digits, "--epochs", "1", "--batch-size", "128", "--out", once.with_name("ft"))
-    assert code == 2 and f"the model this one was pruned from, {once}, holds random weights, so it cannot teach" in err
+    assert code == 2 and "the original model was pruned from random weights, so it cannot teach" in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -86,6 +86,11 @@ def test_a_fine_tuned_model_pruned_further_learns_from_it(capsys, once, digits, 
     assert code == 0, err  # the default teacher: the fine-tuned model it was pruned from
     tuned = isoprune.load(tmp_path / "again-tuned" / "best")
     assert len(tuned.isoprune_earlier) == 1 and tuned.isoprune_plan.macs == _io.read_metadata(tmp_path / "again")["macs"]
+    # pruned once more without training between: the teacher is still the last model that was trained
+    code, _, err = run_cli(capsys, "prune", "--model", tmp_path / "again", "--target", "80%", "--out", tmp_path / "thrice")
+    assert code == 0, err
+    assert _finetune._original(_io.read_metadata(tmp_path / "thrice"))[0] == str(tmp_path / "tuned" / "best")
+    assert len(isoprune.load(tmp_path / "thrice").isoprune_earlier) == 2
 
 
 def test_a_recipe_budget_prunes_a_saved_model_to_that_share_of_its_base(capsys, caplog, tmp_path):
