@@ -18,11 +18,7 @@ def load_model(source: str | Path, weights: str = "pretrained", num_classes: int
     """A directory isoprune wrote, or a timm model name (``weights``: pretrained, none, PATH;
     built for ``input_size`` where it takes one size only)."""
     if Path(source).is_dir():
-        model = _io.load(source)
-        if num_classes and getattr(model, "num_classes", num_classes) != num_classes:
-            raise IsopruneError(f"{source} predicts {model.num_classes} classes, and --num-classes gives a saved model no new head",
-                                hint=f"fine-tune it for {num_classes} classes first: isoprune finetune {source} --num-classes {num_classes}")
-        return model
+        return _io.load_for_classes(source, num_classes)
     kwargs = {"num_classes": num_classes} if num_classes else {}
     return _models.create(str(source), weights, input_size=input_size, new_head=False, **kwargs)  # a new head scores chance
 

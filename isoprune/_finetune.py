@@ -86,8 +86,7 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
     a directory: a saved isoprune model; a file: the base with those weights; else a
     timm model name with pretrained weights; ``none``: no teacher. It sees the student's images,
     ``side`` squared: a teacher that takes one size is built for it, or refused if saved for another."""
-    params = metadata.get("params") or {}
-    if spec in (None, "none") or (spec == "original" and "before" in params and params["before"] == params.get("after")):
+    if spec in (None, "none") or (spec == "original" and _unpruned(metadata)):
         return None  # a model trained whole (by name, or by ssl, then saved: its plan removes nothing) has no original to learn from
     if spec == "original":
         spec, metadata = _original(metadata)
@@ -136,15 +135,20 @@ def _original(metadata: dict) -> tuple[str, dict]:
     pruned and never trained since, the model that one came from, and so on up to the base
     (``"original"``, with the metadata whose ``base`` and ``weights`` build it)."""
     while True:
-        source = (metadata.get("config") or {}).get("model") or ""
-        if not Path(source).is_absolute():  # a timm name: the base, with the weights it was pruned from
+        source = _io.pruned_from(metadata)
+        if source is None:  # pruned from a timm name: the base, with the weights it was pruned from
             return "original", metadata
         if not _io.is_saved(source):
             raise IsopruneError(f"the model this one was pruned from, {source}, is gone", hint="pass --teacher PATH or NAME, or none")
         metadata = _io.read_metadata(source)
-        params = metadata.get("params") or {}
-        if any(k in metadata for k in ("finetune", "ssl")) or params.get("before") == params.get("after"):
+        if any(k in metadata for k in ("finetune", "ssl")) or _unpruned(metadata):
             return source, metadata
+
+
+def _unpruned(metadata: dict) -> bool:
+    """Whether the model's plan removes nothing (a model trained whole)."""
+    params = metadata.get("params") or {}
+    return "before" in params and params["before"] == params.get("after")
 
 
 def _seed(seed: int, epoch: int, rank: int) -> None:

@@ -190,6 +190,32 @@ def recorded_input_size(metadata: dict) -> tuple[int, int, int] | None:
     return tuple(int(s) for s in size) if size and len(size) == 3 else None
 
 
+def saved_side(path) -> int | None:
+    """The square input size a directory ``save`` wrote records for its weights, if any."""
+    if not is_saved(path):
+        return None
+    size = recorded_input_size(read_metadata(path))
+    return size[1] if size is not None and size[1] == size[2] else None
+
+
+def pruned_from(metadata: dict) -> str | None:
+    """The saved model (an absolute directory) a saved model was pruned from, where it was pruned
+    from one rather than from a timm model by name."""
+    source = (metadata.get("config") or {}).get("model") or ""
+    return source if Path(source).is_absolute() else None
+
+
+def load_for_classes(path, num_classes: int | None) -> nn.Module:
+    """``load``, refusing ``num_classes`` other than the model's own: a saved model is used with
+    the head it was trained with (a new one would score chance)."""
+    model = load(path)
+    classes = getattr(model, "num_classes", None)
+    if num_classes and classes is not None and classes != num_classes:
+        raise IsopruneError(f"{path} predicts {classes} classes, and --num-classes gives a saved model no new head",
+                            hint=f"fine-tune it for them first: isoprune finetune {path} --data DIR --num-classes {num_classes}")
+    return model
+
+
 def adopt_input_size(model: nn.Module, metadata: dict) -> None:
     """Make the input size a saved model was pruned or trained at its own: the ``input_size`` of
     its pretrained config, which timm's data config, and so evaluation, fine-tuning and tracing,

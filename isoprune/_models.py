@@ -73,7 +73,9 @@ def create(name: str, weights: str = "pretrained", *, input_size: int | None = N
     ``num_classes`` and ``new_head``, a checkpoint's classifier for other classes is left out."""
     full = resolve(name)
     if input_size is None and weights not in ("pretrained", "none"):
-        input_size = _recorded_side(weights)
+        from ._io import saved_side
+
+        input_size = saved_side(weights)  # a directory isoprune wrote: the size its weights are for
     if input_size is not None:
         kwargs = {**kwargs, **sized_for(full, input_size, kwargs)}
     pretrained = weights == "pretrained"
@@ -121,16 +123,6 @@ def sized_for(full: str, side: int, kwargs: dict) -> dict:
         raise IsopruneError(f"{full} takes {fixed[0]}x{fixed[1]} inputs only, not {side}x{side}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
                             hint=f"drop --input-size (or give {fixed[0]})") from exc
     return {"img_size": side}
-
-
-def _recorded_side(weights: str) -> int | None:
-    """The square input size a directory isoprune wrote records for its weights, if any."""
-    if not (Path(weights) / "isoprune.json").is_file():
-        return None
-    from ._io import read_metadata, recorded_input_size
-
-    size = recorded_input_size(read_metadata(weights))
-    return size[1] if size is not None and size[1] == size[2] else None
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:

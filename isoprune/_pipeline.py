@@ -14,7 +14,7 @@ from torch import nn
 from . import _data, _dist, _importance, _memory, _models, _recipes, _trace
 from ._apply import apply_plan, fit
 from ._errors import IsopruneError
-from ._io import check_writable, is_saved, load, read_metadata, recorded_input_size, save
+from ._io import check_writable, is_saved, load_for_classes, pruned_from, read_metadata, save, saved_side
 from ._latency import Timing
 from ._plan import Budget, PruningPlan, plan
 from ._recalibrate import recalibrate_bn
@@ -83,12 +83,6 @@ def base_name(model: str) -> str:
     return read_metadata(model)["base"]["name"] if is_saved(model) else model
 
 
-def saved_side(path: str) -> int | None:
-    """The square input size a saved model records, if any."""
-    size = recorded_input_size(read_metadata(path))
-    return size[1] if size is not None and size[1] == size[2] else None
-
-
 def source_model(cfg: _recipes.PruneConfig) -> nn.Module:
     """The model to prune: a timm name built with ``cfg.weights``, or a directory isoprune saved (a
     pruned or fine-tuned model, pruned further with its own weights, classes and input size)."""
@@ -98,11 +92,7 @@ def source_model(cfg: _recipes.PruneConfig) -> nn.Module:
     if cfg.weights != "pretrained":
         raise IsopruneError(f"{cfg.model} is a saved model with weights of its own; --weights {cfg.weights} would replace them",
                             hint="drop --weights")
-    model = load(cfg.model)
-    classes = getattr(model, "num_classes", None)
-    if cfg.num_classes is not None and cfg.num_classes != classes:
-        raise IsopruneError(f"{cfg.model} predicts {classes} classes, and --num-classes gives a saved model no new head",
-                            hint=f"fine-tune it for them first: isoprune finetune {cfg.model} --data DIR --num-classes {cfg.num_classes}")
+    model = load_for_classes(cfg.model, cfg.num_classes)
     side = saved_side(cfg.model)
     if cfg.input_size is not None and side is not None and cfg.input_size != side:
         raise IsopruneError(f"{cfg.model} was saved for {side}x{side} inputs, not {cfg.input_size}x{cfg.input_size}",
@@ -162,10 +152,8 @@ def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, see
 def plan_source(path: str | Path) -> str | None:
     """The saved model a directory's plan was made on, where it was pruned from one (the plan's
     ``model`` names only the base)."""
-    if not is_saved(path):
-        return None
-    source = (read_metadata(path).get("config") or {}).get("model") or ""
-    return source if Path(source).is_absolute() and is_saved(source) else None
+    source = pruned_from(read_metadata(path)) if is_saved(path) else None
+    return source if source and is_saved(source) else None
 
 
 def read_plan(path: str | Path) -> PruningPlan:

@@ -174,7 +174,7 @@ def prune_config(args) -> tuple[_recipes.PruneConfig, str | None]:
     flags.pop("target", None)
     cfg = replace(cfg, **{k: v for k, v in flags.items() if k in ("model", "input_size")})
     if cfg.model and _io.is_saved(cfg.model) and cfg.input_size is None:  # pruned further at the size it was saved for
-        cfg = replace(cfg, input_size=_pipeline.saved_side(cfg.model))
+        cfg = replace(cfg, input_size=_io.saved_side(cfg.model))
     recipe, from_target = args.recipe, None
     if args.target:
         cfg, from_target = _pipeline.resolve_target(cfg, args.target)
@@ -304,7 +304,7 @@ def cmd_inspect(args) -> int:
         text = f"base {base['library']}:{base['name']} {base['kwargs']}, input {size}\n{_describe(pruning)}"
         earlier = [PruningPlan.from_dict(d) for d in metadata.get("earlier", [])]
         if earlier:  # pruned again: the plan above starts from what the earlier ones left
-            source = (metadata.get("config") or {}).get("model", "a saved model")
+            source = _io.pruned_from(metadata) or "a saved model"
             text += (f"\npruned further from {source} ({len(earlier) + 1} plans in all); from the base: "
                      f"MACs {earlier[0].macs['before'] / 1e9:.3f} G -> {pruning.macs['after'] / 1e9:.3f} G, "
                      f"params {earlier[0].params['before'] / 1e6:.3f} M -> {pruning.params['after'] / 1e6:.3f} M")
