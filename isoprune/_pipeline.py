@@ -150,10 +150,13 @@ def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, see
 
 
 def plan_source(path: str | Path) -> str | None:
-    """The saved model a directory's plan was made on, where it was pruned from one (the plan's
-    ``model`` names only the base)."""
-    source = pruned_from(read_metadata(path)) if is_saved(path) else None
-    return source if source and is_saved(source) else None
+    """The saved model a plan (a directory's, or a plan file) was made on, where it was made on one
+    (the plan's ``model`` names only the base); an error where that model is no longer there."""
+    source = pruned_from(read_metadata(path)) if is_saved(path) else read_plan(path).made_on
+    if source and not is_saved(source):
+        raise IsopruneError(f"the plan in {path} was made on the saved model {source}, which is not there",
+                            hint="give that model's directory, wherever it is now, as --model")
+    return source
 
 
 def read_plan(path: str | Path) -> PruningPlan:
@@ -188,7 +191,7 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
     torch.manual_seed(cfg.seed)
     model = source_model(cfg)
     if saved is not None:
-        return model, fit(model, saved, meta_example(model, cfg.input_size) if cfg.input_size else None)
+        return model, _made_on(fit(model, saved, meta_example(model, cfg.input_size) if cfg.input_size else None), cfg)
     calib = None
     if _importance.get_importance(cfg.importance).needs_calib:
         if data is None:
@@ -213,7 +216,13 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
         budget=cfg.target,
         timing=timing,
     )
-    return model.cpu(), pruning
+    return model.cpu(), _made_on(pruning, cfg)
+
+
+def _made_on(pruning: PruningPlan, cfg: _recipes.PruneConfig) -> PruningPlan:
+    """The plan, naming the saved model it was made on (if any): a plan file given alone is applied to it."""
+    pruning.made_on = str(Path(cfg.model).resolve()) if is_saved(cfg.model) else None
+    return pruning
 
 
 def write(model: nn.Module, pruning: PruningPlan, cfg: _recipes.PruneConfig, out, *, force: bool = False, recipe: str | None = None,
@@ -252,6 +261,7 @@ def summary(pruning: PruningPlan, out: Path | None = None) -> dict:
         "ratios": pruning.ratios,
         "depth": pruning.depth,
         "search": pruning.search,
+        "made_on": pruning.made_on,
         "groups": [
             {"signature": g.signature, "kind": g.kind, "root": g.root, "channels": g.channels * g.blocks, "kept": len(g.keep) * g.blocks}
             for g in pruning.groups

@@ -135,7 +135,9 @@ class GroupPlan:
 
 @dataclass
 class PruningPlan:
-    """Plain data: printable, diffable, saved as YAML/JSON, re-applied to a fresh model."""
+    """Plain data: printable, diffable, saved as YAML/JSON, re-applied to a fresh model.
+    ``made_on`` is the saved model (an absolute directory) a plan was made on, where it was made
+    on one rather than on ``model`` itself, the base."""
 
     model: str
     input_size: list[int]
@@ -150,6 +152,7 @@ class PruningPlan:
     params: dict[str, int]
     depth: list[dict] = field(default_factory=list)
     search: dict | None = None
+    made_on: str | None = None
     version: str = __version__
 
     def to_dict(self) -> dict:
@@ -159,7 +162,7 @@ class PruningPlan:
     def from_dict(cls, data: dict) -> "PruningPlan":
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - valid)
-        missing = sorted(valid - set(data) - {"version", "depth", "search"})
+        missing = sorted(valid - set(data) - {"version", "depth", "search", "made_on"})
         if unknown or missing:
             raise IsopruneError(
                 "not a pruning plan", unknown=unknown, missing=missing, hint="load a file written by PruningPlan.save"

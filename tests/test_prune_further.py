@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 import isoprune
 from isoprune import _finetune, _io, cli
@@ -51,13 +52,22 @@ def test_prune_a_saved_model_further_from_the_cli(capsys, once, digits):
     assert f"pruned further from {once} (2 plans in all); from the base: MACs" in out
     code, _, err = run_cli(capsys, "inspect", "--model", once)  # a name is asked for there
     assert code == 2 and "is a model isoprune saved, not a model name; give it as the PATH of eval, finetune or inspect, or as prune's --model" in err
-    # its plan, given as its directory, is applied to the model it was made on; as a file it names only the base
-    code, _, err = run_cli(capsys, "prune", "--plan", further, "--out", once.with_name("replayed"))
-    assert code == 0, err
-    replayed, expected = isoprune.load(once.with_name("replayed")).state_dict(), isoprune.load(further).state_dict()
-    assert replayed.keys() == expected.keys() and all(torch.equal(replayed[k], expected[k]) for k in expected)
-    code, _, err = run_cli(capsys, "prune", "--plan", further / "plan.yaml", "--weights", "none", "--out", once.with_name("base"))
+    # its plan, given as its directory or as its plan file, is applied to the model it was made on
+    expected = isoprune.load(further).state_dict()
+    assert yaml.safe_load((further / "plan.yaml").read_text())["made_on"] == str(once)
+    for i, plan in enumerate((further, further / "plan.yaml")):
+        code, _, err = run_cli(capsys, "prune", "--plan", plan, "--out", once.with_name(f"replayed{i}"))
+        assert code == 0, err
+        replayed = isoprune.load(once.with_name(f"replayed{i}")).state_dict()
+        assert replayed.keys() == expected.keys() and all(torch.equal(replayed[k], expected[k]) for k in expected)
+    code, _, err = run_cli(capsys, "prune", "--plan", further / "plan.yaml", "--model", "test_resnet", "--weights", "none",
+                           "--num-classes", "10", *SIZE, "--out", once.with_name("base"))
     assert code == 2 and "give that directory as --model" in err
+    moved = once.with_name("moved.yaml")
+    moved.write_text((further / "plan.yaml").read_text().replace(str(once), str(once.with_name("gone"))))
+    code, _, err = run_cli(capsys, "prune", "--plan", moved, "--out", once.with_name("nowhere"))
+    assert code == 2 and f"was made on the saved model {once.with_name('gone')}, which is not there" in err, err
+    assert not once.with_name("nowhere").exists()
     # pruned from a model never trained since, whose own original holds random weights: no teacher
     code, _, err = run_cli(capsys, "finetune", further, "--data", digits, "--epochs", "1", "--batch-size", "128", "--out", once.with_name("ft"))
     assert code == 2 and "the original model was pruned from random weights, so it cannot teach" in err
