@@ -103,13 +103,17 @@ class Random(Importance):
         return torch.rand(weight.shape, generator=self.generator).to(weight.device)
 
 
-def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None, stats=("grad", "sq_grad")) -> dict:
+def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None, stats=("grad", "sq_grad"),
+              chunk: int | None = None) -> dict:
     """Mean gradient and/or mean squared gradient of the cross-entropy loss per parameter, over
     ``(input, target)`` batches. Runs in eval mode; leaves the model's grads and mode as found.
 
     Each parameter's gradient is folded into the statistics as soon as backward has made it, and
     dropped: the gradients of the whole model never exist at once, so calibration holds one model
-    size per statistic beside the activations of one batch.
+    size per statistic beside the activations of one batch. A batch of more than ``chunk`` images
+    goes through forward and backward in pieces of at most ``chunk``, whose gradients add up to
+    the batch's before they are folded in (eval mode: the same statistics, the squared gradient
+    too, for the activations of one piece and the gradients of the whole model).
 
     Under torchrun each process gives its own share of the batches: the sums and the batch count
     are all-reduced, so every process gets the mean over all of them."""
@@ -119,7 +123,11 @@ def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None,
     saved = [p.grad for p in params]
     sums: dict[str, dict] = {stat: {} for stat in stats}
 
+    whole = [True]  # False while a batch's gradient is still being added up, piece by piece
+
     def fold(p: torch.Tensor) -> None:
+        if not whole[0]:
+            return
         grad, p.grad = p.grad, None
         if "sq_grad" in sums:
             total = sums["sq_grad"].get(p)
@@ -144,9 +152,12 @@ def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None,
         for x, y in tqdm(calib, desc="calibration", total=max_batches, leave=False, disable=not _dist.is_main()):
             if max_batches is not None and n >= max_batches:
                 break
-            out = model(x.to(device))
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            F.cross_entropy(out, y.to(device)).backward()
+            pieces = list(zip(x.split(chunk), y.split(chunk))) if chunk and isinstance(x, torch.Tensor) else [(x, y)]
+            for i, (xs, ys) in enumerate(pieces):
+                whole[0] = i == len(pieces) - 1
+                out = model(xs.to(device))
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                (F.cross_entropy(out, ys.to(device)) * (len(ys) / len(y))).backward()  # the batch's mean, piece by piece
             n += 1
     finally:
         for handle in handles:

@@ -100,38 +100,85 @@ def training_copies(optimizer_states: int, processes: int) -> int:
     return 1 + optimizer_states + (processes > 1)
 
 
+class Estimate:
+    """What a batch needs in memory on ``device`` beside the model, measured with ``forward``
+    (``per_image``): its activations, ``copies`` tensors the size of the trained parameters, and
+    the allocator's headroom, for each of the ``local_processes`` that share a CPU."""
+
+    def __init__(self, model: nn.Module, forward: Callable[[int], object], device: torch.device, *, copies: int,
+                 local_processes: int = 1, image: str = "image"):
+        self.free = free_bytes(device)
+        self.device, self.image = device, image
+        self.sharing = local_processes if device.type == "cpu" else 1
+        self.headroom = HEADROOM.get(device.type, GPU_HEADROOM)
+        self.trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        self.copies = copies
+        self.slope, self.fixed = per_image(model, forward, device) if self.free is not None else (0.0, 0.0)
+
+    def need(self, batch: int, extra_copies: int = 0) -> float:
+        """Bytes a batch of ``batch`` per process needs, the allocator's headroom included."""
+        return (self.fixed + (self.copies + extra_copies) * self.trained + self.slope * batch) * self.sharing * self.headroom
+
+    def fits(self, batch: int, extra_copies: int = 0, spare: float = 1.0) -> bool:
+        return self.free is None or self.need(batch, extra_copies) * spare <= self.free
+
+    def where(self) -> str:
+        return f"{_size(self.free)} free on {self.device}" + (f", shared by {self.sharing} processes" if self.sharing > 1 else "")
+
+    def measured(self, batch: int, extra_copies: int = 0) -> str:
+        return (f"about {_size(self.need(batch, extra_copies))} ({_size(self.slope)} of activations per {self.image}, measured, "
+                f"and {self.headroom:g}x for the allocator)")
+
+
+def _size(n: float) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
 def check_batch(model: nn.Module, forward: Callable[[int], object], batch: int, device: torch.device, *,
                 copies: int, processes: int = 1, local_processes: int = 1, image: str = "image", what: str = "batch") -> None:
     """Refuse, in one line, a batch (global, over ``processes``) whose activations, with ``copies``
     tensors the size of the trained parameters still to come, do not fit in the memory free on
     ``device`` (on a CPU, shared by the ``local_processes`` of this machine), with the largest
     power of two that does; warn where little room is left."""
-    free = free_bytes(device)
-    if free is None:
-        return
-    slope, fixed = per_image(model, forward, device)
-    fixed += copies * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    sharing = local_processes if device.type == "cpu" else 1
-    headroom = HEADROOM.get(device.type, GPU_HEADROOM)
+    est = Estimate(model, forward, device, copies=copies, local_processes=local_processes, image=image)
     per_process = batch // processes
-
-    def need(b: int) -> float:  # with the allocator's headroom
-        return (fixed + slope * b) * sharing * headroom
-
-    if need(per_process) * WARN <= free:
+    if est.fits(per_process, spare=WARN):
         return
-    where = f"{free / GIB:.1f} GiB free on {device}" + (f", shared by {sharing} processes" if sharing > 1 else "")
-    measured = (f"about {need(per_process) / GIB:.1f} GiB ({slope / 2**20:.0f} MiB of activations per {image}, measured, "
-                f"and {headroom:g}x for the allocator)")
-    if need(per_process) <= free:
-        log.warning("a %s of %d per process needs %s, close to the %s; it may run out of memory", what, per_process, measured, where)
+    if est.fits(per_process):
+        log.warning("a %s of %d per process needs %s, close to the %s; it may run out of memory", what, per_process,
+                    est.measured(per_process), est.where())
         return
     fits = 2 * processes
-    while need(2 * fits // processes) <= free:
+    while est.fits(2 * fits // processes):
         fits *= 2
-    hint = (f"pass --batch-size {fits} (about the most that fits)" if need(fits // processes) <= free
+    hint = (f"pass --batch-size {fits} (about the most that fits)" if est.fits(fits // processes)
             else "it does not fit at any batch size: give a smaller --input-size, or a device with more memory")
-    raise IsopruneError(f"a {what} of {per_process} per process needs {measured}, more than the {where}", hint=hint)
+    raise IsopruneError(f"a {what} of {per_process} per process needs {est.measured(per_process)}, more than the {est.where()}", hint=hint)
+
+
+def piece_size(model: nn.Module, forward: Callable[[int], object], batch: int, device: torch.device, *,
+               copies: int, local_processes: int = 1, image: str = "image", what: str = "batch") -> int | None:
+    """How many images of a batch of ``batch`` (no gradient step: a gradient criterion's
+    calibration) to put through the model at once: None where the whole batch fits; else the size
+    of the pieces, all but the last equal, that fit beside the gradients of the whole model they
+    add up to (one tensor the size of the parameters more), with room to spare. Refuses, in one
+    line, where not even one image fits."""
+    est = Estimate(model, forward, device, copies=copies, local_processes=local_processes, image=image)
+    if est.fits(batch, spare=WARN):
+        return None
+    largest = 0
+    while largest < batch and est.fits(largest + 1, extra_copies=1, spare=WARN):  # need() grows by one slope per image
+        largest += 1
+    if largest == 0:
+        if not est.fits(1, extra_copies=1):
+            raise IsopruneError(f"one image of a {what} needs {est.measured(1, extra_copies=1)}, more than the {est.where()}",
+                                hint="give a smaller --input-size, a device with more memory, or --importance l2 (no gradients)")
+        largest = 1
+    pieces = -(-batch // largest)
+    size = -(-batch // pieces)  # as even as the pieces can be
+    log.info("a %s of %d needs %s, more than the %s: it goes through the model in %d pieces of at most %d images, "
+             "whose gradients add up to the batch's", what, batch, est.measured(batch), est.where(), pieces, size)
+    return size
 
 
 def local_processes() -> int:

@@ -117,17 +117,18 @@ def meta_example(model: nn.Module, input_size: int | None):
     return _trace.meta_inputs(model, size=size)
 
 
-def _check_calibration_memory(model: nn.Module, cfg, device: torch.device) -> None:
-    """Refuse a calibration batch that cannot fit (``_memory.check_batch``): a gradient criterion
-    keeps a batch's activations for the backward pass, and its statistics, one model size each."""
+def _calibration_piece(model: nn.Module, cfg, device: torch.device) -> int | None:
+    """How many images of a calibration batch go through the model at once (``_memory.piece_size``):
+    a gradient criterion keeps a batch's activations for the backward pass, and its statistics, one
+    model size each; a batch that does not fit goes in pieces, with the same gradients."""
     example = meta_example(model, cfg.input_size)
     if not isinstance(example, torch.Tensor):
-        return
+        return None
     size = tuple(example.shape[1:])
     model.eval()
-    _memory.check_batch(model, lambda n: model(torch.randn(n, *size, device=device)), cfg.batch_size, device,
-                        copies=len(_importance.get_importance(cfg.importance).stats), local_processes=_memory.local_processes(),
-                        image=f"{size[-2]}x{size[-1]} image", what="calibration batch")
+    return _memory.piece_size(model, lambda n: model(torch.randn(n, *size, device=device)), cfg.batch_size, device,
+                              copies=len(_importance.get_importance(cfg.importance).stats), local_processes=_memory.local_processes(),
+                              image=f"{size[-2]}x{size[-1]} image", what="calibration batch")
 
 
 def calibration_batches(data: str | Path, model: nn.Module, batch_size: int, seed: int = 0, limit: int | None = None,
@@ -200,14 +201,13 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
     elif data is not None:
         calibration_batches(data, model, cfg.batch_size, cfg.seed, input_size=cfg.input_size)  # still check it, the user asked for it
     model.to(device)
-    if calib is not None:
-        _check_calibration_memory(model, cfg, device)
     pruning = plan(
         model,
         cfg.ratios,
         importance=cfg.importance,
         calib=calib,
         calib_batches=cfg.calib_batches,
+        calib_chunk=None if calib is None else _calibration_piece(model, cfg, device),
         scope=cfg.scope,
         round_to=cfg.round_to,
         example_inputs=meta_example(model, cfg.input_size),

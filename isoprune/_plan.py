@@ -376,6 +376,7 @@ def plan(
     importance="l2",
     calib=None,
     calib_batches: int | None = None,
+    calib_chunk: int | None = None,
     scope: str = "isomorphic",
     round_to: int | None = None,
     example_inputs=None,
@@ -390,6 +391,8 @@ def plan(
     the same ratio whatever their kind (``"global"``: attention heads, MLP channels and embedding
     dims in one ranking, the paper's global baseline), or inside each group alone (``"local"``:
     the same ratio in every layer). Scores are normalised by their group's mean in every scope.
+    ``calib_chunk`` is the most images calibration runs through the model at once: a larger batch
+    goes in pieces, with the same gradients (``_importance.calibrate``).
     ``depth`` maps a block container (``"stages.2.blocks"``) to how many of its blocks to remove.
     With a ``budget`` (``"4.2G"`` MACs, ``"20M"`` params) the ratios are a shape: they are scaled
     by one factor, found by bisection, so that the pruned model lands within 1% under the budget;
@@ -411,7 +414,7 @@ def plan(
     if criterion.needs_calib:
         if calib is None:
             raise IsopruneError(f"importance {importance!r} needs calibration data", hint="pass calib=[(inputs, targets), ...]")
-        stats = _importance.calibrate(model, calib, calib_batches, criterion.stats)
+        stats = _importance.calibrate(model, calib, calib_batches, criterion.stats, calib_chunk)
     analysis = analyse(model, example_inputs, labels)
     _check_reach(ratios, analysis.groups, type(model).__name__)
     depth_plans = choose_depth(model, analysis.skeleton, analysis.inputs, dict(depth or {}), criterion, stats)

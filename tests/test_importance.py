@@ -43,6 +43,21 @@ def test_calibration_gives_mean_gradients_holding_one_gradient_at_a_time(digits_
     assert all(p.grad is None for p in params)
 
 
+@pytest.mark.parametrize("chunk", [32, 12, 1])
+def test_a_batch_calibrated_in_pieces_gives_the_batchs_statistics(chunk, digits_batches):
+    model = make("test_resnet").eval()  # BatchNorm in eval mode: a piece's outputs are the batch's
+    params = [p for p in model.parameters()]
+    whole = _importance.calibrate(model, digits_batches[:2], stats=("grad", "sq_grad"))
+    passes = []
+    model.register_forward_pre_hook(lambda _, args: passes.append(len(args[0])))
+    pieces = _importance.calibrate(model, digits_batches[:2], stats=("grad", "sq_grad"), chunk=chunk)
+    assert passes == 2 * [len(piece) for piece in torch.arange(32).split(chunk)]  # 32: [32]; 12: [12, 12, 8]
+    for p in params:  # the squared gradient is the batch's gradient squared, not a sum of the pieces' squares
+        torch.testing.assert_close(pieces["grad"][p], whole["grad"][p], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(pieces["sq_grad"][p], whole["sq_grad"][p], rtol=1e-4, atol=1e-9)
+    assert all(p.grad is None for p in params)
+
+
 def test_gradient_criteria_need_calibration():
     with pytest.raises(isoprune.IsopruneError, match="needs calibration data"):
         isoprune.plan(make("test_resnet"), 0.3, importance="taylor")

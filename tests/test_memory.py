@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from isoprune import _memory, cli
+from isoprune import PruningPlan, _memory, cli
 
 CPU = torch.device("cpu")
 
@@ -67,8 +67,8 @@ def test_a_batch_is_refused_with_the_largest_that_fits(monkeypatch, caplog):
     assert "it may run out of memory" in caplog.text
     with pytest.raises(_memory.IsopruneError) as refused:
         check(monkeypatch, free=int(need(100)), batch=1024)
-    assert ("needs about 0.0 GiB (0 MiB of activations per image, measured, and 1.6x for the allocator), "
-            "more than the 0.0 GiB free on cpu") in str(refused.value)
+    assert ("needs about 0.2 MiB (0.0 MiB of activations per image, measured, and 1.6x for the allocator), "
+            "more than the 0.0 MiB free on cpu") in str(refused.value)
     assert "pass --batch-size 64" in refused.value.hint
     with pytest.raises(_memory.IsopruneError) as refused:  # two processes on this CPU: half the batch each, and DDP's buckets
         check(monkeypatch, free=int(2 * need(100, copies=4)), batch=1024, processes=2, local_processes=2)
@@ -76,6 +76,26 @@ def test_a_batch_is_refused_with_the_largest_that_fits(monkeypatch, caplog):
     with pytest.raises(_memory.IsopruneError) as refused:
         check(monkeypatch, free=int(need(1)), batch=1024)
     assert "does not fit at any batch size" in refused.value.hint
+
+
+def test_a_calibration_batch_that_cannot_fit_goes_in_pieces(monkeypatch, caplog):
+    weights = 4 * (10 * 20 + 20 + 20 * 5 + 5)
+    per_image = 4 * 30
+    headroom, spare = _memory.HEADROOM["cpu"], _memory.WARN
+
+    def piece(free: int):
+        monkeypatch.setattr(_memory, "free_bytes", lambda device: free)
+        net = small_net()
+        return _memory.piece_size(net, lambda n: net(torch.randn(n, 10)), 100, CPU, copies=1, what="calibration batch")
+
+    assert piece(10**9) is None  # the whole batch fits
+    with caplog.at_level(logging.INFO, logger="isoprune"):  # room for 30 images beside two model sizes: 4 pieces of 25
+        assert piece(int(headroom * spare * (2 * weights + per_image * 30)) + 1) == 25
+    assert "in 4 pieces of at most 25 images, whose gradients add up to the batch's" in caplog.text
+    assert piece(int(headroom * (2 * weights + per_image))) == 1  # one image, with little to spare
+    with pytest.raises(_memory.IsopruneError) as refused:
+        piece(int(headroom * (2 * weights + per_image)) - 1)
+    assert str(refused.value).startswith("one image of a calibration batch needs about 0.0 MiB")
 
 
 def test_finetune_refuses_a_batch_that_cannot_fit_before_it_writes_anything(monkeypatch, capsys, tmp_path, digits):
@@ -86,7 +106,7 @@ def test_finetune_refuses_a_batch_that_cannot_fit_before_it_writes_anything(monk
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("isoprune: error: a batch of 1024 per process needs about") and "64x64 image" in err
-    assert "more than the 0.2 GiB free on cpu; pass --batch-size" in err
+    assert "more than the 200.0 MiB free on cpu; pass --batch-size" in err
     suggested = int(err.split("--batch-size ")[1].split()[0])
     assert 2 <= suggested < 1024 and not out.exists()
     code = cli.main(["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", str(digits),
@@ -94,13 +114,26 @@ def test_finetune_refuses_a_batch_that_cannot_fit_before_it_writes_anything(monk
     assert code == 0, capsys.readouterr().err
 
 
-def test_prune_refuses_a_calibration_batch_that_cannot_fit(monkeypatch, capsys, tmp_path, digits):
-    monkeypatch.setattr(_memory, "free_bytes", lambda device: 2**20)
+def test_prune_calibrates_a_batch_that_cannot_fit_in_pieces_to_the_same_plan(monkeypatch, capsys, caplog, tmp_path, digits):
+    import timm
+
     argv = ["prune", "--model", "test_vit", "--weights", "none", "--num-classes", "10", "--data", str(digits), "--input-size", "32",
-            "--target", "50%", "--batch-size", "64"]
-    code = cli.main([*argv, "--importance", "taylor", "--out", str(tmp_path / "taylor")])
+            "--target", "50%", "--batch-size", "64", "--calib-batches", "2", "--importance", "hessian"]
+    assert cli.main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    monkeypatch.setattr(_memory, "free_bytes", lambda device: 10**12)
+    model = timm.create_model("test_vit", num_classes=10, img_size=32).eval()
+    estimate = _memory.Estimate(model, lambda n: model(torch.randn(n, 3, 32, 32)), CPU, copies=1)
+    monkeypatch.setattr(_memory, "free_bytes", lambda device: int(estimate.need(20, extra_copies=1) * _memory.WARN))
+    with caplog.at_level(logging.INFO, logger="isoprune"):
+        assert cli.main([*argv, "--out", str(tmp_path / "pieces")]) == 0
+    assert "a calibration batch of 64 needs about" in caplog.text and "in 4 pieces of at most 16 images" in caplog.text
+    whole, pieces = (PruningPlan.load(tmp_path / name / "plan.yaml") for name in ("whole", "pieces"))
+    assert [g.keep for g in pieces.groups] == [g.keep for g in whole.groups] and pieces.macs == whole.macs
+    monkeypatch.setattr(_memory, "free_bytes", lambda device: 2**10)  # not even one image
+    capsys.readouterr()
+    code = cli.main([*argv, "--out", str(tmp_path / "none")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith("isoprune: error: a calibration batch of 64 per process needs about") and "32x32 image" in err
-    assert not (tmp_path / "taylor").exists()
-    assert cli.main([*argv, "--importance", "l2", "--out", str(tmp_path / "l2")]) == 0  # nothing to calibrate: nothing kept for backward
+    assert err.startswith("isoprune: error: one image of a calibration batch needs about") and "32x32 image" in err
+    assert not (tmp_path / "none").exists()
+    assert cli.main([*argv[:-2], "--importance", "l2", "--out", str(tmp_path / "l2")]) == 0  # nothing to calibrate: nothing kept for backward
