@@ -40,7 +40,7 @@ DISTILLATIONS = ("none", "soft", "hard")
 
 
 @dataclass
-class Options:
+class Options(_recipes.Limited):
     """How to run, as opposed to what to train with (``FinetuneConfig``)."""
 
     data: str
@@ -54,6 +54,8 @@ class Options:
     resume: bool = False
     stop_after: int | None = None
     force: bool = False
+
+    LIMITS = {"input_size": _recipes.COUNT, "num_classes": _recipes.COUNT, "workers": _recipes.NONNEGATIVE, "stop_after": _recipes.COUNT}
 
 
 def student(source: str, opts: Options, build: dict) -> tuple[nn.Module, dict]:

@@ -11,14 +11,53 @@ import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import ClassVar, NamedTuple
 
 import yaml
 
 from ._errors import IsopruneError
 
 
+class Range(NamedTuple):
+    """The values a number may take: from ``low`` to ``high`` (None: no end), each end in or out."""
+
+    low: float | None = None
+    high: float | None = None
+    low_in: bool = True
+    high_in: bool = True
+
+    def __contains__(self, value) -> bool:
+        low_ok = self.low is None or (value >= self.low if self.low_in else value > self.low)
+        return low_ok and (self.high is None or (value <= self.high if self.high_in else value < self.high))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"at least {self.low:g}" if self.low_in else f"above {self.low:g}"
+        return f"in {'[' if self.low_in else '('}{self.low:g}, {self.high:g}{']' if self.high_in else ')'}"
+
+
+COUNT, NONNEGATIVE, POSITIVE = Range(1), Range(0), Range(0, low_in=False)
+SHARE, FRACTION = Range(0, 1), Range(0, 1, high_in=False)  # a weight or momentum; a probability short of certain
+
+
+class Limited:
+    """Checks a dataclass's numbers against its ``LIMITS`` whenever one is made, ``replace`` and
+    recipes included, so that a batch size of 0 is one clear error, not a traceback mid-run.
+    ``SECTION`` names the recipe section the fields come from."""
+
+    LIMITS: ClassVar[dict[str, Range]] = {}
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self):
+        for name, limit in self.LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in limit:
+                where = f", or {self.SECTION}.{name} in a recipe" if self.SECTION else ""
+                raise IsopruneError(f"{name} must be {limit}, not {value:g}", hint=f"set --{name.replace('_', '-')}{where}")
+
+
 @dataclass
-class PruneConfig:
+class PruneConfig(Limited):
     """``ratios`` has the fields of ``Ratios``. ``target`` is a budget (``4.2G`` MACs, ``20M``
     params) that scales the ratios by one factor; ``depth`` maps a block container to the number
     of blocks to remove from it. ``plan`` is a saved plan (``plan.yaml``, or a pruned model's
@@ -47,9 +86,12 @@ class PruneConfig:
     dtype: str = "float32"
     channels_last: bool = False
 
+    SECTION = "prune"  # round_to and recalibrate_bn are checked where they are used, for the API too
+    LIMITS = {"num_classes": COUNT, "calib_batches": COUNT, "batch_size": COUNT, "input_size": COUNT, "latency_batch": COUNT}
+
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Limited):
     """Fine-tuning hyper-parameters, named as timm's factories and train script name them.
 
     ``batch_size`` is the global batch (split over torchrun's processes). ``teacher``: ``original``
@@ -87,9 +129,15 @@ class FinetuneConfig:
     interpolation: str = "bicubic"
     amp: bool = True
 
+    SECTION = "finetune"
+    LIMITS = {"epochs": COUNT, "batch_size": COUNT, "lr": POSITIVE, "weight_decay": NONNEGATIVE, "momentum": SHARE,
+              "decay_rate": POSITIVE, "warmup_epochs": NONNEGATIVE, "layer_decay": Range(0, 1, low_in=False), "mixup": NONNEGATIVE,
+              "cutmix": NONNEGATIVE, "reprob": SHARE, "smoothing": FRACTION, "drop_path": FRACTION, "drop": FRACTION,
+              "clip_grad": NONNEGATIVE, "ema_decay": FRACTION, "distill_alpha": SHARE, "distill_tau": POSITIVE}
+
 
 @dataclass
-class SSLConfig:
+class SSLConfig(Limited):
     """Self-supervised pre-training (DINO) with token reduction; names follow DINO's ``main_dino.py``.
 
     ``batch_size`` is the global batch; ``lr`` is for a batch of 256 and scales linearly. Schedules
@@ -139,6 +187,14 @@ class SSLConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
     amp: bool = True
+
+    SECTION = "ssl"  # the token settings are checked by isoprune.tokens, for the API too
+    LIMITS = {"epochs": COUNT, "batch_size": COUNT, "lr": POSITIVE, "min_lr": NONNEGATIVE, "warmup_epochs": NONNEGATIVE,
+              "weight_decay": NONNEGATIVE, "weight_decay_end": NONNEGATIVE, "momentum_teacher": SHARE, "clip_grad": NONNEGATIVE,
+              "freeze_last_layer": NONNEGATIVE, "out_dim": COUNT, "hidden_dim": COUNT, "bottleneck_dim": COUNT,
+              "teacher_temp": POSITIVE, "warmup_teacher_temp": POSITIVE, "warmup_teacher_temp_epochs": NONNEGATIVE,
+              "student_temp": POSITIVE, "center_momentum": SHARE, "local_crops_number": NONNEGATIVE, "local_crops_size": COUNT,
+              "drop_path": FRACTION, "knn_k": COUNT, "knn_temperature": POSITIVE}
 
 
 @dataclass

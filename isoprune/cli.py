@@ -48,6 +48,21 @@ def _depth(text: str) -> dict[str, int]:
         raise argparse.ArgumentTypeError(f"cannot read depth {text!r}: write CONTAINER=N, e.g. stages.2.blocks=18") from None
 
 
+def _number(limit: _recipes.Range = _recipes.COUNT):
+    """An argparse type: a whole number within ``limit`` (at least 1 by default)."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value not in limit:
+            raise argparse.ArgumentTypeError(f"must be {limit}, not {value}")
+        return value
+
+    return whole
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="isoprune", description="Isomorphic structural pruning for vision models.")
     parser.add_argument("--version", action="version", version=f"isoprune {__version__}")
@@ -108,14 +123,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("path", nargs="?", help="a directory written by isoprune prune or finetune")
     e.add_argument("--model", help="a timm model name instead of a directory")
     e.add_argument("--weights", default="pretrained", help="for --model: pretrained (default), none, or a checkpoint PATH")
-    e.add_argument("--num-classes", type=int, help="for --model: number of classes")
+    e.add_argument("--num-classes", type=_number(), help="for --model: number of classes")
     e.add_argument("--data", help="ImageFolder (its val/ when present); without it only size and speed")
-    e.add_argument("--input-size", type=int, help="square input resolution (default: the model's; for a saved one, the size it was pruned or trained at)")
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--input-size", type=_number(), help="square input resolution (default: the model's; for a saved one, the size it was pruned or trained at)")
+    e.add_argument("--batch-size", type=_number(), default=64)
     e.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    e.add_argument("--workers", type=int, default=0)
-    e.add_argument("--warmup", type=int, default=5, help="untimed forward passes before timing")
-    e.add_argument("--iters", type=int, default=20, help="timed forward passes")
+    e.add_argument("--workers", type=_number(_recipes.NONNEGATIVE), default=0)
+    e.add_argument("--warmup", type=_number(_recipes.NONNEGATIVE), default=5, help="untimed forward passes before timing")
+    e.add_argument("--iters", type=_number(), default=20, help="timed forward passes")
     e.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="weights and inputs in this precision (float16: as deployed on a GPU)")
     e.add_argument("--channels-last", action="store_true", help="weights and inputs in channels-last memory format (faster convolutions)")
@@ -124,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show a model's isomorphic groups, or summarise a pruned model")
     i.add_argument("path", nargs="?", help="a directory written by isoprune prune")
     i.add_argument("--model", help="timm model name or alias")
-    i.add_argument("--input-size", type=int)
+    i.add_argument("--input-size", type=_number())
     i.add_argument("--json", action="store_true")
     return parser
 

@@ -345,6 +345,36 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, case):
     assert "Traceback" not in err and not out_dir.exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["prune", "--model", "test_resnet", "--weights", "none", "--ratios", "0.3", "--batch-size", "0"],
+     "batch_size must be at least 1, not 0; set --batch-size, or prune.batch_size in a recipe"),
+    (["prune", "--model", "test_resnet", "--weights", "none", "--ratios", "0.3", "--calib-batches", "0"], "calib_batches must be at least 1, not 0"),
+    (["prune", "--model", "test_resnet", "--weights", "none", "--target", "latency=50%", "--latency-batch", "0"], "latency_batch must be at least 1"),
+    (["finetune", "--model", "test_resnet", "--data", "DATA", "--epochs", "0"], "epochs must be at least 1, not 0; set --epochs, or finetune.epochs"),
+    (["finetune", "--model", "test_resnet", "--data", "DATA", "--drop-path", "1.5"], "drop_path must be in [0, 1), not 1.5"),
+    (["finetune", "--model", "test_resnet", "--data", "DATA", "--lr", "0"], "lr must be above 0, not 0"),
+    (["finetune", "--model", "test_resnet", "--data", "DATA", "--workers", "-1"], "workers must be at least 0, not -1; set --workers"),
+    (["finetune", "--model", "test_resnet", "--data", "DATA", "--stop-after", "0"], "stop_after must be at least 1, not 0"),
+    (["ssl", "--model", "test_vit", "--data", "DATA", "--local-crops-number", "-1"], "local_crops_number must be at least 0, not -1"),
+    (["ssl", "--model", "test_vit", "--data", "DATA", "--momentum-teacher", "1.5"], "momentum_teacher must be in [0, 1], not 1.5"),
+    (["finetune", "--model", "test_resnet", "--data", "DATA", "--recipe", "RECIPE"], "ema_decay must be in [0, 1), not 2; set --ema-decay, or finetune.ema_decay"),
+])
+def test_a_number_out_of_range_is_one_line_before_any_work(capsys, tmp_path, digits, argv, message):
+    recipe = tmp_path / "ema.yaml"
+    recipe.write_text("finetune:\n  ema_decay: 2\n")
+    argv = [{"DATA": digits, "RECIPE": recipe}.get(a, a) for a in argv]
+    code, out, err = run_cli(capsys, *argv, "--out", tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [("--batch-size", "0", "must be at least 1, not 0"), ("--warmup", "-1", "must be at least 0, not -1"),
+                                                  ("--iters", "x", "'x' is not a whole number")])
+def test_eval_takes_whole_numbers_in_range(capsys, flag, value, message):
+    code, _, err = run_cli(capsys, "eval", "--model", "test_vit", "--weights", "none", flag, value)
+    assert code == 2 and err.strip() == f"isoprune: error: isoprune eval: argument {flag}: {message}; see isoprune eval --help"
+
+
 def test_prune_to_a_latency_target(capsys, tmp_path):
     out_dir = tmp_path / "out"
     code, out, err = run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--target", "latency=70%",
