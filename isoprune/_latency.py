@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ._errors import IsopruneError
+from ._plan import figure
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MORE = 3
@@ -158,5 +159,5 @@ class Timer:
             del pruned
             self.shapes.append({"macs": pruning.macs["after"], "ms": ms, "rounds": len(times)})
             self._bar.update()
-            self._bar.set_postfix_str(f"{pruning.macs['after'] / 1e9:.3f} G MACs: {ms:.2f} ms in {len(times)} rounds")
+            self._bar.set_postfix_str(f"{figure(pruning.macs['after'], 'macs')} MACs: {ms:.2f} ms in {len(times)} rounds")
         return ms

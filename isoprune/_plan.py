@@ -209,7 +209,7 @@ class PruningPlan:
                         f"timed {s['before']:.2f} ms -> {s['after']:.2f} ms, ratios scaled by {s['scale']:.4f}{filled}")
         elif s:
             rows.append(f"{s['metric']} budget {Budget(s['metric'], s['budget'])}: ratios scaled by {s['scale']:.4f}{filled}")
-        rows.append(f"MACs {m['before'] / 1e9:.3f} G -> {m['after'] / 1e9:.3f} G, params {p['before'] / 1e6:.3f} M -> {p['after'] / 1e6:.3f} M")
+        rows.append(before_after(m, p))
         return "\n".join(rows)
 
 
@@ -351,7 +351,21 @@ class Budget:
             return f"{self.fraction:.0%} of the {self._NAMES[self.metric]}"
         if self.metric == "latency":
             return f"{self.value:.2f} ms"
-        return f"{self.value / 1e9:.3f} G MACs" if self.metric == "macs" else f"{self.value / 1e6:.3f} M params"
+        return f"{figure(self.value, self.metric)} {'MACs' if self.metric == 'macs' else 'params'}"
+
+
+def figure(value: float, metric: str, like: float | None = None) -> str:
+    """A count of MACs or params with its unit (``17.679 G``, ``22.050 M``, ``4.186 M``): G for MACs
+    from 0.1 G, else M from 0.1 M, else K; in the unit ``like`` would take, to set two side by side."""
+    scale = value if like is None else like
+    unit, size = ("G", 1e9) if metric == "macs" and scale >= 1e8 else ("M", 1e6) if scale >= 1e5 else ("K", 1e3)
+    return f"{value / size:.3f} {unit}"
+
+
+def before_after(macs: dict, params: dict) -> str:
+    """``MACs 17.679 G -> 4.163 G, params 87.338 M -> 20.690 M``, from a plan's ``macs`` and ``params``."""
+    return (f"MACs {figure(macs['before'], 'macs')} -> {figure(macs['after'], 'macs', macs['before'])}, "
+            f"params {figure(params['before'], 'params')} -> {figure(params['after'], 'params', params['before'])}")
 
 
 def model_name(model) -> str:

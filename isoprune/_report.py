@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ._plan import PruningPlan
+from ._plan import PruningPlan, before_after
 
 
 def draw_report(pruning: PruningPlan, path: Path, scores: dict[int, torch.Tensor] | None = None) -> Path:
@@ -22,11 +22,7 @@ def draw_report(pruning: PruningPlan, path: Path, scores: dict[int, torch.Tensor
     _widths(axes[0][0], pruning)
     if scores:
         _importance(axes[1][0], pruning, scores)
-    m, p = pruning.macs, pruning.params
-    fig.suptitle(
-        f"{pruning.model}: MACs {m['before'] / 1e9:.3f} G -> {m['after'] / 1e9:.3f} G, "
-        f"params {p['before'] / 1e6:.2f} M -> {p['after'] / 1e6:.2f} M"
-    )
+    fig.suptitle(f"{pruning.model}: {before_after(pruning.macs, pruning.params)}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

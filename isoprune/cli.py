@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__, _dist, _io, _models, _pipeline, _recipes
 from ._errors import IsopruneError
 from ._latency import DTYPES, described
-from ._plan import KINDS, SCOPES, Budget, PruningPlan
+from ._plan import KINDS, SCOPES, Budget, PruningPlan, before_after, figure
 from ._recalibrate import batch_norms
 
 
@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     i = sub.add_parser("inspect", help="show a model's isomorphic groups, or summarise a pruned model")
-    i.add_argument("path", nargs="?", help="a directory written by isoprune prune")
+    i.add_argument("path", nargs="?", help="a directory written by isoprune prune, or a plan file (plan.yaml)")
     i.add_argument("--model", help="timm model name or alias")
     i.add_argument("--input-size", type=_number())
     i.add_argument("--json", action="store_true")
@@ -301,7 +301,7 @@ def cmd_eval(args) -> int:
     result = run(_source(args), args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size,
                  batch_size=args.batch_size, device=args.device, workers=args.workers, warmup=args.warmup, iters=args.iters,
                  dtype=args.dtype, channels_last=args.channels_last)
-    rows = [f"{result['model']}: {result['macs'] / 1e9:.3f} G MACs, {result['params'] / 1e6:.3f} M params, input {result['input_size']}"]
+    rows = [f"{result['model']}: {figure(result['macs'], 'macs')} MACs, {figure(result['params'], 'params')} params, input {result['input_size']}"]
     if "top1" in result:
         rows.append(f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, loss {result['loss']:.4f} on {result['images']} images")
     rows.append(f"latency {result['latency_ms']:.2f} ms (IQR {result['latency_iqr_ms']:.2f}) at batch {result['batch_size']} on "
@@ -311,6 +311,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    if args.path and Path(args.path).is_file() and Path(args.path).suffix in (".yaml", ".yml", ".json"):  # a plan file
+        pruning = PruningPlan.load(args.path)
+        made_on = f", made on {pruning.made_on}" if pruning.made_on else ""
+        _emit(f"plan for {pruning.model}, input {pruning.input_size}{made_on}\n{_describe(pruning)}", _pipeline.summary(pruning), args.json)
+        return 0
     if args.path:
         metadata = _io.read_metadata(args.path)
         pruning = PruningPlan.from_dict(metadata["plan"])
@@ -320,9 +325,9 @@ def cmd_inspect(args) -> int:
         earlier = [PruningPlan.from_dict(d) for d in metadata.get("earlier", [])]
         if earlier:  # pruned again: the plan above starts from what the earlier ones left
             source = _io.pruned_from(metadata) or "a saved model"
-            text += (f"\npruned further from {source} ({len(earlier) + 1} plans in all); from the base: "
-                     f"MACs {earlier[0].macs['before'] / 1e9:.3f} G -> {pruning.macs['after'] / 1e9:.3f} G, "
-                     f"params {earlier[0].params['before'] / 1e6:.3f} M -> {pruning.params['after'] / 1e6:.3f} M")
+            text += (f"\npruned further from {source} ({len(earlier) + 1} plans in all); from the base: " +
+                     before_after({"before": earlier[0].macs["before"], "after": pruning.macs["after"]},
+                                  {"before": earlier[0].params["before"], "after": pruning.params["after"]}))
         result = {"base": base, "input_size": size, **_pipeline.summary(pruning, Path(args.path))}
         if earlier:
             result["earlier"] = [_pipeline.summary(p) for p in earlier]
@@ -339,7 +344,7 @@ def cmd_inspect(args) -> int:
     inputs = _pipeline.meta_example(model, args.input_size)
     groups = isomorphic_groups(model, inputs)
     macs, params = count(model, inputs)
-    rows = [f"{_models.resolve(args.model)}: {macs / 1e9:.3f} G MACs, {params / 1e6:.3f} M params, {len(groups)} isomorphic groups"]
+    rows = [f"{_models.resolve(args.model)}: {figure(macs, 'macs')} MACs, {figure(params, 'params')} params, {len(groups)} isomorphic groups"]
     for iso in groups:
         rows.append(f"{iso.signature:<24} {iso.kind:<9} {len(iso.groups):>3} groups, channels {sum(iso.channels)}")
         for g in iso.groups:

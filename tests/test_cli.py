@@ -13,6 +13,7 @@ import torch
 
 import isoprune
 from isoprune import _data, _finetune, _models, _pipeline, _recipes, cli
+from isoprune._plan import figure
 
 from conftest import run_cli
 
@@ -42,7 +43,23 @@ def test_inspect(capsys, tmp_path):
     assert code == 0 and {g["kind"] for g in data["groups"]} >= {"mlp"}
     run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--ratios", "0.3", "--input-size", "64", "--out", tmp_path / "m")
     code, out, _ = run_cli(capsys, "inspect", tmp_path / "m")
-    assert code == 0 and "base timm:test_resnet {}, input [3, 64, 64]" in out and "MACs" in out
+    assert code == 0 and "base timm:test_resnet {}, input [3, 64, 64]" in out
+    plan = isoprune.PruningPlan.load(tmp_path / "m" / "plan.yaml")
+    m = plan.macs  # a small model's figures in M, not 0.0xx G
+    assert f"MACs {m['before'] / 1e6:.3f} M -> {m['after'] / 1e6:.3f} M, params" in out and m["before"] < 1e8
+    code, from_file, _ = run_cli(capsys, "inspect", tmp_path / "m" / "plan.yaml")  # a plan file alone
+    assert code == 0 and from_file.startswith("plan for test_resnet, input [3, 64, 64]\n")
+    assert from_file.split("\n", 1)[1] == out.split("\n", 1)[1]  # the same plan and layers as the directory shows
+    code, as_json, _ = run_cli(capsys, "inspect", tmp_path / "m" / "plan.yaml", "--json")
+    assert code == 0 and json.loads(as_json)["macs"] == m
+
+
+@pytest.mark.parametrize("value, metric, like, text", [
+    (17.679e9, "macs", None, "17.679 G"), (2.083e6, "macs", None, "2.083 M"), (0.9e8, "macs", 1.5e8, "0.090 G"),
+    (22.05e6, "params", None, "22.050 M"), (2.09e4, "params", None, "20.900 K"), (209e3, "params", None, "0.209 M"),
+])
+def test_figures_take_a_readable_unit(value, metric, like, text):
+    assert figure(value, metric, like) == text
 
 
 def test_a_reader_that_goes_away_is_no_traceback():
