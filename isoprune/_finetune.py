@@ -167,10 +167,15 @@ def _loaders(opts: Options, cfg, model, env: _dist.Env):
 
     config = _data.data_config(model, opts.input_size)
     if cfg.augment:
-        train_tf = timm.data.create_transform(
-            config["input_size"], is_training=True, auto_augment=cfg.randaugment, re_prob=cfg.reprob,
-            interpolation=cfg.interpolation, mean=config["mean"], std=config["std"],
-        )
+        try:
+            train_tf = timm.data.create_transform(
+                config["input_size"], is_training=True, auto_augment=cfg.randaugment, re_prob=cfg.reprob,
+                interpolation=cfg.interpolation, mean=config["mean"], std=config["std"],
+            )
+        except (AssertionError, KeyError, ValueError) as exc:  # timm asserts on an unknown policy, looks up the interpolation
+            raise IsopruneError(f"timm cannot build the training transforms (randaugment {cfg.randaugment!r}, "
+                                f"interpolation {cfg.interpolation!r}): {exc}",
+                                hint="give a timm policy (rand-m9-mstd0.5-inc1, augmix-m5-w4-d2 ...) and bicubic, bilinear or nearest") from exc
     else:
         train_tf = timm.data.create_transform(**config, is_training=False)
     val_tf = timm.data.create_transform(**config, is_training=False)

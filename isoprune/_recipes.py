@@ -46,14 +46,23 @@ class Limited:
     ``SECTION`` names the recipe section the fields come from."""
 
     LIMITS: ClassVar[dict[str, Range]] = {}
+    PAIRS: ClassVar[dict[str, tuple[Range, bool]]] = {}  # two numbers within the range; True: the smaller first
     SECTION: ClassVar[str] = ""
 
     def __post_init__(self):
         for name, limit in self.LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in limit:
-                where = f", or {self.SECTION}.{name} in a recipe" if self.SECTION else ""
-                raise IsopruneError(f"{name} must be {limit}, not {value:g}", hint=f"set --{name.replace('_', '-')}{where}")
+                self._refuse(name, f"must be {limit}, not {value:g}")
+        for name, (limit, ordered) in self.PAIRS.items():
+            value = getattr(self, name)
+            if len(value) != 2 or any(v not in limit for v in value) or (ordered and value[0] > value[1]):
+                order = ", the smaller first" if ordered else ""
+                self._refuse(name, f"must be two numbers {limit}{order}, not {' '.join(f'{v:g}' for v in value) or 'none'}")
+
+    def _refuse(self, name: str, what: str):
+        where = f", or {self.SECTION}.{name} in a recipe" if self.SECTION else ""
+        raise IsopruneError(f"{name} {what}", hint=f"set --{name.replace('_', '-')}{where}")
 
 
 @dataclass
@@ -134,6 +143,7 @@ class FinetuneConfig(Limited):
               "decay_rate": POSITIVE, "warmup_epochs": NONNEGATIVE, "layer_decay": Range(0, 1, low_in=False), "mixup": NONNEGATIVE,
               "cutmix": NONNEGATIVE, "reprob": SHARE, "smoothing": FRACTION, "drop_path": FRACTION, "drop": FRACTION,
               "clip_grad": NONNEGATIVE, "ema_decay": FRACTION, "distill_alpha": SHARE, "distill_tau": POSITIVE}
+    PAIRS = {"betas": (FRACTION, False)}
 
 
 @dataclass
@@ -195,6 +205,7 @@ class SSLConfig(Limited):
               "teacher_temp": POSITIVE, "warmup_teacher_temp": POSITIVE, "warmup_teacher_temp_epochs": NONNEGATIVE,
               "student_temp": POSITIVE, "center_momentum": SHARE, "local_crops_number": NONNEGATIVE, "local_crops_size": COUNT,
               "drop_path": FRACTION, "knn_k": COUNT, "knn_temperature": POSITIVE}
+    PAIRS = {"global_crops_scale": (Range(0, 1, low_in=False), True), "local_crops_scale": (Range(0, 1, low_in=False), True)}
 
 
 @dataclass

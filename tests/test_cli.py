@@ -375,6 +375,13 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, case):
     (["ssl", "--model", "test_vit", "--data", "DATA", "--local-crops-number", "-1"], "local_crops_number must be at least 0, not -1"),
     (["ssl", "--model", "test_vit", "--data", "DATA", "--momentum-teacher", "1.5"], "momentum_teacher must be in [0, 1], not 1.5"),
     (["finetune", "--model", "test_resnet", "--data", "DATA", "--recipe", "RECIPE"], "ema_decay must be in [0, 1), not 2; set --ema-decay, or finetune.ema_decay"),
+    (["finetune", "--model", "test_resnet", "--data", "DATA", "--betas", "0.9"], "betas must be two numbers in [0, 1), not 0.9"),
+    (["ssl", "--model", "test_vit", "--data", "DATA", "--global-crops-scale", "0.9", "0.1"],
+     "global_crops_scale must be two numbers in (0, 1], the smaller first, not 0.9 0.1"),
+    (["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", "DATA", "--randaugment", "bogus"],
+     "timm cannot build the training transforms (randaugment 'bogus', interpolation 'bicubic'): Unknown AA policy bogus"),
+    (["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", "DATA", "--interpolation", "weird"],
+     "timm cannot build the training transforms (randaugment None, interpolation 'weird')"),
 ])
 def test_a_number_out_of_range_is_one_line_before_any_work(capsys, tmp_path, digits, argv, message):
     recipe = tmp_path / "ema.yaml"
