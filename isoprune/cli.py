@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import types
 import typing
@@ -357,6 +358,22 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _out_of_memory(exc: RuntimeError) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
+
+
+def _memory_detail(exc: RuntimeError) -> str:
+    """What an out-of-memory error asked for: ``CUDA out of memory. Tried to allocate 2.00 GiB``,
+    or the size a CPU allocation was refused (torch words it as an internal assertion)."""
+    from ._memory import readable
+
+    text = " ".join(str(exc).split())
+    refused = re.search(r"tried to allocate (\d+) bytes", text)
+    return f"the CPU could not give {readable(int(refused.group(1)))}" if refused else ". ".join(text.split(". ")[:2]).rstrip(".")
+
+
 def main(argv=None) -> int:
     # warnings only: library chatter (timm's "Loading pretrained weights ...") would come before,
     # and blur, the one line an error gets; downloads still show their progress bars
@@ -367,6 +384,12 @@ def main(argv=None) -> int:
         return commands[args.command](args)
     except IsopruneError as err:
         print(f"isoprune: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # torch's out of memory (CUDA's, or a CPU allocation refused) is the user's to fix
+        if not _out_of_memory(exc):
+            raise
+        print(f"isoprune: error: out of memory ({_memory_detail(exc)}); lower --batch-size (or --latency-batch), give a smaller "
+              "--input-size, or use a device with more memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("isoprune: interrupted", file=sys.stderr)

@@ -12,7 +12,7 @@ import timm
 import torch
 
 import isoprune
-from isoprune import _data, _finetune, _models, _pipeline, _recipes, cli
+from isoprune import _data, _eval, _finetune, _models, _pipeline, _recipes, cli
 from isoprune._plan import figure
 
 from conftest import run_cli
@@ -390,6 +390,31 @@ def test_a_number_out_of_range_is_one_line_before_any_work(capsys, tmp_path, dig
     code, out, err = run_cli(capsys, *argv, "--out", tmp_path / "out")
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("error, said", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.1 GiB"),
+     "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+                  "allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"), "out of memory (the CPU could not give 37.3 GiB)"),
+])
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch, error, said):
+    def short(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(_eval, "latency", short)
+    code, _, err = run_cli(capsys, "eval", "--model", "test_vit", "--weights", "none")
+    assert code == 2 and err.strip() == (f"isoprune: error: {said}; lower --batch-size (or --latency-batch), give a smaller "
+                                         "--input-size, or use a device with more memory")
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(_eval, "latency", broken)
+    with pytest.raises(RuntimeError, match="a bug of ours"):
+        cli.main(["eval", "--model", "test_vit", "--weights", "none"])
 
 
 @pytest.mark.parametrize("flag, value, message", [("--batch-size", "0", "must be at least 1, not 0"), ("--warmup", "-1", "must be at least 0, not -1"),
