@@ -111,7 +111,7 @@ class Estimate:
         self.device, self.image = device, image
         self.sharing = local_processes if device.type == "cpu" else 1
         self.headroom = HEADROOM.get(device.type, GPU_HEADROOM)
-        self.trained = sum(p.numel() * p.elementreadable() for p in model.parameters() if p.requires_grad)
+        self.trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         self.copies = copies
         self.slope, self.fixed = per_image(model, forward, device) if self.free is not None else (0.0, 0.0)
 
@@ -157,7 +157,7 @@ def check_batch(model: nn.Module, forward: Callable[[int], object], batch: int, 
     raise IsopruneError(f"a {what} of {per_process} per process needs {est.measured(per_process)}, more than the {est.where()}", hint=hint)
 
 
-def piecereadable(model: nn.Module, forward: Callable[[int], object], batch: int, device: torch.device, *,
+def piece_size(model: nn.Module, forward: Callable[[int], object], batch: int, device: torch.device, *,
                copies: int, local_processes: int = 1, image: str = "image", what: str = "batch") -> int | None:
     """How many images of a batch of ``batch`` (no gradient step: a gradient criterion's
     calibration) to put through the model at once: None where the whole batch fits; else the size
