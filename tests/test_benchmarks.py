@@ -84,3 +84,14 @@ def test_memory_estimate_sets_the_check_beside_training_steps(tmp_path):
     assert all(math.isclose(r["ratio"], r["estimate_gib"] / r["step_gib"]) for r in (small, large))
     assert "test_resnet" in out.splitlines()[1]
     assert (tmp_path / "memory_estimate.png").stat().st_size > 10_000
+
+
+def test_calibration_pieces_measures_each_split_against_the_whole_batch(tmp_path):
+    out = run("calibration_pieces.py", "--models", "test_resnet", "--batch", "4", "--pieces", "2", "1", "--out", tmp_path)
+    saved = json.loads((tmp_path / "calibration_pieces.json").read_text())
+    assert saved["complete"] and saved["command"].startswith("python benchmarks/calibration_pieces.py --models test_resnet")
+    rows = saved["rows"]
+    assert [r["piece"] for r in rows] == [4, 2, 1] and rows[0]["farthest"] == 0
+    assert all(r["farthest"] < 1e-4 and r["peak_gib"] > 0 and r["seconds"] > 0 for r in rows)  # the same statistics, split or not
+    assert len(out.splitlines()) == 1 + len(rows) + 1  # header, rows, where it saved
+    assert (tmp_path / "calibration_pieces.png").stat().st_size > 10_000
