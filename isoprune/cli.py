@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", help="l1, l2 (default), taylor, hessian or random")
     p.add_argument("--data", help="ImageFolder for taylor/hessian calibration (DIR or DIR/train)")
     p.add_argument("--calib-batches", type=int, help="calibration batches (default 50)")
-    p.add_argument("--batch-size", type=int, help="calibration batch size (default 64)")
+    p.add_argument("--batch-size", type=int, help="calibration batch size (default 64; one that does not fit in memory goes through in pieces)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where calibration runs (torchrun: one GPU per process)")
     p.add_argument("--recalibrate-bn", type=int, metavar="N",
                    help="measure the pruned model's BatchNorm statistics again on N batches of --data (default 0: keep the original's)")
