@@ -185,6 +185,9 @@ def _loaders(opts: Options, cfg, model, env: _dist.Env):
         _data.check_classes(ds, model, str(where))
     if cfg.batch_size % env.world:
         raise IsopruneError(f"batch size {cfg.batch_size} does not split over {env.world} processes", hint="give a multiple of the process count")
+    if (cfg.batch_size // env.world) % cfg.grad_accum_steps:
+        raise IsopruneError(f"a batch of {cfg.batch_size // env.world} per process does not split into {cfg.grad_accum_steps} equal steps",
+                            hint="give a --grad-accum-steps that divides it")
     if len(train) < cfg.batch_size:
         raise IsopruneError(f"{opts.data}/train has {len(train)} images, fewer than one batch of {cfg.batch_size}", hint="lower --batch-size")
 
@@ -305,14 +308,15 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
             if mixup is not None:
                 images, targets = mixup(images, targets)
             try:
-                with cast:
-                    loss = criterion(trained(images), images, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss = _accumulate(trained, criterion, images, targets, cfg.grad_accum_steps, cast, scaler, env.world > 1)
                 if not torch.isfinite(loss):
                     raise IsopruneError(f"the loss is {loss.item()} at epoch {epoch + 1}", hint="lower --lr, or set --clip-grad")
-                optimizer.zero_grad(set_to_none=True)
-                _step(loss, optimizer, scaler, model, cfg.clip_grad)
+                _update(optimizer, scaler, model, cfg.clip_grad)
             except torch.cuda.OutOfMemoryError as exc:
-                raise IsopruneError(f"out of GPU memory at {len(images)} images per process", hint="lower --batch-size") from exc
+                step = len(images) // cfg.grad_accum_steps
+                raise IsopruneError(f"out of GPU memory at {step} images per process and step",
+                                    hint="raise --grad-accum-steps (the same batch, in more steps), or lower --batch-size") from exc
             updates += 1
             scheduler.step_update(num_updates=updates)
             if ema is not None:
@@ -339,6 +343,24 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
     return {"epochs": len(history), "last": history[-1] if history else None, "best": best, "out": str(out)}
 
 
+def _accumulate(trained: nn.Module, criterion, images, targets, steps: int, cast, scaler, ddp: bool) -> torch.Tensor:
+    """Forward and backward over a batch in ``steps`` equal pieces, each piece's loss weighted by
+    its share, so that the gradients add up to the whole batch's (BatchNorm sees one piece at a
+    time, as it sees one process's share under DDP); DDP synchronises the last piece's only.
+    Returns the batch's loss, detached."""
+    total = None
+    pieces = list(zip(images.chunk(steps), targets.chunk(steps)))
+    for i, (x, y) in enumerate(pieces):
+        with trained.no_sync() if ddp and i < len(pieces) - 1 else nullcontext():
+            with cast:
+                loss = criterion(trained(x), x, y) * (len(x) / len(images))
+            if not torch.isfinite(loss):
+                return loss.detach()
+            _backward(loss, scaler)
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
 def _check_memory(model: nn.Module, cfg, size, device: torch.device, cast, env: _dist.Env) -> None:
     """Refuse a batch that cannot fit before the first step (``_memory.check_batch``)."""
 
@@ -349,7 +371,7 @@ def _check_memory(model: nn.Module, cfg, size, device: torch.device, cast, env: 
     model.train()
     states = 1 if any(k in cfg.opt for k in ("sgd", "momentum", "lion")) else 2  # AdamW keeps two tensors per parameter
     _memory.check_batch(model, forward, cfg.batch_size, device, copies=_memory.training_copies(states, env.world), processes=env.world,
-                        local_processes=_memory.local_processes(), image=f"{size[-2]}x{size[-1]} image")
+                        local_processes=_memory.local_processes(), image=f"{size[-2]}x{size[-1]} image", steps=cfg.grad_accum_steps)
 
 
 def config(source_metadata: dict | None, recipe: str | None = None, **overrides) -> _recipes.FinetuneConfig:
@@ -404,9 +426,18 @@ def optimization(model: nn.Module, cfg, updates_per_epoch: int):
 
 
 def _step(loss, optimizer, scaler, model, clip_grad, frozen=(), per_parameter: bool = False) -> None:
-    """Backward, clip (unscaled: the global norm, or each parameter's own as DINO does), drop the
-    gradients of ``frozen`` parameters, step."""
+    """Backward, then ``_update``."""
+    _backward(loss, scaler)
+    _update(optimizer, scaler, model, clip_grad, frozen, per_parameter)
+
+
+def _backward(loss, scaler) -> None:
     (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def _update(optimizer, scaler, model, clip_grad, frozen=(), per_parameter: bool = False) -> None:
+    """Clip the gradients backward left (unscaled: the global norm, or each parameter's own as
+    DINO does), drop those of ``frozen`` parameters, step."""
     if clip_grad:
         if scaler is not None:
             scaler.unscale_(optimizer)

@@ -136,25 +136,34 @@ def readable(n: float) -> str:
 
 
 def check_batch(model: nn.Module, forward: Callable[[int], object], batch: int, device: torch.device, *,
-                copies: int, processes: int = 1, local_processes: int = 1, image: str = "image", what: str = "batch") -> None:
+                copies: int, processes: int = 1, local_processes: int = 1, image: str = "image", what: str = "batch",
+                steps: int | None = None) -> None:
     """Refuse, in one line, a batch (global, over ``processes``) whose activations, with ``copies``
     tensors the size of the trained parameters still to come, do not fit in the memory free on
-    ``device`` (on a CPU, shared by the ``local_processes`` of this machine), with the largest
-    power of two that does; warn where little room is left."""
+    ``device`` (on a CPU, shared by the ``local_processes`` of this machine); warn where little
+    room is left. Where the batch is taken in ``steps`` of gradient accumulation (fine-tuning),
+    one step's images are what must fit, and the hint gives the steps that make the same batch
+    fit; otherwise it gives the largest power of two that does."""
     est = Estimate(model, forward, device, copies=copies, local_processes=local_processes, image=image)
     per_process = batch // processes
-    if est.fits(per_process, spare=WARN):
+    at_once = per_process // (steps or 1)
+    if est.fits(at_once, spare=WARN):
         return
-    if est.fits(per_process):
-        log.warning("a %s of %d per process needs %s, close to the %s; it may run out of memory", what, per_process,
-                    est.measured(per_process), est.where())
+    said = f"a {what} of {per_process} per process" + (f" in {steps} steps of {at_once}" if steps and steps > 1 else "")
+    if est.fits(at_once):
+        log.warning("%s needs %s, close to the %s; it may run out of memory", said, est.measured(at_once), est.where())
         return
-    fits = 2 * processes
-    while est.fits(2 * fits // processes):
-        fits *= 2
-    hint = (f"pass --batch-size {fits} (about the most that fits)" if est.fits(fits // processes)
-            else "it does not fit at any batch size: give a smaller --input-size, or a device with more memory")
-    raise IsopruneError(f"a {what} of {per_process} per process needs {est.measured(per_process)}, more than the {est.where()}", hint=hint)
+    nowhere = "it does not fit at any batch size: give a smaller --input-size, or a device with more memory"
+    if steps:
+        more = next((s for s in range(steps, per_process + 1) if per_process % s == 0 and est.fits(per_process // s, spare=WARN)), None)
+        hint = nowhere if more is None else (f"pass --grad-accum-steps {more} ({more} steps of {per_process // more} images per "
+                                             "process make the same batch), or a smaller --batch-size")
+    else:
+        fits = 2 * processes
+        while est.fits(2 * fits // processes):
+            fits *= 2
+        hint = f"pass --batch-size {fits} (about the most that fits)" if est.fits(fits // processes) else nowhere
+    raise IsopruneError(f"{said} needs {est.measured(at_once)}, more than the {est.where()}", hint=hint)
 
 
 def piece_size(model: nn.Module, forward: Callable[[int], object], batch: int, device: torch.device, *,

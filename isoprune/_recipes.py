@@ -103,7 +103,9 @@ class PruneConfig(Limited):
 class FinetuneConfig(Limited):
     """Fine-tuning hyper-parameters, named as timm's factories and train script name them.
 
-    ``batch_size`` is the global batch (split over torchrun's processes). ``teacher``: ``original``
+    ``batch_size`` is the global batch (split over torchrun's processes, and within each process
+    into ``grad_accum_steps`` forward and backward passes whose gradients make one step: the same
+    batch in less memory). ``teacher``: ``original``
     (the unpruned model the plan came from), a timm model name, a checkpoint path, or ``none``;
     ``distillation``: ``soft`` (KL at temperature ``distill_tau``), ``hard`` (DeiT's: cross-entropy
     on the teacher's class), weighted by ``distill_alpha`` against the label loss. ``augment: false``
@@ -111,6 +113,7 @@ class FinetuneConfig(Limited):
 
     epochs: int = 300
     batch_size: int = 1024
+    grad_accum_steps: int = 1
     opt: str = "adamw"
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -139,8 +142,8 @@ class FinetuneConfig(Limited):
     amp: bool = True
 
     SECTION = "finetune"
-    LIMITS = {"epochs": COUNT, "batch_size": COUNT, "lr": POSITIVE, "weight_decay": NONNEGATIVE, "momentum": SHARE,
-              "decay_rate": POSITIVE, "warmup_epochs": NONNEGATIVE, "layer_decay": Range(0, 1, low_in=False), "mixup": NONNEGATIVE,
+    LIMITS = {"epochs": COUNT, "batch_size": COUNT, "grad_accum_steps": COUNT, "lr": POSITIVE, "weight_decay": NONNEGATIVE,
+              "momentum": SHARE, "decay_rate": POSITIVE, "warmup_epochs": NONNEGATIVE, "layer_decay": Range(0, 1, low_in=False), "mixup": NONNEGATIVE,
               "cutmix": NONNEGATIVE, "reprob": SHARE, "smoothing": FRACTION, "drop_path": FRACTION, "drop": FRACTION,
               "clip_grad": NONNEGATIVE, "ema_decay": FRACTION, "distill_alpha": SHARE, "distill_tau": POSITIVE}
     PAIRS = {"betas": (FRACTION, False)}

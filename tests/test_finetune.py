@@ -96,15 +96,20 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(capsys, tmp_p
 
 
 def test_two_processes_train_what_one_does(tmp_path, digits):
-    """torchrun with 2 CPU processes (gloo), same global batch: the same final weights."""
+    """torchrun with 2 CPU processes (gloo), same global batch: the same final weights; and the
+    same again with each process's batch taken in 4 steps of gradient accumulation (a ConvNeXt:
+    LayerNorm, so a piece of the batch is normalised as the whole would be)."""
     args = ["-m", "isoprune.cli", "finetune", "--model", "test_convnext", "--weights", "none", "--num-classes", "10", "--data",
             digits, *SIZE, "--epochs", "2", "--batch-size", "32", "--opt", "sgd", "--lr", "0.05", "--no-augment", "--teacher", "none"]
     torchrun(*args, "--out", tmp_path / "one", processes=1)
     torchrun(*args, "--out", tmp_path / "two")
-    a, b = _weights(tmp_path / "one" / "last"), _weights(tmp_path / "two" / "last")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4, msg=key)
+    torchrun(*args, "--grad-accum-steps", "4", "--out", tmp_path / "two-in-steps")
+    a = _weights(tmp_path / "one" / "last")
+    for other in ("two", "two-in-steps"):
+        b = _weights(tmp_path / other / "last")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4, msg=f"{other}: {key}")
     rows_one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     rows_two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert rows_one[-1]["top1"] == pytest.approx(rows_two[-1]["top1"], abs=0.6)  # all 360 val images, counted once

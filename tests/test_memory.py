@@ -1,4 +1,5 @@
 """The memory check before training: what it measures, and what a user sees when a batch cannot fit."""
+import json
 import logging
 
 import pytest
@@ -106,12 +107,15 @@ def test_finetune_refuses_a_batch_that_cannot_fit_before_it_writes_anything(monk
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("isoprune: error: a batch of 1024 per process needs about") and "64x64 image" in err
-    assert "more than the 200.0 MiB free on cpu; pass --batch-size" in err
-    suggested = int(err.split("--batch-size ")[1].split()[0])
-    assert 2 <= suggested < 1024 and not out.exists()
+    assert "more than the 200.0 MiB free on cpu; pass --grad-accum-steps" in err and "or a smaller --batch-size" in err
+    steps = int(err.split("--grad-accum-steps ")[1].split()[0])
+    assert 2 <= steps < 1024 and f"({steps} steps of {1024 // steps} images per process make the same batch)" in err
+    assert not out.exists()
     code = cli.main(["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", str(digits),
-                     "--input-size", "64", "--epochs", "1", "--stop-after", "1", "--batch-size", str(suggested), "--out", str(out)])
+                     "--input-size", "64", "--epochs", "1", "--stop-after", "1", "--batch-size", "1024", "--grad-accum-steps", str(steps),
+                     "--out", str(out)])
     assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())[0]["epoch"] == 1
 
 
 def test_prune_calibrates_a_batch_that_cannot_fit_in_pieces_to_the_same_plan(monkeypatch, capsys, caplog, tmp_path, digits):
