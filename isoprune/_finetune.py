@@ -317,6 +317,12 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
                 step = len(images) // cfg.grad_accum_steps
                 raise IsopruneError(f"out of GPU memory at {step} images per process and step",
                                     hint="raise --grad-accum-steps (the same batch, in more steps), or lower --batch-size") from exc
+            except ValueError as exc:
+                if "Expected more than 1 value per channel" not in str(exc):
+                    raise
+                raise IsopruneError(f"BatchNorm cannot train on {len(images) // cfg.grad_accum_steps} image at a time: "
+                                    "one of its layers sees a single value per channel",
+                                    hint="give at least 2 images per process and step (--batch-size, --grad-accum-steps)") from exc
             updates += 1
             scheduler.step_update(num_updates=updates)
             if ema is not None:

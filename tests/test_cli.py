@@ -382,6 +382,10 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, case):
      "timm cannot build the training transforms (randaugment 'bogus', interpolation 'bicubic'): Unknown AA policy bogus"),
     (["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", "DATA", "--interpolation", "weird"],
      "timm cannot build the training transforms (randaugment None, interpolation 'weird')"),
+    (["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", "DATA", "--input-size", "32",
+      "--batch-size", "64", "--grad-accum-steps", "3"], "a batch of 64 per process does not split into 3 equal steps"),
+    (["finetune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10", "--data", "DATA", "--input-size", "32",
+      "--batch-size", "64", "--grad-accum-steps", "64"], "BatchNorm cannot train on 1 image at a time"),
 ])
 def test_a_number_out_of_range_is_one_line_before_any_work(capsys, tmp_path, digits, argv, message):
     recipe = tmp_path / "ema.yaml"
