@@ -257,17 +257,17 @@ def evaluate(model: nn.Module, loader, device: torch.device, env: _dist.Env | No
     return {"loss": loss / max(n, 1), "top1": 100 * top1 / max(n, 1), "top5": 100 * top5 / max(n, 1), "images": int(n)}
 
 
-def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig) -> dict:
+def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig, given: dict | None = None) -> dict:
     """Train ``source`` (a pruned directory or a model name) on ``opts.data``; returns the final
-    and best metrics. Under torchrun every process calls this; rank 0 alone writes."""
+    and best metrics. Under torchrun every process calls this; rank 0 alone writes. A resumed run
+    keeps its settings; of ``given`` (those asked for), only ``grad_accum_steps`` may change."""
     import timm.data
     from timm.utils import ModelEmaV3
 
     out = Path(opts.out)
     if opts.resume:
-        state, cfg = _read_checkpoint(out)
-        saved = state["header"]["options"]
-        opts = replace(opts, **{k: saved[k] for k in ("input_size", "num_classes", "weights", "seed")})
+        state, saved = _read_checkpoint(out)
+        cfg, opts = resumed(saved, state["header"]["options"], opts, given or {}, how=("grad_accum_steps",))
     else:
         _io.check_writable(out, opts.force)
         state = None
@@ -409,7 +409,26 @@ def run(source: str | Path, data: str | Path, out: str | Path | None = None, *, 
     name = Path(source).resolve().name if is_dir else _models.architecture(source)
     opts = Options(data=str(data), out=str(out or f"finetuned/{name}"),
                    **{k: v for k, v in settings.items() if k in running and v is not None})
-    return finetune(source, opts, cfg)
+    return finetune(source, opts, cfg, settings)
+
+
+KEPT = ("input_size", "num_classes", "weights", "seed")  # the run options a resumed run keeps
+
+
+def resumed(saved, options: dict, opts: Options, given: dict, how=()) -> tuple:
+    """The config and run options a resumed run goes on with: the checkpoint's (``saved``, and the
+    ``options`` it records), where ``how`` settings given anew (how it runs, not what it learns)
+    replace theirs. Any other setting given that differs from the run's is refused, in one line:
+    left alone, it would be silently ignored."""
+    for name, value in given.items():
+        if value is None:
+            continue
+        was = getattr(saved, name) if hasattr(saved, name) else options.get(name, value) if name in KEPT else value
+        if name not in how and value != was and not (isinstance(was, list) and list(value) == was):
+            raise IsopruneError(f"--{name.replace('_', '-')} {value} differs from the resumed run's {was}: a resumed run keeps its settings",
+                                hint="resume without it, or start a new run in another --out" + (f" (only {', '.join(how)} may change)" if how else ""))
+    cfg = replace(saved, **{k: v for k, v in given.items() if k in how and v is not None})
+    return cfg, replace(opts, **{k: options[k] for k in KEPT})
 
 
 def optimization(model: nn.Module, cfg, updates_per_epoch: int):

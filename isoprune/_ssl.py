@@ -303,13 +303,14 @@ def _optimizer(student: Branch) -> torch.optim.Optimizer:
     return torch.optim.AdamW([{"params": decayed}, {"params": plain, "weight_decay": 0.0}])
 
 
-def train(source: str, opts: Options, cfg: _recipes.SSLConfig) -> dict:
+def train(source: str, opts: Options, cfg: _recipes.SSLConfig, given: dict | None = None) -> dict:
     """DINO on ``opts.data``/train with ``cfg``'s token reduction; returns the epochs run, the last
-    epoch's metrics and ``out``. Under torchrun every process calls this; rank 0 alone writes."""
+    epoch's metrics and ``out``. Under torchrun every process calls this; rank 0 alone writes. A
+    resumed run keeps its settings: one of ``given`` (those asked for) that differs is refused."""
     out = Path(opts.out)
     if opts.resume:
-        state, cfg = _read_checkpoint(out)
-        opts = replace(opts, **{k: state["header"]["options"][k] for k in ("input_size", "num_classes", "weights", "seed")})
+        state, saved = _read_checkpoint(out)
+        cfg, opts = _finetune.resumed(saved, state["header"]["options"], opts, given or {})
     else:
         _io.check_writable(out, opts.force)
         state = None
@@ -455,4 +456,4 @@ def run(source: str | Path, data: str | Path, out: str | Path | None = None, *, 
     name = Path(source).resolve().name if Path(source).is_dir() else _models.architecture(source)
     run_options = {"weights": "none", **{k: v for k, v in settings.items() if k in running and v is not None}}
     opts = Options(data=str(data), out=str(out or f"ssl/{name}-{cfg.method}-{cfg.tokens}"), **run_options)
-    return train(source, opts, cfg)
+    return train(source, opts, cfg, settings)

@@ -66,6 +66,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(capsys, tmp_path,
     assert run_cli(capsys, *_finetune_args(trained / "best", digits, tmp_path / "whole"))[0] == 0
     assert run_cli(capsys, *_finetune_args(trained / "best", digits, tmp_path / "split", "--stop-after", "2"))[0] == 0
     assert json.loads((tmp_path / "split" / "last" / "isoprune.json").read_text())["epoch"] == 2
+    # what it learns with is the run's: a different setting would be ignored, so it is refused
+    code, _, err = run_cli(capsys, *_finetune_args(trained / "best", digits, tmp_path / "split", "--resume", "--lr", "0.1"))
+    assert code == 2 and "--lr 0.1 differs from the resumed run's 0.002: a resumed run keeps its settings" in err, err
     assert run_cli(capsys, *_finetune_args(trained / "best", digits, tmp_path / "split", "--resume"))[0] == 0
     for which in ("last", "best"):
         whole, split = _weights(tmp_path / "whole" / which), _weights(tmp_path / "split" / which)
@@ -91,8 +94,11 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(capsys, tmp_p
     monkeypatch.setattr(_finetune.os, "replace", real)
     with safetensors.safe_open(str(tmp_path / "run" / _finetune.CHECKPOINT), "pt") as f:
         assert json.loads(f.metadata()["isoprune"])["epoch"] == 1
-    assert run_cli(capsys, *_finetune_args(trained / "best", digits, tmp_path / "run", "--resume"))[0] == 0
+    # how it runs may change on resume: the same batch in steps, as on a device with less memory
+    assert run_cli(capsys, *_finetune_args(trained / "best", digits, tmp_path / "run", "--resume", "--grad-accum-steps", "2"))[0] == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())[-1]["epoch"] == 3
+    with safetensors.safe_open(str(tmp_path / "run" / _finetune.CHECKPOINT), "pt") as f:
+        assert json.loads(f.metadata()["isoprune"])["finetune"]["grad_accum_steps"] == 2
 
 
 def test_two_processes_train_what_one_does(tmp_path, digits):
