@@ -37,7 +37,9 @@ def test_ssl_trains_writes_a_usable_backbone_and_resumes_exactly(capsys, tmp_pat
     # two epochs at once, or one and a resumed one: the same weights
     assert run_cli(capsys, "ssl", tiny_vit, "--data", digits, *FAST, "--tokens", "simprune", "--keep-rate", "0.7",
                    "--out", tmp_path / "split", "--stop-after", "1")[0] == 0
-    assert run_cli(capsys, "ssl", tiny_vit, "--data", digits, "--out", tmp_path / "split", "--resume")[0] == 0
+    code, _, err = run_cli(capsys, "ssl", tiny_vit, "--data", digits, "--out", tmp_path / "split", "--resume", "--keep-rate", "0.5")
+    assert code == 2 and "--keep-rate 0.5 differs from the resumed run's 0.7: a resumed run keeps its settings" in err, err
+    assert run_cli(capsys, "ssl", tiny_vit, "--data", digits, "--out", tmp_path / "split", "--resume", "--keep-rate", "0.7")[0] == 0
     resumed = safetensors.torch.load_file(str(tmp_path / "split" / "checkpoint.safetensors"))
     assert resumed.keys() == saved.keys()
     for key in saved:
