@@ -425,7 +425,8 @@ def resumed(saved, options: dict, opts: Options, given: dict, how=()) -> tuple:
             continue
         was = getattr(saved, name) if hasattr(saved, name) else options.get(name, value) if name in KEPT else value
         if name not in how and value != was and not (isinstance(was, list) and list(value) == was):
-            raise IsopruneError(f"--{name.replace('_', '-')} {value} differs from the resumed run's {was}: a resumed run keeps its settings",
+            raise IsopruneError(f"--{name.replace('_', '-')} {value} differs from the resumed run's "
+                                f"{'(the default)' if was is None else was}: a resumed run keeps its settings",
                                 hint="resume without it, or start a new run in another --out" + (f" (only {', '.join(how)} may change)" if how else ""))
     cfg = replace(saved, **{k: v for k, v in given.items() if k in how and v is not None})
     return cfg, replace(opts, **{k: options[k] for k in KEPT})
