@@ -94,6 +94,8 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
         spec, metadata = _original(metadata)
     base = metadata["base"]
     path = Path(spec)
+    if spec != "original" and path.is_file() and _io.is_saved(path.parent):  # a pruned model's weights fit no model built by name
+        raise IsopruneError(f"{path} is the weights file of a model isoprune saved", hint=f"pass its directory as --teacher {path.parent}")
     if spec == "original" or (path.suffix and path.is_file()):
         weights = str(path) if spec != "original" else (metadata.get("config") or {}).get("weights", "pretrained")
         if weights == "none":
@@ -117,7 +119,13 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
     elif path.suffix:
         raise IsopruneError(f"no teacher checkpoint at {path}", hint="give an existing file, a directory isoprune wrote, a timm model name, or none")
     else:
-        model = _models.create(spec, "pretrained", input_size=side)
+        try:
+            model = _models.create(spec, "pretrained", input_size=side)
+        except IsopruneError as exc:  # its hint is for --weights, which does not reach the teacher
+            if not exc.message.startswith("could not get pretrained weights"):
+                raise
+            raise IsopruneError(f"teacher {spec}: {exc.message}",
+                                hint="offline? pass --teacher PATH (a checkpoint of it, or a directory isoprune saved), or --teacher none") from exc
     fixed = fixed_size(model)
     if side is not None and fixed not in (None, (side, side)):
         raise IsopruneError(f"the teacher takes {fixed[0]}x{fixed[1]} inputs only, but the student trains at {side}x{side}",

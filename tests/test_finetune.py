@@ -256,6 +256,21 @@ def test_teacher_with_other_classes_is_refused(capsys, tmp_path, digits, trained
     assert not (tmp_path / "out" / "best").exists()
 
 
+def test_a_teacher_given_the_wrong_way_says_how_to_give_it(capsys, tmp_path, digits, trained, monkeypatch):
+    args = ["finetune", trained / "best", "--data", digits, *SIZE, "--epochs", "1", "--out", tmp_path / "out"]
+    code, _, err = run_cli(capsys, *args, "--teacher", trained / "best" / "model.safetensors")  # the file, not its directory
+    assert code == 2 and f"is the weights file of a model isoprune saved; pass its directory as --teacher {trained / 'best'}" in err
+
+    def offline(name, weights, **kwargs):
+        raise isoprune.IsopruneError(f"could not get pretrained weights for {name}: LocalEntryNotFoundError",
+                                     hint="offline? pass --weights PATH for a local checkpoint, or --weights none for random init")
+
+    monkeypatch.setattr(_finetune._models, "create", offline)
+    code, _, err = run_cli(capsys, *args, "--teacher", "test_resnet")
+    assert code == 2 and "teacher test_resnet: could not get pretrained weights" in err and "pass --teacher PATH" in err
+    assert "--weights" not in err and not (tmp_path / "out").exists()
+
+
 def test_a_trained_model_keeps_its_input_size(capsys, digits, trained):
     """Trained at 32x32 (``test_resnet``'s config says 160x160): evaluating it, or pruning its
     weights, without ``--input-size`` takes 32x32, as the directory records."""
