@@ -149,7 +149,8 @@ def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None,
         for p in params:
             p.grad = None
             handles.append(p.register_post_accumulate_grad_hook(fold))
-        for x, y in tqdm(calib, desc="calibration", total=max_batches, leave=False, disable=not _dist.is_main()):
+        desc = f"calibration in pieces of {chunk}" if chunk else "calibration"  # the CLI logs no info lines: the bar says it
+        for x, y in tqdm(calib, desc=desc, total=max_batches, leave=False, disable=not _dist.is_main()):
             if max_batches is not None and n >= max_batches:
                 break
             pieces = list(zip(x.split(chunk), y.split(chunk))) if chunk and isinstance(x, torch.Tensor) else [(x, y)]

@@ -128,9 +128,11 @@ def test_prune_calibrates_a_batch_that_cannot_fit_in_pieces_to_the_same_plan(mon
     model = timm.create_model("test_vit", num_classes=10, img_size=32).eval()
     estimate = _memory.Estimate(model, lambda n: model(torch.randn(n, 3, 32, 32)), CPU, copies=1)
     monkeypatch.setattr(_memory, "free_bytes", lambda device: int(estimate.need(20, extra_copies=1) * _memory.WARN))
+    capsys.readouterr()
     with caplog.at_level(logging.INFO, logger="isoprune"):
         assert cli.main([*argv, "--out", str(tmp_path / "pieces")]) == 0
     assert "a calibration batch of 64 needs about" in caplog.text and "in 4 pieces of at most 16 images" in caplog.text
+    assert "calibration in pieces of 16" in capsys.readouterr().err  # the progress bar says it, where the log is quiet
     whole, pieces = (PruningPlan.load(tmp_path / name / "plan.yaml") for name in ("whole", "pieces"))
     assert [g.keep for g in pieces.groups] == [g.keep for g in whole.groups] and pieces.macs == whole.macs
     monkeypatch.setattr(_memory, "free_bytes", lambda device: 2**10)  # not even one image
