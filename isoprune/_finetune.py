@@ -361,15 +361,13 @@ def _accumulate(trained: nn.Module, criterion, images, targets, steps: int, cast
     """Forward and backward over a batch in ``steps`` equal pieces, each piece's loss weighted by
     its share, so that the gradients add up to the whole batch's (BatchNorm sees one piece at a
     time, as it sees one process's share under DDP); DDP synchronises the last piece's only.
-    Returns the batch's loss, detached."""
+    Returns the batch's loss, detached (not finite where any piece's was)."""
     total = None
     pieces = list(zip(images.chunk(steps), targets.chunk(steps)))
     for i, (x, y) in enumerate(pieces):
         with trained.no_sync() if ddp and i < len(pieces) - 1 else nullcontext():
             with cast:
                 loss = criterion(trained(x), x, y) * (len(x) / len(images))
-            if not torch.isfinite(loss):
-                return loss.detach()
             _backward(loss, scaler)
         total = loss.detach() if total is None else total + loss.detach()
     return total

@@ -160,6 +160,12 @@ def plan_source(path: str | Path) -> str | None:
     return source
 
 
+def plan_model(path: str | Path) -> str:
+    """The model a saved plan is applied to unless another is given: the saved model it was made
+    on (``plan_source``), else the base model it names."""
+    return plan_source(path) or read_plan(path).model
+
+
 def read_plan(path: str | Path) -> PruningPlan:
     """A saved plan: a ``plan.yaml``/``.json`` file, or a directory written by ``isoprune prune``."""
     path = Path(path)
@@ -174,7 +180,7 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
     Calibration runs on ``device``; the processes of ``env`` (torchrun's) share out its batches."""
     saved = read_plan(cfg.plan) if cfg.plan else None
     if saved is not None and not cfg.model:
-        cfg = replace(cfg, model=plan_source(cfg.plan) or saved.model)
+        cfg = replace(cfg, model=plan_model(cfg.plan))
     if saved is not None and cfg.input_size is None and len(saved.input_size) == 3 and saved.input_size[1] == saved.input_size[2]:
         cfg = replace(cfg, input_size=saved.input_size[1])  # the size it was made at: a ViT built for it, BatchNorm measured at it
     if not cfg.model:

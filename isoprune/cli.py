@@ -201,7 +201,7 @@ def prune_config(args) -> tuple[_recipes.PruneConfig, str | None]:
     if recipe and cfg.model and (from_target or not args.target):  # the budget is the recipe's
         cfg = _pipeline.recipe_budget_at(cfg, _recipes.load_recipe(from_target or recipe).prune)
     if cfg.plan and not cfg.model:
-        cfg = replace(cfg, model=_pipeline.plan_source(cfg.plan) or _pipeline.read_plan(cfg.plan).model)
+        cfg = replace(cfg, model=_pipeline.plan_model(cfg.plan))
     if not cfg.ratios and cfg.target is None and not cfg.depth and not cfg.plan:
         raise IsopruneError("nothing to prune", hint="pass --target, --ratios or --recipe")
     timing = [f"--{k.replace('_', '-')}" for k in ("latency_batch", "dtype", "channels_last") if k in flags]
