@@ -143,15 +143,31 @@ def _check_fits(analysis: Analysis, pruning: PruningPlan, model: nn.Module) -> N
     theirs = [(g.root, g.kind, g.channels, g.blocks, g.offset) for g in pruning.groups]
     ours = [(g.root, g.kind, g.channels, g.blocks, g.offset) for g in analysis.groups]
     if theirs != ours:
-        diff = next(((a, b) for a, b in zip(theirs, ours) if a != b), (len(theirs), len(ours)))
+        if getattr(model, "isoprune_plan", None) is pruning:
+            raise IsopruneError(f"this {type(model).__name__} was pruned by this plan already",
+                                hint="apply a plan to a fresh copy of the model it was made for")
         raise IsopruneError(
-            f"plan for {pruning.model} does not fit this {type(model).__name__}",
-            first_difference=diff,
+            f"plan for {pruning.model} does not fit this {type(model).__name__}: {_misfit(theirs, ours)}",
             hint="apply the plan to the model it was made for (a plan made on a saved model: give that directory as --model)",
         )
     for g in pruning.groups:
         if not g.keep or any(not 0 <= k < g.channels for k in g.keep):
             raise IsopruneError("plan keeps no or out-of-range units", group=g.root, kind=g.kind)
+
+
+def _misfit(theirs: list[tuple], ours: list[tuple]) -> str:
+    """The first difference between a plan's groups and a model's (root, kind, channels, blocks,
+    offset), in words."""
+    for plan_group, model_group in zip(theirs, ours):
+        if plan_group == model_group:
+            continue
+        (root, kind, channels, blocks, _), (here, here_kind, here_channels, here_blocks, _) = plan_group, model_group
+        if (root, kind) != (here, here_kind):
+            return f"the plan's group {root} ({kind}) is {here} ({here_kind}) here"
+        if (channels, blocks) != (here_channels, here_blocks):
+            return f"{root} ({kind}) has {here_channels * here_blocks} channels here, {channels * blocks} in the plan"
+        return f"{root} ({kind}) is laid out otherwise here"
+    return f"the plan has {len(theirs)} groups, this model {len(ours)}"
 
 
 def _fitted(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> Analysis:

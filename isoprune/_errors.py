@@ -21,3 +21,11 @@ class IsopruneError(ValueError):
         if self.hint:
             text += f"; {self.hint}"
         return text
+
+
+def batch_failed(what: str, n: int, exc: Exception, hint: str, **tensors) -> IsopruneError:
+    """The error for the ``n``-th batch (from 1) of user data that the model could not take, with
+    the shapes it came in (``inputs=x, targets=y``) and the first line of why."""
+    shapes = ", ".join(f"{name} {list(t.shape) if hasattr(t, 'shape') else type(t).__name__}" for name, t in tensors.items())
+    why = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
+    return IsopruneError(f"{what} batch {n} ({shapes}) failed: {type(exc).__name__}: {why}", hint=hint)

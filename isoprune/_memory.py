@@ -31,6 +31,12 @@ GPU_HEADROOM = 1.1
 WARN = 1.15
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an error is a device running out of memory: CUDA's, or a CPU allocation torch
+    refused (which it words as an internal assertion)."""
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 def _meminfo_available(path: str = "/proc/meminfo") -> int | None:
     try:
         with open(path) as f:

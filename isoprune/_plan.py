@@ -419,6 +419,7 @@ def plan(
     from ._apply import _removed, remember, skeleton_apply
     from ._depth import choose_depth, inside
 
+    _trace.require_module(model)
     ratios = _validate(ratios, scope, round_to)
     budget = None if budget is None else Budget.parse(budget)
     if timing is not None and (budget is None or budget.metric != "latency"):

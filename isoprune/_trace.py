@@ -41,11 +41,20 @@ def gc_paused():
             gc.enable()
 
 
+def require_module(model) -> None:
+    """An error, saying how to make one, where ``model`` is not a torch module (a model's name, say)."""
+    if isinstance(model, nn.Module):
+        return
+    hint = f"build it first: isoprune.create_model({model!r}) or timm.create_model" if isinstance(model, str) else "pass a torch nn.Module"
+    raise IsopruneError(f"expected a model (a torch nn.Module), not {type(model).__name__} {str(model)[:60]!r}", hint=hint)
+
+
 def meta_skeleton(model: nn.Module) -> nn.Module:
     """The model's module tree with every parameter and buffer a meta tensor of its shape.
     Every parameter of the skeleton requires grad, frozen or not in the model: the tracer
     follows autograd, and a frozen first layer would record no op (nor would the layers before the
     first that requires grad), so it would fall out of the graph and never be cut."""
+    require_module(model)
     skeleton = clone(model)
     meta: dict[int, torch.Tensor] = {}  # one meta tensor per tensor: tied weights stay tied
     for m in skeleton.modules():

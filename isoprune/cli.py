@@ -358,12 +358,6 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _out_of_memory(exc: RuntimeError) -> bool:
-    import torch
-
-    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
-
-
 def _memory_detail(exc: RuntimeError) -> str:
     """What an out-of-memory error asked for: ``CUDA out of memory. Tried to allocate 2.00 GiB``,
     or the size a CPU allocation was refused (torch words it as an internal assertion)."""
@@ -386,7 +380,9 @@ def main(argv=None) -> int:
         print(f"isoprune: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # torch's out of memory (CUDA's, or a CPU allocation refused) is the user's to fix
-        if not _out_of_memory(exc):
+        from ._memory import out_of_memory
+
+        if not out_of_memory(exc):
             raise
         print(f"isoprune: error: out of memory ({_memory_detail(exc)}); lower --batch-size (or --latency-batch), give a smaller "
               "--input-size, or use a device with more memory", file=sys.stderr)

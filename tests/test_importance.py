@@ -63,6 +63,28 @@ def test_gradient_criteria_need_calibration():
         isoprune.plan(make("test_resnet"), 0.3, importance="taylor")
 
 
+def test_calibration_data_the_model_cannot_take_is_named_by_batch(digits_batches):
+    model = make("test_resnet", num_classes=10)
+    x, y = digits_batches[0]
+    cases = {
+        "images alone": ([x], r"calibration batch 1 is a Tensor, not an \(inputs, targets\) pair"),
+        "a triple": ([(x, y, y)], r"calibration batch 1 is a tuple of 3, not an \(inputs, targets\) pair"),
+        "labels past the head": ([(x, y), (x, y + 10)], r"calibration batch 2 \(inputs \[.*\], targets \[.*\]\) failed: IndexError: .*; "
+                                                        r".*class indices below its 10 classes"),
+        "images of one channel": ([(x[:, :1], y)], r"calibration batch 1 \(inputs \[.*, 1, .*\], targets .*\) failed: RuntimeError"),
+    }
+    for case, (calib, message) in cases.items():
+        with pytest.raises(isoprune.IsopruneError, match=message):
+            isoprune.plan(model, 0.3, importance="taylor", calib=calib)
+        assert all(p.grad is None for p in model.parameters()), case
+
+
+def test_a_model_by_name_is_refused_with_how_to_build_it():
+    for call in (lambda: isoprune.plan("resnet50", 0.3), lambda: isoprune.count("resnet50"), lambda: isoprune.isomorphic_groups("resnet50")):
+        with pytest.raises(isoprune.IsopruneError, match=r"expected a model \(a torch nn.Module\), not str 'resnet50'; build it first: isoprune.create_model"):
+            call()
+
+
 def test_magnitude_removes_the_smallest_channels():
     model = make("test_vit")
     with torch.no_grad():

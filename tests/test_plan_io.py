@@ -37,8 +37,28 @@ def test_saved_plan_reproduces_shapes_on_a_fresh_model(tmp_path, name):
 
 def test_plan_that_does_not_fit_is_a_user_error():
     plan = isoprune.plan(make("test_resnet"), 0.5)
-    with pytest.raises(isoprune.IsopruneError, match="does not fit"):
+    with pytest.raises(isoprune.IsopruneError, match="does not fit this VisionTransformer: the plan's group layer4.0.downsample.1 .channels. is blocks.5.mlp.fc2 .emb. here"):
         isoprune.apply_plan(make("test_vit"), plan)
+
+
+def test_a_plan_applied_to_a_model_of_other_widths_names_the_first_misfit():
+    plan = isoprune.plan(make("test_resnet"), 0.5)
+    narrower = isoprune.prune(make("test_resnet"), 0.25)
+    first = plan.groups[0]
+    with pytest.raises(isoprune.IsopruneError) as err:
+        isoprune.apply_plan(narrower, plan)
+    kept = len(narrower.isoprune_plan.groups[0].keep) * first.blocks
+    assert f"{first.root} ({first.kind}) has {kept} channels here, {first.channels * first.blocks} in the plan" in str(err.value)
+
+
+def test_a_plan_applied_twice_says_so():
+    model = make("test_resnet")
+    plan = isoprune.plan(model, 0.5)
+    isoprune.apply_plan(model, plan)
+    before = {k: v.shape for k, v in model.state_dict().items()}
+    with pytest.raises(isoprune.IsopruneError, match="was pruned by this plan already; apply a plan to a fresh copy"):
+        isoprune.apply_plan(model, plan)
+    assert {k: v.shape for k, v in model.state_dict().items()} == before
 
 
 def test_loading_something_that_is_not_a_plan(tmp_path):

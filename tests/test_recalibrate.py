@@ -66,12 +66,16 @@ def test_only_batch_norms_train_and_everything_is_restored(digits_batches):
     assert model[2].momentum == 0.3 and model[4].momentum == 0.1
 
 
-@pytest.mark.parametrize("batches", [[], [torch.randn(2, 5, 32, 32)]], ids=["no batch", "a failing pass"])
-def test_statistics_are_kept_when_nothing_is_measured(digits_batches, batches):
+@pytest.mark.parametrize("batches, message", [
+    ([], "no batches to measure BatchNorm statistics on"),
+    ([torch.randn(2, 3, 32, 32), torch.randn(2, 5, 32, 32)], r"BatchNorm statistics batch 2 \(images \[2, 5, 32, 32\]\) failed: RuntimeError: .*; "
+                                                            r"give batches of images shaped like the model's input"),
+], ids=["no batch", "a failing pass"])
+def test_statistics_are_kept_when_nothing_is_measured(digits_batches, batches, message):
     model = _pruned_resnet(digits_batches)
     isoprune.recalibrate_bn(model, digits_batches[:1])  # statistics of its own, not a new layer's 0 and 1
     saved = copy.deepcopy(model.state_dict())
-    with pytest.raises((isoprune.IsopruneError, RuntimeError)):
+    with pytest.raises(isoprune.IsopruneError, match=message):
         isoprune.recalibrate_bn(model, batches)
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
