@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _data, _io, _models, _trace
+from . import _data, _io, _models, _recipes, _trace
 from ._errors import IsopruneError
 from ._finetune import evaluate
 from ._latency import cast as cast_to, sync
@@ -56,6 +56,12 @@ def run(source: str | Path, data: str | Path | None = None, *, weights: str = "p
     (``float16`` or ``bfloat16``, as a model is deployed on a GPU), channels-last if asked."""
     import timm.data
 
+    for name, value in (("num_classes", num_classes), ("input_size", input_size)):  # None: the model's own
+        if value is not None:
+            _recipes.check_whole(name, value)
+    for name, value, limit in (("batch_size", batch_size, _recipes.COUNT), ("workers", workers, _recipes.NONNEGATIVE),
+                               ("warmup", warmup, _recipes.NONNEGATIVE), ("iters", iters, _recipes.COUNT)):
+        _recipes.check_whole(name, value, limit)
     cast = cast_to(dtype, channels_last)
     where = _data.device(device)
     model = load_model(source, weights, num_classes, input_size)

@@ -133,6 +133,9 @@ def is_saved(path) -> bool:
 def read_metadata(directory) -> dict:
     path = Path(directory) / METADATA
     if not path.is_file():
+        runs = [Path(directory) / kept for kept in ("best", "last") if is_saved(Path(directory) / kept)]
+        if runs:  # a fine-tuning run's directory: its models are in it
+            raise IsopruneError(f"{directory} is a training run, not a saved model", hint=f"give its model: {' or '.join(map(str, runs))}")
         raise IsopruneError(f"{directory} is not a saved isoprune model (no {METADATA})", hint="give a directory written by isoprune.save or isoprune prune --out")
     try:
         metadata = json.loads(path.read_text())

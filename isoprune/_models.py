@@ -47,11 +47,15 @@ def resolve(name: str) -> str:
         return ALIASES[name]
     if timm.is_model(name):
         return name
-    if (Path(name) / "isoprune.json").is_file():
-        raise IsopruneError(
-            f"{name} is a model isoprune saved, not a model name",
-            hint="give it as the PATH of eval, finetune or inspect, or as prune's --model",
-        )
+    if Path(name).is_dir():
+        from ._io import is_saved, read_metadata  # _io imports this module
+
+        if is_saved(name):
+            raise IsopruneError(
+                f"{name} is a model isoprune saved, not a model name",
+                hint="give it as the PATH of eval, finetune or inspect, or as prune's --model",
+            )
+        read_metadata(name)  # a directory that is not a saved model: says what it is
     known = list(ALIASES) + timm.list_models()
     close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
     raise IsopruneError(

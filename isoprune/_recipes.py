@@ -6,6 +6,8 @@ have, naming it and the valid ones: a misspelt key never silently falls back to 
 """
 from __future__ import annotations
 
+import numbers
+import re
 import sys
 import types
 import typing
@@ -40,6 +42,14 @@ COUNT, NONNEGATIVE, POSITIVE = Range(1), Range(0), Range(0, low_in=False)
 SHARE, FRACTION = Range(0, 1), Range(0, 1, high_in=False)  # a weight or momentum; a probability short of certain
 
 
+def check_whole(name: str, value, limit: Range = COUNT) -> None:
+    """An error where an argument that takes a whole number (``--name``) is not one within ``limit``:
+    for functions whose arguments no config dataclass checks (``isoprune.evaluate``)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value in limit:
+        return
+    raise IsopruneError(f"{name} must be a whole number {limit}, not {value!r}", hint=f"set --{name.replace('_', '-')}")
+
+
 class Limited:
     """Checks a dataclass's numbers against its ``LIMITS`` whenever one is made, ``replace`` and
     recipes included, so that a batch size of 0 is one clear error, not a traceback mid-run.
@@ -50,6 +60,9 @@ class Limited:
     SECTION: ClassVar[str] = ""
 
     def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # the API's keyword arguments come unchecked (``lr="0.1"``)
+            setattr(self, f.name, _check_type(getattr(self, f.name), hints[f.name], f.name, self._hint(f.name)))
         for name, limit in self.LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in limit:
@@ -61,8 +74,11 @@ class Limited:
                 self._refuse(name, f"must be two numbers {limit}{order}, not {' '.join(f'{v:g}' for v in value) or 'none'}")
 
     def _refuse(self, name: str, what: str):
+        raise IsopruneError(f"{name} {what}", hint=self._hint(name))
+
+    def _hint(self, name: str) -> str:
         where = f", or {self.SECTION}.{name} in a recipe" if self.SECTION else ""
-        raise IsopruneError(f"{name} {what}", hint=f"set --{name.replace('_', '-')}{where}")
+        return f"set --{name.replace('_', '-')}{where}"
 
 
 @dataclass
@@ -260,21 +276,33 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _check_type(value, kind, where):
-    """Shallow check against a field's annotation: enough to catch ``lr: fast`` or a list for a number."""
+def _check_type(value, kind, where, hint: str | None = None):
+    """Shallow check against a field's annotation: enough to catch ``lr: fast`` or a list for a
+    number. Returns the value as the field keeps it (an int or numpy number for a float as a float,
+    a tuple for a list as a list)."""
     options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
     for option in options:
         base = typing.get_origin(option) or option
         if option is type(None) and value is None:
             return value
-        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if base is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
             return float(value)
-        if base is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if base is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if base is list and isinstance(value, tuple):
+            return list(value)
         if base in (str, bool, list, dict) and isinstance(value, base):
             return value
     names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise IsopruneError(f"{where} must be {names}, not {value!r}")
+    raise IsopruneError(f"{where} must be {names}, not {value!r}", hint=hint)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as ``safe_load`` reads it, with ``1e-3`` a number: PyYAML follows YAML 1.1, where a
+    float needs a dot (``1.0e-3``), and reads ``lr: 1e-3`` as a string."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
 
 
 def recipes_dir() -> Path:
@@ -299,7 +327,7 @@ def load_recipe(path) -> Recipe:
         known = [p.stem for p in available()] + [f"ssl/{p.stem}" for p in available("ssl")]
         raise IsopruneError(f"no recipe {path}", hint=f"give a YAML file, or one of: {', '.join(known)}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as exc:
         raise IsopruneError(f"cannot parse recipe {path}: {str(exc).splitlines()[0]}") from exc
     recipe = build(Recipe, data or {}, "")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import types
 from dataclasses import dataclass
 from typing import Callable
@@ -49,6 +50,7 @@ from torch import Tensor, nn
 from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 
 from ._errors import IsopruneError
+from ._trace import require_module
 
 METHODS = ("none", "simprune", "evit", "tome")
 _READS_QKV = ("evit", "tome")  # methods that read the attention's fused q/k/v projection
@@ -94,6 +96,10 @@ class TokenConfig:
     sparsity: float = 0.01  # dynamic: weight of the gate's mean keep probability in the loss (penalty())
 
     def __post_init__(self):
+        for name in ("keep_rate", "warmup", "candidates", "sparsity"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise IsopruneError(f"{name} must be a number, not {value!r}")
         if self.method not in METHODS:
             raise IsopruneError(f"unknown token method {self.method!r}", hint=f"choose one of {', '.join(METHODS)}")
         if not 0.0 < self.keep_rate <= 1.0:
@@ -377,6 +383,7 @@ def _find_vit(model: nn.Module) -> VisionTransformer | None:
 
 
 def _vit(model: nn.Module) -> VisionTransformer:
+    require_module(model)
     found = _find_vit(model)
     if found is None:
         raise IsopruneError(f"token reduction needs a timm VisionTransformer (ViT, DeiT); {type(model).__name__} has none")

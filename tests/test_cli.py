@@ -257,6 +257,42 @@ def test_recipe_flags_override(capsys, tmp_path):
     assert json.loads(out)["ratios"]["mlp"] == 0.25
 
 
+def test_a_recipe_takes_numbers_written_as_yaml_1_2_does(tmp_path):
+    """PyYAML reads ``1e-3`` as a string (YAML 1.1 wants a dot); a recipe reads it as a number."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prune:\n  ratios: {mlp: 5e-1}\nfinetune:\n  lr: 1e-3\n  weight_decay: 5.0E-2\n  warmup_epochs: 5\n  opt: 1e-3x\n")
+    loaded = _recipes.load_recipe(recipe)
+    assert (loaded.finetune.lr, loaded.finetune.weight_decay, loaded.prune.ratios) == (1e-3, 5e-2, {"mlp": 0.5})
+    assert loaded.finetune.warmup_epochs == 5 and loaded.finetune.opt == "1e-3x"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"lr": "0.1"}, "lr must be float, not '0.1'; set --lr, or finetune.lr in a recipe"),
+    ({"epochs": 1.5}, "epochs must be int, not 1.5; set --epochs"),
+    ({"workers": "2"}, "workers must be int, not '2'; set --workers"),
+])
+def test_api_settings_of_the_wrong_type_are_one_error_before_any_work(tmp_path, settings, message):
+    with pytest.raises(isoprune.IsopruneError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        isoprune.finetune("test_resnet", tmp_path / "no-data", tmp_path / "out", weights="none", **settings)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"batch_size": 0}, "batch_size must be a whole number at least 1, not 0; set --batch-size"),
+    ({"batch_size": "8"}, "batch_size must be a whole number at least 1, not '8'"),
+    ({"warmup": -1}, "warmup must be a whole number at least 0, not -1; set --warmup"),
+    ({"input_size": 0}, "input_size must be a whole number at least 1, not 0"),
+])
+def test_evaluate_checks_its_numbers_as_eval_does(settings, message):
+    with pytest.raises(isoprune.IsopruneError, match=message):
+        isoprune.evaluate("test_resnet", weights="none", **settings)
+
+
+def test_configs_keep_numbers_as_their_fields_do():
+    cfg = _recipes.FinetuneConfig(lr=1, betas=(0.9, 0.99), epochs=torch.tensor(3).numpy()[()])
+    assert (type(cfg.lr), cfg.betas, type(cfg.epochs)) == (float, [0.9, 0.99], int)
+
+
 @pytest.mark.parametrize("path", _recipes.available(), ids=lambda p: p.stem)
 def test_every_recipe_dry_runs_near_the_paper(capsys, path):
     """Structural figures (random init, l2 importance) land within 3% of the paper's MACs."""
@@ -314,9 +350,13 @@ def _bad_inputs(tmp_path):
     saved = timm.create_model("test_resnet")
     saved.isoprune_base = {"library": "timm", "name": "test_resnet", "kwargs": {}}
     isoprune.save(saved, tmp_path / "saved", plan=isoprune.plan(saved, 0.0))
+    isoprune.save(saved, tmp_path / "run" / "best", plan=isoprune.plan(saved, 0.0))  # as finetune --out leaves it
     base = ["prune", "--model", "test_resnet", "--weights", "none"]
     return {
         "unknown model": (["prune", "--model", "deit_bsae", "--ratios", "0.5"], "did you mean"),
+        "a training run's directory": (["prune", "--model", tmp_path / "run", "--ratios", "0.5"],
+                                       f"{tmp_path / 'run'} is a training run, not a saved model; give its model: {tmp_path / 'run' / 'best'}"),
+        "a directory that holds no model": (["prune", "--model", empty, "--ratios", "0.5"], f"{empty} is not a saved isoprune model (no isoprune.json)"),
         "a saved model given weights": (["prune", "--model", tmp_path / "saved", "--weights", "none", "--ratios", "0.5"], "weights of its own"),
         "ratios for kinds it lacks": (base + ["--ratios", "mlp=0.5"], "reach no group of this ResNet, so nothing would be pruned"),
         "ratio above 1": (base + ["--ratios", "mlp=1.5"], "outside [0, 1)"),
@@ -343,7 +383,7 @@ def _bad_inputs(tmp_path):
     }
 
 
-BAD = ["unknown model", "a saved model given weights", "ratios for kinds it lacks", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
+BAD = ["unknown model", "a training run's directory", "a directory that holds no model", "a saved model given weights", "ratios for kinds it lacks", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
        "empty data dir", "non-image data dir", "missing checkpoint", "corrupt checkpoint", "other architecture",
        "unknown recipe key", "target for another model", "nothing to prune", "unknown flag", "bad depth",
        "plan that does not fit", "missing plan", "recalibration without data", "negative recalibration",

@@ -234,11 +234,14 @@ def test_flop_counter_counts_attention_and_reduction_saves_flops():
 def test_bad_settings_are_user_errors():
     model = vit()
     for kwargs, match in [(dict(method="drop"), "unknown token method"), (dict(keep_rate=0.0), "outside"),
-                          (dict(method="tome", keep_rate=0.4), "at most half"), (dict(blocks=(7,)), "do not exist")]:
+                          (dict(method="tome", keep_rate=0.4), "at most half"), (dict(blocks=(7,)), "do not exist"),
+                          (dict(keep_rate="0.5"), "keep_rate must be a number, not '0.5'")]:
         with pytest.raises(isoprune.IsopruneError, match=match):
             tokens.apply(model, **{"method": "simprune", **kwargs})
     with pytest.raises(isoprune.IsopruneError, match="VisionTransformer"):
         tokens.apply(make("test_resnet"), "simprune")
+    with pytest.raises(isoprune.IsopruneError, match="not str 'vit_small_patch16_224'; build it first"):
+        tokens.apply("vit_small_patch16_224", "simprune")
     with pytest.raises(isoprune.IsopruneError, match="class token"):
         tokens.apply(vit(class_token=False, global_pool="avg"), "evit")
 
