@@ -87,7 +87,7 @@ def choose_depth(model, skeleton, inputs, depth: dict[str, int], criterion, stat
         most = len(candidates) - (len(candidates) == len(removable))  # a stage keeps one block
         if n_remove > most:
             raise IsopruneError(
-                f"cannot remove {n_remove} blocks from {path}: {len(candidates)} of its {len(removable)} keep their shape",
+                f"cannot remove {n_remove} block{'s' if n_remove != 1 else ''} from {path}: {len(candidates)} of its {len(removable)} keep their shape",
                 hint=f"remove at most {most}",
             )
         scores = block_scores(model, path, criterion, stats)

@@ -484,7 +484,7 @@ def _traced_groups(skeleton: nn.Module, inputs, trusted: dict[str, int], halves:
     frozen |= {_root(graph, tp_groups[i]): error for i, error in unsafe.items()}
     if frozen:
         first, why = next(iter(frozen.items()))
-        log.warning("%d groups are left whole (%s: %s)", len(frozen), first, why)
+        log.warning("%d %s left whole (%s: %s)", len(frozen), "group is" if len(frozen) == 1 else "groups are", first, why)
     kept = [i for i in range(len(tp_groups)) if i not in unsafe]
     return graph, [tp_groups[i] for i in kept], [blocks[i] for i in kept], frozen, tally
 

@@ -195,7 +195,7 @@ class PruningPlan:
         for sig, members in classes.items():
             before = sum(g.channels * g.blocks for g in members)
             after = sum(len(g.keep) * g.blocks for g in members)
-            rows.append(f"{sig:<24} {members[0].kind:<9} {len(members):>3} groups  {before:>6} -> {after:<6} ratio {members[0].ratio:.2f}")
+            rows.append(f"{sig:<24} {members[0].kind:<9} {len(members):>3} group{'s' if len(members) != 1 else ' '}  {before:>6} -> {after:<6} ratio {members[0].ratio:.2f}")
         m, p = self.macs, self.params
         for d in self.depth:
             rows.append(f"depth {d['container']:<18} {d['blocks']:>3} blocks -> {len(d['keep'])}")
@@ -469,7 +469,7 @@ def plan(
                 broken = breaking(analysis, _removed(analysis, draft))
                 if not broken:
                     raise
-                log.warning("%d more groups are left whole: their planned cut breaks the model (%s)", len(broken), exc)
+                log.warning("%d more %s left whole: the planned cut breaks the model (%s)", len(broken), "group is" if len(broken) == 1 else "groups are", exc)
                 whole.update(g.id for g in analysis.groups if analysis.source[g.id] in broken)
 
     def mixed(base: PruningPlan, donor: PruningPlan, ids: set[int]) -> PruningPlan:

@@ -62,7 +62,7 @@ def _importance(ax, pruning: PruningPlan, scores) -> None:
             removed.append(s[~mask])
         kept_data.append(torch.cat(kept).clamp_min(1e-12).log10().numpy())
         removed_data.append(torch.cat(removed).clamp_min(1e-12).log10().numpy())
-        labels.append(f"{signature}\n({len(groups)} groups)")
+        labels.append(f"{signature}\n({len(groups)} group{'s' if len(groups) != 1 else ''})")
     positions = range(len(labels))
     ax.boxplot(kept_data, positions=[p - 0.2 for p in positions], widths=0.35, patch_artist=True,
                boxprops={"facecolor": "#2171b5"}, showfliers=False)

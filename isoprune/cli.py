@@ -347,7 +347,7 @@ def cmd_inspect(args) -> int:
     macs, params = count(model, inputs)
     rows = [f"{_models.resolve(args.model)}: {figure(macs, 'macs')} MACs, {figure(params, 'params')} params, {len(groups)} isomorphic groups"]
     for iso in groups:
-        rows.append(f"{iso.signature:<24} {iso.kind:<9} {len(iso.groups):>3} groups, channels {sum(iso.channels)}")
+        rows.append(f"{iso.signature:<24} {iso.kind:<9} {len(iso.groups):>3} group{'s' if len(iso.groups) != 1 else ' '}, channels {sum(iso.channels)}")
         for g in iso.groups:
             members = ", ".join(f"{n}:{d}" for n, d in g.members[:4]) + (f" (+{len(g.members) - 4})" if len(g.members) > 4 else "")
             rows.append(f"    {g.root:<36} {g.channels:>5}  {members}")

@@ -286,7 +286,7 @@ def test_group_whose_cut_breaks_the_model_is_left_whole(caplog):
     model, x = FixedWidth(), torch.randn(2, 8)
     analysis = isoprune._groups.analyse(model, x)
     assert list(analysis.frozen) == ["fc1"] and "broadcast" in analysis.frozen["fc1"]
-    assert "1 groups are left whole" in caplog.text
+    assert "1 group is left whole (fc1: " in caplog.text
     isoprune.prune(model, 0.5, example_inputs=x)
     assert (model.fc1.out_features, model.fc2.out_features) == (16, 8)
     assert model(x).shape == (2, 4)
@@ -296,7 +296,7 @@ def test_group_whose_planned_cut_breaks_the_model_is_left_whole(caplog):
     model, x = SlicedWidth(), torch.randn(2, 8)
     assert isoprune._groups.analyse(model, x).frozen == {}  # one channel is fine
     pruning = isoprune.plan(model, 0.5, example_inputs=x)
-    assert "their planned cut breaks the model" in caplog.text
+    assert "1 more group is left whole: the planned cut breaks the model" in caplog.text
     assert all(len(g.keep) == g.channels for g in pruning.groups)
     isoprune.apply_plan(model, pruning, x)
     assert model(x).shape == (2, 4)
