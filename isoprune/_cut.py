@@ -49,6 +49,9 @@ def distinct(values: np.ndarray) -> np.ndarray:
     return np.flatnonzero(seen)
 
 
+_LAYOUTS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def cut_tensor(t: torch.Tensor, dim: int, keep: np.ndarray, shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """``t`` with only the ``keep`` positions along ``dim``: a parameter stays a parameter (with
     its gradient cut alike), and a meta tensor is a new empty one. Given ``shape``, ``t`` is read
@@ -61,6 +64,9 @@ def cut_tensor(t: torch.Tensor, dim: int, keep: np.ndarray, shape: tuple[int, ..
         new = torch.empty(size, dtype=t.dtype, device="meta")
     else:
         new = view.detach().index_select(dim, torch.from_numpy(keep).to(t.device))
+        layout = _LAYOUTS.get(view.dim())
+        if layout is not None and view.is_contiguous(memory_format=layout) and not view.is_contiguous():
+            new = new.contiguous(memory_format=layout)  # a channels-last model stays channels-last
     if shape is not None:
         new = new.reshape(len(t), -1)
     if not isinstance(t, nn.Parameter):

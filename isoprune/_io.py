@@ -25,7 +25,7 @@ from . import __version__
 from ._apply import apply_plan
 from ._errors import IsopruneError
 from ._plan import PruningPlan
-from ._trace import input_size as built_for
+from ._trace import input_size as built_for, unwrapped
 
 WEIGHTS = "model.safetensors"
 METADATA = "isoprune.json"
@@ -94,7 +94,9 @@ def save(model: nn.Module, directory, *, plan: PruningPlan | None = None, base=N
     ``input_size`` (``[channels, height, width]``) is the size the weights are for, recorded for
     ``load``; by default the size the plan was traced at, else the model's own.
     Files are written to a temporary directory beside it and moved into place, so a failure leaves
-    no half-written model; other files in ``directory`` are left alone."""
+    no half-written model; other files in ``directory`` are left alone. A compiled or data parallel
+    model is saved as the model it wraps."""
+    model = unwrapped(model)
     plan = plan or getattr(model, "isoprune_plan", None)
     if plan is None:
         raise IsopruneError("the model carries no pruning plan", hint="pass plan=, or prune it with isoprune.prune")

@@ -41,8 +41,31 @@ def gc_paused():
             gc.enable()
 
 
+def _compiled(model) -> bool:
+    """Whether ``model`` is ``torch.compile``'s wrapper (its class is not imported for this: that
+    would import dynamo)."""
+    return type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module)
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``'s and data parallel wrappers, whose weights are the
+    model's under a prefix (``_orig_mod.``, ``module.``)."""
+    while True:
+        if _compiled(model):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def require_module(model) -> None:
-    """An error, saying how to make one, where ``model`` is not a torch module (a model's name, say)."""
+    """An error, saying how to make one, where ``model`` is not a torch module (a model's name,
+    say), or what to give instead of a compiled one: its forward cannot be traced on the meta
+    device, and its compiled graphs hold the widths it had."""
+    if _compiled(model):
+        raise IsopruneError("this model is compiled (torch.compile)",
+                            hint="prune the model it wraps (model._orig_mod), then compile the pruned model")
     if isinstance(model, nn.Module):
         return
     hint = f"build it first: isoprune.create_model({model!r}) or timm.create_model" if isinstance(model, str) else "pass a torch nn.Module"

@@ -452,3 +452,16 @@ def test_attention_whose_width_its_layout_misreads_is_probed(monkeypatch):
     assert qkv and all("RuntimeError" in frozen[name] for name in qkv)
     isoprune.prune(model, 0.3)
     assert model(inputs_for(model)).shape == (2, 10)
+
+
+def test_a_channels_last_model_stays_channels_last():
+    model = make("test_resnet").to(memory_format=torch.channels_last)
+    x = inputs_for(model)
+    isoprune.prune(model, 0.5)
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in weights)
+    reference = make("test_resnet")
+    isoprune.apply_plan(reference, model.isoprune_plan)
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))

@@ -51,6 +51,26 @@ def test_reload_is_identical(tmp_path, name, ratio, depth):
         assert len(loaded.get_submodule(path)) == len(model.get_submodule(path)) == model.isoprune_plan.depth[0]["blocks"] - n
 
 
+@pytest.mark.parametrize("wrap", [torch.compile, torch.nn.DataParallel], ids=["compiled", "data parallel"])
+def test_a_wrapped_model_is_saved_as_the_model_it_wraps(tmp_path, wrap):
+    model = make("test_resnet")
+    model.isoprune_base = base_of("test_resnet")
+    isoprune.prune(model, 0.3)
+    isoprune.save(wrap(model), tmp_path / "m")
+    x = inputs_for(model)
+    with torch.no_grad():
+        assert torch.equal(model(x), isoprune.load(tmp_path / "m")(x))
+
+
+def test_a_compiled_model_is_refused_with_what_to_prune_instead():
+    model = make("test_resnet")
+    compiled = torch.compile(model)
+    for call in (lambda: isoprune.prune(compiled, 0.3), lambda: isoprune.count(compiled)):
+        with pytest.raises(isoprune.IsopruneError, match=r"this model is compiled \(torch.compile\); prune the model it wraps \(model._orig_mod\)"):
+            call()
+    assert model.conv1[0].out_channels == 16  # untouched
+
+
 def test_torchvision_base(tmp_path):
     model = make("tv:resnet18")
     isoprune.prune(model, 0.3)
