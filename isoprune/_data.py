@@ -58,7 +58,25 @@ class _Folder(ImageFolder):
     scan while neither the folder nor a class directory has changed (adding or removing a file
     changes its directory's time): ``isoprune prune --data --recalibrate-bn`` reads the
     calibration folder before and after pruning, and walking ImageNet's 1.28M training files
-    takes many seconds. (Files in directories nested inside a class directory are not watched.)"""
+    takes many seconds. (Files in directories nested inside a class directory are not watched.)
+
+    Given ``classes`` (the training folder's), its samples are labelled by their index among them:
+    ImageFolder numbers a folder's own classes in order, so a validation folder that lacks one
+    would label every class after it as the one before."""
+
+    def __init__(self, root: str, transform=None, classes: list[str] | None = None):
+        self.given = classes
+        super().__init__(root, transform=transform, allow_empty=classes is not None)
+
+    def find_classes(self, directory):
+        found, class_to_idx = super().find_classes(directory)
+        if self.given is None:
+            return found, class_to_idx
+        extra = [c for c in found if c not in set(self.given)]
+        if extra:
+            raise IsopruneError(f"{directory} has classes the training data lacks: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}",
+                                hint="give it only class folders train/ has, named alike")
+        return list(self.given), {c: i for i, c in enumerate(self.given)}
 
     @staticmethod
     def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False) -> list:
@@ -73,15 +91,25 @@ class _Folder(ImageFolder):
         return list(_scan[key])
 
 
-def image_folder(path: str | Path, transform):
-    """``path`` as a torchvision ImageFolder (its file list scanned once while it is unchanged)."""
+def image_folder(path: str | Path, transform, classes: list[str] | None = None):
+    """``path`` as a torchvision ImageFolder (its file list scanned once while it is unchanged),
+    labelled by the index of its class among ``classes`` where given (the training folder's, for a
+    validation folder that may lack some)."""
     path = Path(path)
     if not path.is_dir():
         raise IsopruneError(f"no data directory {path}", hint=_FOLDER_HINT)
     try:
-        return _Folder(str(path), transform=transform)
+        folder = _Folder(str(path), transform=transform, classes=classes)
     except (FileNotFoundError, RuntimeError) as exc:
         raise IsopruneError(f"no images in {path}: {exc}", hint=_FOLDER_HINT) from exc
+    if not len(folder):
+        raise IsopruneError(f"no images in {path}", hint=_FOLDER_HINT)
+    return folder
+
+
+def class_names(path: str | Path) -> list[str]:
+    """The classes of an ImageFolder at ``path``: its sub-directories, in order."""
+    return sorted(e.name for e in os.scandir(path) if e.is_dir())
 
 
 def check_classes(dataset, model: nn.Module, where: str, hint: str | None = None) -> None:

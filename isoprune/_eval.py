@@ -71,7 +71,9 @@ def run(source: str | Path, data: str | Path | None = None, *, weights: str = "p
     macs, params = _trace.count(_trace.meta_skeleton(model), _trace.meta_inputs(model, size=config["input_size"]))
     if data is not None:
         root = Path(data) / "val" if (Path(data) / "val").is_dir() else Path(data)
-        dataset = _data.image_folder(root, timm.data.create_transform(**config, is_training=False))
+        train = Path(data) / "train"
+        classes = _data.class_names(train) if root != Path(data) and train.is_dir() else None  # val/ labelled as train/ labels them
+        dataset = _data.image_folder(root, timm.data.create_transform(**config, is_training=False), classes)
         # a new head would score chance: a saved model is judged with its own
         _data.check_classes(dataset, model, str(root), hint=None if not Path(source).is_dir() else
                             f"evaluate it on data with its classes, or fine-tune it on this data first: "

@@ -188,9 +188,9 @@ def _loaders(opts: Options, cfg, model, env: _dist.Env):
         train_tf = timm.data.create_transform(**config, is_training=False)
     val_tf = timm.data.create_transform(**config, is_training=False)
     train_dir, val_dir = _data.splits(opts.data, "train", "val")
-    train, val = _data.image_folder(train_dir, train_tf), _data.image_folder(val_dir, val_tf)
-    for ds, where in ((train, train_dir), (val, val_dir)):
-        _data.check_classes(ds, model, str(where))
+    train = _data.image_folder(train_dir, train_tf)
+    val = _data.image_folder(val_dir, val_tf, classes=train.classes)  # labelled as train/ labels them
+    _data.check_classes(train, model, str(train_dir))
     if cfg.batch_size % env.world:
         raise IsopruneError(f"batch size {cfg.batch_size} does not split over {env.world} processes", hint="give a multiple of the process count")
     if (cfg.batch_size // env.world) % cfg.grad_accum_steps:

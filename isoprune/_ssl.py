@@ -279,7 +279,8 @@ def _loaders(opts: Options, cfg: _recipes.SSLConfig, backbone: nn.Module, env: _
     knn = None
     if (Path(opts.data) / "val").is_dir():
         plain = timm.data.create_transform(**config, is_training=False)
-        bank, val = _data.image_folder(train_dir, plain), _data.image_folder(Path(opts.data) / "val", plain)
+        bank = _data.image_folder(train_dir, plain)
+        val = _data.image_folder(Path(opts.data) / "val", plain, classes=bank.classes)  # labelled as the bank's
         knn = tuple(_data.seeded_loader(ds, cfg.batch_size, shuffle=False, seed=opts.seed, workers=opts.workers) for ds in (bank, val))
     return train_loader, knn, config["input_size"]
 

@@ -1,6 +1,8 @@
 """Fine-tuning and evaluation end to end on real data: scikit-learn's handwritten digits."""
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -149,6 +151,26 @@ def _val_batch(model, digits):
 
     dataset = _data.image_folder(digits / "val", timm.data.create_transform(**_data.data_config(model), is_training=False))
     return torch.stack([image for image, _ in dataset]), torch.tensor(dataset.targets)
+
+
+def test_a_validation_folder_that_lacks_a_class_is_labelled_as_train_labels_it(tmp_path, digits, trained):
+    """ImageFolder numbers a folder's own classes: without "3", val/ would label each digit from 4 on as the one before."""
+    from isoprune import _data
+
+    partial = tmp_path / "partial"
+    shutil.copytree(digits / "val", partial / "val", ignore=lambda folder, names: ["3"] if Path(folder) == digits / "val" else [])
+    (partial / "train").symlink_to(digits / "train")
+    val = _data.image_folder(partial / "val", None, classes=_data.class_names(partial / "train"))
+    assert len(val.classes) == 10 and "3" not in {Path(p).parent.name for p, _ in val.samples}
+    assert all(val.classes[t] == Path(p).parent.name for p, t in val.samples)
+    whole = isoprune.evaluate(trained / "best", digits, warmup=0, iters=1)
+    part = isoprune.evaluate(trained / "best", partial, warmup=0, iters=1)
+    assert part["images"] == whole["images"] - len(list((digits / "val" / "3").iterdir()))
+    assert whole["top1"] > 60 and abs(part["top1"] - whole["top1"]) < 5  # mislabelled, it would score about a third of that
+    (partial / "val" / "zz").mkdir()
+    shutil.copy(next((digits / "val" / "0").iterdir()), partial / "val" / "zz")
+    with pytest.raises(isoprune.IsopruneError, match="partial/val has classes the training data lacks: zz"):
+        isoprune.evaluate(trained / "best", partial, warmup=0, iters=1)
 
 
 def test_finetune_from_python_rejects_unknown_settings(tmp_path, digits, trained):
