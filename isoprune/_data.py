@@ -72,7 +72,8 @@ class _Folder(ImageFolder):
         found, class_to_idx = super().find_classes(directory)
         if self.given is None:
             return found, class_to_idx
-        extra = [c for c in found if c not in set(self.given)]
+        given = set(self.given)
+        extra = [c for c in found if c not in given]
         if extra:
             raise IsopruneError(f"{directory} has classes the training data lacks: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}",
                                 hint="give it only class folders train/ has, named alike")
