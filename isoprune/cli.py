@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
     i = sub.add_parser("inspect", help="show a model's isomorphic groups, or summarise a pruned model")
-    i.add_argument("path", nargs="?", help="a directory written by isoprune prune, or a plan file (plan.yaml)")
+    i.add_argument("path", nargs="?", help="a directory written by isoprune prune, a plan file (plan.yaml), or a model's name (as --model)")
     i.add_argument("--model", help="timm model name or alias")
     i.add_argument("--input-size", type=_number())
     i.add_argument("--json", action="store_true")
@@ -311,7 +311,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _inspected(args) -> None:
+    """What ``inspect PATH`` was given, where PATH is not a saved model or a plan file: a model's
+    name is taken as ``--model``; a saved model's own file, or nothing at all, is an error."""
+    path = Path(args.path)
+    if path.is_file() and path.name in (_io.WEIGHTS, _io.METADATA) and _io.is_saved(path.parent):
+        raise IsopruneError(f"{path} is a file of the saved model {path.parent}", hint=f"give its directory: isoprune inspect {path.parent}")
+    if path.exists() or args.model:
+        return
+    try:
+        _models.resolve(args.path)
+    except IsopruneError as err:
+        raise IsopruneError(f"no saved model or plan at {args.path}, and no model of that name", hint=err.hint) from None
+    args.model, args.path = args.path, None
+
+
 def cmd_inspect(args) -> int:
+    if args.path:
+        _inspected(args)
     if args.path and Path(args.path).is_file() and Path(args.path).suffix in (".yaml", ".yml", ".json"):  # a plan file
         pruning = PruningPlan.load(args.path)
         made_on = f", made on {pruning.made_on}" if pruning.made_on else ""
@@ -347,7 +364,7 @@ def cmd_inspect(args) -> int:
     macs, params = count(model, inputs)
     rows = [f"{_models.resolve(args.model)}: {figure(macs, 'macs')} MACs, {figure(params, 'params')} params, {len(groups)} isomorphic groups"]
     for iso in groups:
-        rows.append(f"{iso.signature:<24} {iso.kind:<9} {len(iso.groups):>3} group{'s' if len(iso.groups) != 1 else ' '}, channels {sum(iso.channels)}")
+        rows.append(f"{iso.signature:<24} {iso.kind:<9} {len(iso.groups):>3} group{'s' if len(iso.groups) != 1 else ''}, channels {sum(iso.channels)}")
         for g in iso.groups:
             members = ", ".join(f"{n}:{d}" for n, d in g.members[:4]) + (f" (+{len(g.members) - 4})" if len(g.members) > 4 else "")
             rows.append(f"    {g.root:<36} {g.channels:>5}  {members}")

@@ -54,6 +54,18 @@ def test_inspect(capsys, tmp_path):
     assert code == 0 and json.loads(as_json)["macs"] == m
 
 
+def test_inspect_takes_a_models_name_as_its_path(capsys, tmp_path):
+    code, by_name, _ = run_cli(capsys, "inspect", "test_convnext")
+    assert code == 0 and by_name == run_cli(capsys, "inspect", "--model", "test_convnext")[1]
+    assert by_name.startswith("test_convnext: ") and "  1 group, channels" in by_name and "group ," not in by_name
+    run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--ratios", "0.3", "--out", tmp_path / "m")
+    for path, message in [(tmp_path / "m" / "model.safetensors", f"is a file of the saved model {tmp_path / 'm'}; give its directory"),
+                          (tmp_path / "m" / "isoprune.json", "is a file of the saved model"),
+                          ("prunned/deit_s", "no saved model or plan at prunned/deit_s, and no model of that name; did you mean deit_s?")]:
+        code, _, err = run_cli(capsys, "inspect", path)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("value, metric, like, text", [
     (17.679e9, "macs", None, "17.679 G"), (2.083e6, "macs", None, "2.083 M"), (0.9e8, "macs", 1.5e8, "0.090 G"),
     (22.05e6, "params", None, "22.050 M"), (2.09e4, "params", None, "20.900 K"), (209e3, "params", None, "0.209 M"),
