@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from . import _dist
 from ._coupling import NO_ROOT
 from ._cut import cond_conv_shapes, depthwise as is_depthwise
-from ._errors import IsopruneError, batch_failed
-from ._memory import out_of_memory
+from ._errors import IsopruneError
+from ._memory import named_batch
 
 
 class Importance:
@@ -160,24 +160,20 @@ def calibrate(model: nn.Module, calib: Iterable, max_batches: int | None = None,
             p.grad = None
             handles.append(p.register_post_accumulate_grad_hook(fold))
         desc = f"calibration in pieces of {chunk}" if chunk else "calibration"  # the CLI logs no info lines: the bar says it
+        classes = getattr(model, "num_classes", None)
+        labels = f"class indices below its {classes} classes" if isinstance(classes, int) and classes else "class indices"
+        hint = f"calibration data must be (inputs, targets) batches the model takes: images shaped like its input, and {labels}"
         for batch in tqdm(calib, desc=desc, total=max_batches, leave=False, disable=not _dist.is_main()):
             if max_batches is not None and n >= max_batches:
                 break
             x, y = _pair(batch, n)
             pieces = list(zip(x.split(chunk), y.split(chunk))) if chunk and isinstance(x, torch.Tensor) else [(x, y)]
-            try:
+            with named_batch("calibration", n + 1, hint, inputs=x, targets=y):
                 for i, (xs, ys) in enumerate(pieces):
                     whole[0] = i == len(pieces) - 1
                     out = model(xs.to(device))
                     out = out[0] if isinstance(out, (tuple, list)) else out
                     (F.cross_entropy(out, ys.to(device)) * (len(ys) / len(y))).backward()  # the batch's mean, piece by piece
-            except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as exc:
-                if out_of_memory(exc):
-                    raise
-                classes = getattr(model, "num_classes", None)
-                labels = f"class indices below its {classes} classes" if isinstance(classes, int) and classes else "class indices"
-                raise batch_failed("calibration", n + 1, exc, inputs=x, targets=y,
-                                   hint=f"calibration data must be (inputs, targets) batches the model takes: images shaped like its input, and {labels}") from exc
             n += 1
     finally:
         for handle in handles:

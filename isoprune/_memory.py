@@ -9,6 +9,7 @@ and the data loader come on top).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._errors import IsopruneError
+from ._errors import IsopruneError, batch_failed
 
 log = logging.getLogger("isoprune")
 GIB = 2**30
@@ -35,6 +36,19 @@ def out_of_memory(exc: BaseException) -> bool:
     """Whether an error is a device running out of memory: CUDA's, or a CPU allocation torch
     refused (which it words as an internal assertion)."""
     return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+@contextlib.contextmanager
+def named_batch(what: str, n: int, hint: str, **tensors):
+    """Run a user's batch (the ``n``-th, from 1) through the model: an error it raises, but for
+    running out of memory (the CLI's to word), becomes one naming the batch and its shapes
+    (``_errors.batch_failed``)."""
+    try:
+        yield
+    except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as exc:
+        if out_of_memory(exc):
+            raise
+        raise batch_failed(what, n, exc, hint, **tensors) from exc
 
 
 def _meminfo_available(path: str = "/proc/meminfo") -> int | None:

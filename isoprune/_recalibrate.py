@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ._errors import IsopruneError, batch_failed
-from ._memory import out_of_memory
+from ._errors import IsopruneError
+from ._memory import named_batch
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,9 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device | str | None 
         with torch.no_grad():
             for batch in tqdm(batches, desc="BatchNorm statistics", leave=False):
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
-                try:
+                with named_batch("BatchNorm statistics", seen + 1, "give batches of images shaped like the model's input (or (images, labels) pairs)",
+                                 images=images):
                     model(images.to(device) if device is not None else images)
-                except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as exc:
-                    if out_of_memory(exc):
-                        raise
-                    raise batch_failed("BatchNorm statistics", seen + 1, exc, images=images,
-                                       hint="give batches of images shaped like the model's input (or (images, labels) pairs)") from exc
                 seen += 1
         if not seen:
             raise IsopruneError("no batches to measure BatchNorm statistics on", hint="give at least one batch of images (--data DIR with images)")
