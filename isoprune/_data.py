@@ -92,13 +92,19 @@ class _Folder(ImageFolder):
         return list(_scan[key])
 
 
+def data_dir(path: str | Path) -> Path:
+    """``path``, which must be a directory (the CLI checks ``--data`` before it builds a model)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise IsopruneError(f"no data directory {path}", hint=_FOLDER_HINT)
+    return path
+
+
 def image_folder(path: str | Path, transform, classes: list[str] | None = None):
     """``path`` as a torchvision ImageFolder (its file list scanned once while it is unchanged),
     labelled by the index of its class among ``classes`` where given (the training folder's, for a
     validation folder that may lack some)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise IsopruneError(f"no data directory {path}", hint=_FOLDER_HINT)
+    path = data_dir(path)
     try:
         folder = _Folder(str(path), transform=transform, classes=classes)
     except (FileNotFoundError, RuntimeError) as exc:

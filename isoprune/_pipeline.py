@@ -195,14 +195,17 @@ def run(cfg: _recipes.PruneConfig, data: str | None = None, *, env: _dist.Env | 
         raise IsopruneError(f"recalibrate_bn must be a number of batches, not {cfg.recalibrate_bn}", hint="pass --recalibrate-bn 0 (off) or more")
     if cfg.recalibrate_bn and data is None:
         raise IsopruneError("recalibrating BatchNorm needs data", hint="pass --data DIR (an ImageFolder), or drop --recalibrate-bn")
+    needs_calib = saved is None and _importance.get_importance(cfg.importance).needs_calib
+    if needs_calib and data is None:
+        raise IsopruneError(f"importance {cfg.importance!r} needs data to compute gradients", hint="pass --data DIR (an ImageFolder), or --importance l2")
+    if data is not None:  # these two before the model is built: seconds and gigabytes for DeiT-B
+        _data.data_dir(data)
     torch.manual_seed(cfg.seed)
     model = source_model(cfg)
     if saved is not None:
         return model, _made_on(fit(model, saved, meta_example(model, cfg.input_size) if cfg.input_size else None), cfg)
     calib = None
-    if _importance.get_importance(cfg.importance).needs_calib:
-        if data is None:
-            raise IsopruneError(f"importance {cfg.importance!r} needs data to compute gradients", hint="pass --data DIR (an ImageFolder), or --importance l2")
+    if needs_calib:
         calib = calibration_batches(data, model, cfg.batch_size, cfg.seed, cfg.calib_batches, env.rank, env.world, cfg.input_size)
     elif data is not None:
         calibration_batches(data, model, cfg.batch_size, cfg.seed, input_size=cfg.input_size)  # still check it, the user asked for it

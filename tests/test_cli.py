@@ -375,6 +375,7 @@ def _bad_inputs(tmp_path):
         "unknown ratio key": (base + ["--ratios", "mpl=0.5"], "unknown ratio key 'mpl'"),
         "target above base": (base + ["--target", "100G"], "not below"),
         "taylor without data": (base + ["--ratios", "0.3", "--importance", "taylor"], "needs data"),
+        "missing data dir": (base + ["--ratios", "0.3", "--data", tmp_path / "nope"], f"no data directory {tmp_path / 'nope'}"),
         "empty data dir": (base + ["--ratios", "0.3", "--importance", "taylor", "--data", empty], "no images"),
         "non-image data dir": (base + ["--ratios", "0.3", "--importance", "taylor", "--data", tmp_path / "text"], "no images"),
         "missing checkpoint": (["prune", "--model", "test_resnet", "--weights", tmp_path / "nope.pth", "--ratios", "0.3"], "no checkpoint"),
@@ -396,7 +397,7 @@ def _bad_inputs(tmp_path):
 
 
 BAD = ["unknown model", "a training run's directory", "a directory that holds no model", "a saved model given weights", "ratios for kinds it lacks", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
-       "empty data dir", "non-image data dir", "missing checkpoint", "corrupt checkpoint", "other architecture",
+       "missing data dir", "empty data dir", "non-image data dir", "missing checkpoint", "corrupt checkpoint", "other architecture",
        "unknown recipe key", "target for another model", "nothing to prune", "unknown flag", "bad depth",
        "plan that does not fit", "missing plan", "recalibration without data", "negative recalibration",
        "bad latency target", "timing without a latency target"]
@@ -412,6 +413,20 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("isoprune: error:"), err
     assert message in lines[0]
     assert "Traceback" not in err and not out_dir.exists()
+
+
+@pytest.mark.parametrize("case", ["taylor without data", "missing data dir", "recalibration without data"])
+def test_data_is_checked_before_the_model_is_built(capsys, tmp_path, monkeypatch, case):
+    """Building the model takes seconds and gigabytes for DeiT-B: what is wrong with --data is said first."""
+    from isoprune import _pipeline
+
+    def build(cfg):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(_pipeline, "source_model", build)
+    argv, message = _bad_inputs(tmp_path)[case]
+    code, _, err = run_cli(capsys, *argv, "--out", tmp_path / "out")
+    assert code == 2 and message in err and "was built" not in err
 
 
 @pytest.mark.parametrize("argv, message", [
