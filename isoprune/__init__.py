@@ -6,54 +6,59 @@
     isoprune.save(model, "pruned/deit_s")
     isoprune.finetune("pruned/deit_s", data="/imagenet", epochs=300)
     isoprune.pretrain("deit_small_patch16_224", data="/imagenet", tokens="simprune", keep_rate=0.8)  # DINO
+
+The names below are imported on first use: torch and timm take seconds to import, and
+``isoprune --help`` or a mistyped flag should not wait for them.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from ._errors import IsopruneError
-from ._groups import LABELS, Group, IsomorphicGroup
-from ._importance import Importance, available_importances, register_importance
-from ._plan import SCOPES, Budget, GroupPlan, PruningPlan, Ratios, plan
-from ._depth import DepthPlan
-from ._latency import Timing
-from ._apply import apply_plan, prune, zero_out
-from ._recalibrate import recalibrate_bn
-from ._api import count, isomorphic_groups
-from ._models import ALIASES
-from ._models import create as create_model
-from ._io import load, save
-from ._finetune import run as finetune
-from ._eval import run as evaluate
-from ._ssl import run as pretrain
-from . import tokens
+_EXPORTS = {  # public name -> (module, its name there)
+    "IsopruneError": ("_errors", "IsopruneError"),
+    "Ratios": ("_plan", "Ratios"),
+    "Budget": ("_plan", "Budget"),
+    "Timing": ("_latency", "Timing"),
+    "DepthPlan": ("_depth", "DepthPlan"),
+    "PruningPlan": ("_plan", "PruningPlan"),
+    "GroupPlan": ("_plan", "GroupPlan"),
+    "Group": ("_groups", "Group"),
+    "IsomorphicGroup": ("_groups", "IsomorphicGroup"),
+    "Importance": ("_importance", "Importance"),
+    "register_importance": ("_importance", "register_importance"),
+    "available_importances": ("_importance", "available_importances"),
+    "plan": ("_plan", "plan"),
+    "apply_plan": ("_apply", "apply_plan"),
+    "prune": ("_apply", "prune"),
+    "zero_out": ("_apply", "zero_out"),
+    "recalibrate_bn": ("_recalibrate", "recalibrate_bn"),
+    "isomorphic_groups": ("_api", "isomorphic_groups"),
+    "count": ("_api", "count"),
+    "create_model": ("_models", "create"),
+    "save": ("_io", "save"),
+    "load": ("_io", "load"),
+    "finetune": ("_finetune", "run"),
+    "evaluate": ("_eval", "run"),
+    "pretrain": ("_ssl", "run"),
+    "tokens": ("tokens", None),
+    "ALIASES": ("_models", "ALIASES"),
+    "SCOPES": ("_recipes", "SCOPES"),
+    "LABELS": ("_recipes", "LABELS"),
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "IsopruneError",
-    "Ratios",
-    "Budget",
-    "Timing",
-    "DepthPlan",
-    "PruningPlan",
-    "GroupPlan",
-    "Group",
-    "IsomorphicGroup",
-    "Importance",
-    "register_importance",
-    "available_importances",
-    "plan",
-    "apply_plan",
-    "prune",
-    "zero_out",
-    "recalibrate_bn",
-    "isomorphic_groups",
-    "count",
-    "create_model",
-    "save",
-    "load",
-    "finetune",
-    "evaluate",
-    "pretrain",
-    "tokens",
-    "ALIASES",
-    "SCOPES",
-    "LABELS",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'isoprune' has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    found = importlib.import_module(f".{module}", __name__)
+    value = found if attr is None else getattr(found, attr)
+    globals()[name] = value  # once: later look-ups find it as a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

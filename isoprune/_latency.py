@@ -25,10 +25,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import _recipes
 from ._errors import IsopruneError
 from ._plan import figure
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in _recipes.DTYPES}
 MORE = 3
 
 

@@ -14,9 +14,8 @@ import yaml
 from . import __version__, _importance, _trace
 from ._errors import IsopruneError
 from ._groups import Analysis, Group, analyse, breaking, log
+from ._recipes import KINDS, SCOPES
 
-KINDS = ("emb", "heads", "head_dim", "mlp")
-SCOPES = ("isomorphic", "global", "local")
 
 
 @dataclass

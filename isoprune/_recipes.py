@@ -81,6 +81,13 @@ class Limited:
         return f"set --{name.replace('_', '-')}{where}"
 
 
+KINDS = ("emb", "heads", "head_dim", "mlp")
+"""The ViT group kinds a ratio can name (any other group is plain ``channels``, under ``default``)."""
+SCOPES = ("isomorphic", "global", "local")
+DTYPES = ("float32", "float16", "bfloat16")
+"""Precisions a latency is timed in (``_latency.DTYPES`` maps them to torch's)."""
+
+
 @dataclass
 class PruneConfig(Limited):
     """``ratios`` has the fields of ``Ratios``. ``target`` is a budget (``4.2G`` MACs, ``20M``

@@ -1,7 +1,8 @@
 """``isoprune`` command line: a thin layer that builds configs and calls the library.
 
 Every failure a user can cause ends as one line on stderr and exit status 2, before anything is
-written.
+written. The library (torch, timm) is imported once a command runs: ``--help``, ``--version`` and
+a mistyped flag answer at once.
 """
 from __future__ import annotations
 
@@ -16,19 +17,18 @@ import typing
 from dataclasses import fields, replace
 from pathlib import Path
 
-from . import __version__, _dist, _io, _models, _pipeline, _recipes
+from . import __version__, _recipes
 from ._errors import IsopruneError
-from ._latency import DTYPES, described
-from ._plan import KINDS, SCOPES, Budget, PruningPlan, before_after, figure
-from ._recalibrate import batch_norms
+from ._recipes import DTYPES, KINDS, SCOPES
 
 
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)  # a misspelt flag is an error, not a guess
 
-    def error(self, message):  # one line, not usage + message
-        raise IsopruneError(f"{self.prog}: {message}", hint=f"see {self.prog} --help")
+    def error(self, message):  # one line, not usage + message; main() prints "isoprune: error:" before it
+        where = "" if self.prog == "isoprune" else f"{self.prog.removeprefix('isoprune ')}: "
+        raise IsopruneError(f"{where}{message}", hint=f"see {self.prog} --help")
 
 
 def _ratios(text: str) -> dict[str, float]:
@@ -183,6 +183,9 @@ def _given(args, cls) -> dict:
 def prune_config(args) -> tuple[_recipes.PruneConfig, str | None]:
     """Recipe values, then a target's shape, then explicit flags; and the recipe they came from
     (``--recipe``, else a named target's), whose finetune section a later fine-tune takes."""
+    from . import _io, _pipeline
+    from ._plan import Budget
+
     if args.plan and (args.recipe or args.depth):
         raise IsopruneError("--plan applies a saved plan as it is", hint="drop --recipe and --depth, or drop --plan")
     cfg = _recipes.load_recipe(args.recipe).prune if args.recipe else _recipes.PruneConfig()
@@ -211,6 +214,9 @@ def prune_config(args) -> tuple[_recipes.PruneConfig, str | None]:
 
 
 def cmd_prune(args) -> int:
+    from . import _dist, _io, _models, _pipeline
+    from ._recalibrate import batch_norms
+
     cfg, recipe = prune_config(args)
     if args.out:
         out = Path(args.out)
@@ -298,6 +304,8 @@ def cmd_ssl(args) -> int:
 
 def cmd_eval(args) -> int:
     from ._eval import run
+    from ._latency import described
+    from ._plan import figure
 
     result = run(_source(args), args.data, weights=args.weights, num_classes=args.num_classes, input_size=args.input_size,
                  batch_size=args.batch_size, device=args.device, workers=args.workers, warmup=args.warmup, iters=args.iters,
@@ -314,6 +322,8 @@ def cmd_eval(args) -> int:
 def _inspected(args) -> None:
     """What ``inspect PATH`` was given, where PATH is not a saved model or a plan file: a model's
     name is taken as ``--model``; a saved model's own file, or nothing at all, is an error."""
+    from . import _io, _models
+
     path = Path(args.path)
     if path.is_file() and path.name in (_io.WEIGHTS, _io.METADATA) and _io.is_saved(path.parent):
         raise IsopruneError(f"{path} is a file of the saved model {path.parent}", hint=f"give its directory: isoprune inspect {path.parent}")
@@ -327,6 +337,9 @@ def _inspected(args) -> None:
 
 
 def cmd_inspect(args) -> int:
+    from . import _io, _models, _pipeline
+    from ._plan import PruningPlan, before_after, figure
+
     if args.path:
         _inspected(args)
     if args.path and Path(args.path).is_file() and Path(args.path).suffix in (".yaml", ".yml", ".json"):  # a plan file

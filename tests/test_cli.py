@@ -498,7 +498,7 @@ def test_a_step_batchnorm_cannot_train_on_ends_the_run_in_one_line(capsys, tmp_p
                                                   ("--iters", "x", "'x' is not a whole number")])
 def test_eval_takes_whole_numbers_in_range(capsys, flag, value, message):
     code, _, err = run_cli(capsys, "eval", "--model", "test_vit", "--weights", "none", flag, value)
-    assert code == 2 and err.strip() == f"isoprune: error: isoprune eval: argument {flag}: {message}; see isoprune eval --help"
+    assert code == 2 and err.strip() == f"isoprune: error: eval: argument {flag}: {message}; see isoprune eval --help"
 
 
 def test_prune_to_a_latency_target(capsys, tmp_path):
@@ -530,3 +530,26 @@ def test_offline_pretrained_is_one_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("isoprune: error: could not get pretrained weights"), done.stderr
     assert "--weights" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--version"], "isoprune 0.1.0"),
+    (["prune", "--help"], "usage: isoprune prune"),
+    (["prune", "--ratio", "0.3"], "isoprune: error: unrecognized arguments: --ratio 0.3; see isoprune --help"),
+])
+def test_help_version_and_bad_flags_answer_without_the_library(argv, said):
+    """torch and timm take seconds to import: the command line imports them only once a command runs."""
+    script = ("import sys\nfrom isoprune import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+              "print(sorted({'torch', 'timm', 'torch_pruning'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60)
+    assert said in done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_the_package_gives_its_names_on_first_use():
+    """``isoprune.prune`` and the rest are imported when first asked for; a name it lacks is an AttributeError."""
+    script = ("import sys, isoprune\nloaded = 'torch' in sys.modules\nfrom isoprune import prune, Ratios, tokens\n"
+              "print(loaded, 'torch' in sys.modules, set(isoprune.__all__) <= set(dir(isoprune)), callable(prune), tokens.__name__)\n"
+              "try:\n    isoprune.pruen\nexcept AttributeError as err:\n    print(err)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == ["False True True True isoprune.tokens", "module 'isoprune' has no attribute 'pruen'"], done.stderr
