@@ -48,12 +48,13 @@ def latency(model: nn.Module, input_size: tuple[int, int, int], batch_size: int,
             "throughput": batch_size / median, "device": str(device), "iters": iters, "warmup": warmup}
 
 
-def run(source: str | Path, data: str | Path | None = None, *, weights: str = "pretrained", num_classes: int | None = None,
+def run(source: str | Path, data: str | Path | None = None, *, weights: str | None = None, num_classes: int | None = None,
         input_size: int | None = None, batch_size: int = 64, device: str = "cpu", workers: int = 0,
         warmup: int = 5, iters: int = 20, dtype: str = "float32", channels_last: bool = False) -> dict:
     """Everything ``isoprune eval`` reports: accuracy on ``data`` (its ``val/`` when present),
     MACs, params and latency at ``batch_size``; all with the weights and inputs in ``dtype``
-    (``float16`` or ``bfloat16``, as a model is deployed on a GPU), channels-last if asked."""
+    (``float16`` or ``bfloat16``, as a model is deployed on a GPU), channels-last if asked.
+    ``weights`` are for a model given by name (default: pretrained); a directory has its own."""
     import timm.data
 
     for name, value in (("num_classes", num_classes), ("input_size", input_size)):  # None: the model's own
@@ -62,9 +63,10 @@ def run(source: str | Path, data: str | Path | None = None, *, weights: str = "p
     for name, value, limit in (("batch_size", batch_size, _recipes.COUNT), ("workers", workers, _recipes.NONNEGATIVE),
                                ("warmup", warmup, _recipes.NONNEGATIVE), ("iters", iters, _recipes.COUNT)):
         _recipes.check_whole(name, value, limit)
+    _io.refuse_weights(source, weights)
     cast = cast_to(dtype, channels_last)
     where = _data.device(device)
-    model = load_model(source, weights, num_classes, input_size)
+    model = load_model(source, weights or "pretrained", num_classes, input_size)
     config = _data.data_config(model, input_size)
     result = {"model": str(source)}
     # counted in the precision the model was saved in, before it is cast

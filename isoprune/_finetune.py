@@ -409,8 +409,7 @@ def run(source: str | Path, data: str | Path, out: str | Path | None = None, *, 
         raise IsopruneError(f"unknown fine-tuning setting {unknown[0]!r}", hint=f"valid: {', '.join(sorted(trained | running))}")
     source = str(source)
     is_dir = Path(source).is_dir()
-    if is_dir and settings.get("weights") is not None:
-        raise IsopruneError("weights are for a model given by name", hint="a pruned directory carries its own weights")
+    _io.refuse_weights(source, settings.get("weights"))
     cfg = config(_io.read_metadata(source) if is_dir else None, recipe, **{k: v for k, v in settings.items() if k in trained})
     name = Path(source).resolve().name if is_dir else _models.architecture(source)
     opts = Options(data=str(data), out=str(out or f"finetuned/{name}"),

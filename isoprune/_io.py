@@ -132,6 +132,13 @@ def is_saved(path) -> bool:
     return (Path(path) / METADATA).is_file()
 
 
+def refuse_weights(source, weights) -> None:
+    """A directory isoprune wrote carries its own weights: ``weights`` given with it would be ignored."""
+    if weights is not None and Path(source).is_dir():
+        raise IsopruneError(f"weights are for a model given by name, not the directory {source}",
+                            hint="a pruned directory carries its own weights: drop weights (--weights)")
+
+
 def read_metadata(directory) -> dict:
     path = Path(directory) / METADATA
     if not path.is_file():

@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="top-1/top-5, loss, MACs, params, latency and throughput")
     e.add_argument("path", nargs="?", help="a directory written by isoprune prune or finetune")
     e.add_argument("--model", help="a timm model name instead of a directory")
-    e.add_argument("--weights", default="pretrained", help="for --model: pretrained (default), none, or a checkpoint PATH")
+    e.add_argument("--weights", help="for --model: pretrained (default), none, or a checkpoint PATH")
     e.add_argument("--num-classes", type=_number(), help="for --model: number of classes")
     e.add_argument("--data", help="ImageFolder (its val/ when present); without it only size and speed")
     e.add_argument("--input-size", type=_number(), help="square input resolution (default: the model's; for a saved one, the size it was pruned or trained at)")

@@ -181,6 +181,14 @@ def test_finetune_from_python_rejects_unknown_settings(tmp_path, digits, trained
     assert not (tmp_path / "x").exists()
 
 
+def test_evaluate_refuses_weights_for_a_saved_model(capsys, trained):
+    """They were ignored: ``eval DIR --weights PATH`` reported the directory's own weights."""
+    with pytest.raises(isoprune.IsopruneError, match="weights are for a model given by name"):
+        isoprune.evaluate(trained / "best", weights="none")
+    code, _, err = run_cli(capsys, "eval", trained / "best", "--weights", "none")
+    assert code == 2 and err.startswith(f"isoprune: error: weights are for a model given by name, not the directory {trained / 'best'}")
+
+
 CALIBRATE = """
 import sys
 import safetensors.torch
