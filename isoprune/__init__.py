@@ -45,7 +45,7 @@ _EXPORTS = {  # public name -> (module, its name there)
     "tokens": ("tokens", None),
     "ALIASES": ("_models", "ALIASES"),
     "SCOPES": ("_recipes", "SCOPES"),
-    "LABELS": ("_recipes", "LABELS"),
+    "LABELS": ("_groups", "LABELS"),
 }
 __all__ = list(_EXPORTS)
 

@@ -549,6 +549,7 @@ def test_help_version_and_bad_flags_answer_without_the_library(argv, said):
 def test_the_package_gives_its_names_on_first_use():
     """``isoprune.prune`` and the rest are imported when first asked for; a name it lacks is an AttributeError."""
     script = ("import sys, isoprune\nloaded = 'torch' in sys.modules\nfrom isoprune import prune, Ratios, tokens\n"
+              "every = [getattr(isoprune, name) for name in isoprune.__all__]\n"
               "print(loaded, 'torch' in sys.modules, set(isoprune.__all__) <= set(dir(isoprune)), callable(prune), tokens.__name__)\n"
               "try:\n    isoprune.pruen\nexcept AttributeError as err:\n    print(err)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
