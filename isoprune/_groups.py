@@ -348,8 +348,8 @@ def cut_ops(graph: tp.DependencyGraph, tp_groups: list, removed: dict[int, list[
 
 def run_ops(model: nn.Module, ops: list[Op]) -> None:
     """Run the cuts, every layer's outputs first: a weight cut along both dims loses its rows
-    before its columns, the slower copy, which then reads only the rows kept (ConvNeXt-B's cut:
-    15% less time). Cuts along different dims do not depend on each other's order."""
+    before its columns, the slower copy, which then reads only the rows kept. Cuts along
+    different dims do not depend on each other's order."""
     for op in sorted(ops, key=lambda op: not op.out):
         if op.param:
             owner_name, _, attr = op.name.rpartition(".")

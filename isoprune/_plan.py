@@ -17,7 +17,6 @@ from ._groups import Analysis, Group, analyse, breaking, log
 from ._recipes import KINDS, SCOPES
 
 
-
 @dataclass
 class Ratios:
     """Share of units to remove, per kind; ``default`` covers every other group (CNN channels).
