@@ -136,7 +136,7 @@ def refuse_weights(source, weights) -> None:
     """A directory isoprune wrote carries its own weights: ``weights`` given with it would be ignored."""
     if weights is not None and Path(source).is_dir():
         raise IsopruneError(f"weights are for a model given by name, not the directory {source}",
-                            hint="a pruned directory carries its own weights: drop weights (--weights)")
+                            hint="a pruned directory carries its own weights: drop --weights (weights= in Python)")
 
 
 def read_metadata(directory) -> dict:
