@@ -10,9 +10,7 @@
 The names below are imported on first use: torch and timm take seconds to import, and
 ``isoprune --help`` or a mistyped flag should not wait for them.
 """
-from __future__ import annotations
-
-import importlib
+from importlib import import_module as _import_module
 
 __version__ = "0.1.0"
 
@@ -54,7 +52,7 @@ def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'isoprune' has no attribute {name!r}")
     module, attr = _EXPORTS[name]
-    found = importlib.import_module(f".{module}", __name__)
+    found = _import_module(f".{module}", __name__)
     value = found if attr is None else getattr(found, attr)
     globals()[name] = value  # once: later look-ups find it as a plain attribute
     return value

@@ -93,7 +93,8 @@ class _Folder(ImageFolder):
 
 
 def data_dir(path: str | Path) -> Path:
-    """``path``, which must be a directory (the CLI checks ``--data`` before it builds a model)."""
+    """``path``, which must be a directory (``_pipeline.run`` checks ``--data`` with it before it
+    builds the model)."""
     path = Path(path)
     if not path.is_dir():
         raise IsopruneError(f"no data directory {path}", hint=_FOLDER_HINT)
