@@ -44,25 +44,38 @@ def versions() -> dict[str, str]:
 
 def base_spec(model: nn.Module, base=None) -> dict:
     """How to rebuild the unpruned architecture: ``{"library", "name", "kwargs"}``. Models built
-    by ``isoprune`` remember it; other timm models are read from their config; ``base`` may be
-    given as that dict or as ``"timm:NAME"`` / ``"torchvision:NAME"``."""
+    by ``isoprune`` remember it; other timm models are read from their config, the name with its
+    pretrained tag (``resnet50.tv_in1k``: the data config a loaded model gets is that tag's);
+    ``base`` may be given as that dict or as ``"timm:NAME"`` / ``"torchvision:NAME"``."""
     if isinstance(base, str):
         library, _, name = base.rpartition(":")
         base = {"library": library or "timm", "name": name, "kwargs": {}}
     if base is None:
         base = getattr(model, "isoprune_base", None)
     if base is None:
-        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        arch = cfg.get("architecture")
         if arch is None:
             raise IsopruneError(
                 f"cannot tell which architecture this {type(model).__name__} was built from",
                 hint='pass base="timm:NAME" or base="torchvision:NAME"',
             )
         kwargs = {"num_classes": model.num_classes} if hasattr(model, "num_classes") else {}
-        base = {"library": "timm", "name": arch, "kwargs": kwargs}
+        base = {"library": "timm", "name": _tagged(arch, cfg.get("tag")), "kwargs": kwargs}
     if base.get("library") not in ("timm", "torchvision"):
         raise IsopruneError(f"unknown model library {base.get('library')!r}", hint="use timm or torchvision")
     return {"library": base["library"], "name": base["name"], "kwargs": dict(base.get("kwargs", {}))}
+
+
+def _tagged(arch: str, tag: str | None) -> str:
+    """``arch.tag`` where timm knows that tag for the architecture, else ``arch``."""
+    import timm
+
+    try:
+        timm.models.get_pretrained_cfg(f"{arch}.{tag}", allow_unregistered=False)
+    except Exception:  # noqa: BLE001 - no tag, or one timm does not know (a config made by hand)
+        return arch
+    return f"{arch}.{tag}"
 
 
 def _build(base: dict) -> nn.Module:

@@ -101,7 +101,9 @@ def create(name: str, weights: str = "pretrained", *, input_size: int | None = N
         hub_log.setLevel(hub_level)
     if weights not in ("pretrained", "none"):
         load_weights(model, weights, new_head=new_head and "num_classes" in kwargs)
-    model.isoprune_base = {"library": "timm", "name": full.partition(".")[0], "kwargs": dict(kwargs)}
+    # with its pretrained tag: a tag is other weights (the teacher `original` loads) and their data
+    # config (resnet50.tv_in1k: bilinear, crop 0.875; resnet50's default a1_in1k: bicubic, 0.95)
+    model.isoprune_base = {"library": "timm", "name": full, "kwargs": dict(kwargs)}
     return model.eval()
 
 

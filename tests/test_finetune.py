@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
+import timm
 import torch
 
 import isoprune
-from isoprune import _finetune, cli
+from isoprune import _finetune, _io, cli
 
 from conftest import run_cli, torchrun
 
@@ -266,6 +267,19 @@ def test_bad_input_is_one_line(capsys, tmp_path, digits, trained, case):
     lines = [line for line in err.strip().splitlines() if line.startswith("isoprune:")]
     assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
+
+
+def test_the_original_teacher_is_the_tagged_model_it_was_pruned_from(capsys, tmp_path):
+    """Pruned from ``resnet18.tv_in1k`` with a checkpoint, ``--teacher original`` builds that tag
+    (torchvision's data config, not the default tag's) with those weights."""
+    state = timm.create_model("resnet18.tv_in1k", num_classes=10).state_dict()
+    safetensors.torch.save_file(state, tmp_path / "tv.safetensors")
+    code, _, err = run_cli(capsys, "prune", "--model", "resnet18.tv_in1k", "--weights", tmp_path / "tv.safetensors", "--num-classes", "10",
+                           "--ratios", "0.3", "--input-size", "64", "--out", tmp_path / "p")
+    assert code == 0, err
+    teacher = _finetune.teacher("original", _io.read_metadata(tmp_path / "p"), 10, side=64)
+    assert teacher.pretrained_cfg["tag"] == "tv_in1k" and teacher.pretrained_cfg["interpolation"] == "bilinear"
+    assert torch.equal(teacher.fc.weight, state["fc.weight"])
 
 
 def test_teacher_with_other_classes_is_refused(capsys, tmp_path, digits, trained):

@@ -2,10 +2,11 @@
 import json
 
 import pytest
+import timm
 import torch
 
 import isoprune
-from isoprune import _data, _models
+from isoprune import _data, _io, _models
 from conftest import base_of, inputs_for, make
 
 FAMILIES = [
@@ -107,6 +108,25 @@ def test_the_input_size_goes_with_the_model(tmp_path):
     rebuilt = make("test_resnet", seed=1)
     _models.load_weights(rebuilt, tmp_path / "whole")  # its weights alone (--weights DIR), into a model built anew
     assert rebuilt.pretrained_cfg["input_size"] == (3, 64, 64)
+
+
+def test_a_saved_model_keeps_its_pretrained_tag(tmp_path):
+    """``resnet18.tv_in1k`` (torchvision's weights: bilinear, crop 0.875) is another model than
+    ``resnet18``, whose default tag is timm's a1_in1k (bicubic, crop 0.95). Saved and loaded, the
+    pruned model keeps the tag, so it is evaluated and fine-tuned with its own data config, and
+    ``--teacher original`` gets the weights it was pruned from. So does a timm model built outside
+    isoprune, whose config names the tag."""
+    tv = _data.data_config(timm.create_model("resnet18.tv_in1k"))
+    assert tv["interpolation"] != _data.data_config(timm.create_model("resnet18"))["interpolation"]
+    by_name = isoprune.create_model("resnet18.tv_in1k", weights="none", num_classes=10)
+    by_hand = timm.create_model("resnet18.tv_in1k", num_classes=10)
+    for i, model in enumerate((by_name, by_hand)):
+        isoprune.prune(model, 0.3, example_inputs=torch.randn(1, 3, 64, 64))
+        isoprune.save(model, tmp_path / str(i), input_size=[3, 224, 224])
+        assert json.loads((tmp_path / str(i) / "isoprune.json").read_text())["base"]["name"] == "resnet18.tv_in1k"
+        assert _data.data_config(isoprune.load(tmp_path / str(i))) == tv
+    made = timm.create_model("resnet18", pretrained_cfg={"architecture": "resnet18", "tag": "mine"})  # a tag timm does not know
+    assert _io.base_spec(made)["name"] == "resnet18"
 
 
 def test_refuses_to_overwrite(tmp_path):
