@@ -106,14 +106,15 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
         if base["library"] != "timm":
             raise IsopruneError("--teacher original needs a timm base model", hint="pass --teacher PATH or NAME, or none")
         # the base is built for the student's classes: a head its weights lack would be new, and teach nothing
-        given, trained = base["kwargs"].get("num_classes"), _models.head_classes(base["name"], weights)
+        built_from = base.get("source", base["name"])  # a model from the Hub or a folder: its weights are there
+        given, trained = base["kwargs"].get("num_classes"), _models.head_classes(built_from, weights)
         if given is not None and trained not in (None, given):
             raise IsopruneError(
                 (f"the original model was given a new {given}-class head when pruned" if spec == "original" else f"the student has {given} classes")
                 + f", but the teacher's weights ({weights}) predict {trained} classes",
                 hint="pass --teacher PATH or NAME (a model trained on the student's classes), or none",
             )
-        model = _models.create(base["name"], weights, input_size=side, **base["kwargs"])
+        model = _models.create(built_from, weights, input_size=side, **base["kwargs"])
     elif path.is_dir():
         model = _io.load(path)
     elif path.suffix:

@@ -61,10 +61,17 @@ def base_spec(model: nn.Module, base=None) -> dict:
                 hint='pass base="timm:NAME" or base="torchvision:NAME"',
             )
         kwargs = {"num_classes": model.num_classes} if hasattr(model, "num_classes") else {}
-        base = {"library": "timm", "name": _tagged(arch, cfg.get("tag")), "kwargs": kwargs}
+        source = cfg.get("source")
+        if source in ("hf-hub", "local-dir"):  # timm built it from the Hub or a folder: its config has the rest
+            from ._models import sourced_base
+
+            base = sourced_base(f"{source}:{cfg['hf_hub_id'] if source == 'hf-hub' else cfg['file']}", model, kwargs)
+        else:
+            base = {"library": "timm", "name": _tagged(arch, cfg.get("tag")), "kwargs": kwargs}
     if base.get("library") not in ("timm", "torchvision"):
         raise IsopruneError(f"unknown model library {base.get('library')!r}", hint="use timm or torchvision")
-    return {"library": base["library"], "name": base["name"], "kwargs": dict(base.get("kwargs", {}))}
+    spec = {"library": base["library"], "name": base["name"], "kwargs": dict(base.get("kwargs", {}))}
+    return {**spec, **{key: base[key] for key in ("source", "pretrained_cfg") if key in base}}
 
 
 def _tagged(arch: str, tag: str | None) -> str:
@@ -86,9 +93,12 @@ def _build(base: dict) -> nn.Module:
             return torchvision.models.get_model(base["name"], weights=None, **base["kwargs"])
         import timm
 
-        return timm.create_model(base["name"], pretrained=False, **base["kwargs"])
+        model = timm.create_model(base["name"], pretrained=False, **base["kwargs"])
     except Exception as exc:
         raise IsopruneError(f"cannot rebuild base model {base['name']}: {exc}", hint="is the library version the one it was saved with?") from exc
+    if base.get("pretrained_cfg"):  # a model from the Hub or a folder: its images are prepared as it was trained
+        model.pretrained_cfg = {**model.pretrained_cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in base["pretrained_cfg"].items()}}
+    return model
 
 
 def check_writable(directory, overwrite: bool = False) -> Path:

@@ -1,6 +1,7 @@
 """Building base models by name, with pretrained, local or no weights."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import warnings
@@ -40,11 +41,38 @@ ALIASES = {
 }
 
 
+_FOLDER_HINT = "a local-dir: folder holds a timm model's config.json and its weights, as timm's save_for_hf or huggingface-cli download write them"
+
+DATA_CONFIG = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
+"""The pretrained config's keys that say how the model's images are prepared."""
+
+
+def source_of(name: str) -> tuple[str | None, str]:
+    """timm's reading of a model name: (``hf-hub`` or ``local-dir``, the Hub repo or the folder),
+    or (None, the name) for a model of timm's registry."""
+    if ":" not in name:
+        return None, name
+    try:
+        return timm.models.parse_model_name(name)
+    except ValueError as exc:
+        raise IsopruneError(str(exc).splitlines()[0].rstrip("."), hint="write hf-hub:OWNER/REPO for a Hugging Face Hub model, local-dir:PATH for a folder of one") from exc
+
+
 def resolve(name: str) -> str:
-    """A timm model name (optionally with a pretrained tag) for a name or alias."""
+    """A timm model name (optionally with a pretrained tag) for a name or alias; a Hub repo
+    (``hf-hub:timm/vit_base_patch16_224.augreg_in21k``) or a local folder of one
+    (``local-dir:PATH``, made absolute) as timm reads them."""
     name = name.strip()
     if name in ALIASES:
         return ALIASES[name]
+    source, where = source_of(name)
+    if source == "local-dir":
+        folder = Path(where).expanduser().resolve()
+        if not (folder / "config.json").is_file():
+            raise IsopruneError(f"no timm model folder at {where} (no config.json in it)", hint=_FOLDER_HINT)
+        return f"local-dir:{folder}"
+    if source is not None:
+        return f"{source}:{where}"
     if timm.is_model(name):
         return name
     if Path(name).is_dir():
@@ -55,18 +83,84 @@ def resolve(name: str) -> str:
                 f"{name} is a model isoprune saved, not a model name",
                 hint="give it as the PATH of eval, finetune or inspect, or as prune's --model",
             )
+        if (Path(name) / "config.json").is_file():
+            raise IsopruneError(f"{name} is the folder of a timm model, not a model name", hint=f"give it as local-dir:{name}")
         read_metadata(name)  # a directory that is not a saved model: says what it is
     known = list(ALIASES) + timm.list_models()
     close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
-    raise IsopruneError(
-        f"unknown model {name!r}",
-        hint=f"did you mean {', '.join(close)}?" if close else "see timm.list_models() or isoprune's ALIASES",
-    )
+    guess = f"did you mean {', '.join(close)}?" if close else ""
+    if "/" in name:  # a path, or a Hub repo as the Hub's pages write it: timm/vit_base_patch16_224.augreg_in21k
+        repo = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+        where = f"a Hugging Face Hub repo? give it as hf-hub:{name}" if repo else "check the path (local-dir:PATH for the folder of a timm model)"
+        raise IsopruneError(f"no model or directory {name!r}", hint=f"{where}; or {guess}" if guess else where)
+    raise IsopruneError(f"unknown model {name!r}", hint=guess or "see timm.list_models() or isoprune's ALIASES")
 
 
 def architecture(name: str) -> str:
-    """The architecture part of a timm name: ``resnet50.tv_in1k`` -> ``resnet50``."""
-    return resolve(name).partition(".")[0]
+    """The architecture part of a timm name: ``resnet50.tv_in1k`` -> ``resnet50``; of a Hub repo
+    or a local folder, the one its config names."""
+    full = resolve(name)
+    return source_config(full)[0] if source_of(full)[0] else full.partition(".")[0]
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """The Hugging Face Hub's own log held to errors: offline, it logs each failed request and
+    retry, where our error says it once."""
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_log.setLevel(level)
+
+
+_configs: dict[str, tuple[str, dict, dict]] = {}
+
+
+def source_config(name: str) -> tuple[str, dict, dict]:
+    """The architecture, model arguments and pretrained config of an ``hf-hub:`` or
+    ``local-dir:`` model, from its ``config.json`` (from the Hub, or the Hugging Face cache when
+    offline with ``HF_HUB_OFFLINE=1``); read once a process."""
+    full = resolve(name)
+    if full not in _configs:
+        source, where = source_of(full)
+        try:
+            with _quiet_hub():
+                if source == "hf-hub":
+                    cfg, arch, args = timm.models.load_model_config_from_hf(where)
+                else:
+                    from timm.models._hub import load_model_config_from_path  # what timm reads a local-dir: with
+
+                    cfg, arch, args = load_model_config_from_path(where)
+        except Exception as exc:
+            hint = _FOLDER_HINT
+            if source == "hf-hub":
+                from huggingface_hub import constants
+
+                fetch = f"download it where there is a network (huggingface-cli download {where} --local-dir DIR) and give local-dir:DIR"
+                hint = (f"HF_HUB_OFFLINE is set and it is not in the Hugging Face cache: {fetch}" if constants.HF_HUB_OFFLINE
+                        else f"offline? {fetch}, or set HF_HUB_OFFLINE=1 with it in the Hugging Face cache")
+            said = str(exc).splitlines()[0].partition(". ")[0].rstrip(".")[:200]  # the Hub's errors run on for sentences
+            raise IsopruneError(f"cannot read the config of {full}: {type(exc).__name__}: {said}", hint=hint) from exc
+        _configs[full] = (arch, dict(args or {}), dict(cfg))
+    return _configs[full]
+
+
+def sourced_base(full: str, model: nn.Module, kwargs: dict) -> dict:
+    """``isoprune_base`` of a model from the Hub or a local folder: its architecture, built with
+    the model arguments and classes of its config (a fine-tune's head), the data config it was
+    trained with (``pretrained_cfg``, which a loaded copy takes on), and where it came from
+    (``source``: the teacher ``original`` loads its weights from there)."""
+    full = resolve(full)
+    arch, args, cfg = source_config(full)
+    kwargs = {**args, **kwargs}
+    if cfg.get("num_classes") is not None:
+        kwargs.setdefault("num_classes", cfg["num_classes"])
+    own = getattr(model, "pretrained_cfg", None) or {}
+    data = {key: list(own[key]) if isinstance(own[key], tuple) else own[key] for key in DATA_CONFIG if key in own}
+    return {"library": "timm", "name": arch, "kwargs": kwargs, "source": full, "pretrained_cfg": data}
 
 
 def create(name: str, weights: str = "pretrained", *, input_size: int | None = None, new_head: bool = True, **kwargs) -> nn.Module:
@@ -76,6 +170,9 @@ def create(name: str, weights: str = "pretrained", *, input_size: int | None = N
     ViT) is built for ``input_size`` squared where that is another (``sized_for``). With
     ``num_classes`` and ``new_head``, a checkpoint's classifier for other classes is left out."""
     full = resolve(name)
+    sourced = source_of(full)[0] is not None
+    if sourced:
+        source_config(full)  # a config that cannot be read says so here, in its own words
     if input_size is None and weights not in ("pretrained", "none"):
         from ._io import saved_side
 
@@ -83,11 +180,9 @@ def create(name: str, weights: str = "pretrained", *, input_size: int | None = N
     if input_size is not None:
         kwargs = {**kwargs, **sized_for(full, input_size, kwargs)}
     pretrained = weights == "pretrained"
-    hub_log = logging.getLogger("huggingface_hub")
-    hub_level = hub_log.level
-    hub_log.setLevel(logging.ERROR)  # offline, the hub logs each failed request; our error says it once
     try:
-        model = timm.create_model(full, pretrained=pretrained, **kwargs)
+        with _quiet_hub():
+            model = timm.create_model(full, pretrained=pretrained, **kwargs)
     except IsopruneError:
         raise
     except Exception as exc:
@@ -97,13 +192,11 @@ def create(name: str, weights: str = "pretrained", *, input_size: int | None = N
                 hint="offline? pass --weights PATH for a local checkpoint, or --weights none for random init",
             ) from exc
         raise IsopruneError(f"could not build {full}: {exc}", hint="check the model's keyword arguments") from exc
-    finally:
-        hub_log.setLevel(hub_level)
     if weights not in ("pretrained", "none"):
         load_weights(model, weights, new_head=new_head and "num_classes" in kwargs)
     # with its pretrained tag: a tag is other weights (the teacher `original` loads) and their data
     # config (resnet50.tv_in1k: bilinear, crop 0.875; resnet50's default a1_in1k: bicubic, 0.95)
-    model.isoprune_base = {"library": "timm", "name": full, "kwargs": dict(kwargs)}
+    model.isoprune_base = sourced_base(full, model, kwargs) if sourced else {"library": "timm", "name": full, "kwargs": dict(kwargs)}
     return model.eval()
 
 
@@ -185,12 +278,20 @@ def _classifiers(names) -> tuple[str, ...]:
 def head_classes(name: str, weights: str) -> int | None:
     """How many classes the classifier of ``weights`` (``pretrained``: timm's, or a checkpoint)
     for the timm architecture ``name`` predicts; None where that cannot be told."""
-    cfg = timm.models.get_pretrained_cfg(resolve(name))
-    if cfg is None or weights == "none":
+    if weights == "none":
         return None
+    full = resolve(name)
+    if source_of(full)[0]:
+        _, args, cfg = source_config(full)
+        classes, classifier = args.get("num_classes", cfg.get("num_classes")), cfg.get("classifier")
+    else:
+        cfg = timm.models.get_pretrained_cfg(full)
+        if cfg is None:
+            return None
+        classes, classifier = cfg.num_classes, cfg.classifier
     if weights == "pretrained":
-        return cfg.num_classes
-    names, state = _classifiers(cfg.classifier), read_state_dict(weights)
+        return classes
+    names, state = _classifiers(classifier), read_state_dict(weights)
     return next((int(state[f"{n}.weight"].shape[0]) for n in names if f"{n}.weight" in state), None)
 
 

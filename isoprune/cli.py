@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("prune", help="prune a model to a target, ratios or recipe")
-    p.add_argument("--model", help="timm model name or alias (deit_base, convnext_b, mobilenetv2, ...), or a directory isoprune saved, to prune further")
+    p.add_argument("--model", help="timm model name or alias (deit_base, convnext_b, mobilenetv2, ...), hf-hub:OWNER/REPO, local-dir:PATH, or a directory isoprune saved, to prune further")
     p.add_argument("--weights", help="pretrained (default; timm download), none (random init), or a checkpoint PATH")
     p.add_argument("--num-classes", type=int, help="build the model with this many classes")
     how = p.add_mutually_exclusive_group()
