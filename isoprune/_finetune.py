@@ -107,6 +107,11 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
             raise IsopruneError("--teacher original needs a timm base model", hint="pass --teacher PATH or NAME, or none")
         # the base is built for the student's classes: a head its weights lack would be new, and teach nothing
         built_from = base.get("source", base["name"])  # a model from the Hub or a folder: its weights are there
+        if "source" in base:
+            try:
+                _models.source_config(built_from)
+            except IsopruneError as exc:  # a folder moved or deleted since, a repo not in the cache offline
+                raise IsopruneError(f"--teacher original: {exc.message}", hint="pass --teacher PATH or NAME, or none") from exc
         given, trained = base["kwargs"].get("num_classes"), _models.head_classes(built_from, weights)
         if given is not None and trained not in (None, given):
             raise IsopruneError(
