@@ -122,12 +122,14 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
         model = _models.create(built_from, weights, input_size=side, **base["kwargs"])
     elif path.is_dir():
         model = _io.load(path)
-    elif path.suffix:
+    elif path.suffix and not _models.is_name(spec):  # regnety_160.deit_in1k, the DeiT recipes' teacher, is a name with a tag
         raise IsopruneError(f"no teacher checkpoint at {path}", hint="give an existing file, a directory isoprune wrote, a timm model name, or none")
     else:
         try:
             model = _models.create(spec, "pretrained", input_size=side)
         except IsopruneError as exc:  # its hint is for --weights, which does not reach the teacher
+            if exc.message.startswith("cannot read the config"):  # a Hub repo: its own hint says how to get it
+                raise IsopruneError(f"teacher {spec}: {exc.message}", hint=exc.hint) from exc
             if not exc.message.startswith("could not get pretrained weights"):
                 raise
             raise IsopruneError(f"teacher {spec}: {exc.message}",

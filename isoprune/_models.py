@@ -96,6 +96,15 @@ def resolve(name: str) -> str:
     raise IsopruneError(f"unknown model {name!r}", hint=guess or "see timm.list_models() or isoprune's ALIASES")
 
 
+def is_name(name: str) -> bool:
+    """Whether ``resolve`` takes ``name``: a model name, alias, Hub repo or folder of one."""
+    try:
+        resolve(name)
+    except IsopruneError:
+        return False
+    return True
+
+
 def architecture(name: str) -> str:
     """The architecture part of a timm name: ``resnet50.tv_in1k`` -> ``resnet50``; of a Hub repo
     or a local folder, the one its config names."""

@@ -310,9 +310,12 @@ def test_a_teacher_given_the_wrong_way_says_how_to_give_it(capsys, tmp_path, dig
                                      hint="offline? pass --weights PATH for a local checkpoint, or --weights none for random init")
 
     monkeypatch.setattr(_finetune._models, "create", offline)
-    code, _, err = run_cli(capsys, *args, "--teacher", "test_resnet")
-    assert code == 2 and "teacher test_resnet: could not get pretrained weights" in err and "pass --teacher PATH" in err
-    assert "--weights" not in err and not (tmp_path / "out").exists()
+    for name in ("test_resnet", "test_resnet.r160_in1k"):  # a name with a pretrained tag, as the DeiT recipes' regnety_160.deit_in1k
+        code, _, err = run_cli(capsys, *args, "--teacher", name)
+        assert code == 2 and f"teacher {name}: could not get pretrained weights" in err and "pass --teacher PATH" in err, err
+        assert "--weights" not in err and not (tmp_path / "out").exists()
+    code, _, err = run_cli(capsys, *args, "--teacher", tmp_path / "regnety.pth")
+    assert code == 2 and f"no teacher checkpoint at {tmp_path / 'regnety.pth'}" in err
 
 
 def test_a_trained_model_keeps_its_input_size(capsys, digits, trained):
