@@ -125,6 +125,11 @@ def _quiet_hub():
         hub_log.setLevel(level)
 
 
+def _first_sentence(exc: Exception) -> str:
+    """``Type: what went wrong``, to the end of the first sentence: the Hub's errors run on for several."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0].partition('. ')[0].rstrip('.')[:200]}"
+
+
 _configs: dict[str, tuple[str, dict, dict]] = {}
 
 
@@ -151,8 +156,7 @@ def source_config(name: str) -> tuple[str, dict, dict]:
                 fetch = f"download it where there is a network (huggingface-cli download {where} --local-dir DIR) and give local-dir:DIR"
                 hint = (f"HF_HUB_OFFLINE is set and it is not in the Hugging Face cache: {fetch}" if constants.HF_HUB_OFFLINE
                         else f"offline? {fetch}, or set HF_HUB_OFFLINE=1 with it in the Hugging Face cache")
-            said = str(exc).splitlines()[0].partition(". ")[0].rstrip(".")[:200]  # the Hub's errors run on for sentences
-            raise IsopruneError(f"cannot read the config of {full}: {type(exc).__name__}: {said}", hint=hint) from exc
+            raise IsopruneError(f"cannot read the config of {full}: {_first_sentence(exc)}", hint=hint) from exc
         _configs[full] = (arch, dict(args or {}), dict(cfg))
     return _configs[full]
 
@@ -197,7 +201,7 @@ def create(name: str, weights: str = "pretrained", *, input_size: int | None = N
     except Exception as exc:
         if pretrained:
             raise IsopruneError(
-                f"could not get pretrained weights for {full}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                f"could not get pretrained weights for {full}: {_first_sentence(exc)}",
                 hint="offline? pass --weights PATH for a local checkpoint, or --weights none for random init",
             ) from exc
         raise IsopruneError(f"could not build {full}: {exc}", hint="check the model's keyword arguments") from exc
