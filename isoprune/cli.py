@@ -352,7 +352,8 @@ def cmd_inspect(args) -> int:
         pruning = PruningPlan.from_dict(metadata["plan"])
         base = metadata["base"]
         size = metadata.get("input_size") or pruning.input_size  # what it was pruned or trained at
-        text = f"base {base['library']}:{base['name']} {base['kwargs']}, input {size}\n{_describe(pruning)}"
+        origin = f" from {base['source']}" if base.get("source") else ""  # a Hub repo or a folder
+        text = f"base {base['library']}:{base['name']} {base['kwargs']}{origin}, input {size}\n{_describe(pruning)}"
         earlier = [PruningPlan.from_dict(d) for d in metadata.get("earlier", [])]
         if earlier:  # pruned again: the plan above starts from what the earlier ones left
             source = _io.pruned_from(metadata) or "a saved model"

@@ -43,6 +43,8 @@ def test_a_folder_is_pruned_with_its_head_weights_and_data_config(capsys, tmp_pa
     base = _io.read_metadata(out)["base"]
     assert base["name"] == "test_vit" and base["source"] == f"local-dir:{folder}"
     assert base["kwargs"]["num_classes"] == 10 and base["kwargs"]["img_size"] == [32, 32]
+    code, said, _ = run_cli(capsys, "inspect", out)
+    assert code == 0 and f"base timm:test_vit {base['kwargs']} from local-dir:{folder}, input [3, 32, 32]" in said
     loaded = isoprune.load(out)
     assert _data.data_config(loaded)["mean"] == MEAN and _data.data_config(loaded)["input_size"] == (3, 32, 32)
     direct = timm.create_model(f"local-dir:{folder}", pretrained=True)
