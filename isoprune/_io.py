@@ -61,10 +61,10 @@ def base_spec(model: nn.Module, base=None) -> dict:
                 hint='pass base="timm:NAME" or base="torchvision:NAME"',
             )
         kwargs = {"num_classes": model.num_classes} if hasattr(model, "num_classes") else {}
-        source = cfg.get("source")
-        if source in ("hf-hub", "local-dir"):  # timm built it from the Hub or a folder: its config has the rest
-            from ._models import sourced_base
+        from ._models import SOURCES, sourced_base  # _models imports this module
 
+        source = cfg.get("source")
+        if source in SOURCES:  # timm built it from the Hub or a folder: its config has the rest
             base = sourced_base(f"{source}:{cfg['hf_hub_id'] if source == 'hf-hub' else cfg['file']}", model, kwargs)
         else:
             base = {"library": "timm", "name": _tagged(arch, cfg.get("tag")), "kwargs": kwargs}

@@ -43,6 +43,9 @@ ALIASES = {
 
 _FOLDER_HINT = "a local-dir: folder holds a timm model's config.json and its weights, as timm's save_for_hf or huggingface-cli download write them"
 
+SOURCES = ("hf-hub", "local-dir")
+"""timm's model sources beside its registry: a Hugging Face Hub repo, a folder of one."""
+
 DATA_CONFIG = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
 """The pretrained config's keys that say how the model's images are prepared."""
 
