@@ -201,11 +201,12 @@ def fit(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> PruningP
 def apply_plan(model: nn.Module, pruning: PruningPlan, example_inputs=None) -> nn.Module:
     """Remove what the plan says, in place, and fix up attention attributes. Returns the model,
     with the plan as ``model.isoprune_plan``; a model pruned before keeps its earlier plans, in
-    order, as ``model.isoprune_earlier`` (``save`` records them, ``load`` applies them all)."""
+    order, as ``model.isoprune_earlier`` (``save`` records them, ``load`` applies them all). A plan
+    that removed nothing (the one a model trained whole is saved with) is not one of them."""
     cut_as(model, pruning, _plan_ops(model, pruning, example_inputs))
     pruning._source = pruning._ops = None  # the model has changed; the cached ops are stale
     previous = getattr(model, "isoprune_plan", None)
-    if previous is not None and previous is not pruning:  # pruned before: the plans that rebuild it, in order
+    if previous is not None and previous is not pruning and previous.removes_anything():  # pruned before: the plans that rebuild it, in order
         model.isoprune_earlier = [*getattr(model, "isoprune_earlier", []), previous]
     model.isoprune_plan = pruning
     return model

@@ -156,6 +156,10 @@ class PruningPlan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def removes_anything(self) -> bool:
+        """Whether the plan removes a channel or a block (not so the plan of a model trained whole)."""
+        return self.params["after"] != self.params["before"]
+
     @classmethod
     def from_dict(cls, data: dict) -> "PruningPlan":
         valid = {f.name for f in fields(cls)}

@@ -355,11 +355,13 @@ def cmd_inspect(args) -> int:
         origin = f" from {base['source']}" if base.get("source") else ""  # a Hub repo or a folder
         text = f"base {base['library']}:{base['name']} {base['kwargs']}{origin}, input {size}\n{_describe(pruning)}"
         earlier = [PruningPlan.from_dict(d) for d in metadata.get("earlier", [])]
+        source = _io.pruned_from(metadata)
         if earlier:  # pruned again: the plan above starts from what the earlier ones left
-            source = _io.pruned_from(metadata) or "a saved model"
-            text += (f"\npruned further from {source} ({len(earlier) + 1} plans in all); from the base: " +
+            text += (f"\npruned further from {source or 'a saved model'} ({len(earlier) + 1} plans in all); from the base: " +
                      before_after({"before": earlier[0].macs["before"], "after": pruning.macs["after"]},
                                   {"before": earlier[0].params["before"], "after": pruning.params["after"]}))
+        elif source:  # pruned from a saved model that was trained whole
+            text += f"\npruned from {source}"
         result = {"base": base, "input_size": size, **_pipeline.summary(pruning, Path(args.path))}
         if earlier:
             result["earlier"] = [_pipeline.summary(p) for p in earlier]

@@ -55,6 +55,17 @@ def test_prune_drops_accuracy_and_distillation_brings_it_back(capsys, tmp_path, 
     assert (tmp_path / "ft" / "metrics.csv").read_text().startswith("epoch,lr,train_loss,val_loss,top1,top5,seconds")
 
 
+def test_a_model_trained_whole_and_then_pruned_has_one_plan(capsys, tmp_path, trained):
+    """The plan a model trained whole is saved with removes nothing: it is no earlier pruning."""
+    code, _, err = run_cli(capsys, "prune", "--model", trained / "best", "--target", "60%", "--out", tmp_path / "pruned")
+    assert code == 0, err
+    assert "earlier" not in _io.read_metadata(tmp_path / "pruned")
+    assert not getattr(isoprune.load(tmp_path / "pruned"), "isoprune_earlier", [])
+    code, out, err = run_cli(capsys, "inspect", tmp_path / "pruned")
+    assert code == 0, err
+    assert f"\npruned from {trained / 'best'}\n" in out + "\n" and "pruned further" not in out
+
+
 def _finetune_args(source, digits, out, *extra):
     return ["finetune", source, "--data", digits, *SIZE, "--epochs", "3", "--batch-size", "32", "--lr", "0.002",
             "--teacher", "none", "--mixup", "0.2", "--cutmix", "1.0", "--reprob", "0.25", "--ema-decay", "0.9",
