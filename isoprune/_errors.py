@@ -23,6 +23,16 @@ class IsopruneError(ValueError):
         return text
 
 
+class UnreachableError(IsopruneError):
+    """Pretrained weights or a Hub config that could not be had (offline, not in the cache, gone).
+    ``what`` is ``"weights"`` or ``"config"``; a caller that can offer another way round (a
+    teacher's own flags) tells them apart by it."""
+
+    def __init__(self, message: str, *, what: str, hint: str | None = None):
+        self.what = what
+        super().__init__(message, hint=hint)
+
+
 def batch_failed(what: str, n: int, exc: Exception, hint: str, **tensors) -> IsopruneError:
     """The error for the ``n``-th batch (from 1) of user data that the model could not take, with
     the shapes it came in (``inputs=x, targets=y``) and the first line of why."""

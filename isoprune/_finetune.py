@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import _data, _dist, _io, _memory, _models, _recipes
-from ._errors import IsopruneError
+from ._errors import IsopruneError, UnreachableError
 from ._pipeline import meta_example
 from ._trace import fixed_size
 
@@ -127,13 +127,9 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
     else:
         try:
             model = _models.create(spec, "pretrained", input_size=side)
-        except IsopruneError as exc:  # its hint is for --weights, which does not reach the teacher
-            if exc.message.startswith("cannot read the config"):  # a Hub repo: its own hint says how to get it
-                raise IsopruneError(f"teacher {spec}: {exc.message}", hint=exc.hint) from exc
-            if not exc.message.startswith("could not get pretrained weights"):
-                raise
-            raise IsopruneError(f"teacher {spec}: {exc.message}",
-                                hint="offline? pass --teacher PATH (a checkpoint of it, or a directory isoprune saved), or --teacher none") from exc
+        except UnreachableError as exc:  # a Hub config's hint says how to get it; the weights' is for --weights, not the teacher
+            hint = exc.hint if exc.what == "config" else "offline? pass --teacher PATH (a checkpoint of it, or a directory isoprune saved), or --teacher none"
+            raise IsopruneError(f"teacher {spec}: {exc.message}", hint=hint) from exc
     fixed = fixed_size(model)
     if side is not None and fixed not in (None, (side, side)):
         raise IsopruneError(f"the teacher takes {fixed[0]}x{fixed[1]} inputs only, but the student trains at {side}x{side}",

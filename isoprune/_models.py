@@ -11,7 +11,7 @@ import timm
 import torch
 from torch import nn
 
-from ._errors import IsopruneError
+from ._errors import IsopruneError, UnreachableError
 
 log = logging.getLogger("isoprune")
 
@@ -159,7 +159,7 @@ def source_config(name: str) -> tuple[str, dict, dict]:
                 fetch = f"download it where there is a network (huggingface-cli download {where} --local-dir DIR) and give local-dir:DIR"
                 hint = (f"HF_HUB_OFFLINE is set and it is not in the Hugging Face cache: {fetch}" if constants.HF_HUB_OFFLINE
                         else f"offline? {fetch}, or set HF_HUB_OFFLINE=1 with it in the Hugging Face cache")
-            raise IsopruneError(f"cannot read the config of {full}: {_first_sentence(exc)}", hint=hint) from exc
+            raise UnreachableError(f"cannot read the config of {full}: {_first_sentence(exc)}", what="config", hint=hint) from exc
         _configs[full] = (arch, dict(args or {}), dict(cfg))
     return _configs[full]
 
@@ -203,8 +203,8 @@ def create(name: str, weights: str = "pretrained", *, input_size: int | None = N
         raise
     except Exception as exc:
         if pretrained:
-            raise IsopruneError(
-                f"could not get pretrained weights for {full}: {_first_sentence(exc)}",
+            raise UnreachableError(
+                f"could not get pretrained weights for {full}: {_first_sentence(exc)}", what="weights",
                 hint="offline? pass --weights PATH for a local checkpoint, or --weights none for random init",
             ) from exc
         raise IsopruneError(f"could not build {full}: {exc}", hint="check the model's keyword arguments") from exc

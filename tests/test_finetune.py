@@ -11,6 +11,7 @@ import torch
 
 import isoprune
 from isoprune import _finetune, _io, cli
+from isoprune._errors import UnreachableError
 
 from conftest import run_cli, torchrun
 
@@ -317,14 +318,18 @@ def test_a_teacher_given_the_wrong_way_says_how_to_give_it(capsys, tmp_path, dig
     assert code == 2 and f"is the weights file of a model isoprune saved; pass its directory as --teacher {trained / 'best'}" in err
 
     def offline(name, weights, **kwargs):
-        raise isoprune.IsopruneError(f"could not get pretrained weights for {name}: LocalEntryNotFoundError",
-                                     hint="offline? pass --weights PATH for a local checkpoint, or --weights none for random init")
+        if name.startswith("hf-hub:"):
+            raise UnreachableError(f"cannot read the config of {name}: offline", what="config", hint="download it with huggingface-cli")
+        raise UnreachableError(f"could not get pretrained weights for {name}: LocalEntryNotFoundError", what="weights",
+                               hint="offline? pass --weights PATH for a local checkpoint, or --weights none for random init")
 
     monkeypatch.setattr(_finetune._models, "create", offline)
     for name in ("test_resnet", "test_resnet.r160_in1k"):  # a name with a pretrained tag, as the DeiT recipes' regnety_160.deit_in1k
         code, _, err = run_cli(capsys, *args, "--teacher", name)
         assert code == 2 and f"teacher {name}: could not get pretrained weights" in err and "pass --teacher PATH" in err, err
         assert "--weights" not in err and not (tmp_path / "out").exists()
+    code, _, err = run_cli(capsys, *args, "--teacher", "hf-hub:me/teacher")  # the Hub's own hint says how to get it
+    assert code == 2 and "teacher hf-hub:me/teacher: cannot read the config of hf-hub:me/teacher: offline; download it with huggingface-cli" in err, err
     code, _, err = run_cli(capsys, *args, "--teacher", tmp_path / "regnety.pth")
     assert code == 2 and f"no teacher checkpoint at {tmp_path / 'regnety.pth'}" in err
 
