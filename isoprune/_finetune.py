@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import random
 import sys
@@ -34,6 +35,8 @@ from . import _data, _dist, _io, _memory, _models, _recipes
 from ._errors import IsopruneError, UnreachableError
 from ._pipeline import meta_example
 from ._trace import fixed_size
+
+log = logging.getLogger("isoprune")
 
 CHECKPOINT = "checkpoint.safetensors"
 DISTILLATIONS = ("none", "soft", "hard")
@@ -84,7 +87,8 @@ def student(source: str, opts: Options, build: dict) -> tuple[nn.Module, dict]:
 
 def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None) -> nn.Module | None:
     """``original``: the unpruned base, with the weights it was pruned from (its prune config's
-    ``weights``), or, pruned from a saved model, the closest trained one it came from (``_original``);
+    ``weights``), or, pruned from a saved model, the closest trained one it came from (``_original``;
+    none where that one was pre-trained by ``ssl``: its classifier never learnt);
     a directory: a saved isoprune model; a file: the base with those weights; else a
     timm model name with pretrained weights; ``none``: no teacher. It sees the student's images,
     ``side`` squared: a teacher that takes one size is built for it, or refused if saved for another."""
@@ -92,6 +96,11 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
         return None  # a model trained whole (by name, or by ssl, then saved: its plan removes nothing) has no original to learn from
     if spec == "original":
         spec, metadata = _original(metadata)
+        if "ssl" in metadata and "finetune" not in metadata:  # its classifier was never trained: its logits teach nothing
+            if _dist.is_main():
+                log.warning("no teacher: %s, the closest trained model this one came from, was pre-trained without labels "
+                            "(isoprune ssl); pass --teacher PATH or NAME to distil from a classifier", spec)
+            return None
     base = metadata["base"]
     path = Path(spec)
     if spec != "original" and path.is_file() and _io.is_saved(path.parent):  # a pruned model's weights fit no model built by name

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 import isoprune
-from isoprune import _recipes, _ssl, tokens
+from isoprune import _finetune, _io, _recipes, _ssl, tokens
 
 from conftest import run_cli, torchrun
 
@@ -78,7 +78,7 @@ def test_every_ssl_recipe_runs_through_the_cli(capsys, tmp_path, digits, tiny_vi
     assert written == {**asdict(_recipes.load_recipe(path).ssl), **small}
 
 
-def test_ssl_from_a_timm_name_without_token_reduction(capsys, tmp_path, digits):
+def test_ssl_from_a_timm_name_without_token_reduction(capsys, caplog, tmp_path, digits):
     code, out, err = run_cli(capsys, "ssl", "--model", "test_vit", "--data", digits, "--input-size", "32", *FAST,
                              "--epochs", "1", "--tokens", "none", "--local-crops-number", "0", "--out", tmp_path / "run")
     assert code == 0, err
@@ -99,6 +99,14 @@ def test_ssl_from_a_timm_name_without_token_reduction(capsys, tmp_path, digits):
     code, out, err = run_cli(capsys, "eval", tmp_path / "tuned" / "best", "--data", digits, "--json", "--iters", "1", "--warmup", "0")
     assert code == 0, err
     assert json.loads(out)["input_size"] == [3, 32, 32]
+    # pruned, it has an original, but one whose classifier never learnt: no teacher by default, with a warning
+    assert run_cli(capsys, "prune", "--model", backbone, "--target", "60%", "--out", tmp_path / "pruned")[0] == 0
+    assert _finetune.teacher("original", _io.read_metadata(tmp_path / "pruned"), 1000, side=32) is None  # its own classes too
+    with caplog.at_level("WARNING", logger="isoprune"):
+        code, out, err = run_cli(capsys, "finetune", tmp_path / "pruned", "--data", digits, "--num-classes", "10", "--epochs", "1",
+                                 "--batch-size", "128", "--no-augment", "--out", tmp_path / "pruned-tuned")
+    assert code == 0, err
+    assert f"no teacher: {backbone}, the closest trained model this one came from, was pre-trained without labels" in caplog.text
 
 
 def test_ssl_under_torchrun_with_replayed_choices(tmp_path, digits, tiny_vit):
