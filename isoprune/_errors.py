@@ -33,9 +33,15 @@ class UnreachableError(IsopruneError):
         super().__init__(message, hint=hint)
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """``Type: the first line of its message`` (up to ``limit`` characters), or ``Type`` alone
+    where the message is empty (an empty file's ``EOFError``, a bare ``KeyError``)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__
+
+
 def batch_failed(what: str, n: int, exc: Exception, hint: str, **tensors) -> IsopruneError:
     """The error for the ``n``-th batch (from 1) of user data that the model could not take, with
     the shapes it came in (``inputs=x, targets=y``) and the first line of why."""
     shapes = ", ".join(f"{name} {list(t.shape) if hasattr(t, 'shape') else type(t).__name__}" for name, t in tensors.items())
-    why = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
-    return IsopruneError(f"{what} batch {n} ({shapes}) failed: {type(exc).__name__}: {why}", hint=hint)
+    return IsopruneError(f"{what} batch {n} ({shapes}) failed: {first_line(exc).rstrip('.')}", hint=hint)

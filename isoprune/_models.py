@@ -11,7 +11,7 @@ import timm
 import torch
 from torch import nn
 
-from ._errors import IsopruneError, UnreachableError
+from ._errors import IsopruneError, UnreachableError, first_line
 
 log = logging.getLogger("isoprune")
 
@@ -58,7 +58,7 @@ def source_of(name: str) -> tuple[str | None, str]:
     try:
         return timm.models.parse_model_name(name)
     except ValueError as exc:
-        raise IsopruneError(str(exc).splitlines()[0].rstrip("."), hint="write hf-hub:OWNER/REPO for a Hugging Face Hub model, local-dir:PATH for a folder of one") from exc
+        raise IsopruneError(str(exc).strip().partition("\n")[0].rstrip(".") or f"cannot read model name {name!r}", hint="write hf-hub:OWNER/REPO for a Hugging Face Hub model, local-dir:PATH for a folder of one") from exc
 
 
 def resolve(name: str) -> str:
@@ -130,7 +130,7 @@ def _quiet_hub():
 
 def _first_sentence(exc: Exception) -> str:
     """``Type: what went wrong``, to the end of the first sentence: the Hub's errors run on for several."""
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0].partition('. ')[0].rstrip('.')[:200]}"
+    return first_line(exc).partition(". ")[0].rstrip(".")[:200]
 
 
 _configs: dict[str, tuple[str, dict, dict]] = {}
@@ -235,7 +235,7 @@ def sized_for(full: str, side: int, kwargs: dict) -> dict:
         with torch.device("meta"):
             timm.create_model(full, pretrained=False, **kwargs, img_size=side)
     except Exception as exc:
-        raise IsopruneError(f"{full} takes {fixed[0]}x{fixed[1]} inputs only, not {side}x{side}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
+        raise IsopruneError(f"{full} takes {fixed[0]}x{fixed[1]} inputs only, not {side}x{side}: {first_line(exc, 160)}",
                             hint=f"drop --input-size (or give {fixed[0]})") from exc
     return {"img_size": side}
 
@@ -248,6 +248,8 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         path = path / "model.safetensors"  # a directory isoprune wrote
     if not path.is_file():
         raise IsopruneError(f"no checkpoint at {path}", hint="give the path of a .safetensors or .pth file, or --weights none")
+    if path.stat().st_size == 0:
+        raise IsopruneError(f"checkpoint {path} is empty", hint="was it written to the end? give a complete .safetensors or .pth file")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols before failing; the error says it
             warnings.simplefilter("ignore")
@@ -255,7 +257,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     except Exception as exc:
         pickled = "Unsupported global" in str(exc)  # a whole pickled object, not a corrupt file
         raise IsopruneError(
-            f"cannot read checkpoint {path}: " + ("it holds pickled objects, not just weights" if pickled else f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"),
+            f"cannot read checkpoint {path}: " + ("it holds pickled objects, not just weights" if pickled else first_line(exc, 160)),
             hint="save weights with model.state_dict() (torch.save or safetensors)" if pickled else "is the file complete, and a checkpoint?",
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -322,6 +324,18 @@ def _new_head(model: nn.Module, state: dict, own: dict, path) -> dict:
     return {**state, **{k: own[k] for k in keys}}
 
 
+def _pruned_directory(path) -> Path | None:
+    """The directory isoprune saved a pruned model in, where ``path`` is it or its weights file."""
+    from ._io import METADATA, read_metadata
+
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    if not (directory / METADATA).is_file():
+        return None
+    params = read_metadata(directory).get("params") or {}
+    return directory if params.get("before") != params.get("after") else None
+
+
 def load_weights(model: nn.Module, path, *, new_head: bool = False) -> None:
     """Load a checkpoint strictly (position embeddings resampled where the model was built for
     another input size; with ``new_head``, a classifier for another number of classes left out,
@@ -336,6 +350,10 @@ def load_weights(model: nn.Module, path, *, new_head: bool = False) -> None:
         log.warning("resampled %s of %s to the input size the model is built for", ", ".join(shapes), path)
         state, shapes = resampled, []
     if missing or unexpected or shapes:
+        pruned = _pruned_directory(path)
+        if pruned is not None:  # its weights fit only the pruned model that directory rebuilds
+            raise IsopruneError(f"{path} holds a model isoprune pruned, not the full widths of {type(model).__name__}",
+                                hint=f"give its directory as the model (--model {pruned}, or isoprune.load)")
         first = (shapes or missing or unexpected)[0]
         detail = f"{first}: {tuple(state[first].shape)} vs {tuple(own[first].shape)}" if shapes else first
         raise IsopruneError(

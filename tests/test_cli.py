@@ -364,6 +364,8 @@ def _bad_inputs(tmp_path):
     saved.isoprune_base = {"library": "timm", "name": "test_resnet", "kwargs": {}}
     isoprune.save(saved, tmp_path / "saved", plan=isoprune.plan(saved, 0.0))
     isoprune.save(saved, tmp_path / "run" / "best", plan=isoprune.plan(saved, 0.0))  # as finetune --out leaves it
+    isoprune.save(isoprune.prune(saved, 0.3), tmp_path / "pruned")
+    (tmp_path / "empty.pth").touch()
     base = ["prune", "--model", "test_resnet", "--weights", "none"]
     return {
         "unknown model": (["prune", "--model", "deit_bsae", "--ratios", "0.5"], "did you mean"),
@@ -382,6 +384,10 @@ def _bad_inputs(tmp_path):
         "missing checkpoint": (["prune", "--model", "test_resnet", "--weights", tmp_path / "nope.pth", "--ratios", "0.3"], "no checkpoint"),
         "corrupt checkpoint": (["prune", "--model", "test_resnet", "--weights", corrupt, "--ratios", "0.3"], "cannot read checkpoint"),
         "other architecture": (["prune", "--model", "test_resnet", "--weights", other, "--ratios", "0.3"], "does not fit"),
+        "empty checkpoint": (["prune", "--model", "test_resnet", "--weights", tmp_path / "empty.pth", "--ratios", "0.3"],
+                             f"checkpoint {tmp_path / 'empty.pth'} is empty"),
+        "a pruned model's weights": (["prune", "--model", "test_resnet", "--weights", tmp_path / "pruned" / "model.safetensors", "--ratios", "0.3"],
+                                     f"holds a model isoprune pruned, not the full widths of ResNet; give its directory as the model (--model {tmp_path / 'pruned'}"),
         "unknown recipe key": (["prune", "--recipe", recipe], "unknown key 'prune.ratio'"),
         "target for another model": (base + ["--target", "deit_s"], "defined for"),
         "nothing to prune": (base, "nothing to prune"),
@@ -399,6 +405,7 @@ def _bad_inputs(tmp_path):
 
 BAD = ["unknown model", "a training run's directory", "a directory that holds no model", "a saved model given weights", "ratios for kinds it lacks", "ratio above 1", "unknown ratio key", "target above base", "taylor without data",
        "missing data dir", "empty data dir", "non-image data dir", "missing checkpoint", "corrupt checkpoint", "other architecture",
+       "empty checkpoint", "a pruned model's weights",
        "unknown recipe key", "target for another model", "nothing to prune", "unknown flag", "bad depth",
        "plan that does not fit", "missing plan", "recalibration without data", "negative recalibration",
        "bad latency target", "timing without a latency target"]
@@ -555,3 +562,10 @@ def test_the_package_gives_its_names_on_first_use():
               "try:\n    isoprune.pruen\nexcept AttributeError as err:\n    print(err)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines() == ["False True True True isoprune.tokens", "module 'isoprune' has no attribute 'pruen'"], done.stderr
+
+
+def test_an_error_without_a_message_is_named_by_its_type():
+    from isoprune._errors import first_line
+
+    assert first_line(EOFError()) == "EOFError"  # where "".splitlines()[0] raised IndexError in the error path
+    assert first_line(ValueError("bad header\nmore detail"), 3) == "ValueError: bad"
