@@ -260,9 +260,22 @@ def _emit(text: str, data: dict, as_json: bool) -> None:
         print(text)
 
 
+def _own_file(path: Path, command: str) -> None:
+    """An error where ``path`` is a file of a saved model: the model is its directory."""
+    from . import _io
+
+    if path.is_file() and _io.is_saved(path.parent):
+        raise IsopruneError(f"{path} is a file of the saved model {path.parent}", hint=f"give its directory: isoprune {command} {path.parent}")
+
+
 def _source(args) -> str:
     if bool(args.path) == bool(args.model):
         raise IsopruneError(f"{args.command} needs a pruned directory or --model NAME (one of them)")
+    path = Path(args.path or "")
+    if args.path and path.is_file():  # a checkpoint, or a saved model's own file
+        _own_file(path, args.command)
+        raise IsopruneError(f"{path} is a file, not a directory isoprune saved",
+                            hint=f"for a checkpoint, give its architecture: isoprune {args.command} --model NAME --weights {path}")
     return args.path or args.model
 
 
@@ -325,8 +338,8 @@ def _inspected(args) -> None:
     from . import _io, _models
 
     path = Path(args.path)
-    if path.is_file() and path.name in (_io.WEIGHTS, _io.METADATA) and _io.is_saved(path.parent):
-        raise IsopruneError(f"{path} is a file of the saved model {path.parent}", hint=f"give its directory: isoprune inspect {path.parent}")
+    if path.name in (_io.WEIGHTS, _io.METADATA):  # not its plan.yaml, a plan file inspect reads
+        _own_file(path, "inspect")
     if path.exists() or args.model:
         return
     try:

@@ -65,6 +65,13 @@ def test_inspect_takes_a_models_name_as_its_path(capsys, tmp_path):
                           ("prunned/deit_s", "or did you mean deit_s?")]:
         code, _, err = run_cli(capsys, "inspect", path)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    # the commands that take a saved model say the same of a file, and how to give a checkpoint
+    (tmp_path / "r18.pth").write_bytes(b"weights")
+    for command in (["eval"], ["finetune", "--data", tmp_path], ["ssl", "--data", tmp_path]):
+        code, _, err = run_cli(capsys, command[0], tmp_path / "m" / "model.safetensors", *command[1:])
+        assert code == 2 and f"give its directory: isoprune {command[0]} {tmp_path / 'm'}" in err, err
+        code, _, err = run_cli(capsys, command[0], tmp_path / "r18.pth", *command[1:])
+        assert code == 2 and f"is a file, not a directory isoprune saved; for a checkpoint, give its architecture: isoprune {command[0]} --model NAME --weights" in err, err
 
 
 @pytest.mark.parametrize("value, metric, like, text", [
