@@ -92,7 +92,7 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
     a directory: a saved isoprune model; a file: the base with those weights; else a
     timm model name with pretrained weights; ``none``: no teacher. It sees the student's images,
     ``side`` squared: a teacher that takes one size is built for it, or refused if saved for another."""
-    if spec in (None, "none") or (spec == "original" and _unpruned(metadata)):
+    if spec in (None, "none") or (spec == "original" and _io.unpruned(metadata)):
         return None  # a model trained whole (by name, or by ssl, then saved: its plan removes nothing) has no original to learn from
     if spec == "original":
         spec, metadata = _original(metadata)
@@ -164,14 +164,8 @@ def _original(metadata: dict) -> tuple[str, dict]:
         if not _io.is_saved(source):
             raise IsopruneError(f"the model this one was pruned from, {source}, is gone", hint="pass --teacher PATH or NAME, or none")
         metadata = _io.read_metadata(source)
-        if any(k in metadata for k in ("finetune", "ssl")) or _unpruned(metadata):
+        if any(k in metadata for k in ("finetune", "ssl")) or _io.unpruned(metadata):
             return source, metadata
-
-
-def _unpruned(metadata: dict) -> bool:
-    """Whether the model's plan removes nothing (a model trained whole)."""
-    params = metadata.get("params") or {}
-    return "before" in params and params["before"] == params.get("after")
 
 
 def _seed(seed: int, epoch: int, rank: int) -> None:

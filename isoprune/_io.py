@@ -233,6 +233,12 @@ def saved_side(path) -> int | None:
     return size[1] if size is not None and size[1] == size[2] else None
 
 
+def unpruned(metadata: dict) -> bool:
+    """Whether a saved model's plan removes nothing (a model trained whole)."""
+    params = metadata.get("params") or {}
+    return "before" in params and params["before"] == params.get("after")
+
+
 def pruned_from(metadata: dict) -> str | None:
     """The saved model (an absolute directory) a saved model was pruned from, where it was pruned
     from one rather than from a timm model by name."""

@@ -326,14 +326,11 @@ def _new_head(model: nn.Module, state: dict, own: dict, path) -> dict:
 
 def _pruned_directory(path) -> Path | None:
     """The directory isoprune saved a pruned model in, where ``path`` is it or its weights file."""
-    from ._io import METADATA, read_metadata
+    from ._io import is_saved, read_metadata, unpruned
 
     path = Path(path)
     directory = path if path.is_dir() else path.parent
-    if not (directory / METADATA).is_file():
-        return None
-    params = read_metadata(directory).get("params") or {}
-    return directory if params.get("before") != params.get("after") else None
+    return directory if is_saved(directory) and not unpruned(read_metadata(directory)) else None
 
 
 def load_weights(model: nn.Module, path, *, new_head: bool = False) -> None:
