@@ -96,7 +96,7 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
         return None  # a model trained whole (by name, or by ssl, then saved: its plan removes nothing) has no original to learn from
     if spec == "original":
         spec, metadata = _original(metadata)
-        if "ssl" in metadata and "finetune" not in metadata:  # its classifier was never trained: its logits teach nothing
+        if _self_supervised(metadata):
             if _dist.is_main():
                 log.warning("no teacher: %s, the closest trained model this one came from, was pre-trained without labels "
                             "(isoprune ssl); pass --teacher PATH or NAME to distil from a classifier", spec)
@@ -130,6 +130,9 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
             )
         model = _models.create(built_from, weights, input_size=side, **base["kwargs"])
     elif path.is_dir():
+        if _io.is_saved(path) and _self_supervised(_io.read_metadata(path)):
+            raise IsopruneError(f"teacher {path} was pre-trained without labels (isoprune ssl): its classifier never learnt, so it cannot teach",
+                                hint=f"fine-tune it first (isoprune finetune {path} --num-classes N), or pass another --teacher, or none")
         model = _io.load(path)
     elif path.suffix and not _models.is_name(spec):  # regnety_160.deit_in1k, the DeiT recipes' teacher, is a name with a tag
         raise IsopruneError(f"no teacher checkpoint at {path}", hint="give an existing file, a directory isoprune wrote, a timm model name, or none")
@@ -150,6 +153,12 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
             hint="give a teacher trained on the same classes, or --teacher none",
         )
     return model.eval().requires_grad_(False)
+
+
+def _self_supervised(metadata: dict) -> bool:
+    """Whether a saved model was last trained by ``ssl``: DINO never trains its classifier, whose
+    logits would teach noise."""
+    return "ssl" in metadata and "finetune" not in metadata
 
 
 def _original(metadata: dict) -> tuple[str, dict]:

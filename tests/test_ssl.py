@@ -107,6 +107,9 @@ def test_ssl_from_a_timm_name_without_token_reduction(capsys, caplog, tmp_path, 
                                  "--batch-size", "128", "--no-augment", "--out", tmp_path / "pruned-tuned")
     assert code == 0, err
     assert f"no teacher: {backbone}, the closest trained model this one came from, was pre-trained without labels" in caplog.text
+    code, _, err = run_cli(capsys, "finetune", tmp_path / "pruned", "--data", digits, "--num-classes", "10", "--epochs", "1",
+                           "--teacher", backbone, "--out", tmp_path / "taught")  # given by hand: an error, not a silent no
+    assert code == 2 and f"teacher {backbone} was pre-trained without labels (isoprune ssl): its classifier never learnt" in err, err
 
 
 def test_ssl_under_torchrun_with_replayed_choices(tmp_path, digits, tiny_vit):
