@@ -51,27 +51,69 @@ def base_spec(model: nn.Module, base=None) -> dict:
         library, _, name = base.rpartition(":")
         base = {"library": library or "timm", "name": name, "kwargs": {}}
     if base is None:
-        base = getattr(model, "isoprune_base", None)
+        base = getattr(model, "isoprune_base", None) or _timm_base(model) or _torchvision_base(model)
     if base is None:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        arch = cfg.get("architecture")
-        if arch is None:
-            raise IsopruneError(
-                f"cannot tell which architecture this {type(model).__name__} was built from",
-                hint='pass base="timm:NAME" or base="torchvision:NAME"',
-            )
-        kwargs = {"num_classes": model.num_classes} if hasattr(model, "num_classes") else {}
-        from ._models import SOURCES, sourced_base  # _models imports this module
-
-        source = cfg.get("source")
-        if source in SOURCES:  # timm built it from the Hub or a folder: its config has the rest
-            base = sourced_base(f"{source}:{cfg['hf_hub_id'] if source == 'hf-hub' else cfg['file']}", model, kwargs)
-        else:
-            base = {"library": "timm", "name": _tagged(arch, cfg.get("tag")), "kwargs": kwargs}
+        raise IsopruneError(
+            f"cannot tell which architecture this {type(model).__name__} was built from",
+            hint='pass base="timm:NAME" or base="torchvision:NAME"',
+        )
     if base.get("library") not in ("timm", "torchvision"):
         raise IsopruneError(f"unknown model library {base.get('library')!r}", hint="use timm or torchvision")
     spec = {"library": base["library"], "name": base["name"], "kwargs": dict(base.get("kwargs", {}))}
     return {**spec, **{key: base[key] for key in ("source", "pretrained_cfg") if key in base}}
+
+
+def _timm_base(model: nn.Module) -> dict | None:
+    """The base of a model timm built, from its config; None for one timm did not build."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture")
+    if arch is None:
+        return None
+    kwargs = {"num_classes": model.num_classes} if hasattr(model, "num_classes") else {}
+    from ._models import SOURCES, sourced_base  # _models imports this module
+
+    source = cfg.get("source")
+    if source in SOURCES:  # timm built it from the Hub or a folder: its config has the rest
+        return sourced_base(f"{source}:{cfg['hf_hub_id'] if source == 'hf-hub' else cfg['file']}", model, kwargs)
+    return {"library": "timm", "name": _tagged(arch, cfg.get("tag")), "kwargs": kwargs}
+
+
+def _torchvision_base(model: nn.Module) -> dict | None:
+    """The torchvision builder of a pruned torchvision model: the one of its class whose layers have
+    the widths the model had before its first plan, built on the meta device; None where there is
+    no plan, or not one builder alone fits (torchvision models keep no name)."""
+    earlier = getattr(model, "isoprune_earlier", None)
+    first = earlier[0] if earlier else getattr(model, "isoprune_plan", None)
+    if first is None or not type(model).__module__.startswith("torchvision.models"):
+        return None
+    import torch
+    import torchvision
+
+    from ._apply import _widths
+
+    before = {name: w["before"] for name, w in first.widths.items()}
+    groups = _conv_groups(model)  # widths alone do not tell a ResNeXt from a wide ResNet
+    classes = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][-1:]  # a classifier keeps its outputs
+    kwargs = {"num_classes": classes[0]} if classes and classes[0] != 1000 else {}
+    found = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        builder = torchvision.models.get_model_builder(name)
+        if builder.__annotations__.get("return") is not type(model):
+            continue
+        with torch.device("meta"):
+            candidate = builder(weights=None, **kwargs)
+        if {n: list(w) for n, w in _widths(candidate).items()} == before and all(
+            groups.get(n, g) == g for n, g in _conv_groups(candidate).items()
+        ):
+            found.append(name)
+    return {"library": "torchvision", "name": found[0], "kwargs": kwargs} if len(found) == 1 else None
+
+
+def _conv_groups(model: nn.Module) -> dict[str, int | str]:
+    """Each convolution's groups, ``depthwise`` for one with a group per channel (which pruning
+    keeps so, with fewer groups)."""
+    return {name: "depthwise" if 1 < m.groups == m.in_channels == m.out_channels else m.groups
+            for name, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
 
 
 def _tagged(arch: str, tag: str | None) -> str:

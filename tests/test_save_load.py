@@ -85,6 +85,25 @@ def test_torchvision_base(tmp_path):
         isoprune.load(tmp_path / "wrong")
 
 
+@pytest.mark.parametrize("name, classes", [("resnet18", 10), ("resnext50_32x4d", 1000), ("mobilenet_v2", 10)])
+def test_a_torchvision_base_is_found_by_its_widths(tmp_path, name, classes):
+    """torchvision models keep no name: the builder of their class with the widths they had is it."""
+    import torchvision
+
+    model = torchvision.models.get_model(name, num_classes=classes).eval()
+    isoprune.prune(model, 0.3, depth={"layer2": 1} if name == "resnet18" else None)
+    isoprune.save(model, tmp_path / "m")
+    assert _io.read_metadata(tmp_path / "m")["base"] == {"library": "torchvision", "name": name,
+                                                           "kwargs": {"num_classes": classes} if classes != 1000 else {}}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), isoprune.load(tmp_path / "m")(x))
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+    isoprune.prune(plain, 0.5, example_inputs=x)
+    with pytest.raises(isoprune.IsopruneError, match='cannot tell which architecture this Sequential was built from; pass base="timm:NAME"'):
+        isoprune.save(plain, tmp_path / "plain")
+
+
 def test_the_input_size_goes_with_the_model(tmp_path):
     """A model pruned at 48x48 loads with 48x48 as its own input size (timm's config for
     ``test_resnet`` says 160x160), which data configs, and so evaluation and fine-tuning, read."""
