@@ -91,7 +91,7 @@ def _torchvision_base(model: nn.Module) -> dict | None:
 
     from ._apply import _widths
 
-    before = {name: w["before"] for name, w in first.widths.items()}
+    before = {name: list(w["before"]) for name, w in first.widths.items()}
     groups = _conv_groups(model)  # widths alone do not tell a ResNeXt from a wide ResNet
     classes = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][-1:]  # a classifier keeps its outputs
     kwargs = {"num_classes": classes[0]} if classes and classes[0] != 1000 else {}
@@ -102,7 +102,7 @@ def _torchvision_base(model: nn.Module) -> dict | None:
             continue
         with torch.device("meta"):
             candidate = builder(weights=None, **kwargs)
-        if {n: list(w) for n, w in _widths(candidate).items()} == before and all(
+        if _widths(candidate) == before and all(
             groups.get(n, g) == g for n, g in _conv_groups(candidate).items()
         ):
             found.append(name)

@@ -271,8 +271,8 @@ def _own_file(path: Path, command: str) -> None:
 def _source(args) -> str:
     if bool(args.path) == bool(args.model):
         raise IsopruneError(f"{args.command} needs a pruned directory or --model NAME (one of them)")
-    path = Path(args.path or "")
-    if args.path and path.is_file():  # a checkpoint, or a saved model's own file
+    if args.path and Path(args.path).is_file():  # a checkpoint, or a saved model's own file
+        path = Path(args.path)
         _own_file(path, args.command)
         raise IsopruneError(f"{path} is a file, not a directory isoprune saved",
                             hint=f"for a checkpoint, give its architecture: isoprune {args.command} --model NAME --weights {path}")
