@@ -101,47 +101,7 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
                 log.warning("no teacher: %s, the closest trained model this one came from, was pre-trained without labels "
                             "(isoprune ssl); pass --teacher PATH or NAME to distil from a classifier", spec)
             return None
-    base = metadata["base"]
-    path = Path(spec)
-    if spec != "original" and path.is_file() and _io.is_saved(path.parent):  # a pruned model's weights fit no model built by name
-        raise IsopruneError(f"{path} is the weights file of a model isoprune saved", hint=f"pass its directory as --teacher {path.parent}")
-    if spec == "original" or (path.suffix and path.is_file()):
-        weights = str(path) if spec != "original" else (metadata.get("config") or {}).get("weights", "pretrained")
-        if weights == "none":
-            raise IsopruneError(
-                "the original model was pruned from random weights, so it cannot teach",
-                hint="pass --teacher PATH (its trained weights), a timm model name, or none",
-            )
-        if base["library"] != "timm":
-            raise IsopruneError("--teacher original needs a timm base model", hint="pass --teacher PATH or NAME, or none")
-        # the base is built for the student's classes: a head its weights lack would be new, and teach nothing
-        built_from = base.get("source", base["name"])  # a model from the Hub or a folder: its weights are there
-        if "source" in base:
-            try:
-                _models.source_config(built_from)
-            except IsopruneError as exc:  # a folder moved or deleted since, a repo not in the cache offline
-                raise IsopruneError(f"--teacher original: {exc.message}", hint="pass --teacher PATH or NAME, or none") from exc
-        given, trained = base["kwargs"].get("num_classes"), _models.head_classes(built_from, weights)
-        if given is not None and trained not in (None, given):
-            raise IsopruneError(
-                (f"the original model was given a new {given}-class head when pruned" if spec == "original" else f"the student has {given} classes")
-                + f", but the teacher's weights ({weights}) predict {trained} classes",
-                hint="pass --teacher PATH or NAME (a model trained on the student's classes), or none",
-            )
-        model = _models.create(built_from, weights, input_size=side, **base["kwargs"])
-    elif path.is_dir():
-        if _io.is_saved(path) and _self_supervised(_io.read_metadata(path)):
-            raise IsopruneError(f"teacher {path} was pre-trained without labels (isoprune ssl): its classifier never learnt, so it cannot teach",
-                                hint=f"fine-tune it first (isoprune finetune {path} --num-classes N), or pass another --teacher, or none")
-        model = _io.load(path)
-    elif path.suffix and not _models.is_name(spec):  # regnety_160.deit_in1k, the DeiT recipes' teacher, is a name with a tag
-        raise IsopruneError(f"no teacher checkpoint at {path}", hint="give an existing file, a directory isoprune wrote, a timm model name, or none")
-    else:
-        try:
-            model = _models.create(spec, "pretrained", input_size=side)
-        except UnreachableError as exc:  # a Hub config's hint says how to get it; the weights' is for --weights, not the teacher
-            hint = exc.hint if exc.what == "config" else "offline? pass --teacher PATH (a checkpoint of it, or a directory isoprune saved), or --teacher none"
-            raise IsopruneError(f"teacher {spec}: {exc.message}", hint=hint) from exc
+    model = _teacher_model(spec, metadata, side)
     fixed = fixed_size(model)
     if side is not None and fixed not in (None, (side, side)):
         raise IsopruneError(f"the teacher takes {fixed[0]}x{fixed[1]} inputs only, but the student trains at {side}x{side}",
@@ -153,6 +113,58 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
             hint="give a teacher trained on the same classes, or --teacher none",
         )
     return model.eval().requires_grad_(False)
+
+
+def _teacher_model(spec: str, metadata: dict, side: int | None) -> nn.Module:
+    """The model ``spec`` names (``original``, resolved by ``_original``: the base; a checkpoint
+    file; a saved directory; a timm name), built at ``side``."""
+    path = Path(spec)
+    if spec == "original":
+        return _base_teacher((metadata.get("config") or {}).get("weights", "pretrained"), metadata, side)
+    if path.is_file() and _io.is_saved(path.parent):  # a pruned model's weights fit no model built by name
+        raise IsopruneError(f"{path} is the weights file of a model isoprune saved", hint=f"pass its directory as --teacher {path.parent}")
+    if path.suffix and path.is_file():
+        return _base_teacher(str(path), metadata, side, checkpoint=True)
+    if path.is_dir():
+        if _io.is_saved(path) and _self_supervised(_io.read_metadata(path)):
+            raise IsopruneError(f"teacher {path} was pre-trained without labels (isoprune ssl): its classifier never learnt, so it cannot teach",
+                                hint=f"fine-tune it first (isoprune finetune {path} --num-classes N), or pass another --teacher, or none")
+        return _io.load(path)
+    if path.suffix and not _models.is_name(spec):  # regnety_160.deit_in1k, the DeiT recipes' teacher, is a name with a tag
+        raise IsopruneError(f"no teacher checkpoint at {path}", hint="give an existing file, a directory isoprune wrote, a timm model name, or none")
+    try:
+        return _models.create(spec, "pretrained", input_size=side)
+    except UnreachableError as exc:  # a Hub config's hint says how to get it; the weights' is for --weights, not the teacher
+        hint = exc.hint if exc.what == "config" else "offline? pass --teacher PATH (a checkpoint of it, or a directory isoprune saved), or --teacher none"
+        raise IsopruneError(f"teacher {spec}: {exc.message}", hint=hint) from exc
+
+
+def _base_teacher(weights: str, metadata: dict, side: int | None, checkpoint: bool = False) -> nn.Module:
+    """The base model of ``metadata`` with ``weights``: those it was pruned from, or a
+    ``checkpoint`` given as the teacher. It is built for the student's classes, so a head the
+    weights lack would be new, and teach nothing: that is refused."""
+    if weights == "none":
+        raise IsopruneError(
+            "the original model was pruned from random weights, so it cannot teach",
+            hint="pass --teacher PATH (its trained weights), a timm model name, or none",
+        )
+    base, flag = metadata["base"], f"--teacher {weights if checkpoint else 'original'}"
+    if base["library"] != "timm":
+        raise IsopruneError(f"{flag} needs a timm base model", hint="pass --teacher PATH or NAME, or none")
+    built_from = base.get("source", base["name"])  # a model from the Hub or a folder: its weights are there
+    if "source" in base:
+        try:
+            _models.source_config(built_from)
+        except IsopruneError as exc:  # a folder moved or deleted since, a repo not in the cache offline
+            raise IsopruneError(f"{flag}: {exc.message}", hint="pass --teacher PATH or NAME, or none") from exc
+    given, trained = base["kwargs"].get("num_classes"), _models.head_classes(built_from, weights)
+    if given is not None and trained not in (None, given):
+        raise IsopruneError(
+            (f"the student has {given} classes" if checkpoint else f"the original model was given a new {given}-class head when pruned")
+            + f", but the teacher's weights ({weights}) predict {trained} classes",
+            hint="pass --teacher PATH or NAME (a model trained on the student's classes), or none",
+        )
+    return _models.create(built_from, weights, input_size=side, **base["kwargs"])
 
 
 def _self_supervised(metadata: dict) -> bool:

@@ -294,6 +294,23 @@ def test_the_original_teacher_is_the_tagged_model_it_was_pruned_from(capsys, tmp
     assert torch.equal(teacher.fc.weight, state["fc.weight"])
 
 
+def test_a_checkpoint_as_teacher_is_the_base_with_its_weights(capsys, tmp_path):
+    """``--teacher FILE`` builds the student's base architecture, for the student's classes,
+    with that checkpoint; a checkpoint for other classes is refused before it is built."""
+    code, _, err = run_cli(capsys, "prune", "--model", "test_resnet", "--weights", "none", "--num-classes", "10",
+                           "--ratios", "0.3", "--input-size", "64", "--out", tmp_path / "p")
+    assert code == 0, err
+    metadata = _io.read_metadata(tmp_path / "p")
+    ten = timm.create_model("test_resnet", num_classes=10).state_dict()
+    torch.save(ten, tmp_path / "ten.pth")
+    teacher = _finetune.teacher(str(tmp_path / "ten.pth"), metadata, 10, side=64)
+    assert torch.equal(teacher.fc.weight, ten["fc.weight"]) and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    safetensors.torch.save_file(timm.create_model("test_resnet").state_dict(), tmp_path / "thousand.safetensors")
+    with pytest.raises(isoprune.IsopruneError, match=r"the student has 10 classes, but the teacher's weights \(.*thousand\.safetensors\) predict 1000"):
+        _finetune.teacher(str(tmp_path / "thousand.safetensors"), metadata, 10, side=64)
+
+
 def test_teacher_with_other_classes_is_refused(capsys, tmp_path, digits, trained):
     from timm import create_model
 
