@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import _arch, _trace
-from ._errors import IsopruneError
+from ._errors import IsopruneError, on_command_line
 from ._depth import DepthPlan, apply_depth, check_depth, inside
 from ._groups import Analysis, Op, analyse, cut_ops, removed_outputs, run_ops, unit_channels
 from ._importance import member_tensors
@@ -148,7 +148,8 @@ def _check_fits(analysis: Analysis, pruning: PruningPlan, model: nn.Module) -> N
                                 hint="apply a plan to a fresh copy of the model it was made for")
         raise IsopruneError(
             f"plan for {pruning.model} does not fit this {type(model).__name__}: {_misfit(theirs, ours)}",
-            hint="apply the plan to the model it was made for (a plan made on a saved model: give that directory as --model)",
+            hint="apply the plan to the model it was made for (a plan made on a saved model: "
+                 + ("give that directory as --model)" if on_command_line() else "to isoprune.load of that directory)"),
         )
     for g in pruning.groups:
         if not g.keep or any(not 0 <= k < g.channels for k in g.keep):

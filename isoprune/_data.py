@@ -12,11 +12,9 @@ import torch
 from torch import nn
 from torchvision.datasets import ImageFolder
 
-from ._errors import IsopruneError
+from ._errors import IsopruneError, setting
 from ._trace import fixed_size
 from ._trace import input_size as built_for
-
-_FOLDER_HINT = "--data must be an ImageFolder: one sub-directory of images per class"
 
 
 def data_config(model: nn.Module, input_size: int | None = None) -> dict:
@@ -27,7 +25,7 @@ def data_config(model: nn.Module, input_size: int | None = None) -> dict:
     fixed = fixed_size(model)
     if input_size is not None and fixed not in (None, (input_size, input_size)):
         raise IsopruneError(f"{type(model).__name__} takes {fixed[0]}x{fixed[1]} inputs only, not {input_size}x{input_size}",
-                            hint=f"drop --input-size (or give {fixed[0]}): the model was built for that size")
+                            hint=f"drop {setting('input_size')} (or give {fixed[0]}): the model was built for that size")
     config = timm.data.resolve_data_config({}, model=model)
     channels, height, width = built_for(model)
     config["input_size"] = (channels, input_size, input_size) if input_size is not None else (channels, height, width)
@@ -37,7 +35,7 @@ def data_config(model: nn.Module, input_size: int | None = None) -> dict:
 def device(name: str, index: int = 0) -> torch.device:
     """``cpu`` or ``cuda`` (device ``index``), refusing CUDA where none is visible."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise IsopruneError("--device cuda, but no CUDA device is visible", hint="use --device cpu")
+        raise IsopruneError(f"{setting('device', 'cuda')}, but no CUDA device is visible", hint=f"use {setting('device', 'cpu')}")
     return torch.device("cuda", index) if name == "cuda" else torch.device("cpu")
 
 
@@ -45,7 +43,8 @@ def splits(root: str | Path, *names: str) -> list[Path]:
     """``root/name`` for each split, all checked before any is read."""
     for name in names:
         if not (Path(root) / name).is_dir():
-            raise IsopruneError(f"no {name}/ directory in {root}", hint=f"--data must hold {' and '.join(f'{n}/' for n in names)}, each an ImageFolder")
+            raise IsopruneError(f"no {name}/ directory in {root}",
+                                hint=f"{setting('data')} must hold {' and '.join(f'{n}/' for n in names)}, each an ImageFolder")
     return [Path(root) / name for name in names]
 
 
@@ -92,12 +91,16 @@ class _Folder(ImageFolder):
         return list(_scan[key])
 
 
+def _folder_hint() -> str:
+    return f"{setting('data')} must be an ImageFolder: one sub-directory of images per class"
+
+
 def data_dir(path: str | Path) -> Path:
     """``path``, which must be a directory (``_pipeline.run`` checks ``--data`` with it before it
     builds the model)."""
     path = Path(path)
     if not path.is_dir():
-        raise IsopruneError(f"no data directory {path}", hint=_FOLDER_HINT)
+        raise IsopruneError(f"no data directory {path}", hint=_folder_hint())
     return path
 
 
@@ -109,9 +112,9 @@ def image_folder(path: str | Path, transform, classes: list[str] | None = None):
     try:
         folder = _Folder(str(path), transform=transform, classes=classes)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise IsopruneError(f"no images in {path}: {exc}", hint=_FOLDER_HINT) from exc
+        raise IsopruneError(f"no images in {path}: {exc}", hint=_folder_hint()) from exc
     if not len(folder):
-        raise IsopruneError(f"no images in {path}", hint=_FOLDER_HINT)
+        raise IsopruneError(f"no images in {path}", hint=_folder_hint())
     return folder
 
 
@@ -125,7 +128,7 @@ def check_classes(dataset, model: nn.Module, where: str, hint: str | None = None
     if classes and len(dataset.classes) != classes:
         raise IsopruneError(
             f"{where} has {len(dataset.classes)} classes but the model predicts {classes}",
-            hint=hint or f"pass --num-classes {len(dataset.classes)} to give the model a new head for this data",
+            hint=hint or f"pass {setting('num_classes', len(dataset.classes))} to give the model a new head for this data",
         )
 
 

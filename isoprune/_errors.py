@@ -1,5 +1,13 @@
-"""The one exception type isoprune raises for problems a user can fix."""
+"""The one exception type isoprune raises for problems a user can fix, and how its hints name
+the settings a user can change: as the command line's flags (``--batch-size 8``) inside
+``isoprune`` (``command_line``), else as the API's keyword arguments (``batch_size=8``)."""
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+
+_COMMAND_LINE = contextvars.ContextVar("isoprune_command_line", default=False)
 
 
 class IsopruneError(ValueError):
@@ -45,3 +53,31 @@ def batch_failed(what: str, n: int, exc: Exception, hint: str, **tensors) -> Iso
     the shapes it came in (``inputs=x, targets=y``) and the first line of why."""
     shapes = ", ".join(f"{name} {list(t.shape) if hasattr(t, 'shape') else type(t).__name__}" for name, t in tensors.items())
     return IsopruneError(f"{what} batch {n} ({shapes}) failed: {first_line(exc).rstrip('.')}", hint=hint)
+
+
+@contextlib.contextmanager
+def command_line():
+    """Inside it, errors name the command line's flags (``--batch-size``): ``isoprune`` runs its commands in it."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def on_command_line() -> bool:
+    return _COMMAND_LINE.get()
+
+
+def setting(name: str, value=None) -> str:
+    """The setting ``name`` (an API keyword, ``batch_size``) as the user gives it here: the flag
+    ``--batch-size`` on the command line, else ``batch_size``; with a ``value`` to give,
+    ``--batch-size 8`` or ``batch_size=8``. True is a switch (``--force``, ``force=True``); a word in
+    capitals (``PATH``, ``N``) stands for what the user fills in, and other words are quoted in Python."""
+    if on_command_line():
+        flag = "--" + name.replace("_", "-")
+        return flag if value is None or value is True else f"{flag} {value}"
+    if value is None:
+        return name
+    text = str(value)
+    return f"{name}={text if text.isupper() or not isinstance(value, (str, os.PathLike)) else repr(text)}"

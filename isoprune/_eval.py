@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import _data, _io, _models, _recipes, _trace
-from ._errors import IsopruneError
+from ._errors import IsopruneError, setting
 from ._finetune import evaluate
 from ._latency import cast as cast_to, sync
 
@@ -30,7 +30,7 @@ def latency(model: nn.Module, input_size: tuple[int, int, int], batch_size: int,
     throughput it implies; the spread is the interquartile range over ``iters`` timed passes.
     The model and its input are cast to ``dtype`` and ``memory_format`` first."""
     if iters < 1:
-        raise IsopruneError("latency needs at least one timed pass", hint="pass --iters 1 or more")
+        raise IsopruneError("latency needs at least one timed pass", hint=f"pass {setting('iters', 1)} or more")
     model.eval().to(device, dtype, memory_format=memory_format)
     x = torch.randn(batch_size, *input_size, device=device, dtype=dtype).contiguous(memory_format=memory_format)
     times = []

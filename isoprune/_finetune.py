@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import _data, _dist, _io, _memory, _models, _recipes
-from ._errors import IsopruneError, UnreachableError
+from ._errors import IsopruneError, UnreachableError, setting
 from ._pipeline import meta_example
 from ._trace import fixed_size
 
@@ -99,18 +99,18 @@ def teacher(spec: str, metadata: dict, num_classes: int, side: int | None = None
         if _self_supervised(metadata):
             if _dist.is_main():
                 log.warning("no teacher: %s, the closest trained model this one came from, was pre-trained without labels "
-                            "(isoprune ssl); pass --teacher PATH or NAME to distil from a classifier", spec)
+                            "(isoprune ssl); pass %s or NAME to distil from a classifier", spec, setting("teacher", "PATH"))
             return None
     model = _teacher_model(spec, metadata, side)
     fixed = fixed_size(model)
     if side is not None and fixed not in (None, (side, side)):
         raise IsopruneError(f"the teacher takes {fixed[0]}x{fixed[1]} inputs only, but the student trains at {side}x{side}",
-                            hint="give a teacher built for the student's input size, or --teacher none")
+                            hint=f"give a teacher built for the student's input size, or {setting('teacher', 'none')}")
     classes = getattr(model, "num_classes", None)
     if classes is not None and classes != num_classes:
         raise IsopruneError(
             f"the teacher predicts {classes} classes but the student {num_classes}",
-            hint="give a teacher trained on the same classes, or --teacher none",
+            hint=f"give a teacher trained on the same classes, or {setting('teacher', 'none')}",
         )
     return model.eval().requires_grad_(False)
 
@@ -122,20 +122,21 @@ def _teacher_model(spec: str, metadata: dict, side: int | None) -> nn.Module:
     if spec == "original":
         return _base_teacher((metadata.get("config") or {}).get("weights", "pretrained"), metadata, side)
     if path.is_file() and _io.is_saved(path.parent):  # a pruned model's weights fit no model built by name
-        raise IsopruneError(f"{path} is the weights file of a model isoprune saved", hint=f"pass its directory as --teacher {path.parent}")
+        raise IsopruneError(f"{path} is the weights file of a model isoprune saved", hint=f"pass its directory as {setting('teacher', path.parent)}")
     if path.suffix and path.is_file():
         return _base_teacher(str(path), metadata, side, checkpoint=True)
     if path.is_dir():
         if _io.is_saved(path) and _self_supervised(_io.read_metadata(path)):
             raise IsopruneError(f"teacher {path} was pre-trained without labels (isoprune ssl): its classifier never learnt, so it cannot teach",
-                                hint=f"fine-tune it first (isoprune finetune {path} --num-classes N), or pass another --teacher, or none")
+                                hint=f"fine-tune it first (isoprune finetune {path} --num-classes N), or pass another {setting('teacher')}, or none")
         return _io.load(path)
     if path.suffix and not _models.is_name(spec):  # regnety_160.deit_in1k, the DeiT recipes' teacher, is a name with a tag
         raise IsopruneError(f"no teacher checkpoint at {path}", hint="give an existing file, a directory isoprune wrote, a timm model name, or none")
     try:
         return _models.create(spec, "pretrained", input_size=side)
     except UnreachableError as exc:  # a Hub config's hint says how to get it; the weights' is for --weights, not the teacher
-        hint = exc.hint if exc.what == "config" else "offline? pass --teacher PATH (a checkpoint of it, or a directory isoprune saved), or --teacher none"
+        hint = exc.hint if exc.what == "config" else (f"offline? pass {setting('teacher', 'PATH')} (a checkpoint of it, or a directory isoprune saved), "
+                                                      f"or {setting('teacher', 'none')}")
         raise IsopruneError(f"teacher {spec}: {exc.message}", hint=hint) from exc
 
 
@@ -146,25 +147,29 @@ def _base_teacher(weights: str, metadata: dict, side: int | None, checkpoint: bo
     if weights == "none":
         raise IsopruneError(
             "the original model was pruned from random weights, so it cannot teach",
-            hint="pass --teacher PATH (its trained weights), a timm model name, or none",
+            hint=f"pass {setting('teacher', 'PATH')} (its trained weights), a timm model name, or none",
         )
-    base, flag = metadata["base"], f"--teacher {weights if checkpoint else 'original'}"
+    base, flag = metadata["base"], setting("teacher", weights if checkpoint else "original")
     if base["library"] != "timm":
-        raise IsopruneError(f"{flag} needs a timm base model", hint="pass --teacher PATH or NAME, or none")
+        raise IsopruneError(f"{flag} needs a timm base model", hint=_other_teacher())
     built_from = base.get("source", base["name"])  # a model from the Hub or a folder: its weights are there
     if "source" in base:
         try:
             _models.source_config(built_from)
         except IsopruneError as exc:  # a folder moved or deleted since, a repo not in the cache offline
-            raise IsopruneError(f"{flag}: {exc.message}", hint="pass --teacher PATH or NAME, or none") from exc
+            raise IsopruneError(f"{flag}: {exc.message}", hint=_other_teacher()) from exc
     given, trained = base["kwargs"].get("num_classes"), _models.head_classes(built_from, weights)
     if given is not None and trained not in (None, given):
         raise IsopruneError(
             (f"the student has {given} classes" if checkpoint else f"the original model was given a new {given}-class head when pruned")
             + f", but the teacher's weights ({weights}) predict {trained} classes",
-            hint="pass --teacher PATH or NAME (a model trained on the student's classes), or none",
+            hint=f"pass {setting('teacher', 'PATH')} or NAME (a model trained on the student's classes), or none",
         )
     return _models.create(built_from, weights, input_size=side, **base["kwargs"])
+
+
+def _other_teacher() -> str:
+    return f"pass {setting('teacher', 'PATH')} or NAME, or none"
 
 
 def _self_supervised(metadata: dict) -> bool:
@@ -183,7 +188,7 @@ def _original(metadata: dict) -> tuple[str, dict]:
         if source is None:  # pruned from a timm name: the base, with the weights it was pruned from
             return "original", metadata
         if not _io.is_saved(source):
-            raise IsopruneError(f"the model this one was pruned from, {source}, is gone", hint="pass --teacher PATH or NAME, or none")
+            raise IsopruneError(f"the model this one was pruned from, {source}, is gone", hint=_other_teacher())
         metadata = _io.read_metadata(source)
         if any(k in metadata for k in ("finetune", "ssl")) or _io.unpruned(metadata):
             return source, metadata
@@ -223,9 +228,9 @@ def _loaders(opts: Options, cfg, model, env: _dist.Env):
         raise IsopruneError(f"batch size {cfg.batch_size} does not split over {env.world} processes", hint="give a multiple of the process count")
     if (cfg.batch_size // env.world) % cfg.grad_accum_steps:
         raise IsopruneError(f"a batch of {cfg.batch_size // env.world} per process does not split into {cfg.grad_accum_steps} equal steps",
-                            hint="give a --grad-accum-steps that divides it")
+                            hint=f"give a {setting('grad_accum_steps')} that divides it")
     if len(train) < cfg.batch_size:
-        raise IsopruneError(f"{opts.data}/train has {len(train)} images, fewer than one batch of {cfg.batch_size}", hint="lower --batch-size")
+        raise IsopruneError(f"{opts.data}/train has {len(train)} images, fewer than one batch of {cfg.batch_size}", hint=f"lower {setting('batch_size')}")
 
     def train_loader(e):
         return _data.seeded_loader(train, cfg.batch_size, shuffle=True, seed=opts.seed, epoch=e, rank=env.rank,
@@ -324,7 +329,7 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig, given: di
     mixup_on = cfg.augment and (cfg.mixup > 0 or cfg.cutmix > 0)
     mixup = timm.data.Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing, num_classes=num_classes) if mixup_on else None
     if mixup_on and (cfg.batch_size // env.world) % 2:
-        raise IsopruneError("mixup/cutmix needs an even batch per process", hint="give an even --batch-size per process")
+        raise IsopruneError("mixup/cutmix needs an even batch per process", hint=f"give an even {setting('batch_size')} per process")
     criterion = _Loss(cfg, mixup_on, teacher_model)
     start, updates, history, best = 0, 0, [], None
     if state is not None:
@@ -347,18 +352,18 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig, given: di
                 optimizer.zero_grad(set_to_none=True)
                 loss = _accumulate(trained, criterion, images, targets, cfg.grad_accum_steps, cast, scaler, env.world > 1)
                 if not torch.isfinite(loss):
-                    raise IsopruneError(f"the loss is {loss.item()} at epoch {epoch + 1}", hint="lower --lr, or set --clip-grad")
+                    raise IsopruneError(f"the loss is {loss.item()} at epoch {epoch + 1}", hint=f"lower {setting('lr')}, or set {setting('clip_grad')}")
                 _update(optimizer, scaler, model, cfg.clip_grad)
             except torch.cuda.OutOfMemoryError as exc:
                 step = len(images) // cfg.grad_accum_steps
                 raise IsopruneError(f"out of GPU memory at {step} images per process and step",
-                                    hint="raise --grad-accum-steps (the same batch, in more steps), or lower --batch-size") from exc
+                                    hint=f"raise {setting('grad_accum_steps')} (the same batch, in more steps), or lower {setting('batch_size')}") from exc
             except ValueError as exc:
                 if "Expected more than 1 value per channel" not in str(exc):
                     raise
                 raise IsopruneError(f"BatchNorm cannot train on {len(images) // cfg.grad_accum_steps} image at a time: "
                                     "one of its layers sees a single value per channel",
-                                    hint="give at least 2 images per process and step (--batch-size, --grad-accum-steps)") from exc
+                                    hint=f"give at least 2 images per process and step ({setting('batch_size')}, {setting('grad_accum_steps')})") from exc
             updates += 1
             scheduler.step_update(num_updates=updates)
             if ema is not None:
@@ -458,9 +463,10 @@ def resumed(saved, options: dict, opts: Options, given: dict, how=()) -> tuple:
             continue
         was = getattr(saved, name) if hasattr(saved, name) else options.get(name, value) if name in KEPT else value
         if name not in how and value != was and not (isinstance(was, list) and list(value) == was):
-            raise IsopruneError(f"--{name.replace('_', '-')} {value} differs from the resumed run's "
+            raise IsopruneError(f"{setting(name, value)} differs from the resumed run's "
                                 f"{'(the default)' if was is None else was}: a resumed run keeps its settings",
-                                hint="resume without it, or start a new run in another --out" + (f" (only {', '.join(how)} may change)" if how else ""))
+                                hint=f"resume without it, or start a new run in another {setting('out')}"
+                                     + (f" (only {', '.join(how)} may change)" if how else ""))
     cfg = replace(saved, **{k: v for k, v in given.items() if k in how and v is not None})
     return cfg, replace(opts, **{k: options[k] for k in KEPT})
 
@@ -581,13 +587,14 @@ def read_checkpoint_file(out: Path) -> dict:
     """The header and tensors of ``out``'s checkpoint, or one error saying why there are none."""
     path = out / CHECKPOINT
     if not path.is_file():
-        raise IsopruneError(f"nothing to resume: no {CHECKPOINT} in {out}", hint="start without --resume, or give the --out of an earlier run")
+        raise IsopruneError(f"nothing to resume: no {CHECKPOINT} in {out}",
+                            hint=f"start without {setting('resume')}, or give the {setting('out')} of an earlier run")
     try:
         with safetensors.safe_open(str(path), "pt") as f:
             header = json.loads(f.metadata()["isoprune"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise IsopruneError(f"cannot read {path}: {exc}", hint="the checkpoint is damaged; start again with --force") from exc
+        raise IsopruneError(f"cannot read {path}: {exc}", hint=f"the checkpoint is damaged; start again with {setting('force', True)}") from exc
     return {"header": header, "tensors": tensors}
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import __version__
 from ._apply import apply_plan
-from ._errors import IsopruneError
+from ._errors import IsopruneError, on_command_line, setting
 from ._plan import PruningPlan
 from ._trace import input_size as built_for, unwrapped
 
@@ -143,12 +143,16 @@ def _build(base: dict) -> nn.Module:
     return model
 
 
-def check_writable(directory, overwrite: bool = False) -> Path:
+def check_writable(directory, overwrite: bool = False, names: tuple[str, str] = ("out", "force")) -> Path:
+    """``directory``, unless it would overwrite anything without ``overwrite``; ``names`` are the
+    caller's arguments for the two, which the hint names (``isoprune.save`` has its own)."""
     directory = Path(directory)
+    where, replacing = ("out", "force") if on_command_line() else names
     if directory.exists() and not directory.is_dir():
         raise IsopruneError(f"{directory} exists and is not a directory", hint="choose another output path")
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-        raise IsopruneError(f"output directory {directory} is not empty", hint="choose another --out, or pass --force to replace isoprune's files in it")
+        raise IsopruneError(f"output directory {directory} is not empty",
+                            hint=f"choose another {setting(where)}, or pass {setting(replacing, True)} to replace isoprune's files in it")
     return directory
 
 
@@ -165,7 +169,7 @@ def save(model: nn.Module, directory, *, plan: PruningPlan | None = None, base=N
     plan = plan or getattr(model, "isoprune_plan", None)
     if plan is None:
         raise IsopruneError("the model carries no pruning plan", hint="pass plan=, or prune it with isoprune.prune")
-    directory = check_writable(directory, overwrite)
+    directory = check_writable(directory, overwrite, ("directory", "overwrite"))
     metadata = {
         "format": FORMAT,
         "base": base_spec(model, base),
@@ -201,7 +205,7 @@ def refuse_weights(source, weights) -> None:
     """A directory isoprune wrote carries its own weights: ``weights`` given with it would be ignored."""
     if weights is not None and Path(source).is_dir():
         raise IsopruneError(f"weights are for a model given by name, not the directory {source}",
-                            hint="a pruned directory carries its own weights: drop --weights (weights= in Python)")
+                            hint=f"a pruned directory carries its own weights: drop {setting('weights')}")
 
 
 def read_metadata(directory) -> dict:
@@ -294,7 +298,7 @@ def load_for_classes(path, num_classes: int | None) -> nn.Module:
     model = load(path)
     classes = getattr(model, "num_classes", None)
     if num_classes and classes is not None and classes != num_classes:
-        raise IsopruneError(f"{path} predicts {classes} classes, and --num-classes gives a saved model no new head",
+        raise IsopruneError(f"{path} predicts {classes} classes, and {setting('num_classes')} gives a saved model no new head",
                             hint=f"fine-tune it for them first: isoprune finetune {path} --data DIR --num-classes {num_classes}")
     return model
 
@@ -315,7 +319,7 @@ def _load_pickle(path: Path, allow_pickle: bool) -> nn.Module:
     if not allow_pickle:
         raise IsopruneError(
             f"{path} is a pickled whole model: loading it runs code stored in the file",
-            hint="pass allow_pickle=True (--allow-pickle) only for a file you trust, then isoprune.save it",
+            hint=f"pass {setting('allow_pickle', True)} only for a file you trust, then isoprune.save it",
         )
     warnings.warn(f"unpickling {path}: this runs code from the file", stacklevel=3)
     try:
@@ -323,5 +327,5 @@ def _load_pickle(path: Path, allow_pickle: bool) -> nn.Module:
     except Exception as exc:
         raise IsopruneError(f"cannot unpickle {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise IsopruneError(f"{path} holds a {type(model).__name__}, not a model", hint="load weights with --weights PATH instead")
+        raise IsopruneError(f"{path} holds a {type(model).__name__}, not a model", hint=f"load weights with {setting('weights', 'PATH')} instead")
     return model.eval()

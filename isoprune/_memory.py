@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._errors import IsopruneError, batch_failed
+from ._errors import IsopruneError, batch_failed, setting
 
 log = logging.getLogger("isoprune")
 GIB = 2**30
@@ -173,16 +173,16 @@ def check_batch(model: nn.Module, forward: Callable[[int], object], batch: int, 
     if est.fits(at_once):
         log.warning("%s needs %s, close to the %s; it may run out of memory", said, est.measured(at_once), est.where())
         return
-    nowhere = "it does not fit at any batch size: give a smaller --input-size, or a device with more memory"
+    nowhere = f"it does not fit at any batch size: give a smaller {setting('input_size')}, or a device with more memory"
     if steps:
         more = next((s for s in range(steps, per_process + 1) if per_process % s == 0 and est.fits(per_process // s, spare=WARN)), None)
-        hint = nowhere if more is None else (f"pass --grad-accum-steps {more} ({more} steps of {per_process // more} images per "
-                                             "process make the same batch), or a smaller --batch-size")
+        hint = nowhere if more is None else (f"pass {setting('grad_accum_steps', more)} ({more} steps of {per_process // more} images per "
+                                             f"process make the same batch), or a smaller {setting('batch_size')}")
     else:
         fits = 2 * processes
         while est.fits(2 * fits // processes):
             fits *= 2
-        hint = f"pass --batch-size {fits} (about the most that fits)" if est.fits(fits // processes) else nowhere
+        hint = f"pass {setting('batch_size', fits)} (about the most that fits)" if est.fits(fits // processes) else nowhere
     raise IsopruneError(f"{said} needs {est.measured(at_once)}, more than the {est.where()}", hint=hint)
 
 
@@ -202,7 +202,7 @@ def piece_size(model: nn.Module, forward: Callable[[int], object], batch: int, d
     if largest == 0:
         if not est.fits(1, extra_copies=1):
             raise IsopruneError(f"one image of a {what} needs {est.measured(1, extra_copies=1)}, more than the {est.where()}",
-                                hint="give a smaller --input-size, a device with more memory, or --importance l2 (no gradients)")
+                                hint=f"give a smaller {setting('input_size')}, a device with more memory, or {setting('importance', 'l2')} (no gradients)")
         largest = 1
     pieces = -(-batch // largest)
     size = -(-batch // pieces)  # as even as the pieces can be

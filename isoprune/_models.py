@@ -11,7 +11,7 @@ import timm
 import torch
 from torch import nn
 
-from ._errors import IsopruneError, UnreachableError, first_line
+from ._errors import IsopruneError, UnreachableError, first_line, on_command_line, setting
 
 log = logging.getLogger("isoprune")
 
@@ -84,7 +84,7 @@ def resolve(name: str) -> str:
         if is_saved(name):
             raise IsopruneError(
                 f"{name} is a model isoprune saved, not a model name",
-                hint="give it as the PATH of eval, finetune or inspect, or as prune's --model",
+                hint="give it as the PATH of eval, finetune or inspect, or as prune's --model" if on_command_line() else "load it with isoprune.load",
             )
         if (Path(name) / "config.json").is_file():
             raise IsopruneError(f"{name} is the folder of a timm model, not a model name", hint=f"give it as local-dir:{name}")
@@ -205,7 +205,7 @@ def create(name: str, weights: str = "pretrained", *, input_size: int | None = N
         if pretrained:
             raise UnreachableError(
                 f"could not get pretrained weights for {full}: {_first_sentence(exc)}", what="weights",
-                hint="offline? pass --weights PATH for a local checkpoint, or --weights none for random init",
+                hint=f"offline? pass {setting('weights', 'PATH')} for a local checkpoint, or {setting('weights', 'none')} for random init",
             ) from exc
         raise IsopruneError(f"could not build {full}: {exc}", hint="check the model's keyword arguments") from exc
     if weights not in ("pretrained", "none"):
@@ -236,7 +236,7 @@ def sized_for(full: str, side: int, kwargs: dict) -> dict:
             timm.create_model(full, pretrained=False, **kwargs, img_size=side)
     except Exception as exc:
         raise IsopruneError(f"{full} takes {fixed[0]}x{fixed[1]} inputs only, not {side}x{side}: {first_line(exc, 160)}",
-                            hint=f"drop --input-size (or give {fixed[0]})") from exc
+                            hint=f"drop {setting('input_size')} (or give {fixed[0]})") from exc
     return {"img_size": side}
 
 
@@ -247,7 +247,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     if path.is_dir() and (path / "model.safetensors").is_file():
         path = path / "model.safetensors"  # a directory isoprune wrote
     if not path.is_file():
-        raise IsopruneError(f"no checkpoint at {path}", hint="give the path of a .safetensors or .pth file, or --weights none")
+        raise IsopruneError(f"no checkpoint at {path}", hint=f"give the path of a .safetensors or .pth file, or {setting('weights', 'none')}")
     if path.stat().st_size == 0:
         raise IsopruneError(f"checkpoint {path} is empty", hint="was it written to the end? give a complete .safetensors or .pth file")
     try:
@@ -350,13 +350,13 @@ def load_weights(model: nn.Module, path, *, new_head: bool = False) -> None:
         pruned = _pruned_directory(path)
         if pruned is not None:  # its weights fit only the pruned model that directory rebuilds
             raise IsopruneError(f"{path} holds a model isoprune pruned, not the full widths of {type(model).__name__}",
-                                hint=f"give its directory as the model (--model {pruned}, or isoprune.load)")
+                                hint=f"give its directory as the model ({f'--model {pruned}' if on_command_line() else f'isoprune.load({str(pruned)!r})'})")
         first = (shapes or missing or unexpected)[0]
         detail = f"{first}: {tuple(state[first].shape)} vs {tuple(own[first].shape)}" if shapes else first
         raise IsopruneError(
             f"checkpoint {path} does not fit {type(model).__name__}: {len(missing)} missing, "
             f"{len(unexpected)} unexpected, {len(shapes)} mis-shaped keys (first: {detail})",
-            hint="is it a checkpoint of this architecture and number of classes (--num-classes)?",
+            hint=f"is it a checkpoint of this architecture and number of classes ({setting('num_classes')})?",
         )
     model.load_state_dict(state)
     if (Path(path) / "isoprune.json").is_file():  # a directory isoprune wrote: its weights are for the size it records

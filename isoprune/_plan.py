@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from . import __version__, _importance, _trace
-from ._errors import IsopruneError
+from ._errors import IsopruneError, on_command_line
 from ._groups import Analysis, Group, analyse, breaking, log
 from ._recipes import KINDS, SCOPES
 
@@ -520,12 +520,13 @@ def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, toler
     if budget.value >= size(unpruned):
         raise IsopruneError(
             f"budget {budget} is not below the model's {Budget(budget.metric, size(unpruned))}",
-            hint="give a smaller target",
+            hint=f"give a smaller {'target' if on_command_line() else 'budget'}",
         )
     if size(smallest, budget.value) > budget.value:
         raise IsopruneError(
             f"budget {budget} is out of reach: these ratios bottom out at {Budget(budget.metric, size(smallest))}",
-            hint="give a larger target, or larger ratios for more kinds (e.g. --ratios emb=1,heads=1,head_dim=1,mlp=1)",
+            hint="give a larger target, or --target alone (without a recipe's ratios, every kind is scaled alike)" if on_command_line()
+            else "give a larger budget, or ratios for more kinds (one number, or none, scales every kind alike)",
         )
     lo, hi, best, over, evaluations = 0.0, top, smallest, unpruned, 2
     for _ in range(steps):

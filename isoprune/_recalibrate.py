@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ._errors import IsopruneError
+from ._errors import IsopruneError, on_command_line
 from ._memory import named_batch
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device | str | None 
                     model(images.to(device) if device is not None else images)
                 seen += 1
         if not seen:
-            raise IsopruneError("no batches to measure BatchNorm statistics on", hint="give at least one batch of images (--data DIR with images)")
+            raise IsopruneError("no batches to measure BatchNorm statistics on",
+                                hint="give at least one batch of images" + (" (--data DIR with images)" if on_command_line() else ""))
     except BaseException:  # a failed pass or no batch leaves the statistics as they were
         for m, (mean, var, count) in zip(norms, saved):
             m.running_mean.copy_(mean)

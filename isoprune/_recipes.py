@@ -17,7 +17,7 @@ from typing import ClassVar, NamedTuple
 
 import yaml
 
-from ._errors import IsopruneError
+from ._errors import IsopruneError, setting
 
 
 class Range(NamedTuple):
@@ -43,11 +43,11 @@ SHARE, FRACTION = Range(0, 1), Range(0, 1, high_in=False)  # a weight or momentu
 
 
 def check_whole(name: str, value, limit: Range = COUNT) -> None:
-    """An error where an argument that takes a whole number (``--name``) is not one within ``limit``:
+    """An error where an argument that takes a whole number (``--name``, ``name=``) is not one within ``limit``:
     for functions whose arguments no config dataclass checks (``isoprune.evaluate``)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value in limit:
         return
-    raise IsopruneError(f"{name} must be a whole number {limit}, not {value!r}", hint=f"set --{name.replace('_', '-')}")
+    raise IsopruneError(f"{name} must be a whole number {limit}, not {value!r}", hint=f"set {setting(name)}")
 
 
 class Limited:
@@ -78,7 +78,7 @@ class Limited:
 
     def _hint(self, name: str) -> str:
         where = f", or {self.SECTION}.{name} in a recipe" if self.SECTION else ""
-        return f"set --{name.replace('_', '-')}{where}"
+        return f"set {setting(name)}{where}"
 
 
 KINDS = ("emb", "heads", "head_dim", "mlp")

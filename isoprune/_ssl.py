@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import _data, _dist, _finetune, _io, _memory, _models, _recipes, tokens
-from ._errors import IsopruneError
+from ._errors import IsopruneError, setting
 from ._finetune import CHECKPOINT, Options
 
 log = logging.getLogger("isoprune")
@@ -184,7 +184,7 @@ def token_config(cfg: _recipes.SSLConfig) -> tokens.TokenConfig:
     """The token reduction ``cfg`` asks for; call it first, and bad settings fail before any work."""
     if cfg.replay and cfg.dynamic:
         raise IsopruneError("dynamic SimPrune cannot replay the teacher's choice: its gate learns from the student's own",
-                            hint="drop --replay or --dynamic")
+                            hint=f"drop {setting('replay')} or {setting('dynamic')}")
     return tokens.TokenConfig(cfg.tokens, cfg.keep_rate, blocks=tuple(cfg.token_blocks) if cfg.token_blocks else None,
                               warmup=cfg.token_warmup, dynamic=cfg.dynamic, candidates=cfg.token_candidates, sparsity=cfg.token_sparsity)
 
@@ -231,8 +231,8 @@ def _warn_if_nothing_dropped(pruner: tokens.TokenPruner, backbone: nn.Module, si
     patches = (size[-2] // patch[0]) * (size[-1] // patch[1])
     if pruner.config.method != "none" and pruner.kept_after(patches) == patches:
         log.warning("%s at keep rate %.2f keeps all %d patch tokens of a %dx%d image (patch %d) at every reducing block: "
-                    "no token is dropped; give a larger --input-size or a lower --keep-rate",
-                    pruner.config.method, pruner.final_rate, patches, size[-2], size[-1], patch[0])
+                    "no token is dropped; give a larger %s or a lower %s",
+                    pruner.config.method, pruner.final_rate, patches, size[-2], size[-1], patch[0], setting("input_size"), setting("keep_rate"))
 
 
 def _check_memory(student: Branch, teacher: Branch, cfg: _recipes.SSLConfig, size, device: torch.device, cast, env: _dist.Env) -> None:
@@ -268,7 +268,7 @@ def _loaders(opts: Options, cfg: _recipes.SSLConfig, backbone: nn.Module, env: _
     if cfg.batch_size % env.world:
         raise IsopruneError(f"batch size {cfg.batch_size} does not split over {env.world} processes", hint="give a multiple of the process count")
     if len(train) < cfg.batch_size:
-        raise IsopruneError(f"{train_dir} has {len(train)} images, fewer than one batch of {cfg.batch_size}", hint="lower --batch-size")
+        raise IsopruneError(f"{train_dir} has {len(train)} images, fewer than one batch of {cfg.batch_size}", hint=f"lower {setting('batch_size')}")
 
     def train_loader(epoch):
         loader = _data.seeded_loader(train, cfg.batch_size, shuffle=True, seed=opts.seed, epoch=epoch, rank=env.rank,
@@ -379,7 +379,7 @@ def _step(trained, teacher, criterion, optimizer, scaler, cast, schedule, cfg, v
             target = teacher(views)  # the teacher first: a replaying student follows its choice
         loss = criterion(trained(views, local), target, step)
     if not torch.isfinite(loss):
-        raise IsopruneError(f"the loss is {loss.item()} at epoch {epoch + 1}", hint="lower --lr, or set --clip-grad")
+        raise IsopruneError(f"the loss is {loss.item()} at epoch {epoch + 1}", hint=f"lower {setting('lr')}, or set {setting('clip_grad')}")
     optimizer.zero_grad(set_to_none=True)
     student = trained.module if hasattr(trained, "module") else trained
     penalty = tokens.pruner_of(student.backbone).penalty()  # dynamic SimPrune's sparsity term, else 0

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import _arch, _cut, _shapes
 from ._cut import one_input_per_group
-from ._errors import IsopruneError, first_line
+from ._errors import IsopruneError, first_line, on_command_line
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
 
@@ -445,7 +445,7 @@ def _trace_failure(skeleton: nn.Module, inputs: Inputs, exc: Exception) -> Isopr
     except Exception as own:  # noqa: BLE001 - any failure here is the inputs'
         shapes = [list(t.shape) for t in ((inputs,) if isinstance(inputs, torch.Tensor) else inputs)]
         return IsopruneError(f"{name} does not run on inputs of shape {', '.join(map(str, shapes))}: {first_line(own)}",
-                             hint="pass example_inputs shaped like the model's real input (on the command line: --input-size)")
+                             hint="give an --input-size the model takes" if on_command_line() else "pass example_inputs shaped like the model's real input")
     return IsopruneError(f"could not trace {name}: {type(exc).__name__}: {exc}",
                          hint="the model runs on these inputs, but the tracer cannot follow its layers: please report the architecture")
 

@@ -18,7 +18,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from . import __version__, _recipes
-from ._errors import IsopruneError
+from ._errors import IsopruneError, command_line
 from ._recipes import DTYPES, KINDS, SCOPES
 
 
@@ -419,9 +419,10 @@ def main(argv=None) -> int:
     # and blur, the one line an error gets; downloads still show their progress bars
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
-        args = _parser().parse_args(argv)
-        commands = {"prune": cmd_prune, "finetune": cmd_finetune, "ssl": cmd_ssl, "eval": cmd_eval, "inspect": cmd_inspect}
-        return commands[args.command](args)
+        with command_line():
+            args = _parser().parse_args(argv)
+            commands = {"prune": cmd_prune, "finetune": cmd_finetune, "ssl": cmd_ssl, "eval": cmd_eval, "inspect": cmd_inspect}
+            return commands[args.command](args)
     except IsopruneError as err:
         print(f"isoprune: error: {err}", file=sys.stderr)
         return 2

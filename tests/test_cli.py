@@ -13,6 +13,7 @@ import torch
 
 import isoprune
 from isoprune import _data, _eval, _finetune, _models, _pipeline, _recipes, cli
+from isoprune._errors import command_line, on_command_line, setting
 from isoprune._plan import figure
 
 from conftest import run_cli
@@ -287,9 +288,9 @@ def test_a_recipe_takes_numbers_written_as_yaml_1_2_does(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"lr": "0.1"}, "lr must be float, not '0.1'; set --lr, or finetune.lr in a recipe"),
-    ({"epochs": 1.5}, "epochs must be int, not 1.5; set --epochs"),
-    ({"workers": "2"}, "workers must be int, not '2'; set --workers"),
+    ({"lr": "0.1"}, "lr must be float, not '0.1'; set lr, or finetune.lr in a recipe"),
+    ({"epochs": 1.5}, "epochs must be int, not 1.5; set epochs"),
+    ({"workers": "2"}, "workers must be int, not '2'; set workers"),
 ])
 def test_api_settings_of_the_wrong_type_are_one_error_before_any_work(tmp_path, settings, message):
     with pytest.raises(isoprune.IsopruneError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -298,14 +299,29 @@ def test_api_settings_of_the_wrong_type_are_one_error_before_any_work(tmp_path, 
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"batch_size": 0}, "batch_size must be a whole number at least 1, not 0; set --batch-size"),
+    ({"batch_size": 0}, "batch_size must be a whole number at least 1, not 0; set batch_size"),
     ({"batch_size": "8"}, "batch_size must be a whole number at least 1, not '8'"),
-    ({"warmup": -1}, "warmup must be a whole number at least 0, not -1; set --warmup"),
+    ({"warmup": -1}, "warmup must be a whole number at least 0, not -1; set warmup"),
     ({"input_size": 0}, "input_size must be a whole number at least 1, not 0"),
 ])
 def test_evaluate_checks_its_numbers_as_eval_does(settings, message):
     with pytest.raises(isoprune.IsopruneError, match=message):
         isoprune.evaluate("test_resnet", weights="none", **settings)
+
+
+def test_a_hint_names_the_flag_on_the_command_line_and_the_argument_in_python(capsys, tmp_path):
+    missing = tmp_path / "gone.pth"
+    code, _, err = run_cli(capsys, "eval", "--model", "test_resnet", "--weights", missing, "--iters", "1")
+    assert code == 2 and err.strip() == f"isoprune: error: no checkpoint at {missing}; give the path of a .safetensors or .pth file, or --weights none"
+    with pytest.raises(isoprune.IsopruneError) as raised:
+        isoprune.evaluate("test_resnet", weights=str(missing))
+    assert str(raised.value) == f"no checkpoint at {missing}; give the path of a .safetensors or .pth file, or weights='none'"
+    spelt = lambda: [setting("batch_size"), setting("batch_size", 8), setting("force", True), setting("teacher", "PATH"),  # noqa: E731
+                     setting("teacher", "none"), setting("out", Path("runs/a"))]
+    assert spelt() == ["batch_size", "batch_size=8", "force=True", "teacher=PATH", "teacher='none'", "out='runs/a'"]
+    with command_line():
+        assert spelt() == ["--batch-size", "--batch-size 8", "--force", "--teacher PATH", "--teacher none", "--out runs/a"]
+    assert not on_command_line()  # the command's spelling ends with it
 
 
 def test_configs_keep_numbers_as_their_fields_do():

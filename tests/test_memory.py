@@ -70,10 +70,10 @@ def test_a_batch_is_refused_with_the_largest_that_fits(monkeypatch, caplog):
         check(monkeypatch, free=int(need(100)), batch=1024)
     assert ("needs about 0.2 MiB (0.0 MiB of activations per image, measured, and 1.6x for the allocator), "
             "more than the 0.0 MiB free on cpu") in str(refused.value)
-    assert "pass --batch-size 64" in refused.value.hint
+    assert "pass batch_size=64" in refused.value.hint
     with pytest.raises(_memory.IsopruneError) as refused:  # two processes on this CPU: half the batch each, and DDP's buckets
         check(monkeypatch, free=int(2 * need(100, copies=4)), batch=1024, processes=2, local_processes=2)
-    assert "shared by 2 processes" in str(refused.value) and "pass --batch-size 128" in refused.value.hint
+    assert "shared by 2 processes" in str(refused.value) and "pass batch_size=128" in refused.value.hint
     with pytest.raises(_memory.IsopruneError) as refused:
         check(monkeypatch, free=int(need(1)), batch=1024)
     assert "does not fit at any batch size" in refused.value.hint

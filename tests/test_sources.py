@@ -56,7 +56,7 @@ def test_a_folder_is_pruned_with_its_head_weights_and_data_config(capsys, tmp_pa
     teacher = _finetune.teacher("original", _io.read_metadata(out), 10, side=32)
     assert torch.equal(outputs(teacher), whole)
     moved = {**base, "source": f"local-dir:{tmp_path / 'moved'}"}  # the folder gone since
-    with pytest.raises(isoprune.IsopruneError, match=r"--teacher original: no timm model folder at .*moved.*; pass --teacher PATH or NAME, or none"):
+    with pytest.raises(isoprune.IsopruneError, match=r"teacher='original': no timm model folder at .*moved.*; pass teacher=PATH or NAME, or none"):
         _finetune.teacher("original", {**_io.read_metadata(out), "base": moved}, 10, side=32)
 
 

@@ -197,4 +197,4 @@ def test_a_keep_rate_that_drops_no_token_at_the_input_size_is_warned_of(caplog):
         assert not caplog.text
         _ssl._warn_if_nothing_dropped(pruner, backbone, (3, 32, 32))
     assert "simprune at keep rate 0.80 keeps all 4 patch tokens of a 32x32 image (patch 16)" in caplog.text
-    assert "give a larger --input-size or a lower --keep-rate" in caplog.text
+    assert "give a larger input_size or a lower keep_rate" in caplog.text
