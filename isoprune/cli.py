@@ -26,6 +26,15 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)  # a misspelt flag is an error, not a guess
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but flags a command does not take are that command's error, whose
+        ``--help`` lists the flags it does take."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            commands = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+            commands.get(getattr(parsed, "command", None), self).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
     def error(self, message):  # one line, not usage + message; main() prints "isoprune: error:" before it
         where = "" if self.prog == "isoprune" else f"{self.prog.removeprefix('isoprune ')}: "
         raise IsopruneError(f"{where}{message}", hint=f"see {self.prog} --help")

@@ -566,7 +566,7 @@ def test_offline_pretrained_is_one_line(tmp_path):
 @pytest.mark.parametrize("argv, said", [
     (["--version"], "isoprune 0.1.0"),
     (["prune", "--help"], "usage: isoprune prune"),
-    (["prune", "--ratio", "0.3"], "isoprune: error: unrecognized arguments: --ratio 0.3; see isoprune --help"),
+    (["prune", "--ratio", "0.3"], "isoprune: error: prune: unrecognized arguments: --ratio 0.3; see isoprune prune --help"),
 ])
 def test_help_version_and_bad_flags_answer_without_the_library(argv, said):
     """torch and timm take seconds to import: the command line imports them only once a command runs."""
