@@ -480,16 +480,18 @@ def plan(
         return skeleton_apply(analysis, replace(base, groups=groups), depth_plans)
 
     fill = None if scope == "global" else mixed  # one ranking over every group: no isomorphic group moves alone
+    # a shape that leaves some groups whole could reach further with ratios for them too
+    partial = ratios.largest() > 0 and any(not ratios.for_group(g)[0] for g in analysis.groups if g.id not in gone)
     if budget is None:
         result = outcome(ratios)
     elif budget.metric == "latency":
         from ._latency import Timer
 
         with Timer(model, analysis.inputs, timing) as timer:
-            result = _search(outcome, ratios, budget, timer, steps=10, tolerance=0.03, fill=fill)
+            result = _search(outcome, ratios, budget, timer, steps=10, tolerance=0.03, fill=fill, partial=partial)
         result.search |= {"timing": timer.settings, "shapes": timer.shapes}
     else:
-        result = _search(outcome, ratios, budget, lambda p, near=None: getattr(p, budget.metric)["after"], fill=fill)
+        result = _search(outcome, ratios, budget, lambda p, near=None: getattr(p, budget.metric)["after"], fill=fill, partial=partial)
     result._scores = scores  # unit scores per group id, for reports; not part of the plain data
     return remember(result, model)
 
@@ -507,7 +509,8 @@ def _check_reach(ratios: Ratios, groups: list[Group], name: str) -> None:
     log.warning("ratios %s reach no group of this %s (its kinds: %s)", ", ".join(unreached), name, kinds)
 
 
-def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, tolerance: float = 0.01, fill=None) -> PruningPlan:
+def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, tolerance: float = 0.01, fill=None,
+            partial: bool = False) -> PruningPlan:
     """Bisect the factor on ``shape`` for the largest model at or under the budget, by ``size``
     (a plan's MACs, params or measured latency; told the budget, a measurement can take more care
     near it), stopping within ``tolerance`` under it. Short of that, the isomorphic groups that
@@ -525,8 +528,7 @@ def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, toler
     if size(smallest, budget.value) > budget.value:
         raise IsopruneError(
             f"budget {budget} is out of reach: these ratios bottom out at {Budget(budget.metric, size(smallest))}",
-            hint="give a larger target, or --target alone (without a recipe's ratios, every kind is scaled alike)" if on_command_line()
-            else "give a larger budget, or ratios for more kinds (one number, or none, scales every kind alike)",
+            hint=_larger_target(partial),
         )
     lo, hi, best, over, evaluations = 0.0, top, smallest, unpruned, 2
     for _ in range(steps):
@@ -546,6 +548,13 @@ def _search(outcome, shape: Ratios, budget: Budget, size, steps: int = 24, toler
     best.search = {"metric": budget.metric, "budget": budget.value, "scale": hi, "evaluations": evaluations,
                    "before": size(unpruned), "bisected": bisected, "after": size(best), "filled": filled}
     return best
+
+
+def _larger_target(partial: bool) -> str:
+    """What to do about a budget the shape cannot reach; ``partial``: the shape leaves some groups whole."""
+    if on_command_line():
+        return "give a larger target" + (", or --target alone (without a recipe's ratios, every kind is scaled alike)" if partial else "")
+    return "give a larger budget" + (", or ratios for more kinds (one number, or none, scales every kind alike)" if partial else "")
 
 
 def _fill(under: PruningPlan, over: PruningPlan, budget: Budget, size, mix) -> tuple[PruningPlan, list[str], int]:

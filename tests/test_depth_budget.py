@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import isoprune
-from conftest import inputs_for, make
+from conftest import inputs_for, make, run_cli
 
 
 def test_depth_removes_least_important_blocks():
@@ -81,6 +81,15 @@ def test_budget_keeps_the_ratio_shape():
 def test_budget_errors(budget, message):
     with pytest.raises(isoprune.IsopruneError, match=message):
         isoprune.plan(make("test_resnet"), 0.0, budget=budget)
+
+
+def test_an_unreachable_budget_asks_for_more_kinds_only_where_the_shape_leaves_some_whole(capsys):
+    with pytest.raises(isoprune.IsopruneError, match=r"out of reach: .*; give a larger budget$"):
+        isoprune.plan(make("test_vit"), 0.0, budget="macs=100K")  # every kind scaled alike already
+    with pytest.raises(isoprune.IsopruneError, match=r"; give a larger budget, or ratios for more kinds \(one number"):
+        isoprune.plan(make("test_vit"), {"mlp": 0.5}, budget="macs=100K")
+    code, _, err = run_cli(capsys, "prune", "--model", "test_vit", "--weights", "none", "--target", "macs=100K", "--dry-run")
+    assert code == 2 and err.strip().endswith("; give a larger target"), err
 
 
 def test_budget_parse():
