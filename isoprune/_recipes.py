@@ -58,6 +58,7 @@ class Limited:
     LIMITS: ClassVar[dict[str, Range]] = {}
     PAIRS: ClassVar[dict[str, tuple[Range, bool]]] = {}  # two numbers within the range; True: the smaller first
     SECTION: ClassVar[str] = ""
+    HELP: ClassVar[dict[str, str]] = {}  # what a field does, for its command-line flag's help
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -170,6 +171,22 @@ class FinetuneConfig(Limited):
               "cutmix": NONNEGATIVE, "reprob": SHARE, "smoothing": FRACTION, "drop_path": FRACTION, "drop": FRACTION,
               "clip_grad": NONNEGATIVE, "ema_decay": FRACTION, "distill_alpha": SHARE, "distill_tau": POSITIVE}
     PAIRS = {"betas": (FRACTION, False)}
+    HELP = {
+        "epochs": "epochs to train", "batch_size": "global batch, split over the processes and --grad-accum-steps",
+        "grad_accum_steps": "forward and backward passes per step: the same batch in less memory",
+        "opt": "optimiser, by timm's name (adamw, sgd, lamb ...)", "lr": "peak learning rate", "weight_decay": "weight decay",
+        "momentum": "SGD's momentum", "betas": "Adam's betas", "sched": "learning-rate schedule, by timm's name (cosine, step, multistep ...)",
+        "decay_milestones": "epochs at which multistep decays the learning rate", "decay_rate": "factor of each step's or milestone's decay",
+        "warmup_epochs": "epochs of linear learning-rate warm-up", "layer_decay": "a ViT's layer-wise decay: each block learns this times as fast as the next",
+        "augment": "random crops and flips, RandAugment, mixup and cutmix (--no-augment: the eval transforms only)",
+        "randaugment": "timm's RandAugment policy (rand-m9-mstd0.5-inc1)", "mixup": "mixup's alpha, 0 for none", "cutmix": "cutmix's alpha, 0 for none",
+        "reprob": "random erasing's probability", "smoothing": "label smoothing", "drop_path": "stochastic depth", "drop": "dropout before the classifier",
+        "clip_grad": "clip the gradient norm to this", "ema_decay": "average the weights with this decay (0.9998); the average is evaluated and saved",
+        "teacher": "original (the model it was pruned from), a timm NAME, a checkpoint PATH, a saved DIR, or none",
+        "distillation": "soft (KL divergence at --distill-tau), hard (DeiT's: the teacher's class), or none",
+        "distill_alpha": "weight of the distillation loss against the label loss", "distill_tau": "soft distillation's temperature",
+        "interpolation": "how images are resized (bicubic, bilinear ...)", "amp": "mixed precision on CUDA (--no-amp: float32)",
+    }
 
 
 @dataclass
@@ -232,6 +249,26 @@ class SSLConfig(Limited):
               "student_temp": POSITIVE, "center_momentum": SHARE, "local_crops_number": NONNEGATIVE, "local_crops_size": COUNT,
               "drop_path": FRACTION, "knn_k": COUNT, "knn_temperature": POSITIVE}
     PAIRS = {"global_crops_scale": (Range(0, 1, low_in=False), True), "local_crops_scale": (Range(0, 1, low_in=False), True)}
+    HELP = {
+        "method": "self-supervised method (dino)", "epochs": "epochs to train", "batch_size": "global batch, split over the processes",
+        "lr": "peak learning rate for a batch of 256 (it scales with the batch)", "min_lr": "learning rate the cosine ends at",
+        "warmup_epochs": "epochs of linear learning-rate warm-up", "weight_decay": "weight decay at the start (cosine to --weight-decay-end)",
+        "weight_decay_end": "weight decay at the end", "momentum_teacher": "the teacher's EMA momentum at the start (cosine to 1)",
+        "clip_grad": "clip each parameter's gradient norm to this, 0 for no clipping", "freeze_last_layer": "epochs the head's last layer stays frozen",
+        "out_dim": "the DINO head's output dimension", "hidden_dim": "the DINO head's hidden width", "bottleneck_dim": "the DINO head's bottleneck",
+        "norm_last_layer": "weight-normalise the head's last layer", "teacher_temp": "the teacher's temperature after its warm-up",
+        "warmup_teacher_temp": "the teacher's temperature at the start", "warmup_teacher_temp_epochs": "epochs of the teacher temperature's warm-up",
+        "student_temp": "the student's temperature", "center_momentum": "momentum of the teacher outputs' centre",
+        "global_crops_scale": "area range of the two global crops", "local_crops_number": "local crops per image (never reduced)",
+        "local_crops_scale": "area range of the local crops", "local_crops_size": "local crops' side; none: 96/224 of the global side",
+        "drop_path": "stochastic depth", "tokens": "token reduction: simprune, evit, tome or none",
+        "keep_rate": "share of the patch tokens each reducing block keeps", "token_blocks": "blocks that reduce; none: depth/4, depth/2 and 3*depth/4",
+        "token_warmup": "share of the training over which the keep rate falls from 1 (cosine)",
+        "replay": "SimPrune: the student drops what the teacher dropped", "dynamic": "SimPrune's dynamic variant: a learned gate chooses what to drop",
+        "token_candidates": "dynamic: share of the pairs the gate may drop", "token_sparsity": "dynamic: weight of the gate's mean keep probability in the loss",
+        "knn_k": "neighbours of the k-NN accuracy on val/ each epoch", "knn_temperature": "the k-NN vote's temperature",
+        "amp": "mixed precision on CUDA (--no-amp: float32)",
+    }
 
 
 @dataclass

@@ -14,7 +14,7 @@ import re
 import sys
 import types
 import typing
-from dataclasses import fields, replace
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
 from . import __version__, _recipes
@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--num-classes", type=int, help="give the model a new head for this many classes")
     f.add_argument("--input-size", type=int, help="square input resolution (default: the model's; for a saved one, the size it was pruned or trained at)")
     _training_flags(f, "finetuned/NAME")
-    _config_flags(f, _recipes.FinetuneConfig)
+    _config_flags(f, _recipes.FinetuneConfig, "the finetune section of --recipe, or of the recipe the model was pruned with,")
 
     s = sub.add_parser("ssl", help="self-supervised pre-training of a ViT (DINO) with token reduction (SimPrune, EViT, ToMe); torchrun for many processes")
     s.add_argument("path", nargs="?", help="a directory written by isoprune prune (a width-pruned ViT)")
@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", help="recipe YAML or name whose ssl section gives the defaults")
     s.add_argument("--input-size", type=int, help="square size of the global crops (default: the model's)")
     _training_flags(s, "ssl/NAME-METHOD-TOKENS")
-    _config_flags(s, _recipes.SSLConfig)
+    _config_flags(s, _recipes.SSLConfig, "the ssl section of --recipe")
 
     e = sub.add_parser("eval", help="top-1/top-5, loss, MACs, params, latency and throughput")
     e.add_argument("path", nargs="?", help="a directory written by isoprune prune or finetune")
@@ -136,11 +136,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--num-classes", type=_number(), help="for --model: number of classes")
     e.add_argument("--data", help="ImageFolder (its val/ when present); without it only size and speed")
     e.add_argument("--input-size", type=_number(), help="square input resolution (default: the model's; for a saved one, the size it was pruned or trained at)")
-    e.add_argument("--batch-size", type=_number(), default=64)
-    e.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    e.add_argument("--workers", type=_number(_recipes.NONNEGATIVE), default=0)
-    e.add_argument("--warmup", type=_number(_recipes.NONNEGATIVE), default=5, help="untimed forward passes before timing")
-    e.add_argument("--iters", type=_number(), default=20, help="timed forward passes")
+    e.add_argument("--batch-size", type=_number(), default=64, help="images per forward pass, evaluated and timed (default 64)")
+    e.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to evaluate and time (default cpu)")
+    e.add_argument("--workers", type=_number(_recipes.NONNEGATIVE), default=0, help="data loading processes (default 0)")
+    e.add_argument("--warmup", type=_number(_recipes.NONNEGATIVE), default=5, help="untimed forward passes before timing (default 5)")
+    e.add_argument("--iters", type=_number(), default=20, help="timed forward passes (default 20)")
     e.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="weights and inputs in this precision (float16: as deployed on a GPU)")
     e.add_argument("--channels-last", action="store_true", help="weights and inputs in channels-last memory format (faster convolutions)")
@@ -159,29 +159,41 @@ def _training_flags(parser, default_out: str) -> None:
     parser.add_argument("--out", help=f"output directory (default: {default_out})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--stop-after", type=int, help="end this run after N epochs (continue later with --resume)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train; under torchrun, each process's GPU (default cpu)")
     parser.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data order, augmentation and dropout (default 0)")
     parser.add_argument("--force", action="store_true", help="start afresh in a non-empty --out")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 
-def _config_flags(parser, cls) -> None:
+def _config_flags(parser, cls, recipe: str) -> None:
     """One flag per field of the config dataclass (``--lr``, ``--drop-path``, ``--no-amp`` ...): the
-    recipe's value unless given."""
+    recipe's value unless given; its help says what it does (``cls.HELP``), its default and its range."""
     hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.SECTION} settings", f"each defaults to {recipe} where it has a value, else to the one shown")
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         union = typing.get_origin(kind) in (typing.Union, types.UnionType)
         options = [a for a in typing.get_args(kind) if a is not type(None)] if union else [kind]
         base = typing.get_origin(options[0]) or options[0]
+        limit = cls.LIMITS.get(f.name) or cls.PAIRS.get(f.name, (None,))[0]
+        described = f"{cls.HELP.get(f.name, '')} (default {_shown(f.default_factory() if f.default_factory is not MISSING else f.default)}{f'; {limit}' if limit else ''})".replace("%", "%%").lstrip()
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=described)
         elif base is list:
-            parser.add_argument(flag, type=typing.get_args(options[0])[0], nargs="+")
+            group.add_argument(flag, type=typing.get_args(options[0])[0], nargs="+", help=described)
         else:
-            parser.add_argument(flag, type=base)
+            group.add_argument(flag, type=base, help=described)
+
+
+def _shown(value) -> str:
+    """A setting's default as its help gives it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "none"
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _given(args, cls) -> dict:

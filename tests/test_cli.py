@@ -3,7 +3,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -575,6 +575,16 @@ def test_help_version_and_bad_flags_answer_without_the_library(argv, said):
     done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60)
     assert said in done.stdout + done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+@pytest.mark.parametrize("command, cls", [("finetune", _recipes.FinetuneConfig), ("ssl", _recipes.SSLConfig)])
+def test_every_training_flag_says_what_it_does_its_default_and_its_range(capsys, command, cls):
+    assert list(cls.HELP) == [f.name for f in fields(cls)]  # every field, in the order of the flags
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    said = " ".join(capsys.readouterr().out.split())  # argparse wraps the help at the terminal's width
+    assert "--lr LR peak learning rate" in said and "(default 0.0005; above 0)" in said
+    assert "--amp, --no-amp mixed precision on CUDA (--no-amp: float32) (default on)" in said
 
 
 def test_the_package_gives_its_names_on_first_use():
