@@ -551,16 +551,44 @@ def write_checkpoint(out: Path, tensors: dict[str, torch.Tensor], header: dict) 
 
 
 def optimizer_state(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """The optimiser's state as tensors (``optimizer.INDEX.KEY``) and a JSON-able header part."""
+    """The optimiser's state as tensors (``optimizer.INDEX.KEY``) and a JSON-able header part.
+    Tensors held elsewhere (LAMB's step in its parameter groups, Kron's lists of preconditioners)
+    are stored as tensors too (``optimizer_nested.N``), and the header names them in their place."""
     opt_state = optimizer.state_dict()
-    tensors, scalars = {}, {}
+    tensors, scalars, nested = {}, {}, []
     for index, per_param in opt_state["state"].items():
         for key, value in per_param.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous().clone()
             else:
-                scalars[f"{index}.{key}"] = value
-    return tensors, {"param_groups": opt_state["param_groups"], "optimizer_scalars": scalars}
+                scalars[f"{index}.{key}"] = _tensors_out(value, nested)
+    groups = _tensors_out(opt_state["param_groups"], nested)
+    tensors.update({f"optimizer_nested.{i}": t for i, t in enumerate(nested)})
+    return tensors, {"param_groups": groups, "optimizer_scalars": scalars}
+
+
+_NESTED = "isoprune_tensor"  # {_NESTED: key}: a header's place for the tensor stored under key
+
+
+def _tensors_out(value, nested: list[torch.Tensor]):
+    """``value`` with every tensor inside it appended to ``nested`` and named in its place."""
+    if isinstance(value, torch.Tensor):
+        nested.append(value.detach().cpu().contiguous().clone())
+        return {_NESTED: f"optimizer_nested.{len(nested) - 1}"}
+    if isinstance(value, (list, tuple)):
+        return [_tensors_out(v, nested) for v in value]
+    if isinstance(value, dict):
+        return {k: _tensors_out(v, nested) for k, v in value.items()}
+    return value
+
+
+def _tensors_in(value, tensors: dict[str, torch.Tensor]):
+    """``_tensors_out`` undone."""
+    if isinstance(value, dict):
+        return tensors[value[_NESTED]] if set(value) == {_NESTED} else {k: _tensors_in(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tensors_in(v, tensors) for v in value]
+    return value
 
 
 def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], header: dict) -> None:
@@ -571,8 +599,8 @@ def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], header: di
             per_param.setdefault(int(index), {})[name] = value
     for key, value in header["optimizer_scalars"].items():
         index, name = key.split(".", 1)
-        per_param.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": header["param_groups"]})
+        per_param.setdefault(int(index), {})[name] = _tensors_in(value, tensors)
+    optimizer.load_state_dict({"state": per_param, "param_groups": _tensors_in(header["param_groups"], tensors)})
 
 
 def _read_checkpoint(out: Path) -> tuple[dict, _recipes.FinetuneConfig]:

@@ -416,3 +416,46 @@ def test_unknown_optimiser_is_one_line(capsys, tmp_path, digits, trained):
     code, _, err = run_cli(capsys, "finetune", trained / "best", "--data", digits, *SIZE, "--epochs", "1", "--opt", "adamx2",
                            "--teacher", "none", "--out", tmp_path / "out")
     assert code == 2 and "cannot build optimiser 'adamx2'" in err and len(err.strip().splitlines()) == 1, err
+
+
+class _ListingSGD(torch.optim.SGD):
+    """Keeps lists of tensors per parameter, as timm's Kron keeps its preconditioners."""
+
+    def step(self, closure=None):
+        super().step(closure)
+        for p in (p for group in self.param_groups for p in group["params"]):
+            self.state[p]["factors"] = [p.detach().flatten()[:2].clone(), torch.randn(3)]
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb", "listing"])
+def test_an_optimisers_state_survives_the_checkpoint_wherever_it_keeps_tensors(tmp_path, name):
+    """LAMB keeps its step as a tensor in its parameter groups, Kron lists of tensors per parameter:
+    the header is JSON, so those are stored as tensors too, and come back as they were."""
+    from timm.optim import create_optimizer_v2
+
+    def make():
+        return _ListingSGD(model.parameters(), lr=1e-3, momentum=0.9) if name == "listing" else create_optimizer_v2(model, name, lr=1e-3)
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3)
+    optimizer = make()
+    for _ in range(2):
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        optimizer.step()
+    tensors, header = _finetune.optimizer_state(optimizer)
+    _finetune.write_checkpoint(tmp_path, tensors, header)
+    saved = _finetune.read_checkpoint_file(tmp_path)
+    again = make()
+    _finetune.load_optimizer_state(again, saved["tensors"], saved["header"])
+
+    def flat(state, prefix=""):
+        if isinstance(state, dict):
+            return [item for k, v in state.items() for item in flat(v, f"{prefix}.{k}")]
+        if isinstance(state, (list, tuple)):
+            return [item for i, v in enumerate(state) for item in flat(v, f"{prefix}.{i}")]
+        return [(prefix, state)]
+
+    before, after = dict(flat(optimizer.state_dict())), dict(flat(again.state_dict()))
+    assert sorted(before) == sorted(after)
+    for key, a in before.items():
+        assert (torch.equal(a, after[key]) if isinstance(a, torch.Tensor) else a == after[key]), key
