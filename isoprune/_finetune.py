@@ -372,10 +372,10 @@ def finetune(source: str, opts: Options, cfg: _recipes.FinetuneConfig, given: di
             sums[1] += len(images)
             bar.set_postfix(loss=f"{sums[0] / sums[1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step(epoch + 1)
         train_loss, seen = env.sum(sums, device)
         judged = ema.module if ema is not None else model
         metrics = evaluate(judged, val_loader, device, env, cfg.amp, desc="val")
+        scheduler.step(epoch + 1, metrics["top1"])  # a plateau schedule decays on it, as timm's train.py has it; the others ignore it
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / seen,
                "val_loss": metrics["loss"], "top1": metrics["top1"], "top5": metrics["top5"], "seconds": time.time() - began}
         history.append(row)

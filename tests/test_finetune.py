@@ -92,6 +92,19 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(capsys, tmp_path,
         json.loads((tmp_path / "split" / "metrics.json").read_text())[-1]["top1"]
 
 
+def test_a_plateau_schedule_is_told_each_epochs_accuracy(capsys, tmp_path, digits, trained, monkeypatch):
+    """timm's plateau schedule decays when the metric it is given stops improving: stepped without
+    one, it would keep the learning rate whatever happens."""
+    from timm.scheduler.plateau_lr import PlateauLRScheduler
+
+    told, step = [], PlateauLRScheduler.step
+    monkeypatch.setattr(PlateauLRScheduler, "step", lambda self, epoch, metric=None: (told.append(metric), step(self, epoch, metric))[1])
+    code, _, err = run_cli(capsys, "finetune", trained / "best", "--data", digits, *SIZE, "--epochs", "2", "--batch-size", "32",
+                           "--teacher", "none", "--sched", "plateau", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert told[-2:] == [row["top1"] for row in json.loads((tmp_path / "run" / "metrics.json").read_text())]
+
+
 def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(capsys, tmp_path, digits, trained, monkeypatch):
     calls = []
     real = os.replace
