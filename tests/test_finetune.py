@@ -366,17 +366,23 @@ def test_a_teacher_given_the_wrong_way_says_how_to_give_it(capsys, tmp_path, dig
 
 def test_a_trained_model_keeps_its_input_size(capsys, digits, trained):
     """Trained at 32x32 (``test_resnet``'s config says 160x160): evaluating it, or pruning its
-    weights, without ``--input-size`` takes 32x32, as the directory records."""
+    weights (its directory, or the weights file in it), without ``--input-size`` takes 32x32, as
+    the directory records."""
     assert json.loads((trained / "best" / "isoprune.json").read_text())["input_size"] == [3, 32, 32]
     sized = evaluate(capsys, trained / "best", digits)
     code, out, err = run_cli(capsys, "eval", trained / "best", "--data", digits, "--iters", "1", "--warmup", "0", "--json")
     assert code == 0, err
     default = json.loads(out)
     assert default["input_size"] == [3, 32, 32] and (default["top1"], default["macs"]) == (sized["top1"], sized["macs"])
-    code, out, err = run_cli(capsys, "prune", "--model", "test_resnet", "--num-classes", "10", "--weights", trained / "best",
-                             "--ratios", "0.3", "--dry-run", "--json")
+    for weights in (trained / "best", trained / "best" / "model.safetensors"):
+        code, out, err = run_cli(capsys, "prune", "--model", "test_resnet", "--num-classes", "10", "--weights", weights,
+                                 "--ratios", "0.3", "--dry-run", "--json")
+        assert code == 0, err
+        assert json.loads(out)["macs"]["before"] == sized["macs"]
+    code, out, err = run_cli(capsys, "eval", "--model", "test_resnet", "--num-classes", "10", "--weights", trained / "best" / "model.safetensors",
+                             "--data", digits, "--iters", "1", "--warmup", "0", "--json")
     assert code == 0, err
-    assert json.loads(out)["macs"]["before"] == sized["macs"]
+    assert (json.loads(out)["input_size"], json.loads(out)["top1"]) == ([3, 32, 32], sized["top1"])
 
 
 def test_eval_without_data_reports_size_and_speed(capsys):
