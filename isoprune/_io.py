@@ -214,6 +214,8 @@ def read_metadata(directory) -> dict:
         runs = [Path(directory) / kept for kept in ("best", "last") if is_saved(Path(directory) / kept)]
         if runs:  # a fine-tuning run's directory: its models are in it
             raise IsopruneError(f"{directory} is a training run, not a saved model", hint=f"give its model: {' or '.join(map(str, runs))}")
+        if Path(directory).is_file() and is_saved(Path(directory).parent):
+            raise IsopruneError(f"{directory} is a file of the model saved in {Path(directory).parent}", hint="give that directory")
         raise IsopruneError(f"{directory} is not a saved isoprune model (no {METADATA})", hint="give a directory written by isoprune.save or isoprune prune --out")
     try:
         metadata = json.loads(path.read_text())

@@ -1,5 +1,6 @@
 """Save -> load rebuilds the pruned model exactly, without unpickling anything."""
 import json
+import re
 
 import pytest
 import timm
@@ -156,6 +157,12 @@ def test_refuses_to_overwrite(tmp_path):
         isoprune.save(model, tmp_path / "m")
     isoprune.save(model, tmp_path / "m", overwrite=True)
     assert (tmp_path / "m" / "notes.txt").read_text() == "mine"  # only isoprune's own files replaced
+
+
+def test_a_saved_models_file_points_to_its_directory(tmp_path):
+    isoprune.save(isoprune.prune(make("test_resnet"), 0.3), tmp_path / "m")
+    with pytest.raises(isoprune.IsopruneError, match=re.escape(f"is a file of the model saved in {tmp_path / 'm'}; give that directory")):
+        isoprune.load(tmp_path / "m" / "model.safetensors")
 
 
 def test_pickle_needs_opt_in(tmp_path):
