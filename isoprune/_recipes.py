@@ -181,7 +181,7 @@ class FinetuneConfig(Limited):
         "augment": "random crops and flips, RandAugment, mixup and cutmix (--no-augment: the eval transforms only)",
         "randaugment": "timm's RandAugment policy (rand-m9-mstd0.5-inc1)", "mixup": "mixup's alpha, 0 for none", "cutmix": "cutmix's alpha, 0 for none",
         "reprob": "random erasing's probability", "smoothing": "label smoothing", "drop_path": "stochastic depth", "drop": "dropout before the classifier",
-        "clip_grad": "clip the gradient norm to this", "ema_decay": "average the weights with this decay (0.9998); the average is evaluated and saved",
+        "clip_grad": "clip the gradient norm to this", "ema_decay": "average the weights with this decay, such as 0.9998; the average is evaluated and saved",
         "teacher": "original (the model it was pruned from), a timm NAME, a checkpoint PATH, a saved DIR, or none",
         "distillation": "soft (KL divergence at --distill-tau), hard (DeiT's: the teacher's class), or none",
         "distill_alpha": "weight of the distillation loss against the label loss", "distill_tau": "soft distillation's temperature",

@@ -178,7 +178,8 @@ def _config_flags(parser, cls, recipe: str) -> None:
         options = [a for a in typing.get_args(kind) if a is not type(None)] if union else [kind]
         base = typing.get_origin(options[0]) or options[0]
         limit = cls.LIMITS.get(f.name) or cls.PAIRS.get(f.name, (None,))[0]
-        described = f"{cls.HELP.get(f.name, '')} (default {_shown(f.default_factory() if f.default_factory is not MISSING else f.default)}{f'; {limit}' if limit else ''})".replace("%", "%%").lstrip()
+        default = _shown(f.default_factory() if f.default_factory is not MISSING else f.default)
+        described = f"{cls.HELP.get(f.name, '')} (default {default}{f'; {limit}' if limit else ''})".replace("%", "%%").lstrip()
         if base is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=described)
         elif base is list:
