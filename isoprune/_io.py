@@ -201,6 +201,13 @@ def is_saved(path) -> bool:
     return (Path(path) / METADATA).is_file()
 
 
+def saved_directory(path) -> Path | None:
+    """The directory ``save`` wrote that ``path`` is, or holds the file ``path``; else None."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent if path.is_file() else None
+    return directory if directory is not None and is_saved(directory) else None
+
+
 def refuse_weights(source, weights) -> None:
     """A directory isoprune wrote carries its own weights: ``weights`` given with it would be ignored."""
     if weights is not None and Path(source).is_dir():
@@ -214,8 +221,9 @@ def read_metadata(directory) -> dict:
         runs = [Path(directory) / kept for kept in ("best", "last") if is_saved(Path(directory) / kept)]
         if runs:  # a fine-tuning run's directory: its models are in it
             raise IsopruneError(f"{directory} is a training run, not a saved model", hint=f"give its model: {' or '.join(map(str, runs))}")
-        if Path(directory).is_file() and is_saved(Path(directory).parent):
-            raise IsopruneError(f"{directory} is a file of the model saved in {Path(directory).parent}", hint="give that directory")
+        holder = saved_directory(directory)
+        if holder is not None:  # a file of the model saved there
+            raise IsopruneError(f"{directory} is a file of the model saved in {holder}", hint="give that directory")
         raise IsopruneError(f"{directory} is not a saved isoprune model (no {METADATA})", hint="give a directory written by isoprune.save or isoprune prune --out")
     try:
         metadata = json.loads(path.read_text())

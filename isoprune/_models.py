@@ -324,20 +324,11 @@ def _new_head(model: nn.Module, state: dict, own: dict, path) -> dict:
     return {**state, **{k: own[k] for k in keys}}
 
 
-def _saved_directory(path) -> Path | None:
-    """The directory isoprune saved a model in, where ``path`` is it or its weights file."""
-    from ._io import is_saved
-
-    path = Path(path)
-    directory = path if path.is_dir() else path.parent
-    return directory if is_saved(directory) else None
-
-
 def _pruned_directory(path) -> Path | None:
     """The directory isoprune saved a pruned model in, where ``path`` is it or its weights file."""
-    from ._io import read_metadata, unpruned
+    from ._io import read_metadata, saved_directory, unpruned
 
-    directory = _saved_directory(path)
+    directory = saved_directory(path)
     return directory if directory is not None and not unpruned(read_metadata(directory)) else None
 
 
@@ -367,8 +358,8 @@ def load_weights(model: nn.Module, path, *, new_head: bool = False) -> None:
             hint=f"is it a checkpoint of this architecture and number of classes ({setting('num_classes')})?",
         )
     model.load_state_dict(state)
-    saved = _saved_directory(path)
-    if saved is not None:  # a model isoprune wrote (its directory, or the weights file in it): its weights are for the size it records
-        from ._io import adopt_input_size, read_metadata
+    from ._io import adopt_input_size, read_metadata, saved_directory
 
+    saved = saved_directory(path)
+    if saved is not None:  # a model isoprune wrote (its directory, or the weights file in it): its weights are for the size it records
         adopt_input_size(model, read_metadata(saved))
